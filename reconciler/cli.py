@@ -1,0 +1,167 @@
+"""``reconcile``: parse arguments, call one operation, render, return an exit code.
+
+Exit codes: 0 success (``diff``: in sync), 2 changes pending (``diff`` only),
+1 any error, which is printed as one line: what, where, how to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from reconciler import __version__
+from reconciler.errors import ReconcilerError
+from reconciler.paths import default_state_dir
+
+EPILOG = """\
+exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error.
+state: --state-dir, else $RECONCILER_STATE_DIR, else $XDG_STATE_HOME/reconciler
+(~/.local/state/reconciler).  Pool commands take -f workers.yaml or --pool NAME;
+with exactly one pool in the state directory it is the default.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line and exit code 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _pool_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
+    p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
+    p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
+    if output:
+        p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                       help="output format (json for scripts)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="reconcile", description=(
+        "Keep a pool of workers (AI coding agents or any command) alive and draining a task "
+        "queue, each task in its own git worktree. Describe the pool in workers.yaml; `diff` "
+        "shows what would change, `apply` makes it so."),
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="state directory (default: %(default)s → see below)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check a spec against the schema",
+                       description="Validate workers.yaml; every problem is printed as "
+                       "file:line:col: path: what (how to fix). Exit 1 if invalid.")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("diff", help="show what apply would change (changes nothing)",
+                       description="Observe the host and print the plan: + start, - stop, "
+                       "~ restart, each with its reason. Exit 0 in sync, 2 changes pending, "
+                       "1 error.")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+
+    p = sub.add_parser("apply", help="converge the pool to the spec",
+                       description="Execute the same plan diff shows: start missing workers, "
+                       "restart dead ones, roll changed ones and stop surplus ones after their "
+                       "current task. One apply per pool runs at a time.")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--wait", action="store_true",
+                   help="wait until every worker heartbeats, showing progress")
+    p.add_argument("--timeout", default="60s", help="limit for --wait (default 60s)")
+    p.add_argument("--lock-timeout", default="10s",
+                   help="how long to wait for another apply to finish (default 10s)")
+
+    p = sub.add_parser("delete", help="stop the pool's workers; keep queue and history",
+                       description="Stop every worker after its current task (or at once "
+                       "with --force, requeueing its task). The queue, logs and history stay.")
+    _pool_options(p, output=False)
+    p.add_argument("--force", action="store_true", help="kill workers now; requeue their tasks")
+
+    p = sub.add_parser("status", help="workers and queue counts")
+    _pool_options(p)
+    p = sub.add_parser("history", help="which specs were applied when")
+    _pool_options(p)
+    p = sub.add_parser("events", help="the pool's event log")
+    _pool_options(p)
+    p.add_argument("--limit", type=int, default=50, help="show the last N events (default 50)")
+
+    _task_parsers(sub)
+
+    p = sub.add_parser("demo", help="run the demo pool end to end in a throwaway repository",
+                       description="Create a throwaway git repository, apply the demo spec, "
+                       "enqueue sample tasks for the simulated agent, show progress until the "
+                       "queue drains, and print a summary. Uses its own state directory and "
+                       "tmux socket, never yours.")
+    p.add_argument("-f", "--file", default="specs/workers.yaml", metavar="WORKERS_YAML")
+    p.add_argument("--tasks", type=int, default=12, help="how many sample tasks (default 12)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="where to put the throwaway repo and state (default: a new temp dir)")
+    p.add_argument("--teardown", action="store_true",
+                   help="delete the pool at the end instead of leaving it up to look around")
+
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("--pool", required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--spec-id", type=int, required=True)
+    return parser
+
+
+def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    task = sub.add_parser("task", help="add, import, list, show, cancel and wait for tasks")
+    tsub = task.add_subparsers(dest="task_command", metavar="TASK_COMMAND",
+                               parser_class=_Parser)
+    p = tsub.add_parser("add", help="enqueue one task and print its id")
+    _pool_options(p)
+    p.add_argument("--title", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", help="the prompt text (default: the title)")
+    group.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+
+    p = tsub.add_parser("import", help="enqueue every task of a YAML list")
+    p.add_argument("tasks_file", type=Path, metavar="TASKS_YAML")
+    _pool_options(p)
+
+    p = tsub.add_parser("list", help="list tasks")
+    _pool_options(p)
+    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+
+    p = tsub.add_parser("show", help="one task with its attempts")
+    p.add_argument("task_id", type=int, metavar="ID")
+    _pool_options(p)
+
+    p = tsub.add_parser("cancel", help="cancel a queued task, or stop a running one")
+    p.add_argument("task_id", type=int, metavar="ID")
+    _pool_options(p)
+
+    p = tsub.add_parser("wait", help="show progress until tasks finish")
+    p.add_argument("task_ids", type=int, nargs="*", metavar="ID",
+                   help="tasks to wait for (default: every unfinished task)")
+    _pool_options(p)
+    p.add_argument("--timeout", default=None, help="give up after this long (exit 1)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 1
+    if args.command == "task" and args.task_command is None:
+        parser.parse_args(["task", "--help"])
+    if args.state_dir is None:
+        args.state_dir = default_state_dir()
+    from reconciler import commands
+
+    try:
+        return commands.dispatch(args)
+    except ReconcilerError as exc:
+        print(f"error: {exc.one_line()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,150 @@
+"""``reconcile demo``: the demo pool end to end, in a throwaway repository.
+
+It creates a git repository and a state directory under a new temporary
+directory (never the operator's own), applies the demo spec to that
+repository, enqueues sample tasks for the simulated agent, shows live progress
+until the queue drains and prints a summary with the commands to look around.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Group
+from rich.live import Live
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from reconciler import controller
+from reconciler.controller import Pool
+from reconciler.errors import ReconcilerError
+from reconciler.paths import ensure_private_dir, pool_paths
+from reconciler.report.render import age, console
+from reconciler.report.status import worker_statuses
+from reconciler.spec import load_spec, with_repo
+from reconciler.store.sqlite import Store
+from reconciler.worktrees import git
+
+DEMO_TIMEOUT = 600.0
+IDENTITY = ["-c", "user.name=reconciler demo", "-c", "user.email=demo@localhost"]
+
+SAMPLE_TASKS = [
+    ("Add a greeting to the README", "Add a friendly greeting to README.md.", 0),
+    ("Write a CONTRIBUTING guide", "Create CONTRIBUTING.md with three short rules.", 0),
+    ("Fix typo in docs", "Fix the typo 'teh' wherever it appears.", 5),
+    ("Add a LICENSE file", "Add an MIT LICENSE file.", 0),
+    ("Document the CLI", "Describe every command in docs/cli.md.", 0),
+    ("Refactor the parser", "Split parser.py into tokenizer and parser modules.", 0),
+    ("Add unit tests for utils", "Cover utils.py with tests; use pytest.", 3),
+    ("Update the changelog", "Add an entry for version 0.2.0 to CHANGELOG.md.", 0),
+    ("Handle empty input", "Make main() exit 1 with a message on empty input.", 0),
+    ("Task with tricky text", 'Keep this literal: $(rm -rf ~); echo "`id`" C-c #{pane_id}', 0),
+    ("Rename a config key", "Rename `timeout_s` to `timeout` everywhere.", 0),
+    ("A task that always fails", "This one fails on purpose to show retries. [fail]", 0),
+]
+
+
+def _make_repo(repo: Path) -> None:
+    repo.mkdir(parents=True)
+    git(repo, ["init", "-q", "-b", "main"])
+    (repo / "README.md").write_text("# demo project\n\nA throwaway repository for the "
+                                    "reconciler demo.\n")
+    git(repo, ["add", "--", "README.md"])
+    git(repo, [*IDENTITY, "commit", "-q", "-m", "initial commit"])
+
+
+def _tasks(count: int) -> list[tuple[str, str, int]]:
+    tasks = []
+    for i in range(count):
+        title, prompt, priority = SAMPLE_TASKS[i % len(SAMPLE_TASKS)]
+        if i >= len(SAMPLE_TASKS):
+            title = f"{title} (again {i // len(SAMPLE_TASKS)})"
+        tasks.append((title, prompt, priority))
+    return tasks
+
+
+def _dashboard(pool: Pool, store: Store, progress: Progress, bar: int) -> Group:
+    observation = controller.observe_pool(pool)
+    now = time.time()
+    table = Table(title=f"pool {pool.name}", title_justify="left")
+    for column in ("worker", "state", "task", "heartbeat", "restarts"):
+        table.add_column(column)
+    titles = {t.id: t.title for t in store.tasks("running")}
+    for w in worker_statuses(observation, now):
+        task = f"{w.current_task}: {titles.get(w.current_task, '')}" if w.current_task else "-"
+        table.add_row(w.id, w.state, escape(task), age(w.heartbeat_age), str(w.restarts))
+    q = observation.queue
+    progress.update(bar, completed=q.succeeded + q.failed + q.cancelled, total=q.total)
+    return Group(progress, table)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec_file = Path(args.file)
+    base_spec = load_spec(spec_file)
+    if args.tasks < 1:
+        raise ReconcilerError("--tasks must be at least 1")
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="reconciler-demo-"))
+    ensure_private_dir(base)
+    repo, state_dir = base / "repo", base / "state"
+    if repo.exists() or state_dir.exists():
+        raise ReconcilerError(f"{base} already holds a demo", hint="pass an empty --dir")
+    started = time.monotonic()
+    _make_repo(repo)
+    spec = with_repo(base_spec, repo)
+    pool = Pool(pool_paths(state_dir, spec.name), spec)
+    console.print(f"[bold]reconciler demo[/bold]: {spec.replicas} simulated agents, "
+                  f"{args.tasks} tasks, repository {repo}")
+    result = controller.apply(pool, progress=lambda line: console.print(f"  {escape(line)}"))
+    store = Store(pool.paths.store)
+    ids = store.add_tasks(_tasks(args.tasks))
+    console.print(f"  enqueued tasks {ids[0]}-{ids[-1]}")
+    progress = Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+    bar = progress.add_task("tasks", total=len(ids))
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    with Live(_dashboard(pool, store, progress, bar), console=console,
+              refresh_per_second=4, transient=False) as live:
+        while store.queue_counts().open and time.monotonic() < deadline:
+            time.sleep(0.5)
+            live.update(_dashboard(pool, store, progress, bar))
+    drained = not store.queue_counts().open
+    _summary(pool, store, repo, time.monotonic() - started, result.spec_id, drained)
+    store.close()
+    if args.teardown:
+        controller.delete(pool)
+        console.print(f"\npool deleted (--teardown); the repository and state stay in {base}")
+    else:
+        _look_around(pool, spec.tmux_socket)
+    return 0 if drained else 1
+
+
+def _summary(pool: Pool, store: Store, repo: Path, elapsed: float, spec_id: int,
+             drained: bool) -> None:
+    q = store.queue_counts()
+    branches = git(repo, ["for-each-ref", "--format=%(refname:short)", "refs/heads/"]
+                   ).stdout.split()
+    with_commits = [b for b in branches if b != "main" and git(
+        repo, ["rev-list", "--count", f"main..{b}", "--"]).stdout.strip() not in ("", "0")]
+    restarts = sum(w.restarts for w in store.workers(include_removed=True))
+    console.print()
+    console.print("[bold]Summary[/bold]" + ("" if drained else " [red](timed out)[/red]"))
+    console.print(f"  tasks:     {q.succeeded} succeeded, {q.failed} failed, "
+                  f"{q.cancelled} cancelled, {q.open} unfinished (of {q.total})")
+    console.print(f"  branches:  {len(with_commits)} with the agent's commits "
+                  f"(git -C {repo} log --oneline --all)")
+    console.print(f"  restarts:  {restarts};  elapsed: {elapsed:.1f}s;  spec #{spec_id}")
+
+
+def _look_around(pool: Pool, socket: str) -> None:
+    state = pool.paths.state_dir
+    console.print("\n[bold]Look around[/bold] (the pool keeps running, idle):")
+    console.print(f"  tmux -L {socket} attach -t {pool.name}")
+    console.print(f"  reconcile --state-dir {state} status")
+    console.print(f"  reconcile --state-dir {state} task list")
+    console.print(f"  reconcile --state-dir {state} task show 1")
+    console.print(f"  reconcile --state-dir {state} history")
+    console.print(f"  reconcile --state-dir {state} delete --pool {pool.name}   # when done")

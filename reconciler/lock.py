@@ -1,0 +1,61 @@
+"""One ``apply`` (or ``delete``) per pool at a time.
+
+An advisory ``flock`` on ``apply.lock`` in the pool directory.  The holder
+writes who it is into the file so a second command that gives up can name it.
+The kernel drops the lock when the holder dies, so a crash never leaves the
+pool locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from reconciler.errors import LockHeldError
+
+
+@contextmanager
+def pool_lock(path: Path, *, what: str, timeout: float = 10.0) -> Iterator[None]:
+    """Hold the pool lock for the ``with`` block; wait up to ``timeout`` seconds for it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockHeldError(
+                        f"another command holds the lock of this pool: {_holder(path)}",
+                        hint=f"wait for it to finish, or stop it; lock file {path}") from None
+                time.sleep(0.1)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": what,
+                  "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv0": sys.argv[0]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info:
+        return "unknown holder"
+    return f"`reconcile {info.get('command', '?')}` (pid {info.get('pid')} on " \
+           f"{info.get('host')}, since {info.get('since')})"

@@ -1,0 +1,219 @@
+"""Frozen value types shared by every layer: store rows, observations, plans.
+
+Nothing here does I/O.  The observer builds an ``Observation`` (a snapshot of
+the host), the pure planner turns it and a ``PoolSpec`` into a ``Plan``, and
+renderers and the executor consume the plan.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+ATTEMPT_STATUSES = ("running", "succeeded", "failed", "lost", "timeout", "cancelled")
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: int
+    title: str
+    prompt: str
+    priority: int
+    status: str
+    created_at: float
+    updated_at: float
+    attempts: int
+    cancel_requested: bool
+    not_before: float
+    last_error: str | None
+    branch: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    id: int
+    task_id: int
+    number: int
+    worker_id: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    branch: str | None
+    worktree: str | None
+    log_path: str | None
+    error: str | None
+    output_tail: str | None
+    lease_expires_at: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task a worker now holds; ``lease_token`` fences every later write."""
+
+    task: TaskRow
+    attempt_id: int
+    attempt_number: int
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """What the store knows about one worker slot (written by executor and worker)."""
+
+    id: str
+    runtime: str
+    pid: int | None
+    pid_create_time: float | None
+    spec_id: int | None
+    template_hash: str | None
+    template_digests: Mapping[str, str]
+    state: str
+    current_task: int | None
+    started_at: float | None
+    heartbeat_at: float | None
+    restarts: int
+    drain_requested: bool
+    exited_at: float | None
+    exit_code: int | None
+    removed: bool
+
+
+@dataclass(frozen=True)
+class AppliedSpec:
+    id: int
+    applied_at: float
+    source_path: str | None
+    source_sha256: str
+    git_commit: str | None
+    document_hash: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    at: float
+    kind: str
+    worker_id: str | None
+    task_id: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def total(self) -> int:
+        return self.open + self.succeeded + self.failed + self.cancelled
+
+
+def worker_sort_key(worker_id: str) -> tuple[int, str]:
+    """Order ``w-2`` before ``w-10``."""
+    _, _, number = worker_id.rpartition("-")
+    return (int(number), worker_id) if number.isdigit() else (1 << 30, worker_id)
+
+
+# --------------------------------------------------------------------------- observation
+
+
+@dataclass(frozen=True)
+class RuntimeInstance:
+    """A worker as the runtime sees it: a tmux pane or a detached process."""
+
+    worker_id: str
+    runtime: str
+    pid: int | None
+    alive: bool
+    exit_status: int | None = None
+    exit_signal: int | None = None
+    handle: str | None = None  # tmux window id, e.g. "@3"
+
+    def exit_description(self) -> str:
+        if self.exit_signal:
+            return f"killed by signal {self.exit_signal} (exit {128 + self.exit_signal})"
+        if self.exit_status is not None:
+            return f"exit {self.exit_status}"
+        return "no exit status"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A snapshot of one pool on the host, taken at ``observed_at``."""
+
+    pool: str
+    observed_at: float
+    instances: tuple[RuntimeInstance, ...] = ()
+    workers: tuple[WorkerRow, ...] = ()
+    queue: QueueCounts = field(default_factory=QueueCounts)
+
+    def instance(self, worker_id: str) -> RuntimeInstance | None:
+        return next((i for i in self.instances if i.worker_id == worker_id), None)
+
+    def worker(self, worker_id: str) -> WorkerRow | None:
+        return next((w for w in self.workers if w.id == worker_id), None)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+class ActionKind(enum.Enum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+    REMOVE = "remove"  # clear the remains of an exited worker (a dead tmux pane)
+
+    @property
+    def symbol(self) -> str:
+        return {"start": "+", "stop": "-", "restart": "~", "remove": "-"}[self.value]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change the executor will make, and why.
+
+    ``graceful`` actions wait for the worker's current task to finish first.
+    """
+
+    kind: ActionKind
+    worker_id: str
+    reason: str
+    graceful: bool = False
+
+    def describe(self) -> str:
+        return f"{self.kind.symbol} {self.kind.value} {self.worker_id}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    pool: str
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    def counts(self) -> Counter[str]:
+        return Counter(a.kind.value for a in self.actions)
+
+    def summary(self) -> str:
+        if self.empty:
+            return "No changes. The pool matches the spec."
+        c = self.counts()
+        parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
+        if c["remove"]:
+            parts.append(f"{c['remove']} to remove")
+        return "Plan: " + ", ".join(parts) + "."

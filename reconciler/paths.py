@@ -1,0 +1,108 @@
+"""Where a pool keeps its state: ``<state dir>/pools/<name>/``.
+
+The state directory defaults to ``$XDG_STATE_HOME/reconciler`` (or
+``~/.local/state/reconciler``) and is overridden by ``--state-dir`` or
+``RECONCILER_STATE_DIR``.  Every directory is created 0700 (DESIGN rule 4):
+it holds prompts, logs and the task store.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import PoolError
+
+POOL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("RECONCILER_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "state"
+    return base / "reconciler"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make sure it is 0700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        path.chmod(0o700)
+    return path
+
+
+@dataclass(frozen=True)
+class PoolPaths:
+    """Every path that belongs to one pool."""
+
+    state_dir: Path
+    name: str
+
+    @property
+    def root(self) -> Path:
+        return self.state_dir / "pools" / self.name
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def prompts(self) -> Path:
+        return self.root / "prompts"
+
+    @property
+    def default_worktrees(self) -> Path:
+        return self.root / "worktrees"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "apply.lock"
+
+    @property
+    def tmux_conf(self) -> Path:
+        return self.root / "tmux.conf"
+
+    def create(self) -> PoolPaths:
+        for directory in (self.state_dir, self.state_dir / "pools", self.root, self.logs,
+                          self.prompts):
+            ensure_private_dir(directory)
+        return self
+
+    def exists(self) -> bool:
+        return self.store.exists()
+
+
+def pool_paths(state_dir: Path, name: str) -> PoolPaths:
+    if not POOL_NAME.match(name):
+        raise PoolError(f"invalid pool name {name!r}",
+                        hint="use 1-40 lowercase letters, digits and '-'")
+    return PoolPaths(state_dir, name)
+
+
+def known_pools(state_dir: Path) -> list[str]:
+    pools = state_dir / "pools"
+    if not pools.is_dir():
+        return []
+    return sorted(p.name for p in pools.iterdir() if (p / "store.db").exists())
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` as a 0600 file (prompts, logs: they may hold secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def open_private_append(path: Path) -> int:
+    """Open ``path`` for appending as a 0600 file and return the descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

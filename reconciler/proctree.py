@@ -1,0 +1,78 @@
+"""Kill a whole process tree: its process group plus every psutil descendant.
+
+Children that called ``setsid`` leave the group, so the descendants are
+collected *before* signalling and signalled one by one as well (DESIGN rule 7):
+SIGTERM first, SIGKILL to whatever is still alive after the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+import psutil
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def kill_tree(pid: int, grace: float, *, include_group: bool = True) -> None:
+    """Terminate ``pid`` and all its descendants; escalate to SIGKILL after ``grace``."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        return
+    procs = [root, *descendants(pid)]
+    _signal_all(pid, procs, signal.SIGTERM, include_group)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    if alive:
+        # descendants may have forked again during the grace period
+        procs = alive + [p for a in alive for p in _safe_children(a)]
+        _signal_all(pid, procs, signal.SIGKILL, include_group)
+        psutil.wait_procs(procs, timeout=5)
+
+
+def _safe_children(proc: psutil.Process) -> list[psutil.Process]:
+    try:
+        return list(proc.children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _signal_all(pid: int, procs: list[psutil.Process], sig: signal.Signals,
+                include_group: bool) -> None:
+    if include_group:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def process_matches(pid: int | None, create_time: float | None) -> bool:
+    """True if ``pid`` is alive and (when known) is the same process we started.
+
+    Comparing the creation time guards against a recycled pid.
+    """
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return create_time is None or abs(proc.create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def create_time_of(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None

@@ -1,0 +1,142 @@
+"""Human renderings (rich) and JSON documents of plans, status, tasks and history.
+
+Each read command builds plain data first; ``-o json`` prints that data and the
+text form is drawn from the same data, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from reconciler.durations import format_duration
+from reconciler.model import AppliedSpec, AttemptRow, EventRow, Plan, QueueCounts, TaskRow
+from reconciler.report.status import WorkerStatus
+
+console = Console(highlight=False, soft_wrap=True)
+_STYLE = {"start": "green", "stop": "red", "restart": "yellow", "remove": "red"}
+
+
+def print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, sort_keys=False, default=str))
+
+
+def when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def age(seconds: float | None) -> str:
+    return "-" if seconds is None else format_duration(seconds)
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    return {
+        "pool": plan.pool,
+        "in_sync": plan.empty,
+        "summary": plan.summary(),
+        "counts": dict(plan.counts()),
+        "actions": [{"action": a.kind.value, "worker": a.worker_id, "reason": a.reason,
+                     "after_current_task": a.graceful} for a in plan.actions],
+    }
+
+
+def render_plan(plan: Plan, *, title: str) -> None:
+    if plan.empty:
+        console.print(f"[green]{escape(plan.summary())}[/green]")
+        return
+    console.print(f"{title}\n")
+    for action in plan.actions:
+        style = _STYLE[action.kind.value]
+        after = " (after its current task)" if action.graceful else ""
+        console.print(f"  [{style}]{action.kind.symbol} {action.kind.value}[/{style}] "
+                      f"[bold]{action.worker_id}[/bold]: {escape(action.reason)}{after}")
+    console.print(f"\n[bold]{escape(plan.summary())}[/bold]")
+
+
+def render_status(pool: str, workers: list[WorkerStatus], queue: QueueCounts) -> None:
+    table = Table(title=f"pool {pool}", title_justify="left")
+    for column in ("worker", "state", "pid", "task", "heartbeat", "uptime", "restarts"):
+        table.add_column(column, justify="right" if column in ("pid", "restarts") else "left")
+    for w in workers:
+        state_style = {"working": "cyan", "idle": "green", "dead": "red",
+                       "draining": "yellow"}.get(w.state, "")
+        table.add_row(w.id, f"[{state_style}]{w.state}[/{state_style}]" if state_style
+                      else w.state, str(w.pid or "-"), str(w.current_task or "-"),
+                      age(w.heartbeat_age) + (" ago" if w.heartbeat_age is not None else ""),
+                      age(w.uptime), str(w.restarts))
+    if workers:
+        console.print(table)
+    else:
+        console.print(f"pool {pool}: no workers")
+    console.print(queue_line(queue))
+
+
+def queue_line(queue: QueueCounts) -> str:
+    return (f"queue: {queue.queued} queued, {queue.running} running, "
+            f"{queue.succeeded} succeeded, {queue.failed} failed, {queue.cancelled} cancelled")
+
+
+def task_document(task: TaskRow, attempts: Iterable[AttemptRow] | None = None,
+                  ) -> dict[str, Any]:
+    doc = asdict(task)
+    if attempts is not None:
+        doc["attempt_details"] = [asdict(a) for a in attempts]
+    return doc
+
+
+def render_tasks(tasks: list[TaskRow]) -> None:
+    table = Table()
+    for column in ("id", "status", "prio", "tries", "title", "branch", "last error"):
+        table.add_column(column, overflow="fold")
+    for t in tasks:
+        table.add_row(str(t.id), t.status, str(t.priority), str(t.attempts), escape(t.title),
+                      escape(t.branch or "-"), escape((t.last_error or "")[:60]))
+    console.print(table if tasks else "no tasks")
+
+
+def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
+    console.print(f"[bold]task {task.id}[/bold]: {escape(task.title)}")
+    console.print(f"  status:   {task.status}  (priority {task.priority}, "
+                  f"{task.attempts} attempt(s))")
+    console.print(f"  created:  {when(task.created_at)}")
+    console.print(f"  branch:   {escape(task.branch or '-')}")
+    if task.last_error:
+        console.print(f"  error:    {escape(task.last_error)}")
+    for a in attempts:
+        took = age(a.ended_at - a.started_at) if a.ended_at else "running"
+        console.print(f"  attempt {a.number} on {a.worker_id}: {a.status}"
+                      f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
+        console.print(f"    worktree: {escape(a.worktree or '-')}")
+        console.print(f"    log:      {escape(a.log_path or '-')}")
+        if a.status not in ("succeeded", "running") and a.output_tail:
+            tail = "\n".join(a.output_tail.rstrip().splitlines()[-5:])
+            console.print("    output tail:\n" + "\n".join("      " + escape(line)
+                                                           for line in tail.splitlines()))
+
+
+def render_history(history: list[AppliedSpec]) -> None:
+    table = Table()
+    for column in ("#", "applied", "file", "git commit", "spec hash", "plan"):
+        table.add_column(column, overflow="fold")
+    for h in history:
+        table.add_row(str(h.id), when(h.applied_at), escape(h.source_path or "-"),
+                      (h.git_commit or "-")[:14], h.document_hash[:12], escape(h.summary))
+    console.print(table if history else "nothing applied yet")
+
+
+def render_events(events: list[EventRow]) -> None:
+    for e in events:
+        who = " ".join(x for x in (e.worker_id or "", f"task {e.task_id}" if e.task_id else "")
+                       if x)
+        console.print(f"{when(e.at)}  {e.kind:<22} {escape(who):<16} {escape(e.message)}")
+    if not events:
+        console.print("no events")

@@ -1,0 +1,40 @@
+"""Workers as detached processes, for hosts without tmux.
+
+A worker is started through a short-lived launcher (``reconciler.runtimes.spawn``)
+that puts it in a new session and exits at once, so the worker is re-parented
+to init and never becomes a zombie of a long-running controller.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from reconciler.errors import RuntimeBackendError
+from reconciler.model import RuntimeInstance
+from reconciler.proctree import create_time_of, kill_tree
+from reconciler.runtimes.base import Started
+
+
+class ProcessRuntime:
+    name = "process"
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+
+    def start(self, worker_id: str, argv: Sequence[str]) -> Started:
+        log = self.log_dir / f"{worker_id}.out"
+        proc = subprocess.run(
+            [sys.executable, "-m", "reconciler.runtimes.spawn", str(log), "--", *argv],
+            capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0 or not proc.stdout.strip().isdigit():
+            raise RuntimeBackendError(
+                f"could not start {worker_id} as a process: {proc.stderr.strip() or proc.stdout}")
+        pid = int(proc.stdout.strip())
+        return Started(pid, create_time_of(pid))
+
+    def remove(self, worker_id: str, instance: RuntimeInstance | None, grace: float) -> None:
+        if instance is not None and instance.alive and instance.pid:
+            kill_tree(instance.pid, grace)

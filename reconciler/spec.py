@@ -1,0 +1,399 @@
+"""Load, validate and type a ``workers.yaml`` pool spec.
+
+The file is parsed with ``yamlsafe`` (size and alias caps, positions kept),
+checked against ``schemas/workers.schema.json`` (JSON Schema 2020-12, the
+single source of field names and defaults), then checked for what a schema
+cannot say (placeholders, threshold order) and turned into frozen dataclasses.
+Every problem becomes one line: ``file:line:col: json.path: what (how to fix)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from reconciler.durations import parse_duration
+from reconciler.errors import SpecError
+from reconciler.templates import (
+    BRANCH_PLACEHOLDERS,
+    COMMAND_PLACEHOLDERS,
+    TemplateError,
+    check_template,
+)
+from reconciler.yamlsafe import LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workers.schema.json"
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The pool JSON Schema shipped with the package."""
+    with SCHEMA_PATH.open(encoding="utf-8") as fh:
+        schema: dict[str, Any] = json.load(fh)
+    return schema
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    stop_grace: float
+
+
+@dataclass(frozen=True)
+class WorktreeSpec:
+    dir: Path | None
+    branch: str
+    cleanup: str
+    setup: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    timeout: float
+    max_attempts: int
+    retry_backoff: float
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    heartbeat_interval: float
+    unresponsive_after: float
+    dead_after: float
+    slow_after: float
+    stall_after: float
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int
+    window: float
+    backoff: float
+    reset_after: float
+
+
+@dataclass(frozen=True)
+class HooksSpec:
+    on_success: tuple[tuple[str, ...], ...]
+    on_failure: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A validated pool spec; ``document`` is its normalised JSON form (defaults
+    filled in, paths absolute), which is what the store records and workers load."""
+
+    name: str
+    replicas: int
+    repo: Path
+    base_ref: str
+    runtime: str
+    tmux_socket: str
+    worker: WorkerSpec
+    worktrees: WorktreeSpec
+    tasks: TaskPolicy
+    health: HealthSpec
+    restart: RestartPolicy
+    hooks: HooksSpec
+    document: Mapping[str, Any]
+    source_path: Path | None
+    source_sha256: str
+
+    @property
+    def document_json(self) -> str:
+        return canonical_json(self.document)
+
+    @property
+    def document_hash(self) -> str:
+        return hashlib.sha256(self.document_json.encode()).hexdigest()
+
+    def template_digests(self) -> dict[str, str]:
+        """One digest per spec field that shapes a running worker.
+
+        A worker started from one spec keeps running it; when any of these
+        digests differ from the desired spec's, the planner rolls the worker and
+        names the fields that changed (never their values: env holds secrets).
+        """
+        spec = self.document["spec"]
+        fields: dict[str, Any] = {
+            "worker.command": spec["worker"]["command"],
+            "worker.env": spec["worker"]["env"],
+            "worker.stopGrace": spec["worker"]["stopGrace"],
+            "repo": spec["repo"],
+            "baseRef": spec["baseRef"],
+            "worktrees": spec["worktrees"],
+            "tasks": spec["tasks"],
+            "health": spec["health"],
+            "hooks": spec["hooks"],
+        }
+        return {k: _digest(v) for k, v in fields.items()}
+
+    def template_hash(self) -> str:
+        return _digest(self.template_digests())
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path) -> PoolSpec:
+    """Read, validate and type the spec at ``path``; raise ``SpecError`` if invalid."""
+    file = Path(path)
+    label = str(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError as exc:
+        raise SpecError(f"{label}: no such file", hint="pass the pool spec with -f") from exc
+    except OSError as exc:
+        raise SpecError(f"{label}: cannot read: {exc.strerror}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{label}: not UTF-8 text (byte {exc.start})") from exc
+    return parse_spec(text, label=label, base_dir=file.resolve().parent, source_path=file.resolve())
+
+
+def parse_spec(text: str, *, label: str, base_dir: Path,
+               source_path: Path | None = None) -> PoolSpec:
+    """Validate spec ``text``; relative paths are taken from ``base_dir``."""
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    try:
+        loaded = load_yaml(text)
+    except YamlLoadError as exc:
+        raise SpecError(_locate(label, exc.position, None, exc.message)) from exc
+    problems = list(_schema_problems(loaded, label))
+    if not problems:
+        problems = list(_semantic_problems(loaded, label))
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise SpecError(problems[0] + more, problems=tuple(problems))
+    document = _with_defaults(loaded.data, load_schema())
+    spec = document["spec"]
+    spec["repo"] = str((base_dir / spec["repo"]).resolve())
+    if "dir" in spec["worktrees"]:
+        spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
+    _resolve_spec_dir(spec, base_dir)
+    return spec_from_document(document, source_path=source_path, source_sha256=sha)
+
+
+def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:
+    """Replace ``{spec_dir}`` in argv templates by the spec file's directory.
+
+    It is resolved once, at load, so the stored document is self-contained; the
+    path's own braces are doubled so they stay literal when rendered later.
+    """
+    literal = str(base_dir.resolve()).replace("{", "{{").replace("}", "}}")
+
+    def fix(argv: list[str]) -> list[str]:
+        return [element.replace("{spec_dir}", literal) for element in argv]
+
+    spec["worker"]["command"] = fix(spec["worker"]["command"])
+    spec["worktrees"]["setup"] = [fix(a) for a in spec["worktrees"]["setup"]]
+    for hook in ("onSuccess", "onFailure"):
+        spec["hooks"][hook] = [fix(a) for a in spec["hooks"][hook]]
+
+
+def with_repo(spec: PoolSpec, repo: Path) -> PoolSpec:
+    """The same spec aimed at another repository (used by the demo)."""
+    document = copy.deepcopy(dict(spec.document))
+    document["spec"]["repo"] = str(repo.resolve())
+    return spec_from_document(document, source_path=spec.source_path,
+                              source_sha256=spec.source_sha256)
+
+
+def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None = None,
+                       source_sha256: str = "") -> PoolSpec:
+    """Type a normalised document (as stored by ``apply``) without re-validating it."""
+    spec = document["spec"]
+    w, wt, t, h, r, hk = (spec[k] for k in
+                          ("worker", "worktrees", "tasks", "health", "restartPolicy", "hooks"))
+    return PoolSpec(
+        name=document["metadata"]["name"],
+        replicas=spec["replicas"],
+        repo=Path(spec["repo"]),
+        base_ref=spec["baseRef"],
+        runtime=spec["runtime"],
+        tmux_socket=spec["tmux"]["socket"],
+        worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
+                          parse_duration(w["stopGrace"])),
+        worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
+                               wt["cleanup"], tuple(tuple(a) for a in wt["setup"])),
+        tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
+                         parse_duration(t["retryBackoff"])),
+        health=HealthSpec(*(parse_duration(h[k]) for k in (
+            "heartbeatInterval", "unresponsiveAfter", "deadAfter", "slowAfter", "stallAfter"))),
+        restart=RestartPolicy(r["maxRestarts"], parse_duration(r["window"]),
+                              parse_duration(r["backoff"]), parse_duration(r["resetAfter"])),
+        hooks=HooksSpec(tuple(tuple(a) for a in hk["onSuccess"]),
+                        tuple(tuple(a) for a in hk["onFailure"])),
+        document=copy.deepcopy(dict(document)),
+        source_path=source_path,
+        source_sha256=source_sha256,
+    )
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        target = root["$defs"][ref.removeprefix("#/$defs/")]
+        return {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _with_defaults(data: Any, root: Mapping[str, Any]) -> Any:
+    """Copy ``data`` filling in every ``default`` the schema declares."""
+
+    def fill(value: Any, schema: Mapping[str, Any]) -> Any:
+        schema = _resolve(schema, root)
+        if isinstance(value, dict) and "properties" in schema:
+            out = dict(value)
+            for key, sub in schema["properties"].items():
+                sub = _resolve(sub, root)
+                if key not in out and "default" in sub:
+                    out[key] = copy.deepcopy(sub["default"])
+                if key in out:
+                    out[key] = fill(out[key], sub)
+            return out
+        return copy.deepcopy(value)
+
+    return fill(data, root)
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def _locate(label: str, position: Position | None, path: PathKey | None, what: str) -> str:
+    where = f"{label}:{position.line}:{position.column}" if position else label
+    if path:
+        return f"{where}: {format_path(path)}: {what}"
+    return f"{where}: {what}"
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """Render a JSON path as ``spec.worker.command[0]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(document)"
+
+
+_JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number", type(None): "null"}
+
+
+def _describe(value: Any) -> str:
+    kind = _JSON_TYPES.get(type(value), type(value).__name__)
+    if isinstance(value, dict | list):
+        return kind
+    shown = json.dumps(value, ensure_ascii=False)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{kind} {shown}"
+
+
+def _expected(error: ValidationError) -> str:
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if "x-expected" in schema:
+        return str(schema["x-expected"])
+    if error.validator == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [
+            error.validator_value]
+        names = {"object": "a mapping", "array": "a list", "string": "a string",
+                 "integer": "a whole number", "number": "a number", "boolean": "true or false"}
+        return " or ".join(names.get(str(t), str(t)) for t in types)
+    if error.validator == "minItems":
+        return f"at least {error.validator_value} item(s)"
+    if error.validator == "minLength":
+        return "a non-empty string"
+    return error.message
+
+
+def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
+    validator = jsonschema.Draft202012Validator(load_schema())
+    found: list[tuple[tuple[int, int], str]] = []
+    for error in validator.iter_errors(loaded.data):
+        path: PathKey = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = sorted(error.schema.get("properties", {}))
+            for key in error.instance:
+                if key in known:
+                    continue
+                pos = loaded.position_of((*path, str(key)), key=True)
+                close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+                fix = f"did you mean `{close[0]}`?" if close else "known keys: " + ", ".join(known)
+                found.append((_sort_key(pos), _locate(label, pos, (*path, str(key)),
+                                                      f"unknown key `{key}` ({fix})")))
+            continue
+        pos = loaded.position_of(path)
+        if error.validator == "required":
+            what = f"missing required key: {error.message.split(' ')[0]}"
+        elif error.validator == "propertyNames":
+            what = (f"{json.dumps(error.instance)} is not a valid environment variable name "
+                    "(letters, digits and _, not starting with a digit)")
+            pos = loaded.position_of((*path, str(error.instance)), key=True)
+        else:
+            what = f"expected {_expected(error)}, got {_describe(error.instance)}"
+        found.append((_sort_key(pos), _locate(label, pos, path, what)))
+    found.sort(key=lambda item: item[0])
+    return [message for _, message in found]
+
+
+def _sort_key(pos: Position | None) -> tuple[int, int]:
+    return (pos.line, pos.column) if pos else (0, 0)
+
+
+def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
+    """What the schema cannot express: placeholders and threshold order."""
+    spec = loaded.data["spec"]
+    checks: list[tuple[PathKey, str, frozenset[str]]] = []
+    for i, element in enumerate(spec["worker"]["command"]):
+        checks.append((("spec", "worker", "command", i), element, COMMAND_PLACEHOLDERS))
+    for hook in ("onSuccess", "onFailure"):
+        for i, argv in enumerate(spec.get("hooks", {}).get(hook, [])):
+            for j, element in enumerate(argv):
+                checks.append((("spec", "hooks", hook, i, j), element, COMMAND_PLACEHOLDERS))
+    for i, argv in enumerate(spec.get("worktrees", {}).get("setup", [])):
+        for j, element in enumerate(argv):
+            checks.append((("spec", "worktrees", "setup", i, j), element, COMMAND_PLACEHOLDERS))
+    if "branch" in spec.get("worktrees", {}):
+        checks.append((("spec", "worktrees", "branch"), spec["worktrees"]["branch"],
+                       BRANCH_PLACEHOLDERS))
+    for path, template, allowed in checks:
+        if path[1] != "worktrees" or path[2] != "branch":
+            allowed = allowed | {"spec_dir"}
+        try:
+            check_template(template, allowed)
+        except TemplateError as exc:
+            yield _locate(label, loaded.position_of(path), path, str(exc))
+    health = _with_defaults(loaded.data, load_schema())["spec"]["health"]
+    order = ["heartbeatInterval", "unresponsiveAfter", "deadAfter"]
+    for earlier, later in itertools.pairwise(order):
+        if parse_duration(health[earlier]) >= parse_duration(health[later]):
+            path = ("spec", "health", later)
+            yield _locate(label, loaded.position_of(path), path,
+                          f"must be longer than health.{earlier} ({health[earlier]}), "
+                          f"got {health[later]}")

@@ -1,0 +1,182 @@
+"""The worker process: heartbeat, claim, prepare a worktree, run, finish, clean up.
+
+A worker runs the spec it was started with (``--spec-id``), so what ``diff``
+showed is what runs; a changed spec replaces workers instead of mutating them.
+SIGTERM (or a drain request in the store) means "finish the current task, then
+exit": a graceful stop never abandons work.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+from reconciler.errors import ReconcilerError
+from reconciler.model import Claim
+from reconciler.paths import PoolPaths, open_private_append, write_private
+from reconciler.spec import PoolSpec, spec_from_document
+from reconciler.store.sqlite import Store
+from reconciler.taskrun import RunResult, log_tail, run_command
+from reconciler.templates import render_argv
+from reconciler.worktrees import add_worktree, branch_for, remove_worktree, unique_branch
+
+IDLE_POLL_SECONDS = 0.5
+
+
+class Worker:
+    def __init__(self, paths: PoolPaths, worker_id: str, spec: PoolSpec, store: Store) -> None:
+        self.paths = paths
+        self.worker_id = worker_id
+        self.spec = spec
+        self.store = store
+        self.stop = threading.Event()
+        self.cancel = threading.Event()
+        self._claim: Claim | None = None
+        self._claim_lock = threading.Lock()
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.spec.health.dead_after
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> int:
+        self.store.set_worker_state(self.worker_id, "idle", pid=os.getpid())
+        logger.info("{} started (pid {}), pool {}", self.worker_id, os.getpid(), self.spec.name)
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        while not self.stop.is_set():
+            claim = self.store.claim_task(self.worker_id, self.lease_seconds)
+            if claim is None:
+                self.stop.wait(min(IDLE_POLL_SECONDS, self.spec.health.heartbeat_interval))
+                continue
+            with self._claim_lock:
+                self._claim = claim
+                self.cancel.clear()
+            try:
+                self._run_attempt(claim)
+            finally:
+                with self._claim_lock:
+                    self._claim = None
+        logger.info("{} stopping: no new tasks will be claimed", self.worker_id)
+        self.store.mark_worker_exited(self.worker_id, 0)
+        return 0
+
+    def _heartbeat_loop(self) -> None:
+        store = Store(self.paths.store)  # its own connection: never shares a cursor
+        try:
+            while True:
+                with self._claim_lock:
+                    claim = self._claim
+                drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds)
+                if drain:
+                    self.stop.set()
+                if cancel:
+                    self.cancel.set()
+                if self.stop.wait(self.spec.health.heartbeat_interval) and claim is None:
+                    return
+        except ReconcilerError as exc:
+            logger.error("heartbeat failed: {}", exc.one_line())
+        finally:
+            store.close()
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _run_attempt(self, claim: Claim) -> None:
+        task, spec = claim.task, self.spec
+        log = self.paths.logs / f"task-{task.id}-a{claim.attempt_number}.log"
+        logger.info("task {} attempt {}: {}", task.id, claim.attempt_number, task.title)
+        worktree_path: Path | None = None
+        result: RunResult
+        try:
+            branch = unique_branch(spec.repo, branch_for(
+                spec.worktrees.branch, pool=spec.name, task_id=task.id, title=task.title,
+                attempt=claim.attempt_number), claim.attempt_number)
+            root = spec.worktrees.dir or self.paths.default_worktrees
+            worktree = add_worktree(spec.repo, root, f"task-{task.id}-a{claim.attempt_number}",
+                                    branch, spec.base_ref)
+            worktree_path = worktree.path
+            self.store.update_attempt(claim, branch=branch, worktree=str(worktree.path),
+                                      log_path=str(log))
+            prompt_file = self.paths.prompts / f"task-{task.id}.txt"
+            write_private(prompt_file, task.prompt.encode())
+            values = {"task.id": str(task.id), "task.title": task.title,
+                      "task.prompt": task.prompt, "task.prompt_file": str(prompt_file),
+                      "task.branch": branch, "worktree": str(worktree.path),
+                      "attempt": str(claim.attempt_number), "pool": spec.name}
+            env = {**os.environ, **dict(spec.worker.env),
+                   **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
+            result = self._run_steps(spec, values, env, worktree.path, log)
+        except ReconcilerError as exc:
+            result = RunResult("failed", None, exc.one_line())
+            write_log_line(log, f"reconciler: {exc.one_line()}")
+        new_status = self.store.finish_attempt(
+            claim, result.status, exit_code=result.exit_code, error=result.error,
+            output_tail=log_tail(log), max_attempts=spec.tasks.max_attempts,
+            retry_backoff=spec.tasks.retry_backoff)
+        if new_status is None:
+            logger.warning("task {}: lease lost, result ({}) rejected", task.id, result.status)
+        else:
+            logger.info("task {} attempt {} {}: task {}", task.id, claim.attempt_number,
+                        result.status, new_status)
+        if worktree_path is not None and (
+                spec.worktrees.cleanup == "always"
+                or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
+            try:
+                remove_worktree(spec.repo, worktree_path)
+            except ReconcilerError as exc:
+                logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
+
+    def _run_steps(self, spec: PoolSpec, values: dict[str, str], env: dict[str, str],
+                   cwd: Path, log: Path) -> RunResult:
+        timeout, grace = spec.tasks.timeout, spec.worker.stop_grace
+        for argv in spec.worktrees.setup:
+            setup = run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
+                                timeout=timeout, grace=grace, should_cancel=self.cancel.is_set)
+            if setup.status != "succeeded":
+                return RunResult(setup.status, setup.exit_code,
+                                 f"setup {argv[0]!r} failed: {setup.error}")
+        result = run_command(render_argv(spec.worker.command, values), cwd=cwd, env=env, log=log,
+                             timeout=timeout, grace=grace, should_cancel=self.cancel.is_set)
+        hooks = spec.hooks.on_success if result.status == "succeeded" else spec.hooks.on_failure
+        for argv in hooks:
+            run_command(render_argv(argv, values), cwd=cwd, env=env, log=log, timeout=timeout,
+                        grace=grace, should_cancel=lambda: False)
+        return result
+
+
+def write_log_line(log: Path, line: str) -> None:
+    fd = open_private_append(log)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def main(paths: PoolPaths, worker_id: str, spec_id: int) -> int:
+    """Entry point of ``reconcile worker`` (started by the executor, not by hand)."""
+    store = Store(paths.store)
+    spec = spec_from_document(store.spec_document(spec_id))
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss} " + worker_id + " {level} {message}",
+               level="INFO")
+    fd = os.open(paths.logs / f"{worker_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    logger.add(os.fdopen(fd, "a", buffering=1), format="{time:YYYY-MM-DD HH:mm:ss.SSS} "
+               "{level} {message}", level="DEBUG")
+    worker = Worker(paths, worker_id, spec, store)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        logger.info("{} received {}: finishing the current task, then exiting",
+                    worker_id, signal.Signals(signum).name)
+        worker.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    return worker.run()

@@ -1,0 +1,176 @@
+"""Git worktree lifecycle for task attempts, and safe branch and path names.
+
+Branch names come from a template filled with task data, so they are checked
+against git's ref-name rules here (``git check-ref-format``) before git ever
+sees them; worktree paths are built from integers and must resolve under the
+worktree root.  Every git call is an argv list with ``--`` before refs and
+paths, and nothing here ever resets or cleans the operator's own checkout.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import GitError
+from reconciler.templates import render
+
+GIT_TIMEOUT = 120.0
+MAX_BRANCH_BYTES = 200
+_FORBIDDEN_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_branch_name(name: str) -> str:
+    """Return ``name`` if git accepts it as a branch name, else raise ``GitError``.
+
+    Mirrors ``git check-ref-format --branch``: no control characters, spaces,
+    ``~^:?*[\\``; no ``..``, ``@{``, ``//``; no component starting with ``.``
+    or ending with ``.lock``; not starting with ``-`` or ending with ``/`` or ``.``.
+    """
+    problem = None
+    if not name or name == "@":
+        problem = "is empty" if not name else "is '@'"
+    elif len(name.encode()) > MAX_BRANCH_BYTES:
+        problem = f"is longer than {MAX_BRANCH_BYTES} bytes"
+    elif _FORBIDDEN_IN_REF.search(name):
+        problem = "contains a space, control character or one of ~ ^ : ? * [ \\"
+    elif ".." in name or "@{" in name or "//" in name:
+        problem = "contains '..', '@{' or '//'"
+    elif name.startswith(("-", "/")) or name.endswith(("/", ".")):
+        problem = "starts with '-' or '/', or ends with '/' or '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        problem = "has a part starting with '.' or ending with '.lock'"
+    if problem:
+        raise GitError(f"invalid branch name {name!r}: it {problem}",
+                       hint="change worktrees.branch in the spec")
+    return name
+
+
+def slugify(title: str, limit: int = 40) -> str:
+    """A branch-safe slug of a task title: ``Fix the login bug!`` -> ``fix-the-login-bug``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "task"
+
+
+def branch_for(template: str, *, pool: str, task_id: int, title: str, attempt: int) -> str:
+    values = {"pool": pool, "task.id": str(task_id), "task.slug": slugify(title),
+              "attempt": str(attempt)}
+    return check_branch_name(render(template, values))
+
+
+def path_under(root: Path, name: str) -> Path:
+    """``root / name``, refusing anything that would resolve outside ``root``."""
+    root_resolved = root.resolve()
+    candidate = (root_resolved / name).resolve()
+    if candidate.parent != root_resolved:
+        raise GitError(f"worktree path {name!r} escapes {root_resolved}")
+    return candidate
+
+
+def git(repo: Path, args: Sequence[str], *, check: bool = True,
+        timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run ``git -C repo args...``; raise ``GitError`` with git's own message on failure."""
+    argv = ["git", "-C", str(repo), *args]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {args[0]} in {repo} timed out after {timeout:.0f}s") from exc
+    if check and proc.returncode != 0:
+        raise GitError(f"git {' '.join(args[:2])} in {repo} failed: {last_line(proc)}")
+    return proc
+
+
+def last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """git's last line of complaint (its most specific one), or the exit code."""
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def check_repo(repo: Path, base_ref: str) -> str:
+    """Make sure ``repo`` is a git repository with ``base_ref``; return its commit."""
+    if not repo.is_dir():
+        raise GitError(f"repo {repo} does not exist", hint="set spec.repo to a git repository")
+    inside = git(repo, ["rev-parse", "--is-inside-work-tree"], check=False)
+    if inside.returncode != 0:
+        raise GitError(f"repo {repo} is not a git repository",
+                       hint="run `git init` there or point spec.repo at a repository")
+    commit = git(repo, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                        f"{base_ref}^{{commit}}"], check=False)
+    if commit.returncode != 0:
+        raise GitError(f"baseRef {base_ref!r} is not a commit in {repo}",
+                       hint="set spec.baseRef to an existing branch, tag or commit")
+    return commit.stdout.strip()
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    proc = git(repo, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                      f"refs/heads/{branch}"], check=False)
+    return proc.returncode == 0
+
+
+def unique_branch(repo: Path, branch: str, attempt: int) -> str:
+    """``branch`` if free, else ``branch-a<attempt>`` (then ``-2``, ``-3``...): never --force."""
+    if not branch_exists(repo, branch):
+        return branch
+    candidate = check_branch_name(f"{branch}-a{attempt}")
+    n = 2
+    while branch_exists(repo, candidate):
+        candidate = check_branch_name(f"{branch}-a{attempt}-{n}")
+        n += 1
+    return candidate
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    branch: str
+
+
+def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) -> Worktree:
+    """Create a worktree at ``root/name`` on the new ``branch`` from ``base_ref``.
+
+    Concurrent workers share the repository's ref and config locks, so a
+    failure that names a ``.lock`` file is retried briefly.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    path = path_under(root, name)
+    if path.exists() or _registered(repo, path):
+        remove_worktree(repo, path)
+    for attempt in range(5):
+        proc = git(repo, ["worktree", "add", "--quiet", "-b", branch, "--", str(path),
+                          base_ref], check=False)
+        if proc.returncode == 0:
+            return Worktree(path, branch)
+        if ".lock" not in proc.stderr or attempt == 4:
+            raise GitError(f"git worktree add for {branch!r} failed: {last_line(proc)}")
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _registered(repo: Path, path: Path) -> bool:
+    return str(path) in list_worktrees(repo)
+
+
+def list_worktrees(repo: Path) -> list[str]:
+    """Paths of every worktree git knows for ``repo`` (one ``git worktree list`` call)."""
+    proc = git(repo, ["worktree", "list", "--porcelain"], check=False)
+    return [line.removeprefix("worktree ") for line in proc.stdout.splitlines()
+            if line.startswith("worktree ")]
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove a task's worktree (never the main checkout); its branch stays."""
+    if path.resolve() == repo.resolve():
+        raise GitError(f"refusing to remove the repository's own checkout {repo}")
+    proc = git(repo, ["worktree", "remove", "--force", "--", str(path)], check=False)
+    if proc.returncode != 0 and path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    git(repo, ["worktree", "prune"], check=False)
