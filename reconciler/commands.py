@@ -11,7 +11,7 @@ from dataclasses import asdict
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reconciler import controller
+from reconciler import controller, demo, worker
 from reconciler.controller import Pool
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
@@ -303,8 +303,6 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from reconciler import worker
-
     paths = pool_paths(args.state_dir, args.pool)
     if not paths.exists():
         raise PoolError(f"pool {args.pool!r} has no store in {args.state_dir}")
@@ -312,6 +310,4 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reconciler import demo
-
     return demo.run(args)

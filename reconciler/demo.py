@@ -16,7 +16,14 @@ from pathlib import Path
 from rich.console import Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from reconciler import controller
@@ -67,7 +74,7 @@ def _tasks(count: int) -> list[tuple[str, str, int]]:
     return tasks
 
 
-def _dashboard(pool: Pool, store: Store, progress: Progress, bar: int) -> Group:
+def _dashboard(pool: Pool, store: Store, progress: Progress, bar: TaskID) -> Group:
     observation = controller.observe_pool(pool)
     now = time.time()
     table = Table(title=f"pool {pool.name}", title_justify="left")

@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated host (own tmux socket dir, own state dir), real git repos.
+
+Every test that uses ``host`` gets its own ``TMUX_TMPDIR`` and
+``RECONCILER_STATE_DIR``; at the end every tmux server under that directory is
+killed and every process whose command line names the test's state directory
+is killed, so a failing test cannot leak workers into the next one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Isolate tmux and reconciler state for one test; clean up whatever it leaves."""
+    # tmux socket paths must stay short (sun_path is 108 bytes): not under tmp_path
+    tmux_dir = Path(tempfile.mkdtemp(prefix="rt-"))
+    state = tmp_path / "state"
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmux_dir))
+    monkeypatch.setenv("RECONCILER_STATE_DIR", str(state))
+    monkeypatch.delenv("TMUX", raising=False)
+    try:
+        yield tmp_path
+    finally:
+        for socket in tmux_dir.glob("tmux-*/*"):
+            subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
+                           check=False)
+        kill_processes_mentioning(str(state))
+        shutil.rmtree(tmux_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """A real repository on branch main with one commit."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "README.md").write_text("# test repo\n")
+    git(repo, "add", "README.md")
+    git(repo, *GIT_IDENTITY, "commit", "-q", "-m", "initial")
+    return repo
+
+
