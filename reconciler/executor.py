@@ -9,18 +9,14 @@ soon as its own current task has finished.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.model import Action, ActionKind, Observation, Plan, RuntimeInstance
 from reconciler.paths import PoolPaths
-from reconciler.proctree import process_matches
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
@@ -41,20 +37,22 @@ def worker_argv(paths: PoolPaths, worker_id: str, spec_id: int) -> list[str]:
             "--pool", paths.name, "--id", worker_id, "--spec-id", str(spec_id)]
 
 
+def default_runtimes(spec: PoolSpec, paths: PoolPaths) -> dict[str, Runtime]:
+    return {"tmux": TmuxRuntime(spec.tmux_socket, spec.name, paths.tmux_conf),
+            "process": ProcessRuntime(paths.logs)}
+
+
 class Executor:
     def __init__(self, spec: PoolSpec, spec_id: int, paths: PoolPaths, store: Store, *,
                  progress: Callable[[str], None] = lambda _line: None,
-                 force: bool = False) -> None:
+                 force: bool = False, runtimes: Mapping[str, Runtime] | None = None) -> None:
         self.spec = spec
         self.spec_id = spec_id
         self.paths = paths
         self.store = store
         self.progress = progress
         self.force = force
-        self.runtimes: dict[str, Runtime] = {
-            "tmux": TmuxRuntime(spec.tmux_socket, spec.name, paths.tmux_conf),
-            "process": ProcessRuntime(paths.logs),
-        }
+        self.runtimes = runtimes if runtimes is not None else default_runtimes(spec, paths)
 
     def execute(self, plan: Plan, observation: Observation) -> ExecutionReport:
         report = ExecutionReport()
@@ -106,14 +104,13 @@ class Executor:
         for action in actions:
             instance = observation.instance(action.worker_id)
             self.store.request_drain(action.worker_id, action.reason)
-            if instance is not None and instance.pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(instance.pid, signal.SIGTERM)
+            if instance is not None:
+                self.runtimes[instance.runtime].request_stop(instance)
             waiting[action.worker_id] = (action, instance)
             self.progress(f"  draining {action.worker_id} (finishing its current task)")
         while waiting:
             for worker_id, (action, instance) in list(waiting.items()):
-                if instance is not None and process_matches(instance.pid, None):
+                if instance is not None and self.runtimes[instance.runtime].is_running(instance):
                     continue
                 del waiting[worker_id]
                 if instance is not None:  # it has exited: never signal that pid again

@@ -55,6 +55,13 @@ def _signal_all(pid: int, procs: list[psutil.Process], sig: signal.Signals,
             proc.send_signal(sig)
 
 
+def request_stop(pid: int | None) -> None:
+    """SIGTERM the worker process alone: it finishes its current task, then exits."""
+    if pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def process_matches(pid: int | None, create_time: float | None) -> bool:
     """True if ``pid`` is alive and (when known) is the same process we started.
 

@@ -30,6 +30,7 @@ from reconciler.templates import (
     COMMAND_PLACEHOLDERS,
     TemplateError,
     check_template,
+    prefill,
 )
 from reconciler.yamlsafe import LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
 
@@ -167,7 +168,11 @@ def load_spec(path: str | Path) -> PoolSpec:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(f"{label}: not UTF-8 text (byte {exc.start})") from exc
+        before = raw[:exc.start]
+        line_start = before.rfind(b"\n") + 1
+        line, column = before.count(b"\n") + 1, len(before[line_start:].decode("utf-8")) + 1
+        raise SpecError(f"{label}:{line}:{column}: not UTF-8 text (byte {exc.start}; "
+                        "save the file as UTF-8)") from exc
     return parse_spec(text, label=label, base_dir=file.resolve().parent, source_path=file.resolve())
 
 
@@ -179,6 +184,9 @@ def parse_spec(text: str, *, label: str, base_dir: Path,
         loaded = load_yaml(text)
     except YamlLoadError as exc:
         raise SpecError(_locate(label, exc.position, None, exc.message)) from exc
+    if loaded.data is None:
+        raise SpecError(f"{label}: the file is empty (write a WorkerPool spec: apiVersion, "
+                        "kind, metadata and spec)")
     problems = list(_schema_problems(loaded, label))
     if not problems:
         problems = list(_semantic_problems(loaded, label))
@@ -200,10 +208,10 @@ def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:
     It is resolved once, at load, so the stored document is self-contained; the
     path's own braces are doubled so they stay literal when rendered later.
     """
-    literal = str(base_dir.resolve()).replace("{", "{{").replace("}", "}}")
+    values = {"spec_dir": str(base_dir.resolve())}
 
     def fix(argv: list[str]) -> list[str]:
-        return [element.replace("{spec_dir}", literal) for element in argv]
+        return [prefill(element, values) for element in argv]
 
     spec["worker"]["command"] = fix(spec["worker"]["command"])
     spec["worktrees"]["setup"] = [fix(a) for a in spec["worktrees"]["setup"]]
@@ -307,8 +315,8 @@ _JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "a bool
 
 def _describe(value: Any) -> str:
     kind = _JSON_TYPES.get(type(value), type(value).__name__)
-    if isinstance(value, dict | list):
-        return kind
+    if isinstance(value, dict | list) or value is None:
+        return kind if value or value is None else f"an empty {kind.removeprefix('a ')}"
     shown = json.dumps(value, ensure_ascii=False)
     if len(shown) > 40:
         shown = shown[:37] + "..."
@@ -351,7 +359,7 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
         pos = loaded.position_of(path)
         if error.validator == "required":
             what = f"missing required key: {error.message.split(' ')[0]}"
-        elif error.validator == "propertyNames":
+        elif "propertyNames" in error.absolute_schema_path:
             what = (f"{json.dumps(error.instance)} is not a valid environment variable name "
                     "(letters, digits and _, not starting with a digit)")
             pos = loaded.position_of((*path, str(error.instance)), key=True)

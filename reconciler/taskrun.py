@@ -69,6 +69,10 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
         code = child.wait()
         _kill_leftovers(seen, grace)
         pump.join(timeout=5)
+        if not pump.is_alive() and child.stdout is not None:
+            # a pump still blocked on an escaped writer keeps the pipe: closing it
+            # under the thread could hand its fd number to an unrelated file
+            child.stdout.close()
         if outcome == "timeout":
             return RunResult("timeout", code, f"timed out after {timeout:g}s")
         if outcome == "cancelled":

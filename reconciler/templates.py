@@ -54,6 +54,22 @@ def render(template: str, values: Mapping[str, str]) -> str:
     return _TOKEN.sub(replace, template)
 
 
+def prefill(template: str, values: Mapping[str, str]) -> str:
+    """Substitute only the placeholders named in ``values``, keeping the template a template.
+
+    Other placeholders and ``{{``/``}}`` escapes stay as written, and braces in the
+    values are doubled so that a later ``render`` yields them literally.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is not None and name in values:
+            return values[name].replace("{", "{{").replace("}", "}}")
+        return match.group(0)
+
+    return _TOKEN.sub(replace, template)
+
+
 def render_argv(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
     """Render each argv element separately: a value never splits or joins elements."""
     return [render(element, values) for element in argv]

@@ -30,11 +30,13 @@ def check_branch_name(name: str) -> str:
 
     Mirrors ``git check-ref-format --branch``: no control characters, spaces,
     ``~^:?*[\\``; no ``..``, ``@{``, ``//``; no component starting with ``.``
-    or ending with ``.lock``; not starting with ``-`` or ending with ``/`` or ``.``.
+    or ending with ``.lock``; not starting with ``-`` or ending with ``/`` or ``.``;
+    not ``HEAD``.  Stricter than git only for a lone ``@`` (git's shorthand for HEAD)
+    and for names over ``MAX_BRANCH_BYTES``.
     """
     problem = None
-    if not name or name == "@":
-        problem = "is empty" if not name else "is '@'"
+    if not name or name in ("@", "HEAD"):
+        problem = "is empty" if not name else f"is {name!r}"
     elif len(name.encode()) > MAX_BRANCH_BYTES:
         problem = f"is longer than {MAX_BRANCH_BYTES} bytes"
     elif _FORBIDDEN_IN_REF.search(name):

@@ -129,7 +129,10 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_BYTES:
         raise YamlLoadError(f"file is {size} bytes, over the {MAX_BYTES} byte limit")
-    loader = _CountingLoader(text)
+    try:
+        loader = _CountingLoader(text)
+    except yaml.reader.ReaderError as exc:  # a control character, checked up front
+        raise YamlLoadError(_reader_message(exc), _offset_position(text, exc.position)) from exc
     try:
         node = loader.get_single_node()
         if node is None:
@@ -143,17 +146,38 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
         positions: dict[PathKey, Position] = {}
         _index_positions(node, (), positions)
         return LoadedYaml(data, positions)
+    except yaml.reader.ReaderError as exc:
+        raise YamlLoadError(_reader_message(exc), _offset_position(text, exc.position)) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or "invalid YAML"
         tag = re.search(r"constructor for the tag (\S+)", problem)
         if tag:
-            message = f"YAML tag {tag.group(1)} is not allowed; only plain YAML data is accepted"
+            shown = tag.group(1).strip("'").replace("tag:yaml.org,2002:", "!!")
+            message = f"YAML tag {shown} is not allowed; only plain YAML data is accepted"
         else:
             message = f"malformed YAML: {problem}"
+            context = _position(exc.context_mark)
+            if exc.context and context is not None and context != _position(mark):
+                message += f" ({exc.context} at line {context.line}, column {context.column})"
         raise YamlLoadError(message, _position(mark)) from exc
     except yaml.YAMLError as exc:
-        raise YamlLoadError(f"malformed YAML: {exc}") from exc
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise YamlLoadError(f"malformed YAML: {first}") from exc
     finally:
         loader.dispose()
 
+
+def _reader_message(exc: yaml.reader.ReaderError) -> str:
+    return f"unacceptable character #x{exc.character:04x} in YAML: {exc.reason}"
+
+
+def _offset_position(text: str | bytes, offset: int) -> Position:
+    """The 1-based line and column of character ``offset`` in ``text``."""
+    if isinstance(text, bytes):
+        raw = text[:offset]
+        line_start = raw.rfind(b"\n") + 1
+        column = len(raw[line_start:].decode("utf-8", errors="replace")) + 1
+        return Position(raw.count(b"\n") + 1, column)
+    before = text[:offset]
+    return Position(before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1)

@@ -23,3 +23,9 @@ class Runtime(Protocol):
 
     def remove(self, worker_id: str, instance: RuntimeInstance | None, grace: float) -> None:
         """Make sure nothing of ``worker_id`` runs any more (killing its tree if alive)."""
+
+    def request_stop(self, instance: RuntimeInstance) -> None:
+        """Ask the worker to finish its current task and exit (SIGTERM to the worker only)."""
+
+    def is_running(self, instance: RuntimeInstance) -> bool:
+        """Whether the worker process of ``instance`` is still alive."""

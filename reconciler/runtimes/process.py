@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reconciler.errors import RuntimeBackendError
 from reconciler.model import RuntimeInstance
-from reconciler.proctree import create_time_of, kill_tree
+from reconciler.proctree import create_time_of, kill_tree, process_matches, request_stop
 from reconciler.runtimes.base import Started
 
 
@@ -38,3 +38,9 @@ class ProcessRuntime:
     def remove(self, worker_id: str, instance: RuntimeInstance | None, grace: float) -> None:
         if instance is not None and instance.alive and instance.pid:
             kill_tree(instance.pid, grace)
+
+    def request_stop(self, instance: RuntimeInstance) -> None:
+        request_stop(instance.pid)
+
+    def is_running(self, instance: RuntimeInstance) -> bool:
+        return process_matches(instance.pid, None)

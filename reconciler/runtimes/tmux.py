@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reconciler.errors import RuntimeBackendError
 from reconciler.model import RuntimeInstance
-from reconciler.proctree import create_time_of, kill_tree
+from reconciler.proctree import create_time_of, kill_tree, process_matches, request_stop
 from reconciler.runtimes.base import Started
 from reconciler.tmuxcli import run_tmux, server_missing
 
@@ -65,3 +65,9 @@ class TmuxRuntime:
                     and "can't find window" not in proc.stderr:
                 raise RuntimeBackendError(
                     f"could not close the tmux window of {worker_id}: {proc.stderr.strip()}")
+
+    def request_stop(self, instance: RuntimeInstance) -> None:
+        request_stop(instance.pid)
+
+    def is_running(self, instance: RuntimeInstance) -> bool:
+        return process_matches(instance.pid, None)
