@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
     parser.add_argument("--state-dir", type=Path, default=None,
-                        help="state directory (default: %(default)s → see below)")
+                        help="state directory (default: see below)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("validate", help="check a spec against the schema",
@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teardown", action="store_true",
                    help="delete the pool at the end instead of leaving it up to look around")
 
-    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    # internal: how the executor starts a worker process; hidden from --help
+    p = sub.add_parser("worker")
     p.add_argument("--pool", required=True)
     p.add_argument("--id", required=True)
     p.add_argument("--spec-id", type=int, required=True)
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "worker"]
     return parser
 
 

@@ -1,6 +1,6 @@
 """The smallest possible tmux client: argv lists on a dedicated ``-L`` socket.
 
-Never the user's default server (DESIGN rule 2), never ``send-keys``: a worker
+Never the user's default server (DESIGN rule 2), never typed keys: a worker
 process is always the window's command, given as argv.
 """
 

@@ -132,7 +132,7 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
     try:
         loader = _CountingLoader(text)
     except yaml.reader.ReaderError as exc:  # a control character, checked up front
-        raise YamlLoadError(_reader_message(exc), _offset_position(text, exc.position)) from exc
+        raise _reader_error(text, exc) from exc
     try:
         node = loader.get_single_node()
         if node is None:
@@ -147,7 +147,7 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
         _index_positions(node, (), positions)
         return LoadedYaml(data, positions)
     except yaml.reader.ReaderError as exc:
-        raise YamlLoadError(_reader_message(exc), _offset_position(text, exc.position)) from exc
+        raise _reader_error(text, exc) from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or "invalid YAML"
@@ -168,16 +168,16 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
         loader.dispose()
 
 
-def _reader_message(exc: yaml.reader.ReaderError) -> str:
-    return f"unacceptable character #x{exc.character:04x} in YAML: {exc.reason}"
-
-
-def _offset_position(text: str | bytes, offset: int) -> Position:
-    """The 1-based line and column of character ``offset`` in ``text``."""
-    if isinstance(text, bytes):
-        raw = text[:offset]
+def _reader_error(text: str | bytes, exc: yaml.reader.ReaderError) -> YamlLoadError:
+    """A located error for a character the YAML reader refuses (or bytes it cannot decode)."""
+    if exc.encoding != "unicode" and isinstance(text, bytes):  # a decoding error: byte offset
+        raw = text[:exc.position]
         line_start = raw.rfind(b"\n") + 1
         column = len(raw[line_start:].decode("utf-8", errors="replace")) + 1
-        return Position(raw.count(b"\n") + 1, column)
-    before = text[:offset]
-    return Position(before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1)
+        return YamlLoadError(f"not {exc.encoding} text (byte {exc.position}): {exc.reason}",
+                             Position(raw.count(b"\n") + 1, column))
+    chars = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    before = chars[:exc.position]
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    return YamlLoadError(f"unacceptable character #x{exc.character:04x} in YAML: {exc.reason}",
+                         Position(before.count("\n") + 1, column))

@@ -1,0 +1,48 @@
+"""The README's main job: `reconcile demo` end to end, leaving the clone clean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, kill_processes_mentioning
+
+pytestmark = pytest.mark.e2e
+
+
+def git_status() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_demo_runs_end_to_end_and_leaves_the_clone_clean(host: Path) -> None:
+    before = git_status()
+    demo_dir = host / "demo"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "reconciler", "demo", "--tasks", "12", "--dir", str(demo_dir),
+             "--teardown"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        kill_processes_mentioning(str(demo_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tasks:     11 succeeded, 1 failed, 0 cancelled, 0 unfinished (of 12)" in proc.stdout
+    assert "branches:  11 with the agent's commits" in proc.stdout
+    repo = demo_dir / "repo"
+    branches = subprocess.run(["git", "-C", str(repo), "branch", "--list", "agent/*"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    # the failing task ran twice (maxAttempts: 2), each attempt on its own branch
+    assert len(branches) == 13
+    assert sum(b.endswith("-a2") for b in branches) == 1
+    assert git_status() == before
+
+
+def test_demo_refuses_a_directory_that_already_holds_one(host: Path) -> None:
+    (host / "demo" / "repo").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "demo", "--dir",
+                           str(host / "demo")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and "already holds a demo" in proc.stderr
