@@ -58,7 +58,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         if args.output == "json":
             print_json({"file": args.file, "valid": False, "problems": list(exc.problems)})
         else:
-            for problem in exc.problems:
+            lines = [exc.one_line()] if len(exc.problems) == 1 else exc.problems
+            for problem in lines:
                 print(f"error: {problem}", file=sys.stderr)
         return 1
     if args.output == "json":
@@ -162,8 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _with_store(args: argparse.Namespace, create: bool = False) -> tuple[Pool, Store]:
     pool = _pool(args)
-    if create and not pool.paths.exists():
-        pool.paths.create()
+    if create and not pool.paths.exists():  # tasks may be queued before the first apply
+        return pool, Store(pool.paths.create().store)
     return pool, pool.open_store()
 
 

@@ -55,8 +55,8 @@ def read_task_file(path: Path) -> list[NewTask]:
 
 def _one(loaded: LoadedYaml, label: str, at: tuple[str | int, ...], item: Any,
          base: Path) -> NewTask:
-    def fail(what: str, sub: tuple[str | int, ...] = ()) -> TaskError:
-        pos = loaded.position_of((*at, *sub))
+    def fail(what: str, sub: tuple[str | int, ...] = (), *, key: bool = False) -> TaskError:
+        pos = loaded.position_of((*at, *sub), key=key)
         where = f"{label}:{pos.line}:{pos.column}" if pos else label
         return TaskError(f"{where}: task {at[-1]}: {what}")
 
@@ -65,7 +65,7 @@ def _one(loaded: LoadedYaml, label: str, at: tuple[str | int, ...], item: Any,
     unknown = sorted(set(item) - KNOWN_KEYS)
     if unknown:
         raise fail(f"unknown key `{unknown[0]}` (known: {', '.join(sorted(KNOWN_KEYS))})",
-                   (str(unknown[0]),))
+                   (str(unknown[0]),), key=True)
     title = item.get("title")
     if not isinstance(title, str):
         raise fail("`title` must be a string", ("title",))

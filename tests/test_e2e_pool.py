@@ -178,7 +178,7 @@ def test_dead_worker_is_restarted_by_apply(host: Path, git_repo: Path, runtime: 
     assert diff.returncode == 2
     expected = ("~ restart w-2: process gone (killed by signal 9 (exit 137))"
                 if runtime == "tmux" else "~ restart w-2: process gone")
-    assert expected in diff.stdout
+    assert expected in diff.stdout, diff.stdout
     apply(spec)
     workers = {w["id"]: w for w in status(spec)["workers"]}
     assert workers["w-2"]["pid"] not in (None, pid)

@@ -1,0 +1,152 @@
+"""The CLI contract: help, JSON output, pool selection and one-line errors (real CLI runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import reconcile, write_spec
+
+COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
+            "task", "task add", "task import", "task list", "task show", "task cancel",
+            "task wait"]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.replace(" ", "-") for c in COMMANDS])
+def test_every_command_explains_itself(command: str) -> None:
+    proc = reconcile(*command.split(), "--help")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: reconcile")
+
+
+def test_top_level_help_documents_exit_codes_and_hides_internal_commands() -> None:
+    out = reconcile("--help").stdout
+    assert "exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error" in out
+    assert "worker" not in out.split("options:")[0].replace("workers", "")
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 1
+    stderr = proc.stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+@pytest.mark.usefixtures("host")
+class TestPoolSelection:
+    def test_no_pool_at_all(self) -> None:
+        line = one_error_line(reconcile("status"))
+        assert "no pool found in" in line and "pass -f workers.yaml" in line
+
+    def test_unknown_pool_name(self, host: Path) -> None:
+        write_spec(host)
+        reconcile("task", "add", "-f", str(host / "workers.yaml"), "--title", "x", check=True)
+        line = one_error_line(reconcile("status", "--pool", "nope"))
+        assert "no pool named 'nope'" in line and "known pools: testpool" in line
+
+    def test_single_pool_is_the_default(self, host: Path) -> None:
+        write_spec(host)
+        reconcile("task", "add", "-f", str(host / "workers.yaml"), "--title", "x", check=True)
+        tasks = json.loads(reconcile("task", "list", "-o", "json", check=True).stdout)
+        assert [t["title"] for t in tasks] == ["x"]
+
+    def test_two_pools_need_a_choice(self, host: Path) -> None:
+        for name in ("one", "two"):
+            spec = write_spec(host, name=name, filename=f"{name}.yaml")
+            reconcile("task", "add", "-f", str(spec), "--title", "x", check=True)
+        line = one_error_line(reconcile("task", "list"))
+        assert "2 pools in" in line and "one, two" in line and "--pool NAME" in line
+
+    def test_pool_and_file_must_agree(self, host: Path) -> None:
+        spec = write_spec(host)
+        line = one_error_line(reconcile("status", "-f", str(spec), "--pool", "other"))
+        assert "does not match" in line
+
+    def test_apply_on_a_missing_repo_says_how_to_fix(self, host: Path) -> None:
+        spec = write_spec(host, repo="no-such-repo")
+        line = one_error_line(reconcile("apply", "-f", str(spec)))
+        assert "does not exist" in line and "set spec.repo" in line
+        assert not (host / "state").exists(), "nothing may be half-applied"
+
+
+@pytest.mark.usefixtures("host")
+class TestTasks:
+    def test_add_list_show_cancel_roundtrip_as_json(self, host: Path) -> None:
+        spec = str(write_spec(host))
+        added = json.loads(reconcile("task", "add", "-f", spec, "--title", "First",
+                                     "--prompt", "p1", "--priority", "3", "-o", "json",
+                                     check=True).stdout)
+        shown = json.loads(reconcile("task", "show", str(added["id"]), "-f", spec, "-o", "json",
+                                     check=True).stdout)
+        assert (shown["title"], shown["prompt"], shown["priority"], shown["status"]) == (
+            "First", "p1", 3, "queued")
+        assert shown["attempt_details"] == []
+        cancelled = json.loads(reconcile("task", "cancel", str(added["id"]), "-f", spec,
+                                         "-o", "json", check=True).stdout)
+        assert cancelled == {"id": added["id"], "status": "cancelled"}
+        line = one_error_line(reconcile("task", "cancel", str(added["id"]), "-f", spec))
+        assert "already cancelled" in line
+
+    def test_prompt_defaults_to_title_and_reads_files_exactly(self, host: Path) -> None:
+        spec = str(write_spec(host))
+        prompt = host / "p.md"
+        prompt.write_text("line 1\n  line 2 with $(x)\n")
+        reconcile("task", "add", "-f", spec, "--title", "T1", check=True)
+        reconcile("task", "add", "-f", spec, "--title", "T2", "--prompt-file", str(prompt),
+                  check=True)
+        tasks = json.loads(reconcile("task", "list", "-f", spec, "-o", "json").stdout)
+        assert [t["prompt"] for t in tasks] == ["T1", prompt.read_text()]
+
+    def test_import_is_all_or_nothing(self, host: Path) -> None:
+        spec = str(write_spec(host))
+        bad = host / "tasks.yaml"
+        bad.write_text("- title: ok\n- titel: typo\n")
+        line = one_error_line(reconcile("task", "import", str(bad), "-f", spec))
+        assert f"{bad}:2:3: task 1: unknown key `titel`" in line
+        reconcile("task", "add", "-f", spec, "--title", "t", check=True)
+        assert len(json.loads(reconcile("task", "list", "-f", spec, "-o", "json").stdout)) == 1
+
+    @pytest.mark.parametrize(("args", "expected"), [
+        pytest.param(["task", "show", "99"], "no task with id 99", id="unknown-id"),
+        pytest.param(["task", "add", "--title", "  "], "must not be empty", id="blank-title"),
+        pytest.param(["task", "add", "--title", "t", "--prompt-file", "/nonexistent"],
+                     "--prompt-file /nonexistent", id="missing-prompt-file"),
+        pytest.param(["task", "wait", "--timeout", "soon"], "--timeout", id="bad-duration"),
+        pytest.param(["task", "add", "--title", "t", "--priority", "high"],
+                     "invalid int value", id="usage-error"),
+    ])
+    def test_bad_input_is_one_line(self, host: Path, args: list[str], expected: str) -> None:
+        spec = str(write_spec(host))
+        reconcile("task", "add", "-f", spec, "--title", "seed", check=True)
+        assert expected in one_error_line(reconcile(*args, "-f", spec))
+
+    def test_wait_times_out_with_exit_1_when_no_worker_runs(self, host: Path) -> None:
+        spec = str(write_spec(host))
+        reconcile("task", "add", "-f", spec, "--title", "t", check=True)
+        proc = reconcile("task", "wait", "-f", spec, "--timeout", "500ms", "-o", "json")
+        assert proc.returncode == 1
+        assert json.loads(proc.stdout) == {"finished": False,
+                                           "tasks": [{"id": 1, "status": "queued"}]}
+
+
+def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
+    spec = str(write_spec(host, replicas=1))
+    reconcile("apply", "-f", spec, "--wait", check=True)
+    documents = {cmd: json.loads(reconcile(cmd, "-f", spec, "-o", "json", check=True).stdout)
+                 for cmd in ("status", "history", "events")}
+    assert documents["status"]["pool"] == "testpool"
+    assert set(documents["status"]["queue"]) == {"queued", "running", "succeeded", "failed",
+                                                 "cancelled"}
+    assert [w["id"] for w in documents["status"]["workers"]] == ["w-1"]
+    assert len(documents["history"]) == 1
+    assert {e["kind"] for e in documents["events"]} >= {"spec.applied", "worker.started"}
+    plan = json.loads(reconcile("diff", "-f", spec, "-o", "json").stdout)
+    assert plan == {"pool": "testpool", "in_sync": True,
+                    "summary": "No changes. The pool matches the spec.", "counts": {},
+                    "actions": []}
+    reconcile("delete", "-f", spec, check=True)
