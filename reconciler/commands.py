@@ -88,7 +88,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     text = args.output == "text"
     if text:
         plan, _ = controller.diff(pool)
-        render.render_plan(plan, title=f"Applying to pool {pool.name}:")
+        if not plan.empty:
+            render.render_plan(plan, title=f"Applying to pool {pool.name}:")
     result = controller.apply(pool, lock_timeout=lock_timeout,
                               progress=lambda line: console.print(f"  {escape(line)}")
                               if text else None)
@@ -101,7 +102,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     "remaining": render.plan_document(result.remaining), "ready": ready})
     elif result.plan.empty:
         console.print(f"Nothing to do: pool {pool.name} already matches {args.file}"
-                      f" (spec #{result.spec_id}).")
+                      f" (spec #{result.spec_id}{', recorded now' if result.recorded else ''}).")
     else:
         console.print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
                       f"change(s) made; spec #{result.spec_id} recorded in history.")
@@ -262,7 +263,10 @@ def task_cancel(args: argparse.Namespace) -> int:
 
 def task_wait(args: argparse.Namespace) -> int:
     timeout = _duration_arg(args.timeout, "--timeout") if args.timeout else None
-    _, store = _with_store(args)
+    pool, store = _with_store(args)
+    if not any(i.alive for i in controller.observe_pool(pool).instances):
+        print(f"warning: no worker of pool {pool.name} is running; tasks will not progress "
+              "until `reconcile apply` starts some", file=sys.stderr)
     ids = list(args.task_ids) or [t.id for t in store.tasks()
                                   if t.status not in FINAL_TASK_STATUSES]
     for task_id in ids:

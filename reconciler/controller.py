@@ -100,6 +100,7 @@ def diff(pool: Pool) -> tuple[Plan, Observation]:
     """The plan ``apply`` would execute now; changes nothing."""
     if pool.spec is None:
         raise PoolError("diff needs the desired spec", hint="pass -f workers.yaml")
+    preflight(pool.spec)  # what apply would refuse, diff refuses too
     observation = observe_pool(pool)
     return plan(pool.spec, observation, observation.observed_at), observation
 
@@ -113,7 +114,8 @@ class ApplyResult:
     remaining: Plan
 
 
-def _preflight(spec: PoolSpec) -> None:
+def preflight(spec: PoolSpec) -> None:
+    """Read-only checks that the spec can run on this host: repo, baseRef, tmux."""
     check_repo(spec.repo, spec.base_ref)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
@@ -138,7 +140,7 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
     spec = pool.spec
     if spec is None:
         raise PoolError("apply needs the desired spec", hint="pass -f workers.yaml")
-    _preflight(spec)
+    preflight(spec)
     pool.paths.create()
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout):
         store = Store(pool.paths.store)

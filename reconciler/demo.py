@@ -9,6 +9,8 @@ until the queue drains and prints a summary with the commands to look around.
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise ReconcilerError(f"{base} already holds a demo", hint="pass an empty --dir")
     started = time.monotonic()
     _make_repo(repo)
-    spec = with_repo(base_spec, repo)
+    # a socket of its own, so two demos on one host never take over each other's windows
+    spec = with_repo(base_spec, repo, tmux_socket=f"{base_spec.tmux_socket}-{base.name[-8:]}")
     pool = Pool(pool_paths(state_dir, spec.name), spec)
     console.print(f"[bold]reconciler demo[/bold]: {spec.replicas} simulated agents, "
                   f"{args.tasks} tasks, repository {repo}")
@@ -125,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         controller.delete(pool)
         console.print(f"\npool deleted (--teardown); the repository and state stay in {base}")
     else:
-        _look_around(pool, spec.tmux_socket)
+        _look_around(pool, spec.tmux_socket, base)
     return 0 if drained else 1
 
 
@@ -146,12 +149,21 @@ def _summary(pool: Pool, store: Store, repo: Path, elapsed: float, spec_id: int,
     console.print(f"  restarts:  {restarts};  elapsed: {elapsed:.1f}s;  spec #{spec_id}")
 
 
-def _look_around(pool: Pool, socket: str) -> None:
-    state = pool.paths.state_dir
+def _invocation() -> str:
+    """How this very command was run, so the printed commands work when pasted."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "reconcile":
+        return f"{sys.executable} -m reconciler"
+    on_path = shutil.which("reconcile")
+    if on_path and Path(on_path).resolve() == argv0.resolve():
+        return "reconcile"
+    return sys.argv[0]  # e.g. .venv/bin/reconcile, valid from the same directory
+
+
+def _look_around(pool: Pool, socket: str, base: Path) -> None:
+    cli = f"{_invocation()} --state-dir {pool.paths.state_dir}"
     console.print("\n[bold]Look around[/bold] (the pool keeps running, idle):")
     console.print(f"  tmux -L {socket} attach -t {pool.name}")
-    console.print(f"  reconcile --state-dir {state} status")
-    console.print(f"  reconcile --state-dir {state} task list")
-    console.print(f"  reconcile --state-dir {state} task show 1")
-    console.print(f"  reconcile --state-dir {state} history")
-    console.print(f"  reconcile --state-dir {state} delete --pool {pool.name}   # when done")
+    for command in ("status", "task list", "task show 1", "history", "events"):
+        console.print(f"  {cli} {command}")
+    console.print(f"  {cli} delete --pool {pool.name} && rm -rf {base}   # when done")

@@ -70,7 +70,6 @@ class Executor:
             else:
                 self._start(action.worker_id, restarted=False)
             report.done.append(action.describe())
-            self.progress(action.describe())
         if graceful:
             self._drain_then_finish(graceful, observation, report)
         return report
@@ -107,7 +106,7 @@ class Executor:
             if instance is not None:
                 self.runtimes[instance.runtime].request_stop(instance)
             waiting[action.worker_id] = (action, instance)
-            self.progress(f"  draining {action.worker_id} (finishing its current task)")
+            self.progress(f"waiting for {action.worker_id} to finish its current task")
         while waiting:
             for worker_id, (action, instance) in list(waiting.items()):
                 if instance is not None and self.runtimes[instance.runtime].is_running(instance):
@@ -121,6 +120,7 @@ class Executor:
                 else:
                     self._retire(action, instance)
                 report.done.append(action.describe())
-                self.progress(action.describe())
+                verb = "replaced" if action.kind is ActionKind.RESTART else "stopped"
+                self.progress(f"{worker_id} {verb}")
             if waiting:
                 time.sleep(DRAIN_POLL_SECONDS)

@@ -67,6 +67,11 @@ class PoolPaths:
         return self.root / "apply.lock"
 
     @property
+    def repo_locks(self) -> Path:
+        """Shared by every pool in the state directory: pools may share a repository."""
+        return self.state_dir / "locks"
+
+    @property
     def tmux_conf(self) -> Path:
         return self.root / "tmux.conf"
 

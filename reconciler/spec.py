@@ -219,10 +219,12 @@ def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:
         spec["hooks"][hook] = [fix(a) for a in spec["hooks"][hook]]
 
 
-def with_repo(spec: PoolSpec, repo: Path) -> PoolSpec:
-    """The same spec aimed at another repository (used by the demo)."""
+def with_repo(spec: PoolSpec, repo: Path, *, tmux_socket: str | None = None) -> PoolSpec:
+    """The same spec aimed at another repository (and tmux socket): used by the demo."""
     document = copy.deepcopy(dict(spec.document))
     document["spec"]["repo"] = str(repo.resolve())
+    if tmux_socket is not None:
+        document["spec"]["tmux"]["socket"] = tmux_socket
     return spec_from_document(document, source_path=spec.source_path,
                               source_sha256=spec.source_sha256)
 

@@ -24,7 +24,13 @@ from reconciler.spec import PoolSpec, spec_from_document
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult, log_tail, run_command
 from reconciler.templates import render_argv
-from reconciler.worktrees import add_worktree, branch_for, remove_worktree, unique_branch
+from reconciler.worktrees import (
+    add_worktree,
+    branch_for,
+    remove_worktree,
+    repo_lock,
+    unique_branch,
+)
 
 IDLE_POLL_SECONDS = 0.5
 
@@ -95,12 +101,14 @@ class Worker:
         worktree_path: Path | None = None
         result: RunResult
         try:
-            branch = unique_branch(spec.repo, branch_for(
-                spec.worktrees.branch, pool=spec.name, task_id=task.id, title=task.title,
-                attempt=claim.attempt_number), claim.attempt_number)
+            wanted = branch_for(spec.worktrees.branch, pool=spec.name, task_id=task.id,
+                                title=task.title, attempt=claim.attempt_number)
             root = spec.worktrees.dir or self.paths.default_worktrees
-            worktree = add_worktree(spec.repo, root, f"task-{task.id}-a{claim.attempt_number}",
-                                    branch, spec.base_ref)
+            with repo_lock(self.paths.repo_locks, spec.repo):
+                branch = unique_branch(spec.repo, wanted, claim.attempt_number)
+                worktree = add_worktree(spec.repo, root,
+                                        f"task-{task.id}-a{claim.attempt_number}", branch,
+                                        spec.base_ref)
             worktree_path = worktree.path
             self.store.update_attempt(claim, branch=branch, worktree=str(worktree.path),
                                       log_path=str(log))
@@ -129,7 +137,8 @@ class Worker:
                 spec.worktrees.cleanup == "always"
                 or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
             try:
-                remove_worktree(spec.repo, worktree_path)
+                with repo_lock(self.paths.repo_locks, spec.repo):
+                    remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
 

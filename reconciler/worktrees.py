@@ -9,11 +9,15 @@ paths, and nothing here ever resets or cleans the operator's own checkout.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,10 +173,33 @@ def list_worktrees(repo: Path) -> list[str]:
 
 
 def remove_worktree(repo: Path, path: Path) -> None:
-    """Remove a task's worktree (never the main checkout); its branch stays."""
+    """Remove a task's worktree (never the main checkout); its branch stays.
+
+    ``git worktree prune`` runs only when ``remove`` failed: pruning while
+    another worker is half-way through ``worktree add`` deletes that worker's
+    administrative directory (call this under ``repo_lock``).
+    """
     if path.resolve() == repo.resolve():
         raise GitError(f"refusing to remove the repository's own checkout {repo}")
     proc = git(repo, ["worktree", "remove", "--force", "--", str(path)], check=False)
-    if proc.returncode != 0 and path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-    git(repo, ["worktree", "prune"], check=False)
+    if proc.returncode != 0:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        git(repo, ["worktree", "prune"], check=False)
+
+
+@contextmanager
+def repo_lock(lock_dir: Path, repo: Path) -> Iterator[None]:
+    """Serialise worktree add/remove/prune on one repository across workers and pools.
+
+    git locks refs and the index itself, but not the sequence "create the
+    worktree's admin dir, then check out", which a concurrent prune can break.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
+    fd = os.open(lock_dir / f"repo-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
