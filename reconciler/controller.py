@@ -6,7 +6,6 @@ to the executor.  ``diff`` never creates a file, a window or a process.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from reconciler.executor import ExecutionReport, Executor
 from reconciler.lock import pool_lock
 from reconciler.model import Observation, Plan
 from reconciler.observe import observe
-from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths, known_pools, pool_paths
 from reconciler.planner import plan, plan_delete
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
@@ -84,16 +82,20 @@ def applied_spec(paths: PoolPaths) -> PoolSpec | None:
         store.close()
 
 
-def observe_pool(pool: Pool) -> Observation:
-    """Observe without creating anything: a pool with no store yet has no records."""
-    if not pool.paths.exists():
-        panes = tmux_instances(pool.tmux_socket, pool.name) if pool.tmux_socket else []
-        return Observation(pool=pool.name, observed_at=time.time(), instances=tuple(panes))
-    store = Store(pool.paths.store)
+def observe_pool(pool: Pool, store: Store | None = None) -> Observation:
+    """Observe the pool; a pool with no store yet has no records (nothing is created)."""
+    spec = pool.spec
+    own = store
+    if own is None and pool.paths.exists():
+        own = Store(pool.paths.store)
     try:
-        return observe(pool.name, pool.tmux_socket, store)
+        return observe(
+            pool.paths, [spec.tmux_socket if spec else None], own,
+            repo=spec.repo if spec else None,
+            worktree_root=(spec.worktrees.dir or pool.paths.default_worktrees) if spec else None)
     finally:
-        store.close()
+        if store is None and own is not None:
+            own.close()
 
 
 def diff(pool: Pool) -> tuple[Plan, Observation]:
@@ -145,7 +147,7 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
-            observation = observe(pool.name, spec.tmux_socket, store)
+            observation = observe_pool(pool, store)
             the_plan = plan(spec, observation, observation.observed_at)
             spec_id = store.latest_spec_id(spec.document_hash)
             history = store.history()
@@ -159,7 +161,7 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
                 recorded = True
             report = Executor(spec, spec_id, pool.paths, store, progress=progress).execute(
                 the_plan, observation)
-            after = observe(pool.name, spec.tmux_socket, store)
+            after = observe_pool(pool, store)
             remaining = plan(spec, after, after.observed_at)
         finally:
             store.close()
@@ -175,8 +177,8 @@ def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] =
     with pool_lock(pool.paths.lock, what="delete", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
-            observation = observe(pool.name, spec.tmux_socket, store)
-            the_plan = plan_delete(pool.name, observation)
+            observation = observe_pool(pool, store)
+            the_plan = plan_delete(spec, observation)
             spec_id = store.latest_spec_id(spec.document_hash) or 0
             report = Executor(spec, spec_id, pool.paths, store, progress=progress,
                               force=force).execute(the_plan, observation)

@@ -2,9 +2,10 @@
 
 The executor decides nothing: the planner said what and why.  It does the
 immediate actions first (clear exited windows, replace dead workers, start
-missing ones), then the graceful ones: every worker to stop or roll is asked
-to drain at once (store flag + SIGTERM), and each is replaced or removed as
-soon as its own current task has finished.
+missing ones, remove orphaned worktrees), then the graceful ones: every worker
+to stop or roll is asked to drain at once (store flag + SIGTERM), and each is
+replaced or removed as soon as its own current task has finished, or killed
+(its task requeued, not counted as a failure) after ``worker.stopGrace``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from reconciler.durations import format_duration
+from reconciler.errors import ReconcilerError
 from reconciler.model import Action, ActionKind, Observation, Plan, RuntimeInstance
 from reconciler.paths import PoolPaths
+from reconciler.proctree import kill_tree
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
 from reconciler.spec import PoolSpec
 from reconciler.store.sqlite import Store
+from reconciler.worktrees import remove_worktree, repo_lock
 
 DRAIN_POLL_SECONDS = 0.2
 
@@ -29,6 +35,7 @@ DRAIN_POLL_SECONDS = 0.2
 @dataclass
 class ExecutionReport:
     done: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
 
 
 def worker_argv(paths: PoolPaths, worker_id: str, spec_id: int) -> list[str]:
@@ -61,14 +68,17 @@ class Executor:
             if action.graceful and not self.force:
                 graceful.append(action)
                 continue
-            instance = observation.instance(action.worker_id)
-            if action.kind in (ActionKind.REMOVE, ActionKind.STOP):
-                self._retire(action, instance)
+            instance = observation.instance(action.target)
+            if action.kind is ActionKind.CLEAN:
+                self._clean_worktree(Path(action.target), report)
+            elif action.kind in (ActionKind.REMOVE, ActionKind.STOP):
+                # a stop forced by the operator does not count against the task's attempts
+                self._retire(action, instance, consume=action.kind is ActionKind.REMOVE)
             elif action.kind is ActionKind.RESTART:
-                self._clear(action, instance)
-                self._start(action.worker_id, restarted=True)
+                self._clear(action, instance, consume=not action.graceful)
+                self._start(action.target, restarted=True)
             else:
-                self._start(action.worker_id, restarted=False)
+                self._start(action.target, restarted=False)
             report.done.append(action.describe())
         if graceful:
             self._drain_then_finish(graceful, observation, report)
@@ -78,47 +88,69 @@ class Executor:
 
     def _start(self, worker_id: str, *, restarted: bool) -> None:
         runtime = self.runtimes[self.spec.runtime]
-        started = runtime.start(worker_id, worker_argv(self.paths, worker_id, self.spec_id))
         self.store.register_worker(
-            worker_id, runtime=runtime.name, pid=started.pid,
-            pid_create_time=started.create_time, spec_id=self.spec_id,
-            template_hash=self.spec.template_hash(),
-            template_digests=self.spec.template_digests(), restarted=restarted)
+            worker_id, runtime=runtime.name, pid=None, pid_create_time=None,
+            spec_id=self.spec_id, template_hash=self.spec.template_hash(),
+            template_digests=self.spec.template_digests(), restarted=restarted,
+            tmux_socket=self.spec.tmux_socket if runtime.name == "tmux" else None)
+        started = runtime.start(worker_id, worker_argv(self.paths, worker_id, self.spec_id))
+        self.store.set_worker_process(worker_id, started.pid, started.create_time)
 
-    def _clear(self, action: Action, instance: RuntimeInstance | None) -> None:
-        """Remove what is left of a worker and requeue whatever it was running."""
+    def _clear(self, action: Action, instance: RuntimeInstance | None, *, consume: bool) -> None:
+        """Remove what is left of a worker, kill the commands it ran, requeue their tasks."""
         if instance is not None:
-            self.runtimes[instance.runtime].remove(action.worker_id, instance,
+            self.runtimes[instance.runtime].remove(action.target, instance,
                                                    self.spec.worker.stop_grace)
-        self.store.requeue_attempts_of(action.worker_id,
-                                       f"worker {action.worker_id} replaced: {action.reason}")
+        for attempt in self.store.running_attempts(action.target):
+            if attempt.pid:  # the agent outlives its dead worker: it has a session of its own
+                kill_tree(attempt.pid, self.spec.worker.stop_grace)
+        self.store.requeue_attempts_of(
+            action.target, f"worker {action.target} replaced: {action.reason}",
+            consume=consume, max_attempts=self.spec.tasks.max_attempts,
+            retry_backoff=self.spec.tasks.retry_backoff)
 
-    def _retire(self, action: Action, instance: RuntimeInstance | None) -> None:
-        self._clear(action, instance)
-        self.store.mark_worker_removed(action.worker_id, action.reason)
+    def _retire(self, action: Action, instance: RuntimeInstance | None, *, consume: bool) -> None:
+        self._clear(action, instance, consume=consume)
+        self.store.mark_worker_removed(action.target, action.reason)
+
+    def _clean_worktree(self, path: Path, report: ExecutionReport) -> None:
+        try:
+            with repo_lock(self.paths.repo_locks, self.spec.repo):
+                remove_worktree(self.spec.repo, path)
+        except ReconcilerError as exc:
+            report.problems.append(f"could not remove worktree {path}: {exc.one_line()}")
 
     def _drain_then_finish(self, actions: list[Action], observation: Observation,
                            report: ExecutionReport) -> None:
+        grace = self.spec.worker.stop_grace
+        deadline = time.monotonic() + grace
         waiting: dict[str, tuple[Action, RuntimeInstance | None]] = {}
         for action in actions:
-            instance = observation.instance(action.worker_id)
-            self.store.request_drain(action.worker_id, action.reason)
+            instance = observation.instance(action.target)
+            self.store.request_drain(action.target, action.reason)
             if instance is not None:
                 self.runtimes[instance.runtime].request_stop(instance)
-            waiting[action.worker_id] = (action, instance)
-            self.progress(f"waiting for {action.worker_id} to finish its current task")
+            waiting[action.target] = (action, instance)
+            self.progress(f"waiting for {action.target} to finish its current task "
+                          f"(at most {format_duration(grace)}, worker.stopGrace)")
         while waiting:
+            overdue = time.monotonic() >= deadline
             for worker_id, (action, instance) in list(waiting.items()):
-                if instance is not None and self.runtimes[instance.runtime].is_running(instance):
+                running = instance is not None and \
+                    self.runtimes[instance.runtime].is_running(instance)
+                if running and not overdue:
                     continue
                 del waiting[worker_id]
-                if instance is not None:  # it has exited: never signal that pid again
+                if running:
+                    self.progress(f"{worker_id} still busy after {format_duration(grace)}: "
+                                  "killing it; its task goes back to the queue")
+                elif instance is not None:  # it has exited: never signal that pid again
                     instance = dataclasses.replace(instance, alive=False)
                 if action.kind is ActionKind.RESTART:
-                    self._clear(action, instance)
+                    self._clear(action, instance, consume=False)
                     self._start(worker_id, restarted=True)
                 else:
-                    self._retire(action, instance)
+                    self._retire(action, instance, consume=False)
                 report.done.append(action.describe())
                 verb = "replaced" if action.kind is ActionKind.RESTART else "stopped"
                 self.progress(f"{worker_id} {verb}")

@@ -49,6 +49,7 @@ class AttemptRow:
     error: str | None
     output_tail: str | None
     lease_expires_at: float
+    pid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class WorkerRow:
 
     id: str
     runtime: str
+    tmux_socket: str | None
     pid: int | None
     pid_create_time: float | None
     spec_id: int | None
@@ -141,6 +143,7 @@ class RuntimeInstance:
     exit_status: int | None = None
     exit_signal: int | None = None
     handle: str | None = None  # tmux window id, e.g. "@3"
+    socket: str | None = None  # tmux socket the window lives on
 
     def exit_description(self) -> str:
         if self.exit_signal:
@@ -159,6 +162,8 @@ class Observation:
     instances: tuple[RuntimeInstance, ...] = ()
     workers: tuple[WorkerRow, ...] = ()
     queue: QueueCounts = field(default_factory=QueueCounts)
+    worktrees: tuple[str, ...] = ()  # task worktrees git knows under the pool's root
+    attempt_worktrees: Mapping[str, str] = field(default_factory=dict)  # path -> attempt status
 
     def instance(self, worker_id: str) -> RuntimeInstance | None:
         return next((i for i in self.instances if i.worker_id == worker_id), None)
@@ -175,26 +180,29 @@ class ActionKind(enum.Enum):
     STOP = "stop"
     RESTART = "restart"
     REMOVE = "remove"  # clear the remains of an exited worker (a dead tmux pane)
+    CLEAN = "clean"  # remove an orphaned task worktree (its branch stays)
 
     @property
     def symbol(self) -> str:
-        return {"start": "+", "stop": "-", "restart": "~", "remove": "-"}[self.value]
+        return {"start": "+", "restart": "~"}.get(self.value, "-")
 
 
 @dataclass(frozen=True)
 class Action:
     """One change the executor will make, and why.
 
+    ``target`` is a worker id (``w-3``), or a worktree path for ``clean``.
     ``graceful`` actions wait for the worker's current task to finish first.
     """
 
     kind: ActionKind
-    worker_id: str
+    target: str
     reason: str
     graceful: bool = False
 
     def describe(self) -> str:
-        return f"{self.kind.symbol} {self.kind.value} {self.worker_id}: {self.reason}"
+        what = "worktree " if self.kind is ActionKind.CLEAN else ""
+        return f"{self.kind.symbol} {self.kind.value} {what}{self.target}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -216,4 +224,6 @@ class Plan:
         parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
         if c["remove"]:
             parts.append(f"{c['remove']} to remove")
+        if c["clean"]:
+            parts.append(f"{c['clean']} worktree(s) to clean")
         return "Plan: " + ", ".join(parts) + "."

@@ -47,10 +47,11 @@ def plan(spec: PoolSpec, observation: Observation, now: float) -> Plan:
                          f"scale down to {spec.replicas} replica{'s' * (spec.replicas != 1)}")
         if action is not None:
             actions.append(action)
+    actions += _orphan_worktrees(spec, observation)
     return Plan(spec.name, tuple(actions))
 
 
-def plan_delete(pool: str, observation: Observation) -> Plan:
+def plan_delete(spec: PoolSpec, observation: Observation) -> Plan:
     """Stop every worker of the pool (gracefully) and clear what is left of them."""
     actions = []
     for worker_id in sorted(_known_ids(observation), key=worker_sort_key, reverse=True):
@@ -58,7 +59,34 @@ def plan_delete(pool: str, observation: Observation) -> Plan:
                          observation.worker(worker_id), "pool deleted")
         if action is not None:
             actions.append(action)
-    return Plan(pool, tuple(actions))
+    actions += _orphan_worktrees(spec, observation)
+    return Plan(spec.name, tuple(actions))
+
+
+_KEPT_BY_POLICY = {
+    "always": frozenset(),
+    "onSuccess": frozenset({"failed", "timeout", "cancelled"}),
+    "never": frozenset({"succeeded", "failed", "timeout", "cancelled"}),
+}
+
+
+def _orphan_worktrees(spec: PoolSpec, observation: Observation) -> list[Action]:
+    """Task worktrees no running attempt uses and the cleanup policy does not keep.
+
+    Workers record a worktree's path before creating it, so an unrecorded one
+    was made by something that died mid-way; a ``lost`` attempt's worktree
+    belonged to a worker that died.
+    """
+    kept = _KEPT_BY_POLICY[spec.worktrees.cleanup]
+    actions = []
+    for path in observation.worktrees:
+        status = observation.attempt_worktrees.get(path)
+        if status == "running" or status in kept:
+            continue
+        why = {None: "no attempt owns it", "lost": "its attempt was lost with its worker"}.get(
+            status, f"its attempt {status}; worktrees.cleanup is {spec.worktrees.cleanup}")
+        actions.append(Action(ActionKind.CLEAN, path, why))
+    return actions
 
 
 def _known_ids(observation: Observation) -> set[str]:

@@ -3,6 +3,8 @@
 Children that called ``setsid`` leave the group, so the descendants are
 collected *before* signalling and signalled one by one as well (DESIGN rule 7):
 SIGTERM first, SIGKILL to whatever is still alive after the grace period.
+Each process gets one SIGTERM, never two (agents may treat a second one as
+"quit now, skip the cleanup").
 """
 
 from __future__ import annotations
@@ -21,20 +23,40 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def kill_tree(pid: int, grace: float, *, include_group: bool = True) -> None:
-    """Terminate ``pid`` and all its descendants; escalate to SIGKILL after ``grace``."""
+def kill_tree(pid: int, grace: float, *, include_group: bool = True) -> int | None:
+    """Terminate ``pid`` and all its descendants; escalate to SIGKILL after ``grace``.
+
+    Returns the exit status of ``pid`` when it was our child and got reaped
+    here (``-signal`` for a signal, as ``subprocess`` reports it), else None.
+    """
     try:
         root = psutil.Process(pid)
     except psutil.Error:
-        return
+        return None
     procs = [root, *descendants(pid)]
     _signal_all(pid, procs, signal.SIGTERM, include_group)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    gone, alive = psutil.wait_procs(procs, timeout=grace)
     if alive:
         # descendants may have forked again during the grace period
         procs = alive + [p for a in alive for p in _safe_children(a)]
         _signal_all(pid, procs, signal.SIGKILL, include_group)
-        psutil.wait_procs(procs, timeout=5)
+        gone += psutil.wait_procs(procs, timeout=5)[0]
+    code = next((getattr(p, "returncode", None) for p in gone if p.pid == pid), None)
+    return code if isinstance(code, int) else None
+
+
+def kill_supervised(pid: int, grace: float) -> None:
+    """Kill a worker and the task it supervises, without letting it record anything.
+
+    The worker gets SIGKILL first (a SIGTERM would let it finish and report
+    the attempt it is running as failed); then its former descendants, which
+    were collected beforehand, are terminated with the usual grace.
+    """
+    children = descendants(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    for child in children:
+        kill_tree(child.pid, grace)
 
 
 def _safe_children(proc: psutil.Process) -> list[psutil.Process]:
@@ -46,12 +68,16 @@ def _safe_children(proc: psutil.Process) -> list[psutil.Process]:
 
 def _signal_all(pid: int, procs: list[psutil.Process], sig: signal.Signals,
                 include_group: bool) -> None:
+    grouped = False
     if include_group:
         with contextlib.suppress(OSError):
             if os.getpgid(pid) == pid:
                 os.killpg(pid, sig)
+                grouped = True
     for proc in procs:
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):
+            if grouped and os.getpgid(proc.pid) == pid:
+                continue  # the group signal reached it already
             proc.send_signal(sig)
 
 

@@ -36,10 +36,12 @@ class RunResult:
 
 def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path,
                 timeout: float, grace: float, should_cancel: Callable[[], bool],
-                echo: bool = True) -> RunResult:
+                echo: bool = True, on_start: Callable[[int], None] | None = None) -> RunResult:
     """Run ``argv`` until it exits, times out or is cancelled.
 
     Never raises for the command's own faults: they become the result.
+    ``on_start`` receives the command's pid (also its process group id), so a
+    supervisor can record it and kill the tree even if this process dies.
     """
     log_fd = open_private_append(log)
     try:
@@ -51,6 +53,12 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
             message = f"cannot run {argv[0]!r}: {exc.strerror}"
             os.write(log_fd, (message + "\n").encode())
             return RunResult("failed", 127 if isinstance(exc, FileNotFoundError) else 126, message)
+        except ValueError as exc:  # e.g. a NUL byte in an argument or the environment
+            message = f"cannot run {argv[0]!r}: {exc}"
+            os.write(log_fd, (message + "\n").encode())
+            return RunResult("failed", 126, message)
+        if on_start is not None:
+            on_start(child.pid)
         pump = threading.Thread(target=_pump, args=(child, log_fd, echo), daemon=True)
         pump.start()
         seen: dict[int, float] = {}
@@ -63,7 +71,9 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
             elif should_cancel():
                 outcome = "cancelled"
             if outcome:
-                kill_tree(child.pid, grace)
+                reaped = kill_tree(child.pid, grace)
+                if reaped is not None:  # psutil reaped it: Popen.wait would see no child
+                    child.returncode = reaped
                 break
             time.sleep(POLL_SECONDS)
         code = child.wait()

@@ -27,6 +27,7 @@ from reconciler.templates import render_argv
 from reconciler.worktrees import (
     add_worktree,
     branch_for,
+    path_under,
     remove_worktree,
     repo_lock,
     unique_branch,
@@ -41,8 +42,9 @@ class Worker:
         self.worker_id = worker_id
         self.spec = spec
         self.store = store
-        self.stop = threading.Event()
-        self.cancel = threading.Event()
+        self.stop = threading.Event()  # claim no new task
+        self.cancel = threading.Event()  # abandon the current task
+        self._exited = threading.Event()  # the main loop has ended
         self._claim: Claim | None = None
         self._claim_lock = threading.Lock()
 
@@ -57,24 +59,29 @@ class Worker:
         logger.info("{} started (pid {}), pool {}", self.worker_id, os.getpid(), self.spec.name)
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
-        while not self.stop.is_set():
-            claim = self.store.claim_task(self.worker_id, self.lease_seconds)
-            if claim is None:
-                self.stop.wait(min(IDLE_POLL_SECONDS, self.spec.health.heartbeat_interval))
-                continue
-            with self._claim_lock:
-                self._claim = claim
-                self.cancel.clear()
-            try:
-                self._run_attempt(claim)
-            finally:
+        try:
+            while not self.stop.is_set():
+                claim = self.store.claim_task(self.worker_id, self.lease_seconds)
+                if claim is None:
+                    self.stop.wait(min(IDLE_POLL_SECONDS, self.spec.health.heartbeat_interval))
+                    continue
                 with self._claim_lock:
-                    self._claim = None
+                    self._claim = claim
+                    self.cancel.clear()
+                try:
+                    self._run_attempt(claim)
+                finally:
+                    with self._claim_lock:
+                        self._claim = None
+        finally:
+            self._exited.set()
         logger.info("{} stopping: no new tasks will be claimed", self.worker_id)
         self.store.mark_worker_exited(self.worker_id, 0)
         return 0
 
     def _heartbeat_loop(self) -> None:
+        """Heartbeat every interval until the worker exits (a drain does not stop it:
+        the lease of the task being finished must stay alive)."""
         store = Store(self.paths.store)  # its own connection: never shares a cursor
         try:
             while True:
@@ -85,7 +92,7 @@ class Worker:
                     self.stop.set()
                 if cancel:
                     self.cancel.set()
-                if self.stop.wait(self.spec.health.heartbeat_interval) and claim is None:
+                if self._exited.wait(self.spec.health.heartbeat_interval):
                     return
         except ReconcilerError as exc:
             logger.error("heartbeat failed: {}", exc.one_line())
@@ -99,31 +106,24 @@ class Worker:
         log = self.paths.logs / f"task-{task.id}-a{claim.attempt_number}.log"
         logger.info("task {} attempt {}: {}", task.id, claim.attempt_number, task.title)
         worktree_path: Path | None = None
-        result: RunResult
         try:
-            wanted = branch_for(spec.worktrees.branch, pool=spec.name, task_id=task.id,
-                                title=task.title, attempt=claim.attempt_number)
-            root = spec.worktrees.dir or self.paths.default_worktrees
-            with repo_lock(self.paths.repo_locks, spec.repo):
-                branch = unique_branch(spec.repo, wanted, claim.attempt_number)
-                worktree = add_worktree(spec.repo, root,
-                                        f"task-{task.id}-a{claim.attempt_number}", branch,
-                                        spec.base_ref)
-            worktree_path = worktree.path
-            self.store.update_attempt(claim, branch=branch, worktree=str(worktree.path),
-                                      log_path=str(log))
-            prompt_file = self.paths.prompts / f"task-{task.id}.txt"
-            write_private(prompt_file, task.prompt.encode())
-            values = {"task.id": str(task.id), "task.title": task.title,
-                      "task.prompt": task.prompt, "task.prompt_file": str(prompt_file),
-                      "task.branch": branch, "worktree": str(worktree.path),
-                      "attempt": str(claim.attempt_number), "pool": spec.name}
-            env = {**os.environ, **dict(spec.worker.env),
-                   **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
-            result = self._run_steps(spec, values, env, worktree.path, log)
+            worktree_path, result = self._prepare_and_run(claim, log)
         except ReconcilerError as exc:
             result = RunResult("failed", None, exc.one_line())
             write_log_line(log, f"reconciler: {exc.one_line()}")
+        except Exception as exc:  # a bug must cost one attempt, never the worker and the task
+            logger.exception("task {}: unexpected error", task.id)
+            result = RunResult("failed", None, f"internal error: {type(exc).__name__}: {exc}")
+            write_log_line(log, f"reconciler: {result.error}")
+        # clean up before finishing, so a finished attempt never leaves a worktree behind
+        if worktree_path is not None and (
+                spec.worktrees.cleanup == "always"
+                or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
+            try:
+                with repo_lock(self.paths.repo_locks, spec.repo):
+                    remove_worktree(spec.repo, worktree_path)
+            except ReconcilerError as exc:
+                logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
         new_status = self.store.finish_attempt(
             claim, result.status, exit_code=result.exit_code, error=result.error,
             output_tail=log_tail(log), max_attempts=spec.tasks.max_attempts,
@@ -133,30 +133,51 @@ class Worker:
         else:
             logger.info("task {} attempt {} {}: task {}", task.id, claim.attempt_number,
                         result.status, new_status)
-        if worktree_path is not None and (
-                spec.worktrees.cleanup == "always"
-                or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
-            try:
-                with repo_lock(self.paths.repo_locks, spec.repo):
-                    remove_worktree(spec.repo, worktree_path)
-            except ReconcilerError as exc:
-                logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
 
-    def _run_steps(self, spec: PoolSpec, values: dict[str, str], env: dict[str, str],
+    def _prepare_and_run(self, claim: Claim, log: Path) -> tuple[Path | None, RunResult]:
+        """Create the worktree (its path recorded first), then run setup, command, hooks."""
+        task, spec = claim.task, self.spec
+        wanted = branch_for(spec.worktrees.branch, pool=spec.name, task_id=task.id,
+                            title=task.title, attempt=claim.attempt_number)
+        root = spec.worktrees.dir or self.paths.default_worktrees
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing dir keeps its mode
+        path = path_under(root, f"task-{task.id}-a{claim.attempt_number}")
+        with repo_lock(self.paths.repo_locks, spec.repo):
+            branch = unique_branch(spec.repo, wanted, claim.attempt_number)
+            if not self.store.update_attempt(claim, branch=branch, worktree=str(path),
+                                             log_path=str(log)):
+                return None, RunResult("failed", None, "lease lost before the task started")
+            add_worktree(spec.repo, root, path.name, branch, spec.base_ref)
+        prompt_file = self.paths.prompts / f"task-{task.id}.txt"
+        write_private(prompt_file, task.prompt.encode())
+        values = {"task.id": str(task.id), "task.title": task.title,
+                  "task.prompt": task.prompt, "task.prompt_file": str(prompt_file),
+                  "task.branch": branch, "worktree": str(path),
+                  "attempt": str(claim.attempt_number), "pool": spec.name}
+        env = {**os.environ, **dict(spec.worker.env),
+               **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
+        return path, self._run_steps(claim, values, env, path, log)
+
+    def _run_steps(self, claim: Claim, values: dict[str, str], env: dict[str, str],
                    cwd: Path, log: Path) -> RunResult:
+        spec = self.spec
         timeout, grace = spec.tasks.timeout, spec.worker.stop_grace
+
+        def run(argv: tuple[str, ...], cancellable: bool = True) -> RunResult:
+            return run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
+                               timeout=timeout, grace=grace,
+                               should_cancel=self.cancel.is_set if cancellable else lambda: False,
+                               on_start=lambda pid: self.store.set_attempt_pid(claim, pid))
+
         for argv in spec.worktrees.setup:
-            setup = run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
-                                timeout=timeout, grace=grace, should_cancel=self.cancel.is_set)
+            setup = run(argv)
             if setup.status != "succeeded":
                 return RunResult(setup.status, setup.exit_code,
                                  f"setup {argv[0]!r} failed: {setup.error}")
-        result = run_command(render_argv(spec.worker.command, values), cwd=cwd, env=env, log=log,
-                             timeout=timeout, grace=grace, should_cancel=self.cancel.is_set)
-        hooks = spec.hooks.on_success if result.status == "succeeded" else spec.hooks.on_failure
-        for argv in hooks:
-            run_command(render_argv(argv, values), cwd=cwd, env=env, log=log, timeout=timeout,
-                        grace=grace, should_cancel=lambda: False)
+        result = run(spec.worker.command)
+        for argv in spec.hooks.on_success if result.status == "succeeded" \
+                else spec.hooks.on_failure:
+            run(argv, cancellable=False)
         return result
 
 

@@ -146,7 +146,7 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) 
     Concurrent workers share the repository's ref and config locks, so a
     failure that names a ``.lock`` file is retried briefly.
     """
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = path_under(root, name)
     if path.exists() or _registered(repo, path):
         remove_worktree(repo, path)

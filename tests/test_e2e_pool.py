@@ -162,7 +162,7 @@ def test_diff_changes_nothing_on_the_host(host: Path, git_repo: Path) -> None:
     proc = reconcile("diff", "-f", str(spec), "-o", "json")
     assert proc.returncode == 2
     plan = json.loads(proc.stdout)
-    assert [(a["action"], a["worker"]) for a in plan["actions"]] == [
+    assert [(a["action"], a["target"]) for a in plan["actions"]] == [
         ("restart", "w-2"), ("start", "w-3")]
     assert _host_snapshot(host, git_repo, "rt-testpool") == before
 

@@ -52,7 +52,8 @@ spec:
 
 
 def row(worker_id: str, spec: PoolSpec, **overrides: Any) -> WorkerRow:
-    base = WorkerRow(id=worker_id, runtime=spec.runtime, pid=100, pid_create_time=None,
+    base = WorkerRow(id=worker_id, runtime=spec.runtime, tmux_socket="s", pid=100,
+                     pid_create_time=None,
                      spec_id=1, template_hash=spec.template_hash(),
                      template_digests=spec.template_digests(), state="idle", current_task=None,
                      started_at=NOW - 60, heartbeat_at=NOW - 1, restarts=0,
@@ -91,7 +92,7 @@ class TestScriptedPlans:
     def test_empty_host_starts_every_replica(self) -> None:
         spec = make_spec(3)
         result = plan(spec, observation([], []), NOW)
-        assert [(a.kind, a.worker_id) for a in result.actions] == [
+        assert [(a.kind, a.target) for a in result.actions] == [
             (ActionKind.START, "w-1"), (ActionKind.START, "w-2"), (ActionKind.START, "w-3")]
         assert result.summary() == "Plan: 3 to start, 0 to restart, 0 to stop."
 
@@ -114,7 +115,7 @@ class TestScriptedPlans:
         obs = observation([alive("w-1")] + ([instance] if instance else []),
                           [row("w-1", spec), row("w-2", spec)])
         (action,) = plan(spec, obs, NOW).actions
-        assert (action.kind, action.worker_id, action.reason, action.graceful) == (
+        assert (action.kind, action.target, action.reason, action.graceful) == (
             ActionKind.RESTART, "w-2", reason, False)
         assert action.describe() == f"~ restart w-2: {reason}"
 
@@ -122,7 +123,7 @@ class TestScriptedPlans:
         spec = make_spec(5)
         smaller = make_spec(2)
         result = plan(smaller, healthy(spec, [f"w-{i}" for i in range(1, 6)]), NOW)
-        assert [(a.kind, a.worker_id) for a in result.actions] == [
+        assert [(a.kind, a.target) for a in result.actions] == [
             (ActionKind.STOP, "w-5"), (ActionKind.STOP, "w-4"), (ActionKind.STOP, "w-3")]
         assert all(a.graceful for a in result.actions)
         assert result.actions[0].reason == "scale down to 2 replicas"
@@ -130,7 +131,7 @@ class TestScriptedPlans:
     def test_scale_down_across_ten_orders_numerically(self) -> None:
         spec = make_spec(11)
         result = plan(make_spec(9), healthy(spec, [f"w-{i}" for i in range(1, 12)]), NOW)
-        assert [a.worker_id for a in result.actions] == ["w-11", "w-10"]
+        assert [a.target for a in result.actions] == ["w-11", "w-10"]
 
     def test_command_change_rolls_every_worker_gracefully(self) -> None:
         old = make_spec(2, command="agent-a")
@@ -162,7 +163,7 @@ class TestScriptedPlans:
         obs = observation([alive("w-1"), dead], [row("w-1", spec), row("w-2", spec),
                                                  row("w-3", spec)])
         result = plan(spec, obs, NOW)
-        assert [(a.kind, a.worker_id) for a in result.actions] == [
+        assert [(a.kind, a.target) for a in result.actions] == [
             (ActionKind.REMOVE, "w-3"), (ActionKind.REMOVE, "w-2")]
 
     def test_window_unknown_to_the_store_is_replaced(self) -> None:
@@ -172,8 +173,8 @@ class TestScriptedPlans:
 
     def test_delete_stops_everything(self) -> None:
         spec = make_spec(3)
-        result = plan_delete("p", healthy(spec, ["w-1", "w-2", "w-3"]))
-        assert [a.worker_id for a in result.actions] == ["w-3", "w-2", "w-1"]
+        result = plan_delete(spec, healthy(spec, ["w-1", "w-2", "w-3"]))
+        assert [a.target for a in result.actions] == ["w-3", "w-2", "w-1"]
         assert {a.kind for a in result.actions} == {ActionKind.STOP}
 
     def test_plan_is_deterministic(self) -> None:
@@ -270,8 +271,8 @@ def test_executing_a_plan_converges(world: tuple[dict[str, Any],
         alive_ids = sorted(i.worker_id for i in after.instances if i.alive)
         assert alive_ids == sorted(f"w-{n}" for n in range(1, spec.replicas + 1))
 
-        executor.execute(plan_delete("p", after), after)
+        executor.execute(plan_delete(spec, after), after)
         gone = _observe(store, runtimes)
-        assert plan_delete("p", gone).empty
+        assert plan_delete(spec, gone).empty
         assert not gone.instances
         store.close()

@@ -164,7 +164,7 @@ def test_requeued_attempt_is_fenced(store: Store) -> None:
     (task_id,) = store.add_tasks([("t", "p", 0)])
     old = claim(store, "w-1")
 
-    assert store.requeue_attempts_of("w-1", "worker w-1 died") == [task_id]
+    assert store.requeue_attempts_of("w-1", "worker w-1 died", consume=False) == [task_id]
     assert store.task(task_id).status == "queued"
     assert store.finish_attempt(old, "succeeded", exit_code=0) is None
     assert store.update_attempt(old, branch="late", worktree="/w", log_path="/l") is False
@@ -177,6 +177,32 @@ def test_requeued_attempt_is_fenced(store: Store) -> None:
     assert store.finish_attempt(old, "failed", error="late") is None
     assert store.finish_attempt(new, "succeeded", exit_code=0) == "succeeded"
     assert [a.status for a in store.attempts(task_id)] == ["lost", "succeeded"]
+
+
+@pytest.mark.parametrize(("consume", "max_attempts", "expected", "budget_used"), [
+    pytest.param(True, 1, "failed", 1, id="crash-uses-the-last-attempt"),
+    pytest.param(True, 2, "queued", 1, id="crash-with-attempts-left"),
+    pytest.param(False, 1, "queued", 0, id="operator-stop-is-free"),
+])
+def test_lost_attempts_and_the_attempt_budget(store: Store, consume: bool, max_attempts: int,
+                                              expected: str, budget_used: int) -> None:
+    (task_id,) = store.add_tasks([("t", "p", 0)])
+    claim(store, "w-1")
+    store.requeue_attempts_of("w-1", "worker w-1 died", consume=consume,
+                              max_attempts=max_attempts)
+    task = store.task(task_id)
+    assert (task.status, task.attempts, task.last_error) == (expected, budget_used,
+                                                             "worker w-1 died")
+    if expected == "queued":  # the next attempt still gets a number of its own
+        assert claim(store, "w-2").attempt_number == 2
+
+
+def test_task_text_with_nul_or_huge_priority_is_refused(store: Store) -> None:
+    with pytest.raises(TaskError, match="NUL"):
+        store.add_tasks([("t", "a\x00b", 0)])
+    with pytest.raises(TaskError, match="out of range"):
+        store.add_tasks([("t", "p", 10**20)])
+    assert store.tasks() == []
 
 
 # --------------------------------------------------------------------------- retries

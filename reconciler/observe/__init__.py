@@ -1,21 +1,37 @@
-"""Build an ``Observation`` of a pool: tmux panes, processes, the store (I/O only)."""
+"""Build an ``Observation`` of a pool: tmux panes, processes, worktrees, the store (I/O only).
+
+Cost per pass does not grow with the worker count: one ``tmux list-panes``
+per socket in use, one ``git worktree list``, a psutil check per process
+worker, and a few store reads.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from pathlib import Path
 
-from reconciler.model import Observation
+from reconciler.model import Observation, QueueCounts
+from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
+from reconciler.paths import PoolPaths
 from reconciler.store.sqlite import Store
 
 
-def observe(pool: str, tmux_socket: str | None, store: Store,
+def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None, *,
+            repo: Path | None = None, worktree_root: Path | None = None,
             now: float | None = None) -> Observation:
-    """Snapshot one pool: one tmux call, one psutil check per process worker, one store read."""
-    rows = store.workers()
-    instances = tmux_instances(tmux_socket, pool) if tmux_socket else []
+    """Snapshot one pool.  ``store`` is None for a pool that was never applied."""
+    rows = store.workers() if store is not None else []
+    in_use = {s for s in sockets if s} | {r.tmux_socket for r in rows if r.tmux_socket}
+    instances = [i for socket in sorted(in_use)
+                 for i in tmux_instances(socket, paths.name, str(paths.root))]
     instances += process_instances(rows)
-    return Observation(pool=pool, observed_at=time.time() if now is None else now,
-                       instances=tuple(instances), workers=tuple(rows),
-                       queue=store.queue_counts())
+    worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()
+    return Observation(
+        pool=paths.name, observed_at=time.time() if now is None else now,
+        instances=tuple(instances), workers=tuple(rows),
+        queue=store.queue_counts() if store is not None else QueueCounts(),
+        worktrees=worktrees,
+        attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {})

@@ -1,17 +1,24 @@
-"""Observe a pool's tmux windows with one ``list-panes -a`` call per pass."""
+"""Observe a pool's tmux windows with one ``list-panes -a`` call per socket."""
 
 from __future__ import annotations
+
+import re
 
 from reconciler.model import RuntimeInstance
 from reconciler.tmuxcli import run_tmux, server_missing, tmux_available
 
 _FIELDS = ("session_name", "window_name", "window_id", "pane_pid", "pane_dead",
-           "pane_dead_status", "pane_dead_signal")
+           "pane_dead_status", "pane_dead_signal", "@reconciler-pool")
 _FORMAT = "\t".join("#{" + f + "}" for f in _FIELDS)
+WORKER_NAME = re.compile(r"^w-[1-9][0-9]*$")
 
 
-def tmux_instances(socket: str, session: str) -> list[RuntimeInstance]:
-    """Every pane of ``session`` on ``socket``, alive or exited (remain-on-exit)."""
+def tmux_instances(socket: str, session: str, tag: str) -> list[RuntimeInstance]:
+    """Every worker pane of ``session`` on ``socket``, alive or exited (remain-on-exit).
+
+    Only windows named like a worker *and* tagged with this pool's ``tag``
+    count: a window the operator opened in the session is left alone.
+    """
     if not tmux_available():
         return []
     proc = run_tmux(socket, ["list-panes", "-a", "-F", _FORMAT], check=False)
@@ -24,11 +31,11 @@ def tmux_instances(socket: str, session: str) -> list[RuntimeInstance]:
         parts = line.split("\t")
         if len(parts) != len(_FIELDS):
             continue
-        name, window, window_id, pid, dead, status, sig = parts
-        if name != session:
+        name, window, window_id, pid, dead, status, sig, owner = parts
+        if name != session or owner != tag or not WORKER_NAME.match(window):
             continue
         found.append(RuntimeInstance(
             worker_id=window, runtime="tmux", pid=int(pid) if pid.isdigit() else None,
             alive=dead != "1", exit_status=int(status) if status.isdigit() else None,
-            exit_signal=int(sig) if sig.isdigit() else None, handle=window_id))
+            exit_signal=int(sig) if sig.isdigit() else None, handle=window_id, socket=socket))
     return found

@@ -21,7 +21,7 @@ from reconciler.model import AppliedSpec, AttemptRow, EventRow, Plan, QueueCount
 from reconciler.report.status import WorkerStatus
 
 console = Console(highlight=False, soft_wrap=True)
-_STYLE = {"start": "green", "stop": "red", "restart": "yellow", "remove": "red"}
+_STYLE = {"start": "green", "stop": "red", "restart": "yellow", "remove": "red", "clean": "red"}
 
 
 def print_json(document: Any) -> None:
@@ -44,7 +44,7 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "in_sync": plan.empty,
         "summary": plan.summary(),
         "counts": dict(plan.counts()),
-        "actions": [{"action": a.kind.value, "worker": a.worker_id, "reason": a.reason,
+        "actions": [{"action": a.kind.value, "target": a.target, "reason": a.reason,
                      "after_current_task": a.graceful} for a in plan.actions],
     }
 
@@ -58,7 +58,8 @@ def render_plan(plan: Plan, *, title: str) -> None:
         style = _STYLE[action.kind.value]
         after = " (after its current task)" if action.graceful else ""
         console.print(f"  [{style}]{action.kind.symbol} {action.kind.value}[/{style}] "
-                      f"[bold]{action.worker_id}[/bold]: {escape(action.reason)}{after}")
+                      f"{'worktree ' if action.kind.value == 'clean' else ''}"
+                      f"[bold]{escape(action.target)}[/bold]: {escape(action.reason)}{after}")
     console.print(f"\n[bold]{escape(plan.summary())}[/bold]")
 
 

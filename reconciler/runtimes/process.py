@@ -14,7 +14,7 @@ from pathlib import Path
 
 from reconciler.errors import RuntimeBackendError
 from reconciler.model import RuntimeInstance
-from reconciler.proctree import create_time_of, kill_tree, process_matches, request_stop
+from reconciler.proctree import create_time_of, kill_supervised, process_matches, request_stop
 from reconciler.runtimes.base import Started
 
 
@@ -37,7 +37,7 @@ class ProcessRuntime:
 
     def remove(self, worker_id: str, instance: RuntimeInstance | None, grace: float) -> None:
         if instance is not None and instance.alive and instance.pid:
-            kill_tree(instance.pid, grace)
+            kill_supervised(instance.pid, grace)
 
     def request_stop(self, instance: RuntimeInstance) -> None:
         request_stop(instance.pid)

@@ -1,0 +1,179 @@
+"""The SQLite plumbing shared by every part of a pool's store.
+
+Rules (DESIGN.md rules 4-6): WAL journal, a ``busy_timeout`` so concurrent
+workers wait instead of failing, ``BEGIN IMMEDIATE`` for every read-then-write,
+files 0600 (SQLite gives ``-wal`` and ``-shm`` the database file's mode).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import StoreError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 15_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS applied_specs (
+    id INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL,
+    source_path TEXT,
+    source_sha256 TEXT NOT NULL,
+    git_commit TEXT,
+    document_hash TEXT NOT NULL,
+    document TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL
+        CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    branch TEXT
+);
+CREATE INDEX IF NOT EXISTS tasks_by_claim_order ON tasks (status, priority DESC, id);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL REFERENCES tasks (id),
+    number INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    lease_token TEXT NOT NULL,
+    lease_expires_at REAL NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('running', 'succeeded', 'failed', 'lost', 'timeout', 'cancelled')),
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    branch TEXT,
+    worktree TEXT,
+    log_path TEXT,
+    error TEXT,
+    output_tail TEXT,
+    pid INTEGER
+);
+CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    runtime TEXT NOT NULL,
+    tmux_socket TEXT,
+    pid INTEGER,
+    pid_create_time REAL,
+    spec_id INTEGER REFERENCES applied_specs (id),
+    template_hash TEXT,
+    template_digests TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT 'starting',
+    current_task INTEGER,
+    started_at REAL,
+    heartbeat_at REAL,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    drain_requested INTEGER NOT NULL DEFAULT 0,
+    exited_at REAL,
+    exit_code INTEGER,
+    removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    worker_id TEXT,
+    task_id INTEGER,
+    message TEXT NOT NULL
+);
+"""
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` as an empty 0600 file if it does not exist yet.
+
+    An existing file is never opened here: closing any descriptor of a
+    database drops every POSIX lock this process holds on it, which would let
+    another process delete the WAL under a live connection.  SQLite gives the
+    ``-wal`` and ``-shm`` files the database file's permissions.
+    """
+    if path.exists():
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class Database:
+    """A connection to one pool's store.  Each thread or process opens its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            _create_private(path)
+            self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                       isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.executescript(_SCHEMA)
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{path} was written by a newer reconciler (schema {version})",
+                                 hint="upgrade reconciler")
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the task store {path}: {exc}",
+                             hint="check the state directory's permissions and free space") from exc
+        for suffix in ("-wal", "-shm"):
+            companion = path.with_name(path.name + suffix)
+            if companion.exists():
+                companion.chmod(0o600)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``: take the write lock before reading."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"task store {self.path} is busy or unreadable: {exc}") from exc
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the task store {self.path} failed: {exc}") from exc
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, now: float, kind: str, worker_id: str | None,
+               task_id: int | None, message: str) -> None:
+        db.execute("INSERT INTO events (at, kind, worker_id, task_id, message)"
+                   " VALUES (?, ?, ?, ?, ?)", (now, kind, worker_id, task_id, message))
+
+
+def jitter() -> float:
+    """A factor in [0.8, 1.2] so retries and restarts do not fall into lockstep."""
+    return 0.8 + 0.4 * secrets.randbelow(1_000_001) / 1_000_000

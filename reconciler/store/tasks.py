@@ -1,0 +1,271 @@
+"""The task queue: tasks, attempts and their leases.
+
+Every attempt carries a lease token (DESIGN rule 6): only its holder may
+update or finish it, so a worker that was presumed dead cannot overwrite
+the outcome of the attempt that replaced it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from reconciler.errors import TaskError
+from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, Claim, QueueCounts, TaskRow
+from reconciler.store.base import Database, jitter
+
+MAX_PRIORITY = 1_000_000_000
+
+
+def check_task_fields(title: str, prompt: str, priority: int) -> None:
+    """Refuse what no command could receive: NUL bytes, priorities SQLite cannot hold."""
+    if "\x00" in title or "\x00" in prompt:
+        raise TaskError("task text must not contain NUL bytes")
+    if not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise TaskError(f"priority {priority} is out of range",
+                        hint=f"use a number from -{MAX_PRIORITY} to {MAX_PRIORITY}")
+
+
+class TaskQueue(Database):
+    def add_tasks(self, tasks: Sequence[tuple[str, str, int]], now: float | None = None,
+                  ) -> list[int]:
+        """Enqueue ``(title, prompt, priority)`` tuples in one transaction; return their ids."""
+        now = time.time() if now is None else now
+        for title, prompt, priority in tasks:
+            check_task_fields(title, prompt, priority)
+        ids: list[int] = []
+        with self.transaction() as db:
+            for title, prompt, priority in tasks:
+                cur = db.execute(
+                    "INSERT INTO tasks (title, prompt, priority, status, created_at, updated_at)"
+                    " VALUES (?, ?, ?, 'queued', ?, ?)", (title, prompt, priority, now, now))
+                ids.append(int(cur.lastrowid or 0))
+                db.execute("INSERT INTO events (at, kind, task_id, message) VALUES (?,?,?,?)",
+                           (now, "task.queued", cur.lastrowid, f"queued: {title}"))
+        return ids
+
+    def task(self, task_id: int) -> TaskRow:
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        if not rows:
+            raise TaskError(f"no task with id {task_id}", hint="see `reconcile task list`")
+        return _task(rows[0])
+
+    def tasks(self, status: str | None = None) -> list[TaskRow]:
+        if status:
+            return [_task(r) for r in self._query(
+                "SELECT * FROM tasks WHERE status = ? ORDER BY id", (status,))]
+        return [_task(r) for r in self._query("SELECT * FROM tasks ORDER BY id")]
+
+    def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
+        if task_id is None:
+            rows = self._query("SELECT * FROM attempts ORDER BY id")
+        else:
+            rows = self._query("SELECT * FROM attempts WHERE task_id = ? ORDER BY number",
+                               (task_id,))
+        return [_attempt(r) for r in rows]
+
+    def queue_counts(self) -> QueueCounts:
+        counts = {r["status"]: r["n"] for r in self._query(
+            "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")}
+        return QueueCounts(**counts)
+
+    def cancel_task(self, task_id: int, now: float | None = None) -> str:
+        """Cancel a queued task at once, or ask the worker running it to stop it.
+
+        Returns the resulting status (``cancelled``, or ``running`` while the
+        worker stops it); a finished task is left alone and reported as an error.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise TaskError(f"no task with id {task_id}", hint="see `reconcile task list`")
+            status = row["status"]
+            if status in FINAL_TASK_STATUSES:
+                raise TaskError(f"task {task_id} is already {status}; nothing to cancel")
+            if status == "queued":
+                db.execute("UPDATE tasks SET status = 'cancelled', updated_at = ?,"
+                           " last_error = 'cancelled by operator' WHERE id = ?", (now, task_id))
+                self._event(db, now, "task.cancelled", None, task_id, "cancelled while queued")
+                return "cancelled"
+            db.execute("UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                       (now, task_id))
+            self._event(db, now, "task.cancel_requested", None, task_id,
+                        "cancel requested while running")
+            return "running"
+
+    # ------------------------------------------------------------------ attempts and leases
+
+    def claim_task(self, worker_id: str, lease_seconds: float,
+                   now: float | None = None) -> Claim | None:
+        """Atomically take the highest-priority, oldest runnable task, if any."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute(
+                "SELECT * FROM tasks WHERE status = 'queued' AND not_before <= ?"
+                " ORDER BY priority DESC, id LIMIT 1", (now,)).fetchone()
+            if row is None:
+                return None
+            # ``attempts`` counts the budget used; ``number`` names this run (worktree, log)
+            number = 1 + db.execute("SELECT COUNT(*) FROM attempts WHERE task_id = ?",
+                                    (row["id"],)).fetchone()[0]
+            token = secrets.token_hex(16)
+            db.execute("UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+                       " updated_at = ? WHERE id = ?", (now, row["id"]))
+            cur = db.execute(
+                "INSERT INTO attempts (task_id, number, worker_id, lease_token, lease_expires_at,"
+                " status, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                (row["id"], number, worker_id, token, now + lease_seconds, now))
+            db.execute("UPDATE workers SET state = 'working', current_task = ? WHERE id = ?",
+                       (row["id"], worker_id))
+            self._event(db, now, "attempt.started", worker_id, row["id"],
+                        f"attempt {number} started")
+            task = _task(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
+        return Claim(task, int(cur.lastrowid or 0), number, token)
+
+    def update_attempt(self, claim: Claim, *, branch: str, worktree: str, log_path: str) -> bool:
+        """Record where an attempt runs, if ``claim`` still holds its lease."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE attempts SET branch = ?, worktree = ?, log_path = ? WHERE id = ?"
+                " AND lease_token = ? AND status = 'running'",
+                (branch, worktree, log_path, claim.attempt_id, claim.lease_token))
+            if cur.rowcount:
+                db.execute("UPDATE tasks SET branch = ? WHERE id = ?", (branch, claim.task.id))
+            return cur.rowcount == 1
+
+    def heartbeat(self, worker_id: str, claim: Claim | None, lease_seconds: float,
+                  now: float | None = None) -> tuple[bool, bool]:
+        """Record a heartbeat and extend the held lease.
+
+        Returns ``(drain_requested, cancel_requested)`` so the worker learns in
+        the same round trip whether to stop after this task or abandon it.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (now, worker_id))
+            cancel = False
+            if claim is not None:
+                db.execute("UPDATE attempts SET lease_expires_at = ? WHERE id = ?"
+                           " AND lease_token = ? AND status = 'running'",
+                           (now + lease_seconds, claim.attempt_id, claim.lease_token))
+                row = db.execute("SELECT cancel_requested FROM tasks WHERE id = ?",
+                                 (claim.task.id,)).fetchone()
+                cancel = bool(row and row["cancel_requested"])
+            row = db.execute("SELECT drain_requested FROM workers WHERE id = ?",
+                             (worker_id,)).fetchone()
+        return bool(row and row["drain_requested"]), cancel
+
+    def finish_attempt(self, claim: Claim, status: str, *, exit_code: int | None = None,
+                       error: str | None = None, output_tail: str | None = None,
+                       max_attempts: int = 1, retry_backoff: float = 0.0,
+                       now: float | None = None) -> str | None:
+        """End an attempt if ``claim`` still holds its lease; return the task's new status.
+
+        Returns ``None`` when the lease was lost (the attempt was already ended
+        by someone else): the caller's result is rejected, never recorded.
+        ``failed`` and ``timeout`` attempts are retried while attempts remain.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE attempts SET status = ?, ended_at = ?, exit_code = ?, error = ?,"
+                " output_tail = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
+                (status, now, exit_code, error, output_tail, claim.attempt_id, claim.lease_token))
+            if cur.rowcount != 1:
+                return None
+            task_status = self._settle_task(db, claim.task.id, status, error, max_attempts,
+                                            retry_backoff, now)
+            worker_id = _worker_of(db, claim.attempt_id)
+            db.execute("UPDATE workers SET current_task = NULL,"
+                       " state = CASE WHEN state = 'working' THEN 'idle' ELSE state END"
+                       " WHERE id = ?", (worker_id,))
+            self._event(db, now, f"attempt.{status}", worker_id, claim.task.id,
+                        f"attempt {claim.attempt_number} {status}"
+                        + (f" (exit {exit_code})" if exit_code is not None else "")
+                        + f"; task {task_status}")
+        return task_status
+
+    def _settle_task(self, db: sqlite3.Connection, task_id: int, status: str,
+                     error: str | None, max_attempts: int, retry_backoff: float,
+                     now: float) -> str:
+        """Decide what an ended attempt means for its task: done, retried later, or failed."""
+        row = db.execute("SELECT attempts, cancel_requested FROM tasks WHERE id = ?",
+                         (task_id,)).fetchone()
+        used = int(row["attempts"])
+        if status == "succeeded":
+            new, not_before = "succeeded", 0.0
+        elif status == "cancelled" or row["cancel_requested"]:
+            new, not_before = "cancelled", 0.0
+        elif used < max_attempts:
+            new = "queued"
+            not_before = now + retry_backoff * (2 ** max(used - 1, 0)) * jitter()
+        else:
+            new, not_before = "failed", 0.0
+        db.execute("UPDATE tasks SET status = ?, not_before = ?, last_error = ?, updated_at = ?,"
+                   " cancel_requested = 0 WHERE id = ?",
+                   (new, not_before, error if status != "succeeded" else None, now, task_id))
+        return new
+
+    def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
+                            max_attempts: int = 1, retry_backoff: float = 0.0,
+                            now: float | None = None) -> list[int]:
+        """End a gone worker's running attempts as ``lost`` and settle their tasks.
+
+        ``consume``: whether the lost attempt uses up one of ``max_attempts``
+        (a crash does, so a poison task cannot kill workers forever; an
+        operator's stop or a roll does not).
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            rows = db.execute("SELECT id, task_id FROM attempts WHERE worker_id = ?"
+                              " AND status = 'running'", (worker_id,)).fetchall()
+            for row in rows:
+                db.execute("UPDATE attempts SET status = 'lost', ended_at = ?, error = ?"
+                           " WHERE id = ?", (now, reason, row["id"]))
+                if not consume:
+                    db.execute("UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
+                               (row["task_id"],))
+                settled = self._settle_task(db, row["task_id"], "lost", reason, max_attempts,
+                                            retry_backoff if consume else 0.0, now)
+                self._event(db, now, "attempt.lost", worker_id, row["task_id"],
+                            f"{reason}; task {settled}")
+            db.execute("UPDATE workers SET current_task = NULL WHERE id = ?", (worker_id,))
+        return [int(r["task_id"]) for r in rows]
+
+    def attempt_worktrees(self) -> dict[str, str]:
+        """Each worktree path an attempt recorded, with the status of its latest attempt."""
+        rows = self._query("SELECT worktree, status FROM attempts WHERE worktree IS NOT NULL"
+                           " ORDER BY id")
+        return {str(r["worktree"]): str(r["status"]) for r in rows}
+
+    def running_attempts(self, worker_id: str) -> list[AttemptRow]:
+        """Attempts ``worker_id`` holds (to kill their commands before requeueing)."""
+        return [_attempt(r) for r in self._query(
+            "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
+
+    def set_attempt_pid(self, claim: Claim, pid: int) -> None:
+        """Record the task command's pid (its process group) while the lease is held."""
+        with self.transaction() as db:
+            db.execute("UPDATE attempts SET pid = ? WHERE id = ? AND lease_token = ?",
+                       (pid, claim.attempt_id, claim.lease_token))
+
+
+def _worker_of(db: sqlite3.Connection, attempt_id: int) -> str | None:
+    row = db.execute("SELECT worker_id FROM attempts WHERE id = ?", (attempt_id,)).fetchone()
+    return str(row["worker_id"]) if row else None
+
+
+def _task(r: sqlite3.Row) -> TaskRow:
+    return TaskRow(r["id"], r["title"], r["prompt"], r["priority"], r["status"], r["created_at"],
+                   r["updated_at"], r["attempts"], bool(r["cancel_requested"]), r["not_before"],
+                   r["last_error"], r["branch"])
+
+
+def _attempt(r: sqlite3.Row) -> AttemptRow:
+    return AttemptRow(r["id"], r["task_id"], r["number"], r["worker_id"], r["status"],
+                      r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
+                      r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
+                      r["pid"])
