@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with --force, requeueing its task). The queue, logs and history stay.")
     _pool_options(p, output=False)
     p.add_argument("--force", action="store_true", help="kill workers now; requeue their tasks")
+    p.add_argument("--lock-timeout", default="10s",
+                   help="how long to wait for another apply or delete (default 10s)")
 
     p = sub.add_parser("status", help="workers and queue counts")
     _pool_options(p)

@@ -15,7 +15,7 @@ from reconciler import controller, demo, worker
 from reconciler.controller import Pool
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
-from reconciler.model import FINAL_TASK_STATUSES
+from reconciler.model import FINAL_TASK_STATUSES, Plan
 from reconciler.paths import pool_paths
 from reconciler.planner import worker_ids
 from reconciler.report import render
@@ -86,11 +86,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     lock_timeout = _duration_arg(args.lock_timeout, "--lock-timeout")
     pool = controller.resolve_pool(args.state_dir, args.file, None)
     text = args.output == "text"
-    if text:
-        plan, _ = controller.diff(pool)
-        if not plan.empty:
+
+    def show_plan(plan: Plan) -> None:  # called under the lock, with the plan that runs
+        if text and not plan.empty:
             render.render_plan(plan, title=f"Applying to pool {pool.name}:")
-    result = controller.apply(pool, lock_timeout=lock_timeout,
+
+    result = controller.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan,
                               progress=lambda line: console.print(f"  {escape(line)}")
                               if text else None)
     ready = True
@@ -140,11 +141,13 @@ def wait_for_workers(pool: Pool, timeout: float, *, show: bool) -> bool:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    plan, report = controller.delete(
-        pool, force=args.force, progress=lambda line: console.print(f"  {escape(line)}"))
-    console.print(f"Pool {pool.name} deleted: {len(report.done)} worker(s) stopped or cleared; "
-                  "the queue, logs and history are kept.")
-    del plan
+    _, report = controller.delete(
+        pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
+        progress=lambda line: console.print(f"  {escape(line)}"))
+    console.print(f"Pool {pool.name} deleted: {len(report.done)} change(s); the queue, logs "
+                  "and history are kept.")
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     return 0
 
 
@@ -208,6 +211,9 @@ def task_add(args: argparse.Namespace) -> int:
             prompt = args.prompt_file.read_text(encoding="utf-8")
         except OSError as exc:
             raise TaskError(f"--prompt-file {args.prompt_file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise TaskError(f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {exc.start})",
+                            hint="save the prompt as UTF-8") from exc
     _, store = _with_store(args, create=True)
     (task_id,) = store.add_tasks([(title, prompt, args.priority)])
     if args.output == "json":

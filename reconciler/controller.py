@@ -13,7 +13,7 @@ from pathlib import Path
 from reconciler.errors import PoolError, RuntimeBackendError
 from reconciler.executor import ExecutionReport, Executor
 from reconciler.lock import pool_lock
-from reconciler.model import Observation, Plan
+from reconciler.model import ActionKind, Observation, Plan
 from reconciler.observe import observe
 from reconciler.paths import PoolPaths, known_pools, pool_paths
 from reconciler.planner import plan, plan_delete
@@ -137,6 +137,7 @@ def spec_git_commit(path: Path | None) -> str | None:
 
 
 def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
+          on_plan: Callable[[Plan], None] = lambda _p: None,
           lock_timeout: float = LOCK_TIMEOUT) -> ApplyResult:
     """Converge the pool to ``pool.spec`` once, under the pool lock."""
     spec = pool.spec
@@ -149,6 +150,7 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
         try:
             observation = observe_pool(pool, store)
             the_plan = plan(spec, observation, observation.observed_at)
+            on_plan(the_plan)
             spec_id = store.latest_spec_id(spec.document_hash)
             history = store.history()
             recorded = not history or history[-1].document_hash != spec.document_hash
@@ -159,10 +161,10 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
                     document_hash=spec.document_hash, document=spec.document_json,
                     summary=the_plan.summary())
                 recorded = True
-            report = Executor(spec, spec_id, pool.paths, store, progress=progress).execute(
-                the_plan, observation)
-            after = observe_pool(pool, store)
-            remaining = plan(spec, after, after.observed_at)
+            executor = Executor(spec, spec_id, pool.paths, store, progress=progress)
+            report = executor.execute(the_plan, observation)
+            remaining = _clean_what_the_pass_left(pool, store, executor, report,
+                                                  lambda o: plan(spec, o, o.observed_at))
         finally:
             store.close()
     return ApplyResult(the_plan, report, spec_id, recorded, remaining)
@@ -172,7 +174,7 @@ def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] =
            lock_timeout: float = LOCK_TIMEOUT) -> tuple[Plan, ExecutionReport]:
     """Stop every worker (after its current task unless ``force``); keep queue and history."""
     spec = pool.spec
-    if spec is None:
+    if spec is None or not pool.paths.exists():
         raise PoolError(f"pool {pool.name!r} was never applied; nothing to delete")
     with pool_lock(pool.paths.lock, what="delete", timeout=lock_timeout):
         store = Store(pool.paths.store)
@@ -180,9 +182,29 @@ def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] =
             observation = observe_pool(pool, store)
             the_plan = plan_delete(spec, observation)
             spec_id = store.latest_spec_id(spec.document_hash) or 0
-            report = Executor(spec, spec_id, pool.paths, store, progress=progress,
-                              force=force).execute(the_plan, observation)
+            executor = Executor(spec, spec_id, pool.paths, store, progress=progress, force=force)
+            report = executor.execute(the_plan, observation)
+            _clean_what_the_pass_left(pool, store, executor, report,
+                                      lambda o: plan_delete(spec, o))
             store.add_event("pool.deleted", f"{len(the_plan.actions)} worker(s) stopped")
         finally:
             store.close()
     return the_plan, report
+
+
+def _clean_what_the_pass_left(pool: Pool, store: Store, executor: Executor,
+                              report: ExecutionReport,
+                              make_plan: Callable[[Observation], Plan]) -> Plan:
+    """Re-observe after a pass and remove the worktrees it orphaned (attempts it ended
+    as lost); anything else still pending is returned, never retried in the same run."""
+    after = observe_pool(pool, store)
+    remaining = make_plan(after)
+    cleaning = Plan(remaining.pool, tuple(a for a in remaining.actions
+                                          if a.kind is ActionKind.CLEAN))
+    if cleaning.empty:
+        return remaining
+    done = executor.execute(cleaning, after)
+    report.done += done.done
+    report.problems += done.problems
+    after = observe_pool(pool, store)
+    return make_plan(after)

@@ -106,6 +106,10 @@ def _converge_desired(spec: PoolSpec, worker_id: str, instance: RuntimeInstance 
     if instance.runtime != spec.runtime:
         return Action(restart, worker_id,
                       f"runtime changed: {instance.runtime} → {spec.runtime}", graceful=True)
+    if instance.runtime == "tmux" and instance.socket and instance.socket != spec.tmux_socket:
+        return Action(restart, worker_id,
+                      f"tmux.socket changed: {instance.socket} → {spec.tmux_socket}",
+                      graceful=True)
     if row is None:
         return Action(restart, worker_id, "running but unknown to the store", graceful=True)
     changed = _changed_fields(spec, row)

@@ -24,7 +24,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError
 
 from reconciler.durations import parse_duration
-from reconciler.errors import SpecError
+from reconciler.errors import GitError, SpecError
 from reconciler.templates import (
     BRANCH_PLACEHOLDERS,
     COMMAND_PLACEHOLDERS,
@@ -32,7 +32,8 @@ from reconciler.templates import (
     check_template,
     prefill,
 )
-from reconciler.yamlsafe import LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
+from reconciler.worktrees import branch_for
+from reconciler.yamlsafe import MAX_BYTES, LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workers.schema.json"
 
@@ -160,7 +161,10 @@ def load_spec(path: str | Path) -> PoolSpec:
     file = Path(path)
     label = str(path)
     try:
-        raw = file.read_bytes()
+        if file.exists() and not file.is_file():
+            raise SpecError(f"{label}: not a regular file", hint="pass the pool spec with -f")
+        with file.open("rb") as fh:  # never read more than the cap: /dev/zero must not hang
+            raw = fh.read(MAX_BYTES + 1)
     except FileNotFoundError as exc:
         raise SpecError(f"{label}: no such file", hint="pass the pool spec with -f") from exc
     except OSError as exc:
@@ -319,7 +323,7 @@ def _describe(value: Any) -> str:
     kind = _JSON_TYPES.get(type(value), type(value).__name__)
     if isinstance(value, dict | list) or value is None:
         return kind if value or value is None else f"an empty {kind.removeprefix('a ')}"
-    shown = json.dumps(value, ensure_ascii=False)
+    shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 40:
         shown = shown[:37] + "..."
     return f"{kind} {shown}"
@@ -342,8 +346,16 @@ def _expected(error: ValidationError) -> str:
     return error.message
 
 
+# JSON Schema counts 1.0 as an integer; a replica count of 1.0 is a typo, not a number
+_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)),
+)
+
+
 def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = _Validator(load_schema())
     found: list[tuple[tuple[int, int], str]] = []
     for error in validator.iter_errors(loaded.data):
         path: PathKey = tuple(error.absolute_path)
@@ -399,7 +411,15 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             check_template(template, allowed)
         except TemplateError as exc:
             yield _locate(label, loaded.position_of(path), path, str(exc))
-    health = _with_defaults(loaded.data, load_schema())["spec"]["health"]
+    full = _with_defaults(loaded.data, load_schema())["spec"]
+    yield from _branch_template_problems(loaded, label, full)
+    for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
+                         ("worker", "stopGrace")):
+        if parse_duration(full[section][key]) <= 0 and key != "stopGrace":
+            path = ("spec", section, key)
+            yield _locate(label, loaded.position_of(path), path,
+                          f"must be longer than 0, got {full[section][key]}")
+    health = full["health"]
     order = ["heartbeatInterval", "unresponsiveAfter", "deadAfter"]
     for earlier, later in itertools.pairwise(order):
         if parse_duration(health[earlier]) >= parse_duration(health[later]):
@@ -407,3 +427,20 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             yield _locate(label, loaded.position_of(path), path,
                           f"must be longer than health.{earlier} ({health[earlier]}), "
                           f"got {health[later]}")
+
+
+def _branch_template_problems(loaded: LoadedYaml, label: str,
+                              spec: Mapping[str, Any]) -> Iterable[str]:
+    """Render the branch template with sample task data: a template that cannot
+    give a valid branch name fails here, not on every task at run time."""
+    template = spec["worktrees"]["branch"]
+    try:
+        check_template(template, BRANCH_PLACEHOLDERS)
+        branch_for(template, pool=loaded.data["metadata"]["name"], task_id=1,
+                   title="sample task", attempt=1)
+    except TemplateError:
+        return  # reported with the other placeholder problems
+    except GitError as exc:
+        path = ("spec", "worktrees", "branch")
+        yield _locate(label, loaded.position_of(path), path,
+                      f"gives {exc.message.removeprefix('invalid ')} for a sample task")

@@ -42,7 +42,17 @@ class YamlLoadError(Exception):
 
 
 class _CountingLoader(yaml.SafeLoader):
-    """SafeLoader that refuses documents with too many aliases."""
+    """SafeLoader that refuses documents with too many aliases.
+
+    It also reads timestamps as plain strings: nothing in a spec or a task
+    file is a date, and ``datetime`` values are not JSON.
+    """
+
+    yaml_implicit_resolvers = {  # noqa: RUF012 - PyYAML's own class-level table
+        first: [(tag, regexp) for tag, regexp in resolvers
+                if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     aliases_seen = 0
 
@@ -95,10 +105,14 @@ def _index_positions(node: Node, path: PathKey, out: dict[PathKey, Position]) ->
         for i, child in enumerate(node.value):
             _index_positions(child, (*path, i), out)
     elif isinstance(node, MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
             if isinstance(key_node, ScalarNode):
                 key = str(key_node.value)
                 key_pos = _position(key_node.start_mark)
+                if key in seen:  # YAML forbids it; PyYAML would silently keep the last one
+                    raise YamlLoadError(f"duplicate key `{key}`", key_pos)
+                seen.add(key)
                 if key_pos is not None:
                     out.setdefault((*path, key, "<key>"), key_pos)
                 _index_positions(value_node, (*path, key), out)
@@ -128,7 +142,7 @@ def load_yaml(text: str | bytes) -> LoadedYaml:
     """Parse one YAML document safely; raise ``YamlLoadError`` on anything unsafe."""
     size = len(text.encode() if isinstance(text, str) else text)
     if size > MAX_BYTES:
-        raise YamlLoadError(f"file is {size} bytes, over the {MAX_BYTES} byte limit")
+        raise YamlLoadError(f"file is larger than the {MAX_BYTES} byte limit")
     try:
         loader = _CountingLoader(text)
     except yaml.reader.ReaderError as exc:  # a control character, checked up front

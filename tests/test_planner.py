@@ -276,3 +276,36 @@ def test_executing_a_plan_converges(world: tuple[dict[str, Any],
         assert plan_delete(spec, gone).empty
         assert not gone.instances
         store.close()
+
+
+@pytest.mark.usefixtures("no_io")
+def test_socket_change_moves_workers_to_the_new_socket() -> None:
+    spec = make_spec(1)
+    old = replace(alive("w-1"), socket="old-socket")
+    (action,) = plan(spec, observation([old], [row("w-1", spec)]), NOW).actions
+    assert action.reason == f"tmux.socket changed: old-socket → {spec.tmux_socket}"
+    assert action.graceful
+
+
+@pytest.mark.usefixtures("no_io")
+@pytest.mark.parametrize(("cleanup", "status", "cleaned"), [
+    pytest.param("always", None, True, id="unowned"),
+    pytest.param("always", "lost", True, id="lost-attempt"),
+    pytest.param("always", "succeeded", True, id="finished-always"),
+    pytest.param("always", "running", False, id="running"),
+    pytest.param("onSuccess", "failed", False, id="failed-kept-on-success-policy"),
+    pytest.param("never", "succeeded", False, id="kept-by-never"),
+    pytest.param("never", "lost", True, id="lost-even-with-never"),
+])
+def test_orphaned_worktrees_follow_the_cleanup_policy(cleanup: str, status: str | None,
+                                                      cleaned: bool) -> None:
+    base = make_spec(0)
+    document = {**base.document, "spec": {**base.document["spec"],
+                                          "worktrees": {**base.document["spec"]["worktrees"],
+                                                        "cleanup": cleanup}}}
+    spec = replace(base, worktrees=replace(base.worktrees, cleanup=cleanup), document=document)
+    path = "/state/worktrees/task-3-a1"
+    obs = replace(observation([], []), worktrees=(path,),
+                  attempt_worktrees={} if status is None else {path: status})
+    actions = plan(spec, obs, NOW).actions
+    assert [(a.kind, a.target) for a in actions] == ([(ActionKind.CLEAN, path)] if cleaned else [])

@@ -1,0 +1,183 @@
+"""End to end: what happens to work when workers die, are forced out or move.
+
+Each test breaks something on a real host (SIGKILL, a foreign tmux window, a
+changed socket, an orphaned worktree) and asserts the state of the world
+afterwards: no task lost, no agent left running, nothing foreign touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from reconciler.runtimes.tmux import TmuxRuntime
+from tests.helpers import git, reconcile, wait_for, write_spec
+from tests.test_e2e_pool import apply, set_spec, status, tmux_windows, worktree_paths
+
+pytestmark = pytest.mark.e2e
+
+
+def show(spec: Path, task_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(
+        reconcile("task", "show", task_id, "-f", str(spec), "-o", "json", check=True).stdout)
+    return result
+
+
+def add_task(spec: Path, prompt: str, title: str = "t") -> str:
+    return reconcile("task", "add", "-f", str(spec), "--title", title, "--prompt", prompt,
+                     check=True).stdout.strip()
+
+
+def running_attempt(spec: Path, task_id: str) -> dict[str, Any]:
+    def started() -> dict[str, Any] | None:
+        attempts = show(spec, task_id)["attempt_details"]
+        last = attempts[-1] if attempts else None
+        return last if last and last["status"] == "running" and last["pid"] else None
+    result: dict[str, Any] = wait_for(started, message=f"task {task_id} to run")
+    return result
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def worker_pid(spec: Path, worker_id: str) -> int:
+    pid: int = next(w["pid"] for w in status(spec)["workers"] if w["id"] == worker_id)
+    return pid
+
+
+def test_agent_of_a_killed_worker_is_killed_and_its_task_requeued(host: Path,
+                                                                  git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1, extra={"tasks": {"maxAttempts": 3}})
+    apply(spec)
+    task_id = add_task(spec, "[hang]")
+    agent = running_attempt(spec, task_id)["pid"]
+    os.kill(worker_pid(spec, "w-1"), signal.SIGKILL)
+    wait_for(lambda: not status(spec)["workers"][0]["pid"], message="w-1 to die")
+    assert not gone(agent), "the agent survives its worker until the executor acts"
+    apply(spec)
+    wait_for(lambda: gone(agent), timeout=30, message="the orphaned agent to be killed")
+    second = running_attempt(spec, task_id)
+    attempts = show(spec, task_id)["attempt_details"]
+    assert [a["status"] for a in attempts] == ["lost", "running"]
+    assert second["number"] == 2 and show(spec, task_id)["attempts"] == 2
+    reconcile("delete", "-f", str(spec), "--force", check=True)
+    wait_for(lambda: gone(second["pid"]), timeout=30, message="the second agent to be killed")
+
+
+def test_forced_delete_requeues_without_using_up_attempts(host: Path, git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1, extra={"tasks": {"maxAttempts": 1}})
+    apply(spec)
+    task_id = add_task(spec, "[hang]")
+    agent = running_attempt(spec, task_id)["pid"]
+    reconcile("delete", "-f", str(spec), "--force", check=True)
+    wait_for(lambda: gone(agent), timeout=30, message="the agent to be killed")
+    task = show(spec, task_id)
+    assert (task["status"], task["attempts"]) == ("queued", 0)
+    assert [a["status"] for a in task["attempt_details"]] == ["lost"]
+    assert worktree_paths(git_repo) == [str(git_repo)]  # the lost attempt's worktree is cleaned
+
+
+def test_stop_grace_bounds_a_drain_and_requeues_the_long_task(host: Path,
+                                                              git_repo: Path) -> None:
+    spec = write_spec(host, replicas=2, extra={"worker": {"stopGrace": "1s"},
+                                               "tasks": {"maxAttempts": 1}})
+    apply(spec)
+    task_id = add_task(spec, "[hang]")
+    attempt = running_attempt(spec, task_id)
+    holder = attempt["worker_id"]
+    set_spec(spec, replicas=0)
+    apply(spec)
+    task = show(spec, task_id)
+    assert (task["status"], task["attempts"]) == ("queued", 0), holder
+    assert gone(attempt["pid"])
+    assert status(spec)["workers"] == []
+
+
+def test_a_draining_worker_does_not_spin(host: Path, git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)
+    apply(spec)
+    task_id = add_task(spec, "work [seconds=6]")
+    running_attempt(spec, task_id)
+    pid = worker_pid(spec, "w-1")
+    set_spec(spec, replicas=0)
+    applying = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-f", str(spec)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: status(spec)["workers"][0]["state"] == "draining",
+                 message="w-1 to drain")
+        before = psutil.Process(pid).cpu_times()
+        time.sleep(1.5)
+        after = psutil.Process(pid).cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert busy < 0.5, f"draining worker used {busy:.2f}s of CPU in 1.5s"
+    finally:
+        assert applying.wait(timeout=60) == 0
+    assert show(spec, task_id)["status"] == "succeeded"
+
+
+def test_windows_the_operator_opens_in_the_session_are_left_alone(host: Path,
+                                                                  git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)
+    apply(spec)
+    subprocess.run(["tmux", "-L", "rt-testpool", "new-window", "-d", "-t", "=testpool:", "-n",
+                    "scratch", "--", "sleep", "300"], check=True)
+    subprocess.run(["tmux", "-L", "rt-testpool", "new-window", "-d", "-t", "=testpool:", "-n",
+                    "w-7", "--", "sleep", "300"], check=True)  # named like a worker, not ours
+    assert reconcile("diff", "-f", str(spec)).returncode == 0
+    assert [w["id"] for w in status(spec)["workers"]] == ["w-1"]
+    reconcile("delete", "-f", str(spec), check=True)
+    assert tmux_windows("rt-testpool") == ["scratch", "w-7"]
+
+
+def test_changing_the_socket_moves_the_pool(host: Path, git_repo: Path) -> None:
+    spec = write_spec(host, replicas=2)
+    apply(spec)
+    set_spec(spec, tmux={"socket": "rt-moved"})
+    diff = reconcile("diff", "-f", str(spec))
+    assert "~ restart w-1: tmux.socket changed: rt-testpool → rt-moved" in diff.stdout
+    apply(spec)
+    assert tmux_windows("rt-testpool") == []
+    assert tmux_windows("rt-moved") == ["w-1", "w-2"]
+    assert reconcile("diff", "-f", str(spec)).returncode == 0
+    reconcile("delete", "-f", str(spec), check=True)
+    assert tmux_windows("rt-moved") == []
+
+
+def test_orphaned_worktrees_are_listed_by_diff_and_removed_by_apply(host: Path,
+                                                                    git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)
+    apply(spec)
+    orphan = host / "state" / "pools" / "testpool" / "worktrees" / "task-99-a1"
+    git(git_repo, "worktree", "add", "-q", "-b", "leftover", "--", str(orphan), "main")
+    diff = reconcile("diff", "-f", str(spec))
+    assert diff.returncode == 2
+    assert f"- clean worktree {orphan}: no attempt owns it" in diff.stdout
+    apply(spec)
+    assert worktree_paths(git_repo) == [str(git_repo)]
+    assert "leftover" in git(git_repo, "branch", "--list", "leftover")
+    assert reconcile("diff", "-f", str(spec)).returncode == 0
+
+
+def test_tmux_runtime_passes_argv_verbatim_even_with_trailing_semicolons(
+        host: Path) -> None:
+    out = host / "argv.json"
+    argv = [sys.executable, "-c",
+            "import json, sys, time; json.dump(sys.argv[1:], open(sys.argv[1], 'w')); "
+            "time.sleep(30)", str(out), "a;", "b\\;", ";", "#{session_name}", "$(id)"]
+    runtime = TmuxRuntime("rt-argv", "argv", host / "tmux.conf", tag="t")
+    runtime.start("w-1", argv)
+    wait_for(out.exists, message="the window's command to run")
+    assert json.loads(out.read_text()) == argv[3:]
