@@ -87,9 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p)
     p = sub.add_parser("history", help="which specs were applied when")
     _pool_options(p)
-    p = sub.add_parser("events", help="the pool's event log")
+    p = sub.add_parser("events", help="the pool's event log (health transitions, restarts...)")
     _pool_options(p)
     p.add_argument("--limit", type=int, default=50, help="show the last N events (default 50)")
+    p.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C ends)")
+
+    p = sub.add_parser("controller", help="run the pool's controller in the foreground",
+                       description="Keep the pool converged: observe, plan and act on every "
+                       "change and at least every controller.interval. With -f, apply that "
+                       "file first. One controller runs per pool; `apply` starts one in the "
+                       "background unless spec.controller.enabled is false. For systemd, see "
+                       "examples/reconciler-controller.service.")
+    _pool_options(p, output=False)
+
+    p = sub.add_parser("restart", help="restart a worker and give it a fresh restart budget",
+                       description="Clear a worker's restart count (e.g. one that is `failed` "
+                       "after too many restarts) and have it restarted on the next pass.")
+    p.add_argument("worker", metavar="WORKER", help="worker id, e.g. w-2")
+    _pool_options(p, output=False)
+
+    p = sub.add_parser("scale", help="set replicas in the spec file and apply it",
+                       description="Rewrite `replicas` in workers.yaml (keeping its comments "
+                       "and layout), then apply, so the file stays the source of truth.")
+    p.add_argument("replicas", type=int, metavar="N")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
+    p.add_argument("--wait", action="store_true", help="wait until the pool has converged")
+    p.add_argument("--timeout", default="60s", help="limit for --wait (default 60s)")
 
     _task_parsers(sub)
 
@@ -135,6 +158,10 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
 
     p = tsub.add_parser("show", help="one task with its attempts")
+    p.add_argument("task_id", type=int, metavar="ID")
+    _pool_options(p)
+
+    p = tsub.add_parser("retry", help="queue a failed or cancelled task again")
     p.add_argument("task_id", type=int, metavar="ID")
     _pool_options(p)
 

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 
+from loguru import logger
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from reconciler import controller, demo, worker
-from reconciler.controller import Pool
+from reconciler import pool as pools
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.model import FINAL_TASK_STATUSES, Plan
-from reconciler.paths import pool_paths
-from reconciler.planner import worker_ids
+from reconciler.paths import open_private_append, pool_paths
+from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.render import console, print_json
 from reconciler.report.status import status_document, worker_statuses
@@ -32,7 +34,8 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "validate": cmd_validate, "diff": cmd_diff, "apply": cmd_apply, "delete": cmd_delete,
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
-        "worker": cmd_worker, "demo": cmd_demo,
+        "worker": cmd_worker, "demo": cmd_demo, "controller": cmd_controller,
+        "restart": cmd_restart,
     }
     return handlers[args.command](args)
 
@@ -45,7 +48,7 @@ def _duration_arg(text: str, option: str) -> float:
 
 
 def _pool(args: argparse.Namespace) -> Pool:
-    return controller.resolve_pool(args.state_dir, args.file, args.pool)
+    return pools.resolve_pool(args.state_dir, args.file, args.pool)
 
 
 # ---------------------------------------------------------------------- spec and plan
@@ -72,8 +75,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    pool = controller.resolve_pool(args.state_dir, args.file, None)
-    plan, _ = controller.diff(pool)
+    pool = pools.resolve_pool(args.state_dir, args.file, None)
+    plan, _ = pools.diff(pool)
     if args.output == "json":
         print_json(render.plan_document(plan))
     else:
@@ -84,70 +87,87 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     wait_timeout = _duration_arg(args.timeout, "--timeout")
     lock_timeout = _duration_arg(args.lock_timeout, "--lock-timeout")
-    pool = controller.resolve_pool(args.state_dir, args.file, None)
+    pool = pools.resolve_pool(args.state_dir, args.file, None)
     text = args.output == "text"
 
     def show_plan(plan: Plan) -> None:  # called under the lock, with the plan that runs
         if text and not plan.empty:
             render.render_plan(plan, title=f"Applying to pool {pool.name}:")
 
-    result = controller.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan,
-                              progress=lambda line: console.print(f"  {escape(line)}")
-                              if text else None)
+    say = (lambda line: console.print(f"  {escape(line)}")) if text else (lambda _line: None)
+    result = controller.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
     ready = True
     if args.wait:
-        ready = wait_for_workers(pool, wait_timeout, show=text)
+        with Progress(TextColumn("converging"), TextColumn("{task.fields[detail]}"),
+                      TimeElapsedColumn(), console=console, disable=not text,
+                      transient=True) as bar:
+            job = bar.add_task("converging", detail="")
+            ready = controller.converge(
+                pool, timeout=wait_timeout, progress=say,
+                on_tick=lambda remaining: bar.update(job, detail=remaining.summary()))
     if not text:
         print_json({**render.plan_document(result.plan), "spec_id": result.spec_id,
                     "recorded": result.recorded, "done": result.report.done,
+                    "problems": result.report.problems,
                     "remaining": render.plan_document(result.remaining), "ready": ready})
-    elif result.plan.empty:
+    elif result.plan.empty and not result.plan.steps:
         console.print(f"Nothing to do: pool {pool.name} already matches {args.file}"
                       f" (spec #{result.spec_id}{', recorded now' if result.recorded else ''}).")
     else:
         console.print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
-                      f"change(s) made; spec #{result.spec_id} recorded in history.")
-        if not result.remaining.empty:
-            console.print(f"[yellow]warning:[/yellow] still pending: "
-                          f"{escape(result.remaining.summary())} (a worker may have crashed "
-                          f"at once; see `reconcile status` and its log)")
+                      f"change(s) made; spec #{result.spec_id} in history.")
+        if not args.wait and not result.remaining.empty:
+            console.print(f"still in progress: {escape(result.remaining.summary())} "
+                          "(the controller finishes it; `reconcile diff` shows what is left)")
+    for problem in result.report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
     if not ready:
-        print(f"error: not every worker heartbeat within {args.timeout}", file=sys.stderr)
+        print(f"error: the pool did not converge within {args.timeout} (see `reconcile diff` "
+              "and `reconcile status`)", file=sys.stderr)
         return 1
     return 0
 
 
-def wait_for_workers(pool: Pool, timeout: float, *, show: bool) -> bool:
-    """Poll until every desired worker runs and has heartbeat since it started."""
-    assert pool.spec is not None
-    wanted = set(worker_ids(pool.spec.replicas))
-    deadline = time.monotonic() + timeout
-    with Progress(TextColumn("waiting for workers"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=not show,
-                  transient=True) as progress:
-        bar = progress.add_task("workers", total=len(wanted))
-        while True:
-            observation = controller.observe_pool(pool)
-            ready = {w.id for w in observation.workers
-                     if w.id in wanted and w.heartbeat_at and w.state in ("idle", "working")
-                     and (inst := observation.instance(w.id)) is not None and inst.alive}
-            progress.update(bar, completed=len(ready))
-            if ready == wanted:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
-
-
 def cmd_delete(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    _, report = controller.delete(
+    report = controller.delete(
         pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
         progress=lambda line: console.print(f"  {escape(line)}"))
-    console.print(f"Pool {pool.name} deleted: {len(report.done)} change(s); the queue, logs "
-                  "and history are kept.")
     for problem in report.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    console.print(f"Pool {pool.name} deleted; the queue, logs and history are kept.")
+    return 1 if report.problems else 0
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    pool = _pool(args)
+    if pool.spec is not None and args.file:
+        controller.apply(pool)  # the file given is what the controller keeps converged
+    elif pool.spec is None:
+        raise PoolError(f"pool {pool.name!r} was never applied",
+                        hint="pass -f workers.yaml to apply it and keep it converged")
+    logger.remove()
+    logger.add(sys.stderr, format="{time:HH:mm:ss} controller {level} {message}", level="INFO")
+    fd = open_private_append(pool.paths.logs / "controller.log")
+    logger.add(os.fdopen(fd, "a", buffering=1), format="{time:YYYY-MM-DD HH:mm:ss.SSS} "
+               "{level} {message}", level="DEBUG")
+    return controller.run_controller(pool)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    pool = _pool(args)
+    store = pool.open_store()
+    try:
+        known = {w.id for w in store.workers()}
+        if args.worker not in known:
+            raise PoolError(f"no worker {args.worker} in pool {pool.name}",
+                            hint=f"workers: {', '.join(sorted(known)) or 'none'}")
+        row = next(w for w in store.workers() if w.id == args.worker)
+        store.reset_restart_budget(args.worker, "reconcile restart (operator)")
+        store.set_health(args.worker, row.health, "dead", "operator asked for a restart")
+    finally:
+        store.close()
+    print(f"{args.worker}: restart budget reset; the controller restarts it within a pass")
     return 0
 
 
@@ -156,7 +176,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    observation = controller.observe_pool(pool)
+    observation = pools.observe_pool(pool)
     now = time.time()
     if args.output == "json":
         print_json(status_document(observation, now))
@@ -270,7 +290,7 @@ def task_cancel(args: argparse.Namespace) -> int:
 def task_wait(args: argparse.Namespace) -> int:
     timeout = _duration_arg(args.timeout, "--timeout") if args.timeout else None
     pool, store = _with_store(args)
-    if not any(i.alive for i in controller.observe_pool(pool).instances):
+    if not any(i.alive for i in pools.observe_pool(pool).instances):
         print(f"warning: no worker of pool {pool.name} is running; tasks will not progress "
               "until `reconcile apply` starts some", file=sys.stderr)
     ids = list(args.task_ids) or [t.id for t in store.tasks()

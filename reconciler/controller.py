@@ -1,110 +1,44 @@
-"""Pool operations: choose a pool, observe it, and reconcile it under its lock.
+"""Reconcile passes, ``apply``, ``delete`` and the controller loop that keeps a pool converged.
 
-``diff`` and ``apply`` share ``observe`` and ``plan``; only ``apply`` goes on
-to the executor.  ``diff`` never creates a file, a window or a process.
+A pass is observe → plan → execute under the pool lock; it never waits for
+workers.  ``apply`` runs one pass (``--wait``: passes until converged), the
+controller runs one on every change it notices in the store (``PRAGMA
+data_version``) and at least every ``controller.interval``, and ``delete``
+stops the controller, then runs passes of the delete plan until nothing is
+left.  Every actor re-observes everything on every pass (level-triggered), so
+several of them can take turns at the lock without stepping on each other.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from types import FrameType
 
-from reconciler.errors import PoolError, RuntimeBackendError
+from loguru import logger
+
+from reconciler.errors import LockHeldError, PoolError, ReconcilerError
 from reconciler.executor import ExecutionReport, Executor
-from reconciler.lock import pool_lock
+from reconciler.lock import is_locked, pool_lock
 from reconciler.model import ActionKind, Observation, Plan
-from reconciler.observe import observe
-from reconciler.paths import PoolPaths, known_pools, pool_paths
-from reconciler.planner import plan, plan_delete
-from reconciler.spec import PoolSpec, load_spec, spec_from_document
+from reconciler.planner import plan, plan_delete, worker_ids
+from reconciler.pool import Pool, applied_spec, observe_pool, preflight, spec_git_commit
+from reconciler.proctree import create_time_of, kill_tree, process_matches
+from reconciler.spec import PoolSpec
 from reconciler.store.sqlite import Store
-from reconciler.tmuxcli import tmux_available
-from reconciler.worktrees import check_repo, git
 
 LOCK_TIMEOUT = 10.0
+PASS_LOCK_TIMEOUT = 2.0
+WAKE_CHECK_SECONDS = 0.1
+MIN_PASS_GAP = 0.25
+CONTROLLER_STOP_TIMEOUT = 10.0
 
-
-@dataclass
-class Pool:
-    """One pool as named on the command line: its paths and, when known, its spec."""
-
-    paths: PoolPaths
-    spec: PoolSpec | None  # from -f, else the latest applied spec, else None
-
-    @property
-    def name(self) -> str:
-        return self.paths.name
-
-    def open_store(self) -> Store:
-        if not self.paths.exists():
-            raise PoolError(f"pool {self.name!r} has no state in {self.paths.state_dir}",
-                            hint="apply its spec first: reconcile apply -f workers.yaml")
-        return Store(self.paths.store)
-
-    @property
-    def tmux_socket(self) -> str | None:
-        return self.spec.tmux_socket if self.spec else None
-
-
-def resolve_pool(state_dir: Path, spec_file: str | None, pool: str | None) -> Pool:
-    """The pool named by ``-f`` or ``--pool``, or the only pool in the state directory."""
-    if spec_file:
-        spec = load_spec(spec_file)
-        if pool and pool != spec.name:
-            raise PoolError(f"--pool {pool} does not match {spec_file} (pool {spec.name})")
-        return Pool(pool_paths(state_dir, spec.name), spec)
-    if not pool:
-        pools = known_pools(state_dir)
-        if not pools:
-            raise PoolError(f"no pool found in {state_dir}",
-                            hint="pass -f workers.yaml, or apply a spec first")
-        if len(pools) > 1:
-            raise PoolError(f"{len(pools)} pools in {state_dir}: {', '.join(pools)}",
-                            hint="choose one with --pool NAME or -f workers.yaml")
-        pool = pools[0]
-    paths = pool_paths(state_dir, pool)
-    if not paths.exists():
-        raise PoolError(f"no pool named {pool!r} in {state_dir}",
-                        hint=f"known pools: {', '.join(known_pools(state_dir)) or 'none'}")
-    return Pool(paths, applied_spec(paths))
-
-
-def applied_spec(paths: PoolPaths) -> PoolSpec | None:
-    """The spec most recently applied to the pool, as the store recorded it."""
-    if not paths.exists():
-        return None
-    store = Store(paths.store)
-    try:
-        history = store.history()
-        return spec_from_document(store.spec_document(history[-1].id)) if history else None
-    finally:
-        store.close()
-
-
-def observe_pool(pool: Pool, store: Store | None = None) -> Observation:
-    """Observe the pool; a pool with no store yet has no records (nothing is created)."""
-    spec = pool.spec
-    own = store
-    if own is None and pool.paths.exists():
-        own = Store(pool.paths.store)
-    try:
-        return observe(
-            pool.paths, [spec.tmux_socket if spec else None], own,
-            repo=spec.repo if spec else None,
-            worktree_root=(spec.worktrees.dir or pool.paths.default_worktrees) if spec else None)
-    finally:
-        if store is None and own is not None:
-            own.close()
-
-
-def diff(pool: Pool) -> tuple[Plan, Observation]:
-    """The plan ``apply`` would execute now; changes nothing."""
-    if pool.spec is None:
-        raise PoolError("diff needs the desired spec", hint="pass -f workers.yaml")
-    preflight(pool.spec)  # what apply would refuse, diff refuses too
-    observation = observe_pool(pool)
-    return plan(pool.spec, observation, observation.observed_at), observation
+PlanMaker = Callable[[Observation], Plan]
 
 
 @dataclass(frozen=True)
@@ -116,30 +50,56 @@ class ApplyResult:
     remaining: Plan
 
 
-def preflight(spec: PoolSpec) -> None:
-    """Read-only checks that the spec can run on this host: repo, baseRef, tmux."""
-    check_repo(spec.repo, spec.base_ref)
-    if spec.runtime == "tmux" and not tmux_available():
-        raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
-                                  hint="install tmux, or set `runtime: process`")
+def _record_spec(store: Store, spec: PoolSpec, summary: str) -> tuple[int, bool]:
+    """The id of ``spec`` in the history, recording it if it is not the latest."""
+    history = store.history()
+    if history and history[-1].document_hash == spec.document_hash:
+        return history[-1].id, False
+    return store.record_applied_spec(
+        source_path=str(spec.source_path) if spec.source_path else None,
+        source_sha256=spec.source_sha256, git_commit=spec_git_commit(spec.source_path),
+        document_hash=spec.document_hash, document=spec.document_json, summary=summary), True
 
 
-def spec_git_commit(path: Path | None) -> str | None:
-    """The last commit of the spec file, with ``+dirty`` if it changed since; None outside git."""
-    if path is None:
-        return None
-    log = git(path.parent, ["log", "-1", "--format=%H", "--", path.name], check=False)
-    commit = log.stdout.strip()
-    if log.returncode != 0 or not commit:
-        return None
-    dirty = git(path.parent, ["diff", "--quiet", "HEAD", "--", path.name], check=False)
-    return commit + ("+dirty" if dirty.returncode == 1 else "")
+def run_pass(pool: Pool, store: Store, spec_id: int, make_plan: PlanMaker, *,
+             force: bool = False, progress: Callable[[str], None] = lambda _l: None,
+             on_plan: Callable[[Plan], None] = lambda _p: None) -> tuple[Plan, ExecutionReport,
+                                                                        Plan]:
+    """One observe → plan → execute pass (the caller holds the pool lock).
+
+    A second, cleaning-only pass removes worktrees the first one orphaned
+    (attempts it ended as lost).  Returns the plan, what was done, and what
+    is still pending.
+    """
+    assert pool.spec is not None
+    executor = Executor(pool.spec, spec_id, pool.paths, store, progress=progress, force=force)
+    observation = observe_pool(pool, store)
+    the_plan = make_plan(observation)
+    on_plan(the_plan)
+    report = executor.execute(the_plan, observation)
+    after = observe_pool(pool, store)
+    remaining = make_plan(after)
+    cleaning = Plan(remaining.pool, tuple(a for a in remaining.actions
+                                          if a.kind is ActionKind.CLEAN))
+    if not cleaning.empty:
+        done = executor.execute(cleaning, after)
+        report.done += done.done
+        report.problems += done.problems
+        after = observe_pool(pool, store)
+        remaining = make_plan(after)
+    return the_plan, report, remaining
+
+
+def desired_plan(pool: Pool) -> PlanMaker:
+    spec = pool.spec
+    assert spec is not None
+    return lambda observation: plan(spec, observation, time.time())
 
 
 def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
           on_plan: Callable[[Plan], None] = lambda _p: None,
           lock_timeout: float = LOCK_TIMEOUT) -> ApplyResult:
-    """Converge the pool to ``pool.spec`` once, under the pool lock."""
+    """Record ``pool.spec`` as desired and run one pass toward it, under the pool lock."""
     spec = pool.spec
     if spec is None:
         raise PoolError("apply needs the desired spec", hint="pass -f workers.yaml")
@@ -148,63 +108,195 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
-            observation = observe_pool(pool, store)
-            the_plan = plan(spec, observation, observation.observed_at)
-            on_plan(the_plan)
-            spec_id = store.latest_spec_id(spec.document_hash)
-            history = store.history()
-            recorded = not history or history[-1].document_hash != spec.document_hash
-            if recorded or spec_id is None:
-                spec_id = store.record_applied_spec(
-                    source_path=str(spec.source_path) if spec.source_path else None,
-                    source_sha256=spec.source_sha256, git_commit=spec_git_commit(spec.source_path),
-                    document_hash=spec.document_hash, document=spec.document_json,
-                    summary=the_plan.summary())
-                recorded = True
-            executor = Executor(spec, spec_id, pool.paths, store, progress=progress)
-            report = executor.execute(the_plan, observation)
-            remaining = _clean_what_the_pass_left(pool, store, executor, report,
-                                                  lambda o: plan(spec, o, o.observed_at))
+            first = desired_plan(pool)(observe_pool(pool, store))
+            spec_id, recorded = _record_spec(store, spec, first.summary())
+            the_plan, report, remaining = run_pass(pool, store, spec_id, desired_plan(pool),
+                                                   progress=progress, on_plan=on_plan)
         finally:
             store.close()
     return ApplyResult(the_plan, report, spec_id, recorded, remaining)
 
 
+def converged(pool: Pool, remaining: Plan, observation: Observation) -> bool:
+    """Nothing left to do and every desired worker heartbeating since its start."""
+    if not remaining.empty or pool.spec is None:
+        return remaining.empty
+    for worker_id in worker_ids(pool.spec.replicas):
+        row = observation.worker(worker_id)
+        if row is None or row.heartbeat_at is None or row.started_at is None \
+                or row.heartbeat_at < row.started_at:
+            return False
+    return True
+
+
+def converge(pool: Pool, *, timeout: float, make_plan: PlanMaker | None = None,
+             force: bool = False, check: Callable[[Pool, Plan, Observation], bool] = converged,
+             progress: Callable[[str], None] = lambda _l: None,
+             on_tick: Callable[[Plan], None] = lambda _p: None) -> bool:
+    """Run passes (each under the pool lock, shared fairly with the controller) until
+    ``check`` holds; False if ``timeout`` runs out first."""
+    make_plan = make_plan or desired_plan(pool)
+    deadline = time.monotonic() + timeout
+    store = Store(pool.paths.store)
+    try:
+        spec_id = store.latest_spec_id(pool.spec.document_hash) if pool.spec else None
+        while True:
+            try:
+                with pool_lock(pool.paths.lock, what="apply --wait", timeout=PASS_LOCK_TIMEOUT):
+                    _, _, remaining = run_pass(pool, store, spec_id or 0, make_plan,
+                                               force=force, progress=progress)
+            except LockHeldError:
+                remaining = make_plan(observe_pool(pool, store))
+            on_tick(remaining)
+            if check(pool, remaining, observe_pool(pool, store)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(MIN_PASS_GAP)
+    finally:
+        store.close()
+
+
 def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] = lambda _l: None,
-           lock_timeout: float = LOCK_TIMEOUT) -> tuple[Plan, ExecutionReport]:
-    """Stop every worker (after its current task unless ``force``); keep queue and history."""
+           lock_timeout: float = LOCK_TIMEOUT) -> ExecutionReport:
+    """Stop the controller, then every worker (after its current task unless ``force``);
+    the queue, logs and history stay."""
     spec = pool.spec
     if spec is None or not pool.paths.exists():
         raise PoolError(f"pool {pool.name!r} was never applied; nothing to delete")
+    report = ExecutionReport()
     with pool_lock(pool.paths.lock, what="delete", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
-            observation = observe_pool(pool, store)
-            the_plan = plan_delete(spec, observation)
-            spec_id = store.latest_spec_id(spec.document_hash) or 0
-            executor = Executor(spec, spec_id, pool.paths, store, progress=progress, force=force)
-            report = executor.execute(the_plan, observation)
-            _clean_what_the_pass_left(pool, store, executor, report,
-                                      lambda o: plan_delete(spec, o))
-            store.add_event("pool.deleted", f"{len(the_plan.actions)} worker(s) stopped")
+            stop_controller(pool, store, progress)
         finally:
             store.close()
-    return the_plan, report
+    done = converge(pool, timeout=spec.worker.stop_grace + 30, force=force,
+                    make_plan=lambda o: plan_delete(spec, o, time.time()),
+                    check=lambda _p, remaining, _o: remaining.empty, progress=progress)
+    store = Store(pool.paths.store)
+    try:
+        store.add_event("pool.deleted", "every worker stopped" if done
+                        else "some workers did not stop in time")
+    finally:
+        store.close()
+    if not done:
+        report.problems.append("some workers did not stop in time; run delete --force")
+    return report
 
 
-def _clean_what_the_pass_left(pool: Pool, store: Store, executor: Executor,
-                              report: ExecutionReport,
-                              make_plan: Callable[[Observation], Plan]) -> Plan:
-    """Re-observe after a pass and remove the worktrees it orphaned (attempts it ended
-    as lost); anything else still pending is returned, never retried in the same run."""
-    after = observe_pool(pool, store)
-    remaining = make_plan(after)
-    cleaning = Plan(remaining.pool, tuple(a for a in remaining.actions
-                                          if a.kind is ActionKind.CLEAN))
-    if cleaning.empty:
-        return remaining
-    done = executor.execute(cleaning, after)
-    report.done += done.done
-    report.problems += done.problems
-    after = observe_pool(pool, store)
-    return make_plan(after)
+# --------------------------------------------------------------------------- the controller
+
+
+def stop_controller(pool: Pool, store: Store, progress: Callable[[str], None]) -> None:
+    """Ask the pool's controller to exit and wait for it (SIGKILL after a timeout)."""
+    lock = pool.paths.controller_lock
+    info = store.controller()
+    if not is_locked(lock):
+        return
+    store.request_controller_stop()
+    if info and info.pid and process_matches(info.pid, info.pid_create_time):
+        os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + CONTROLLER_STOP_TIMEOUT
+    while is_locked(lock) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if is_locked(lock) and info and info.pid:
+        kill_tree(info.pid, 1.0)
+    progress("controller stopped")
+
+
+class Controller:
+    """The loop behind ``reconcile controller``: one per pool (its lock says so)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.stop = threading.Event()
+
+    def run(self) -> int:
+        paths = self.pool.paths
+        paths.create()
+        fd = _take_controller_lock(paths.controller_lock)
+        if fd is None:
+            logger.info("a controller already runs for pool {}; nothing to do", paths.name)
+            return 0
+        store = Store(paths.store)
+        store.register_controller(os.getpid(), create_time_of(os.getpid()))
+        logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
+        try:
+            self._loop(store)
+        finally:
+            store.close()
+            os.close(fd)
+        logger.info("controller of pool {} stopped", paths.name)
+        return 0
+
+    def _loop(self, store: Store) -> None:
+        last_pass = 0.0
+        seen_version = -1
+        while not self.stop.is_set():
+            version = store.data_version()
+            due = time.monotonic() - last_pass >= self._interval()
+            woken = version != seen_version and time.monotonic() - last_pass >= MIN_PASS_GAP
+            if due or woken:
+                if store.controller_heartbeat():
+                    return  # delete asked us to stop
+                self._pass(store)
+                last_pass = time.monotonic()
+                seen_version = store.data_version()
+            self.stop.wait(WAKE_CHECK_SECONDS)
+
+    def _interval(self) -> float:
+        return self.pool.spec.controller_interval if self.pool.spec else 1.0
+
+    def _pass(self, store: Store) -> None:
+        spec = applied_spec(self.pool.paths)
+        if spec is None:
+            return
+        self.pool = Pool(self.pool.paths, spec)
+        spec_id = store.latest_spec_id(spec.document_hash) or 0
+        try:
+            with pool_lock(self.pool.paths.lock, what="controller", timeout=PASS_LOCK_TIMEOUT):
+                the_plan, report, _ = run_pass(self.pool, store, spec_id, desired_plan(self.pool))
+        except LockHeldError:
+            return  # an apply or delete is running a pass; try again next time
+        except ReconcilerError as exc:
+            logger.error("pass failed: {}", exc.one_line())
+            return
+        for step in the_plan.steps:
+            logger.info("{}", step.describe())
+        for line in report.done:
+            logger.info("{}", line)
+        for problem in report.problems:
+            logger.warning("{}", problem)
+
+
+def _take_controller_lock(path: os.PathLike[str]) -> int | None:
+    """Hold the controller lock for the process's lifetime; None if another holds it.
+
+    Retries briefly: a status probe may hold a shared lock for an instant.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+def run_controller(pool: Pool) -> int:
+    """Entry point of ``reconcile controller``: run until SIGTERM/SIGINT or ``delete``."""
+    controller = Controller(pool)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        del frame
+        logger.info("received {}: stopping after this pass", signal.Signals(signum).name)
+        controller.stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    return controller.run()

@@ -29,9 +29,9 @@ from rich.progress import (
 from rich.table import Table
 
 from reconciler import controller
-from reconciler.controller import Pool
 from reconciler.errors import ReconcilerError
 from reconciler.paths import ensure_private_dir, pool_paths
+from reconciler.pool import Pool, observe_pool
 from reconciler.report.render import age, console
 from reconciler.report.status import worker_statuses
 from reconciler.spec import load_spec, with_repo
@@ -77,7 +77,7 @@ def _tasks(count: int) -> list[tuple[str, str, int]]:
 
 
 def _dashboard(pool: Pool, store: Store, progress: Progress, bar: TaskID) -> Group:
-    observation = controller.observe_pool(pool)
+    observation = observe_pool(pool)
     now = time.time()
     table = Table(title=f"pool {pool.name}", title_justify="left")
     for column in ("worker", "state", "task", "heartbeat", "restarts"):

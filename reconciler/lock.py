@@ -50,6 +50,24 @@ def pool_lock(path: Path, *, what: str, timeout: float = 10.0) -> Iterator[None]
         os.close(fd)
 
 
+def is_locked(path: Path) -> bool:
+    """Whether some process holds ``path``'s lock (a probe: shared, never blocking).
+
+    A missing file means no holder; the probe never creates one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a probe lock we may have taken
+    return False
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")

@@ -50,6 +50,7 @@ class AttemptRow:
     output_tail: str | None
     lease_expires_at: float
     pid: int | None = None
+    last_output_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,21 @@ class WorkerRow:
     exited_at: float | None
     exit_code: int | None
     removed: bool
+    drain_requested_at: float | None = None
+    health: str = "recovering"
+    health_since: float | None = None
+    restart_epoch: float = 0.0
+
+
+@dataclass(frozen=True)
+class ControllerRow:
+    """The pool's controller as it registered itself in the store."""
+
+    pid: int | None
+    pid_create_time: float | None
+    started_at: float | None
+    heartbeat_at: float | None
+    stop_requested: bool
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,12 @@ class Observation:
     queue: QueueCounts = field(default_factory=QueueCounts)
     worktrees: tuple[str, ...] = ()  # task worktrees git knows under the pool's root
     attempt_worktrees: Mapping[str, str] = field(default_factory=dict)  # path -> attempt status
+    running: tuple[AttemptRow, ...] = ()  # attempts in progress
+    restart_history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    controller_alive: bool | None = None  # None: not observed
+
+    def attempt_of(self, worker_id: str) -> AttemptRow | None:
+        return next((a for a in self.running if a.worker_id == worker_id), None)
 
     def instance(self, worker_id: str) -> RuntimeInstance | None:
         return next((i for i in self.instances if i.worker_id == worker_id), None)
@@ -192,23 +214,51 @@ class Action:
     """One change the executor will make, and why.
 
     ``target`` is a worker id (``w-3``), or a worktree path for ``clean``.
-    ``graceful`` actions wait for the worker's current task to finish first.
+    ``graceful``: ask the worker to finish its current task first (drain).
+    ``counted``: a restart after a crash or hang, checked against the budget.
+    ``pending``: why nothing happens on this pass yet (a drain or a backoff
+    in progress); the action is shown but the executor leaves it for later.
     """
 
     kind: ActionKind
     target: str
     reason: str
     graceful: bool = False
+    counted: bool = False
+    pending: str | None = None
+    reset_budget: bool = False
 
     def describe(self) -> str:
         what = "worktree " if self.kind is ActionKind.CLEAN else ""
-        return f"{self.kind.symbol} {self.kind.value} {what}{self.target}: {self.reason}"
+        later = f" [{self.pending}]" if self.pending else ""
+        return f"{self.kind.symbol} {self.kind.value} {what}{self.target}: {self.reason}{later}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One health transition: ``worker`` goes from ``source`` to ``dest`` because ``reason``."""
+
+    worker: str
+    source: str
+    dest: str
+    trigger: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.worker}: {self.source} → {self.dest} ({self.reason})"
 
 
 @dataclass(frozen=True)
 class Plan:
+    """What a pass would do (``actions``) and the health transitions it records (``steps``).
+
+    ``steps`` are observations, not changes: a plan with steps but no actions
+    is in sync.
+    """
+
     pool: str
     actions: tuple[Action, ...] = ()
+    steps: tuple[Step, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -222,8 +272,9 @@ class Plan:
             return "No changes. The pool matches the spec."
         c = self.counts()
         parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
+        waiting = sum(1 for a in self.actions if a.pending)
         if c["remove"]:
             parts.append(f"{c['remove']} to remove")
         if c["clean"]:
             parts.append(f"{c['clean']} worktree(s) to clean")
-        return "Plan: " + ", ".join(parts) + "."
+        return "Plan: " + ", ".join(parts) + (f" ({waiting} waiting)" if waiting else "") + "."

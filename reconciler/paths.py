@@ -72,6 +72,10 @@ class PoolPaths:
         return self.state_dir / "locks"
 
     @property
+    def controller_lock(self) -> Path:
+        return self.root / "controller.lock"
+
+    @property
     def tmux_conf(self) -> Path:
         return self.root / "tmux.conf"
 

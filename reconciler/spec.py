@@ -108,6 +108,8 @@ class PoolSpec:
     health: HealthSpec
     restart: RestartPolicy
     hooks: HooksSpec
+    controller_enabled: bool
+    controller_interval: float
     document: Mapping[str, Any]
     source_path: Path | None
     source_sha256: str
@@ -258,6 +260,8 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
                               parse_duration(r["backoff"]), parse_duration(r["resetAfter"])),
         hooks=HooksSpec(tuple(tuple(a) for a in hk["onSuccess"]),
                         tuple(tuple(a) for a in hk["onFailure"])),
+        controller_enabled=spec["controller"]["enabled"],
+        controller_interval=parse_duration(spec["controller"]["interval"]),
         document=copy.deepcopy(dict(document)),
         source_path=source_path,
         source_sha256=source_sha256,

@@ -57,6 +57,8 @@ def write_spec(directory: Path, *, name: str = "testpool", replicas: int = 2,
         "worker": {"command": command or [str(FAKE_AGENT), "--prompt-file", "{task.prompt_file}",
                                           "--title", "{task.title}", "--seconds", "0.2"]},
         "health": {"heartbeatInterval": "500ms", "unresponsiveAfter": "5s", "deadAfter": "10s"},
+        # most tests drive the pool with apply alone; controller tests turn it on
+        "controller": {"enabled": False},
     }
     for key, value in (extra or {}).items():
         if isinstance(value, dict) and isinstance(spec.get(key), dict):

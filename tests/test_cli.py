@@ -11,8 +11,8 @@ import pytest
 from tests.helpers import reconcile, write_spec
 
 COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
-            "task", "task add", "task import", "task list", "task show", "task cancel",
-            "task wait"]
+            "controller", "restart", "scale", "task", "task add", "task import", "task list",
+            "task show", "task cancel", "task retry", "task wait"]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.replace(" ", "-") for c in COMMANDS])
@@ -25,7 +25,9 @@ def test_every_command_explains_itself(command: str) -> None:
 def test_top_level_help_documents_exit_codes_and_hides_internal_commands() -> None:
     out = reconcile("--help").stdout
     assert "exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error" in out
-    assert "worker" not in out.split("options:")[0].replace("workers", "")
+    commands = [line.split()[0] for line in out.split("options:")[0].splitlines()
+                if line.startswith("    ") and line.split()]
+    assert "worker" not in commands and "validate" in commands
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

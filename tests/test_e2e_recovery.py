@@ -125,7 +125,7 @@ def test_a_draining_worker_does_not_spin(host: Path, git_repo: Path) -> None:
         assert busy < 0.5, f"draining worker used {busy:.2f}s of CPU in 1.5s"
     finally:
         assert applying.wait(timeout=60) == 0
-    assert show(spec, task_id)["status"] == "succeeded"
+    wait_for(lambda: show(spec, task_id)["status"] == "succeeded", message="the task to finish")
 
 
 def test_windows_the_operator_opens_in_the_session_are_left_alone(host: Path,

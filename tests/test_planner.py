@@ -14,6 +14,7 @@ import socket
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -107,7 +108,7 @@ class TestScriptedPlans:
                      "process gone (killed by signal 9 (exit 137))", id="killed-by-signal"),
         pytest.param(RuntimeInstance("w-2", "tmux", 100, False, exit_status=137),
                      "process gone (exit 137)", id="exit-status"),
-        pytest.param(None, "tmux window gone", id="window-gone"),
+        pytest.param(None, "process gone (tmux window gone)", id="window-gone"),
     ])
     def test_dead_worker_is_restarted_at_once(self, instance: RuntimeInstance | None,
                                               reason: str) -> None:
@@ -149,7 +150,7 @@ class TestScriptedPlans:
     def test_runtime_change_replaces_workers(self) -> None:
         old = make_spec(1, runtime="tmux")
         (action,) = plan(make_spec(1, runtime="process"), healthy(old, ["w-1"]), NOW).actions
-        assert action.reason == "runtime changed: tmux → process" and action.graceful
+        assert action.reason == "runtime (tmux → process) changed" and action.graceful
 
     def test_draining_worker_that_is_still_wanted_is_replaced(self) -> None:
         spec = make_spec(1)
@@ -173,7 +174,7 @@ class TestScriptedPlans:
 
     def test_delete_stops_everything(self) -> None:
         spec = make_spec(3)
-        result = plan_delete(spec, healthy(spec, ["w-1", "w-2", "w-3"]))
+        result = plan_delete(spec, healthy(spec, ["w-1", "w-2", "w-3"]), NOW)
         assert [a.target for a in result.actions] == ["w-3", "w-2", "w-1"]
         assert {a.kind for a in result.actions} == {ActionKind.STOP}
 
@@ -260,22 +261,32 @@ def test_executing_a_plan_converges(world: tuple[dict[str, Any],
                                                                  exit_status=1)
             elif state == "gone":
                 runtimes[runtime].instances.pop(worker_id)
-            elif state == "draining":
+            elif state == "draining":  # a real worker sees the flag and exits after its task
                 store.request_drain(worker_id, "test")
+                runtimes[runtime].request_stop(runtimes[runtime].instances[worker_id])
         paths = PoolPaths(Path(tmp), "p")
-        before = _observe(store, runtimes)
         executor = Executor(spec, spec_id, paths, store, runtimes=runtimes)  # type: ignore[arg-type]
-        executor.execute(plan(spec, before, NOW), before)
-        after = _observe(store, runtimes)
-        assert plan(spec, after, NOW).empty, plan(spec, after, NOW)
+        # drains are asynchronous: a drained worker is replaced on the next pass
+        after = _converge(executor, store, runtimes, lambda o: plan(spec, o, time.time()))
         alive_ids = sorted(i.worker_id for i in after.instances if i.alive)
         assert alive_ids == sorted(f"w-{n}" for n in range(1, spec.replicas + 1))
 
-        executor.execute(plan_delete(spec, after), after)
-        gone = _observe(store, runtimes)
-        assert plan_delete(spec, gone).empty
+        gone = _converge(executor, store, runtimes, lambda o: plan_delete(spec, o, time.time()))
         assert not gone.instances
         store.close()
+
+
+PASSES_TO_CONVERGE = 3  # act, let drained workers exit, replace them
+
+
+def _converge(executor: Executor, store: Store, runtimes: dict[str, FakeRuntime],
+              make_plan: Any) -> Observation:
+    for _ in range(PASSES_TO_CONVERGE):
+        observed = _observe(store, runtimes)
+        executor.execute(make_plan(observed), observed)
+    final = _observe(store, runtimes)
+    assert make_plan(final).empty, make_plan(final)
+    return final
 
 
 @pytest.mark.usefixtures("no_io")
@@ -283,7 +294,7 @@ def test_socket_change_moves_workers_to_the_new_socket() -> None:
     spec = make_spec(1)
     old = replace(alive("w-1"), socket="old-socket")
     (action,) = plan(spec, observation([old], [row("w-1", spec)]), NOW).actions
-    assert action.reason == f"tmux.socket changed: old-socket → {spec.tmux_socket}"
+    assert action.reason == f"tmux.socket (old-socket → {spec.tmux_socket}) changed"
     assert action.graceful
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from reconciler.lock import is_locked
 from reconciler.model import Observation, QueueCounts
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
@@ -21,7 +22,7 @@ from reconciler.store.sqlite import Store
 
 def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None, *,
             repo: Path | None = None, worktree_root: Path | None = None,
-            now: float | None = None) -> Observation:
+            controller_lock: Path | None = None, now: float | None = None) -> Observation:
     """Snapshot one pool.  ``store`` is None for a pool that was never applied."""
     rows = store.workers() if store is not None else []
     in_use = {s for s in sockets if s} | {r.tmux_socket for r in rows if r.tmux_socket}
@@ -34,4 +35,7 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None
         instances=tuple(instances), workers=tuple(rows),
         queue=store.queue_counts() if store is not None else QueueCounts(),
         worktrees=worktrees,
-        attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {})
+        attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {},
+        running=tuple(store.running_attempts()) if store is not None else (),
+        restart_history=store.restart_history() if store is not None else {},
+        controller_alive=is_locked(controller_lock) if controller_lock else None)

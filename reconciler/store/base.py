@@ -65,7 +65,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     log_path TEXT,
     error TEXT,
     output_tail TEXT,
-    pid INTEGER
+    pid INTEGER,
+    last_output_at REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE TABLE IF NOT EXISTS workers (
@@ -83,9 +84,28 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat_at REAL,
     restarts INTEGER NOT NULL DEFAULT 0,
     drain_requested INTEGER NOT NULL DEFAULT 0,
+    drain_requested_at REAL,
     exited_at REAL,
     exit_code INTEGER,
-    removed INTEGER NOT NULL DEFAULT 0
+    removed INTEGER NOT NULL DEFAULT 0,
+    health TEXT NOT NULL DEFAULT 'recovering',
+    health_since REAL,
+    restart_epoch REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS restarts (
+    id INTEGER PRIMARY KEY,
+    worker_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS restarts_by_worker ON restarts (worker_id, at);
+CREATE TABLE IF NOT EXISTS controller (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    pid INTEGER,
+    pid_create_time REAL,
+    started_at REAL,
+    heartbeat_at REAL,
+    stop_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -166,6 +186,10 @@ class Database:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"reading the task store {self.path} failed: {exc}") from exc
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: a cheap "something happened"."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
     @staticmethod
     def _event(db: sqlite3.Connection, now: float, kind: str, worker_id: str | None,

@@ -241,8 +241,11 @@ class TaskQueue(Database):
                            " ORDER BY id")
         return {str(r["worktree"]): str(r["status"]) for r in rows}
 
-    def running_attempts(self, worker_id: str) -> list[AttemptRow]:
-        """Attempts ``worker_id`` holds (to kill their commands before requeueing)."""
+    def running_attempts(self, worker_id: str | None = None) -> list[AttemptRow]:
+        """Attempts in progress (of ``worker_id`` only, if given)."""
+        if worker_id is None:
+            return [_attempt(r) for r in self._query(
+                "SELECT * FROM attempts WHERE status = 'running' ORDER BY id")]
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
 
@@ -268,4 +271,4 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
     return AttemptRow(r["id"], r["task_id"], r["number"], r["worker_id"], r["status"],
                       r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
-                      r["pid"])
+                      r["pid"], r["last_output_at"])

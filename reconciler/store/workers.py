@@ -1,4 +1,4 @@
-"""Worker records: what the executor started and what each worker reports."""
+"""Worker records, their health and restart history, and the controller's record."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import sqlite3
 import time
 
-from reconciler.model import WorkerRow, worker_sort_key
+from reconciler.model import ControllerRow, WorkerRow, worker_sort_key
 from reconciler.store.base import Database
 
 
@@ -14,30 +14,43 @@ class WorkerRegistry(Database):
     def register_worker(self, worker_id: str, *, runtime: str, pid: int | None,
                         pid_create_time: float | None, spec_id: int, template_hash: str,
                         template_digests: dict[str, str], restarted: bool,
-                        tmux_socket: str | None = None, now: float | None = None) -> None:
+                        tmux_socket: str | None = None, counted: bool = False,
+                        reason: str = "", reset_budget: bool = False,
+                        now: float | None = None) -> None:
         """Record that the executor is starting ``worker_id`` (fresh or as a replacement).
 
         Called *before* the process starts (pid still unknown), so the
         worker's own first write can never be overwritten by this one.
+        ``counted`` restarts (crashes, hangs) enter the restart history that
+        the restart budget is checked against; planned ones (rolls) do not.
+        ``reset_budget`` starts a new budget (a new spec, an operator restart).
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO workers (id, runtime, tmux_socket, pid, pid_create_time, spec_id,"
-                " template_hash, template_digests, state, started_at, heartbeat_at, restarts)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'starting', ?, NULL, 0)"
+                " template_hash, template_digests, state, started_at, heartbeat_at, restarts,"
+                " health, health_since, restart_epoch)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'starting', ?, NULL, 0, 'recovering', ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET runtime = excluded.runtime,"
                 " tmux_socket = excluded.tmux_socket, pid = excluded.pid,"
                 " pid_create_time = excluded.pid_create_time, spec_id = excluded.spec_id,"
                 " template_hash = excluded.template_hash,"
                 " template_digests = excluded.template_digests, state = 'starting',"
                 " current_task = NULL, started_at = excluded.started_at, heartbeat_at = NULL,"
-                " drain_requested = 0, exited_at = NULL, exit_code = NULL, removed = 0,"
-                " restarts = restarts + ?",
+                " drain_requested = 0, drain_requested_at = NULL, exited_at = NULL,"
+                " exit_code = NULL, removed = 0, health = 'recovering', health_since = ?,"
+                " restarts = restarts + ?,"
+                " restart_epoch = CASE WHEN ? THEN ? ELSE restart_epoch END",
                 (worker_id, runtime, tmux_socket, pid, pid_create_time, spec_id, template_hash,
-                 json.dumps(template_digests, sort_keys=True), now, 1 if restarted else 0))
+                 json.dumps(template_digests, sort_keys=True), now, now, now,
+                 now, 1 if restarted else 0, int(reset_budget), now))
+            if counted:
+                db.execute("INSERT INTO restarts (worker_id, at, reason) VALUES (?, ?, ?)",
+                           (worker_id, now, reason))
             self._event(db, now, "worker.restarted" if restarted else "worker.started",
-                        worker_id, None, f"starting as {runtime}")
+                        worker_id, None,
+                        f"starting as {runtime}" + (f": {reason}" if reason else ""))
 
     def set_worker_process(self, worker_id: str, pid: int, create_time: float | None) -> None:
         """Record the process the runtime started for ``worker_id``."""
@@ -57,10 +70,40 @@ class WorkerRegistry(Database):
                            (state, now, worker_id))
 
     def request_drain(self, worker_id: str, reason: str, now: float | None = None) -> None:
+        """Ask ``worker_id`` to finish its current task and exit; the first request counts."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            db.execute("UPDATE workers SET drain_requested = 1 WHERE id = ?", (worker_id,))
+            db.execute("UPDATE workers SET drain_requested = 1,"
+                       " drain_requested_at = COALESCE(drain_requested_at, ?) WHERE id = ?",
+                       (now, worker_id))
             self._event(db, now, "worker.draining", worker_id, None, reason)
+
+    def set_health(self, worker_id: str, old: str, new: str, reason: str,
+                   now: float | None = None) -> None:
+        """Record a health transition the planner decided (and log it as an event)."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE workers SET health = ?, health_since = ? WHERE id = ?",
+                       (new, now, worker_id))
+            self._event(db, now, "worker.health", worker_id, None, f"{old} → {new}: {reason}")
+
+    def reset_restart_budget(self, worker_id: str, reason: str,
+                             now: float | None = None) -> None:
+        """Forget earlier restarts (stable uptime, or an operator's ``reconcile restart``)."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE workers SET restart_epoch = ? WHERE id = ?", (now, worker_id))
+            self._event(db, now, "worker.budget_reset", worker_id, None, reason)
+
+    def restart_history(self) -> dict[str, tuple[float, ...]]:
+        """Counted restarts of each worker since its budget was last reset, oldest first."""
+        rows = self._query(
+            "SELECT r.worker_id, r.at FROM restarts r JOIN workers w ON w.id = r.worker_id"
+            " WHERE r.at >= w.restart_epoch ORDER BY r.at")
+        history: dict[str, list[float]] = {}
+        for r in rows:
+            history.setdefault(str(r["worker_id"]), []).append(float(r["at"]))
+        return {k: tuple(v) for k, v in history.items()}
 
     def mark_worker_exited(self, worker_id: str, exit_code: int | None,
                            now: float | None = None) -> None:
@@ -84,10 +127,51 @@ class WorkerRegistry(Database):
             "SELECT * FROM workers WHERE removed = 0 OR ?", (int(include_removed),))]
         return sorted(rows, key=lambda w: worker_sort_key(w.id))
 
+    # ------------------------------------------------------------------ the controller
+
+    def register_controller(self, pid: int, create_time: float | None,
+                            now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("INSERT INTO controller (id, pid, pid_create_time, started_at,"
+                       " heartbeat_at, stop_requested) VALUES (1, ?, ?, ?, ?, 0)"
+                       " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid,"
+                       " pid_create_time = excluded.pid_create_time,"
+                       " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,"
+                       " stop_requested = 0", (pid, create_time, now, now))
+            self._event(db, now, "controller.started", None, None, f"pid {pid}")
+
+    def controller_heartbeat(self, now: float | None = None) -> bool:
+        """Record that the controller is alive; returns whether it was asked to stop."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE controller SET heartbeat_at = ? WHERE id = 1", (now,))
+            row = db.execute("SELECT stop_requested FROM controller WHERE id = 1").fetchone()
+        return bool(row and row["stop_requested"])
+
+    def request_controller_stop(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE controller SET stop_requested = 1 WHERE id = 1")
+            self._event(db, now, "controller.stopping", None, None, "stop requested")
+
+    def controller(self) -> ControllerRow | None:
+        rows = self._query("SELECT * FROM controller WHERE id = 1")
+        if not rows:
+            return None
+        r = rows[0]
+        return ControllerRow(r["pid"], r["pid_create_time"], r["started_at"], r["heartbeat_at"],
+                             bool(r["stop_requested"]))
+
 
 def _worker(r: sqlite3.Row) -> WorkerRow:
-    return WorkerRow(r["id"], r["runtime"], r["tmux_socket"], r["pid"], r["pid_create_time"],
-                     r["spec_id"],
-                     r["template_hash"], json.loads(r["template_digests"] or "{}"), r["state"],
-                     r["current_task"], r["started_at"], r["heartbeat_at"], r["restarts"],
-                     bool(r["drain_requested"]), r["exited_at"], r["exit_code"], bool(r["removed"]))
+    return WorkerRow(
+        id=r["id"], runtime=r["runtime"], tmux_socket=r["tmux_socket"], pid=r["pid"],
+        pid_create_time=r["pid_create_time"], spec_id=r["spec_id"],
+        template_hash=r["template_hash"], template_digests=json.loads(r["template_digests"]),
+        state=r["state"], current_task=r["current_task"], started_at=r["started_at"],
+        heartbeat_at=r["heartbeat_at"], restarts=r["restarts"],
+        drain_requested=bool(r["drain_requested"]), exited_at=r["exited_at"],
+        exit_code=r["exit_code"], removed=bool(r["removed"]),
+        drain_requested_at=r["drain_requested_at"], health=r["health"],
+        health_since=r["health_since"], restart_epoch=r["restart_epoch"])

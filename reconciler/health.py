@@ -1,0 +1,171 @@
+"""Per-worker health state machines (library ``transitions``): decide, never act.
+
+The transition table below is the single place that says how a worker's
+health may change; every condition is a pure function of ``WorkerFacts`` (an
+observation of one worker at one instant) and the spec's thresholds.
+``assess`` replays the table from the recorded state until nothing more
+fires and returns the steps with their reasons; the planner turns them into
+actions and the executor records them as events.
+
+States: ``recovering`` (started, no heartbeat yet), ``healthy`` (idle and
+heartbeating), ``working``, ``slow`` (task past ``slowAfter`` or silent past
+``stallAfter``), ``unresponsive`` (heartbeat older than ``unresponsiveAfter``),
+``dead`` (process gone, or heartbeat older than ``deadAfter``), ``failed``
+(restart budget exhausted: waits for an operator) and ``stopping`` (draining).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transitions import Machine
+
+from reconciler.durations import format_duration
+from reconciler.model import Step
+from reconciler.spec import PoolSpec
+
+STATES = ("recovering", "healthy", "working", "slow", "unresponsive", "dead", "failed",
+          "stopping")
+LIVE = ("recovering", "healthy", "working", "slow", "unresponsive", "stopping")
+
+
+@dataclass(frozen=True)
+class Rule:
+    trigger: str
+    sources: tuple[str, ...]
+    dest: str
+    condition: str
+
+
+# Order matters: the first rule that fires from the current state wins.
+TRANSITIONS: tuple[Rule, ...] = (
+    Rule("exit", LIVE, "dead", "process_gone"),
+    Rule("flatline", ("unresponsive",), "dead", "heartbeat_past_dead"),
+    Rule("give_up", ("dead",), "failed", "budget_exhausted"),
+    Rule("drain", ("recovering", "healthy", "working", "slow", "unresponsive"), "stopping",
+         "draining"),
+    Rule("fall_silent", ("recovering", "healthy", "working", "slow"), "unresponsive",
+         "heartbeat_past_unresponsive"),
+    Rule("come_up", ("recovering",), "healthy", "heartbeat_since_start"),
+    Rule("revive", ("unresponsive",), "healthy", "heartbeat_fresh"),
+    Rule("pick_up", ("healthy",), "working", "busy"),
+    Rule("drag", ("working",), "slow", "long_or_stalled"),
+    Rule("settle", ("working", "slow"), "healthy", "idle"),
+)
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """What the planner knows about one worker right now (all ages in seconds)."""
+
+    process_alive: bool
+    exit_description: str
+    heartbeat_age: float | None  # None: no heartbeat since this process started
+    since_start: float
+    busy: bool
+    task_id: int | None = None
+    task_age: float | None = None
+    output_age: float | None = None
+    draining: bool = False
+    budget_left: bool = True
+    restarts_in_window: int = 0
+
+
+class _Conditions:
+    """The model the machine drives; its methods are the table's conditions."""
+
+    state: str
+
+    def __init__(self, facts: WorkerFacts, spec: PoolSpec) -> None:
+        self.facts = facts
+        self.health = spec.health
+
+    def _silence(self) -> float:
+        f = self.facts
+        return f.heartbeat_age if f.heartbeat_age is not None else f.since_start
+
+    def process_gone(self) -> bool:
+        return not self.facts.process_alive
+
+    def heartbeat_past_dead(self) -> bool:
+        return self._silence() > self.health.dead_after
+
+    def heartbeat_past_unresponsive(self) -> bool:
+        return self._silence() > self.health.unresponsive_after
+
+    def heartbeat_fresh(self) -> bool:
+        return not self.heartbeat_past_unresponsive()
+
+    def heartbeat_since_start(self) -> bool:
+        return self.facts.heartbeat_age is not None and self.heartbeat_fresh()
+
+    def budget_exhausted(self) -> bool:
+        return not self.facts.budget_left
+
+    def draining(self) -> bool:
+        return self.facts.draining
+
+    def busy(self) -> bool:
+        return self.facts.busy
+
+    def idle(self) -> bool:
+        return not self.facts.busy
+
+    def long_or_stalled(self) -> bool:
+        f = self.facts
+        return (f.task_age or 0) > self.health.slow_after or \
+            (f.output_age or 0) > self.health.stall_after
+
+
+def _reason(rule: Rule, facts: WorkerFacts, spec: PoolSpec) -> str:
+    silence = facts.heartbeat_age if facts.heartbeat_age is not None else facts.since_start
+    match rule.trigger:
+        case "exit":
+            return f"process gone ({facts.exit_description})"
+        case "flatline":
+            return f"no heartbeat for {format_duration(silence)} (deadAfter " \
+                   f"{format_duration(spec.health.dead_after)})"
+        case "fall_silent":
+            return f"no heartbeat for {format_duration(silence)} (unresponsiveAfter " \
+                   f"{format_duration(spec.health.unresponsive_after)})"
+        case "give_up":
+            return f"{facts.restarts_in_window} restarts within " \
+                   f"{format_duration(spec.restart.window)} (maxRestarts " \
+                   f"{spec.restart.max_restarts}); waiting for `reconcile restart`"
+        case "drain":
+            return "asked to stop after its current task"
+        case "pick_up":
+            return f"running task {facts.task_id}"
+        case "drag":
+            if (facts.task_age or 0) > spec.health.slow_after:
+                return f"task {facts.task_id} running for {format_duration(facts.task_age or 0)}"
+            return f"task {facts.task_id} silent for {format_duration(facts.output_age or 0)}"
+        case "settle":
+            return "task finished"
+        case "come_up":
+            return "first heartbeat"
+        case _:
+            return "heartbeating again"
+
+
+def assess(worker: str, state: str, facts: WorkerFacts, spec: PoolSpec) -> list[Step]:
+    """Every transition the table makes from ``state`` given ``facts``, in order."""
+    if state not in STATES:
+        state = "recovering"
+    model = _Conditions(facts, spec)
+    machine = Machine(model=model, states=list(STATES), initial=state, auto_transitions=False)
+    for rule in TRANSITIONS:
+        machine.add_transition(rule.trigger, list(rule.sources), rule.dest,
+                               conditions=[rule.condition])
+    steps: list[Step] = []
+    for _ in range(len(STATES)):  # the table has no cycles longer than this
+        for rule in TRANSITIONS:
+            if getattr(model, f"may_{rule.trigger}")():
+                source = model.state
+                getattr(model, rule.trigger)()
+                steps.append(Step(worker, source, model.state, rule.trigger,
+                                  _reason(rule, facts, spec)))
+                break
+        else:
+            break
+    return steps

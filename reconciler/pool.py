@@ -1,0 +1,123 @@
+"""Which pool a command means, what its spec is, and what the host looks like for it.
+
+``diff`` never creates a file, a window or a process: a pool that was never
+applied is observed without opening (or creating) its store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from reconciler.errors import PoolError, RuntimeBackendError
+from reconciler.model import Observation, Plan
+from reconciler.observe import observe
+from reconciler.paths import PoolPaths, known_pools, pool_paths
+from reconciler.planner import plan
+from reconciler.spec import PoolSpec, load_spec, spec_from_document
+from reconciler.store.sqlite import Store
+from reconciler.tmuxcli import tmux_available
+from reconciler.worktrees import check_repo, git
+
+
+@dataclass
+class Pool:
+    """One pool as named on the command line: its paths and, when known, its spec."""
+
+    paths: PoolPaths
+    spec: PoolSpec | None  # from -f, else the latest applied spec, else None
+
+    @property
+    def name(self) -> str:
+        return self.paths.name
+
+    def open_store(self) -> Store:
+        if not self.paths.exists():
+            raise PoolError(f"pool {self.name!r} has no state in {self.paths.state_dir}",
+                            hint="apply its spec first: reconcile apply -f workers.yaml")
+        return Store(self.paths.store)
+
+    @property
+    def tmux_socket(self) -> str | None:
+        return self.spec.tmux_socket if self.spec else None
+
+
+def resolve_pool(state_dir: Path, spec_file: str | None, pool: str | None) -> Pool:
+    """The pool named by ``-f`` or ``--pool``, or the only pool in the state directory."""
+    if spec_file:
+        spec = load_spec(spec_file)
+        if pool and pool != spec.name:
+            raise PoolError(f"--pool {pool} does not match {spec_file} (pool {spec.name})")
+        return Pool(pool_paths(state_dir, spec.name), spec)
+    if not pool:
+        pools = known_pools(state_dir)
+        if not pools:
+            raise PoolError(f"no pool found in {state_dir}",
+                            hint="pass -f workers.yaml, or apply a spec first")
+        if len(pools) > 1:
+            raise PoolError(f"{len(pools)} pools in {state_dir}: {', '.join(pools)}",
+                            hint="choose one with --pool NAME or -f workers.yaml")
+        pool = pools[0]
+    paths = pool_paths(state_dir, pool)
+    if not paths.exists():
+        raise PoolError(f"no pool named {pool!r} in {state_dir}",
+                        hint=f"known pools: {', '.join(known_pools(state_dir)) or 'none'}")
+    return Pool(paths, applied_spec(paths))
+
+
+def applied_spec(paths: PoolPaths) -> PoolSpec | None:
+    """The spec most recently applied to the pool, as the store recorded it."""
+    if not paths.exists():
+        return None
+    store = Store(paths.store)
+    try:
+        history = store.history()
+        return spec_from_document(store.spec_document(history[-1].id)) if history else None
+    finally:
+        store.close()
+
+
+def observe_pool(pool: Pool, store: Store | None = None) -> Observation:
+    """Observe the pool; a pool with no store yet has no records (nothing is created)."""
+    spec = pool.spec
+    own = store
+    if own is None and pool.paths.exists():
+        own = Store(pool.paths.store)
+    try:
+        return observe(
+            pool.paths, [spec.tmux_socket if spec else None], own,
+            repo=spec.repo if spec else None,
+            worktree_root=(spec.worktrees.dir or pool.paths.default_worktrees) if spec else None,
+            controller_lock=pool.paths.controller_lock)
+    finally:
+        if store is None and own is not None:
+            own.close()
+
+
+def preflight(spec: PoolSpec) -> None:
+    """Read-only checks that the spec can run on this host: repo, baseRef, tmux."""
+    check_repo(spec.repo, spec.base_ref)
+    if spec.runtime == "tmux" and not tmux_available():
+        raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
+                                  hint="install tmux, or set `runtime: process`")
+
+
+def spec_git_commit(path: Path | None) -> str | None:
+    """The last commit of the spec file, with ``+dirty`` if it changed since; None outside git."""
+    if path is None:
+        return None
+    log = git(path.parent, ["log", "-1", "--format=%H", "--", path.name], check=False)
+    commit = log.stdout.strip()
+    if log.returncode != 0 or not commit:
+        return None
+    dirty = git(path.parent, ["diff", "--quiet", "HEAD", "--", path.name], check=False)
+    return commit + ("+dirty" if dirty.returncode == 1 else "")
+
+
+def diff(pool: Pool) -> tuple[Plan, Observation]:
+    """The plan ``apply`` would execute now; changes nothing."""
+    if pool.spec is None:
+        raise PoolError("diff needs the desired spec", hint="pass -f workers.yaml")
+    preflight(pool.spec)  # what apply would refuse, diff refuses too
+    observation = observe_pool(pool)
+    return plan(pool.spec, observation, observation.observed_at), observation
