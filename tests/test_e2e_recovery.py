@@ -147,7 +147,7 @@ def test_changing_the_socket_moves_the_pool(host: Path, git_repo: Path) -> None:
     apply(spec)
     set_spec(spec, tmux={"socket": "rt-moved"})
     diff = reconcile("diff", "-f", str(spec))
-    assert "~ restart w-1: tmux.socket changed: rt-testpool → rt-moved" in diff.stdout
+    assert "~ restart w-1: tmux.socket (rt-testpool → rt-moved) changed" in diff.stdout
     apply(spec)
     assert tmux_windows("rt-testpool") == []
     assert tmux_windows("rt-moved") == ["w-1", "w-2"]
