@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 
 from loguru import logger
 from rich.markup import escape
@@ -22,12 +24,14 @@ from reconciler.paths import open_private_append, pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.render import console, print_json
-from reconciler.report.status import status_document, worker_statuses
+from reconciler.report.status import UNHEALTHY_EXIT, status_document
+from reconciler.scale import rewrite_replicas
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, check_title, read_task_file
 
 POLL_SECONDS = 0.25
+MAX_REPLICAS = 256
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -35,7 +39,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "validate": cmd_validate, "diff": cmd_diff, "apply": cmd_apply, "delete": cmd_delete,
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
         "worker": cmd_worker, "demo": cmd_demo, "controller": cmd_controller,
-        "restart": cmd_restart,
+        "restart": cmd_restart, "scale": cmd_scale,
     }
     return handlers[args.command](args)
 
@@ -177,12 +181,12 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
     observation = pools.observe_pool(pool)
-    now = time.time()
+    document = status_document(observation, time.time(), pool.spec)
     if args.output == "json":
-        print_json(status_document(observation, now))
+        print_json(document)
     else:
-        render.render_status(pool.name, worker_statuses(observation, now), observation.queue)
-    return 0
+        render.render_status(document)
+    return 0 if document["ok"] else UNHEALTHY_EXIT
 
 
 def _with_store(args: argparse.Namespace, create: bool = False) -> tuple[Pool, Store]:
@@ -205,10 +209,38 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_events(args: argparse.Namespace) -> int:
     _, store = _with_store(args)
     events = store.events(last=args.limit)
-    if args.output == "json":
-        print_json([asdict(e) for e in events])
-    else:
-        render.render_events(events)
+    if not args.follow:
+        if args.output == "json":
+            print_json([asdict(e) for e in events])
+        else:
+            render.render_events(events)
+        return 0
+    last = events[-1].id if events else 0
+    while True:  # one JSON object per line with -o json; Ctrl-C ends it
+        for event in events:
+            if args.output == "json":
+                print(json.dumps(asdict(event)), flush=True)
+            else:
+                render.render_events([event], empty_note=False)
+            last = event.id
+        time.sleep(POLL_SECONDS)
+        events = store.events(after_id=last)
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    wait_timeout = _duration_arg(args.timeout, "--timeout")
+    if not 0 <= args.replicas <= MAX_REPLICAS:
+        raise ReconcilerError(f"replicas must be from 0 to {MAX_REPLICAS}, got {args.replicas}")
+    before = rewrite_replicas(path, args.replicas)
+    console.print(f"{path}: replicas {before} → {args.replicas}")
+    pool = pools.resolve_pool(args.state_dir, args.file, None)
+    say = lambda line: console.print(f"  {escape(line)}")  # noqa: E731
+    controller.apply(pool, progress=say)
+    if args.wait and not controller.converge(pool, timeout=wait_timeout, progress=say):
+        print(f"error: the pool did not converge within {args.timeout}", file=sys.stderr)
+        return 1
+    console.print(f"applied: pool {pool.name} scaled to {args.replicas}")
     return 0
 
 
@@ -218,7 +250,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_task(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "add": task_add, "import": task_import, "list": task_list, "show": task_show,
-        "cancel": task_cancel, "wait": task_wait,
+        "cancel": task_cancel, "wait": task_wait, "retry": task_retry,
     }
     return handlers[args.task_command](args)
 
@@ -272,6 +304,16 @@ def task_show(args: argparse.Namespace) -> int:
         print_json(render.task_document(task, attempts))
     else:
         render.render_task(task, attempts)
+    return 0
+
+
+def task_retry(args: argparse.Namespace) -> int:
+    _, store = _with_store(args)
+    store.retry_task(args.task_id)
+    if args.output == "json":
+        print_json({"id": args.task_id, "status": "queued"})
+    else:
+        print(f"task {args.task_id}: queued again")
     return 0
 
 

@@ -80,12 +80,12 @@ def _dashboard(pool: Pool, store: Store, progress: Progress, bar: TaskID) -> Gro
     observation = observe_pool(pool)
     now = time.time()
     table = Table(title=f"pool {pool.name}", title_justify="left")
-    for column in ("worker", "state", "task", "heartbeat", "restarts"):
+    for column in ("worker", "health", "task", "heartbeat", "restarts"):
         table.add_column(column)
     titles = {t.id: t.title for t in store.tasks("running")}
-    for w in worker_statuses(observation, now):
+    for w in worker_statuses(observation, now, pool.spec):
         task = f"{w.current_task}: {titles.get(w.current_task, '')}" if w.current_task else "-"
-        table.add_row(w.id, w.state, escape(task), age(w.heartbeat_age), str(w.restarts))
+        table.add_row(w.id, w.health, escape(task), age(w.heartbeat_age), str(w.restarts))
     q = observation.queue
     progress.update(bar, completed=q.succeeded + q.failed + q.cancelled, total=q.total)
     return Group(progress, table)

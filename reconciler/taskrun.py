@@ -36,7 +36,8 @@ class RunResult:
 
 def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path,
                 timeout: float, grace: float, should_cancel: Callable[[], bool],
-                echo: bool = True, on_start: Callable[[int], None] | None = None) -> RunResult:
+                echo: bool = True, on_start: Callable[[int], None] | None = None,
+                on_output: Callable[[], None] | None = None) -> RunResult:
     """Run ``argv`` until it exits, times out or is cancelled.
 
     Never raises for the command's own faults: they become the result.
@@ -59,7 +60,8 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
             return RunResult("failed", 126, message)
         if on_start is not None:
             on_start(child.pid)
-        pump = threading.Thread(target=_pump, args=(child, log_fd, echo), daemon=True)
+        pump = threading.Thread(target=_pump, args=(child, log_fd, echo, on_output),
+                                daemon=True)
         pump.start()
         seen: dict[int, float] = {}
         deadline = time.monotonic() + timeout
@@ -95,11 +97,14 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
         os.close(log_fd)
 
 
-def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool) -> None:
+def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool,
+          on_output: Callable[[], None] | None) -> None:
     assert child.stdout is not None
     fd = child.stdout.fileno()
     for chunk in iter(lambda: os.read(fd, 65536), b""):
         os.write(log_fd, chunk)
+        if on_output is not None:
+            on_output()
         if echo:
             with contextlib.suppress(OSError, ValueError):
                 sys.stdout.buffer.write(chunk)

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -45,6 +46,7 @@ class Worker:
         self.stop = threading.Event()  # claim no new task
         self.cancel = threading.Event()  # abandon the current task
         self._exited = threading.Event()  # the main loop has ended
+        self._last_output: float | None = None  # when the running task last printed
         self._claim: Claim | None = None
         self._claim_lock = threading.Lock()
 
@@ -68,6 +70,7 @@ class Worker:
                 with self._claim_lock:
                     self._claim = claim
                     self.cancel.clear()
+                    self._last_output = None
                 try:
                     self._run_attempt(claim)
                 finally:
@@ -87,7 +90,8 @@ class Worker:
             while True:
                 with self._claim_lock:
                     claim = self._claim
-                drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds)
+                drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds,
+                                                last_output_at=self._last_output)
                 if drain:
                     self.stop.set()
                 if cancel:
@@ -158,6 +162,9 @@ class Worker:
                **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
         return path, self._run_steps(claim, values, env, path, log)
 
+    def _saw_output(self) -> None:
+        self._last_output = time.time()
+
     def _run_steps(self, claim: Claim, values: dict[str, str], env: dict[str, str],
                    cwd: Path, log: Path) -> RunResult:
         spec = self.spec
@@ -167,7 +174,8 @@ class Worker:
             return run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
                                timeout=timeout, grace=grace,
                                should_cancel=self.cancel.is_set if cancellable else lambda: False,
-                               on_start=lambda pid: self.store.set_attempt_pid(claim, pid))
+                               on_start=lambda pid: self.store.set_attempt_pid(claim, pid),
+                               on_output=self._saw_output)
 
         for argv in spec.worktrees.setup:
             setup = run(argv)

@@ -18,7 +18,6 @@ from rich.table import Table
 
 from reconciler.durations import format_duration
 from reconciler.model import AppliedSpec, AttemptRow, EventRow, Plan, QueueCounts, TaskRow
-from reconciler.report.status import WorkerStatus
 
 console = Console(highlight=False, soft_wrap=True)
 _STYLE = {"start": "green", "stop": "red", "restart": "yellow", "remove": "red", "clean": "red"}
@@ -63,22 +62,34 @@ def render_plan(plan: Plan, *, title: str) -> None:
     console.print(f"\n[bold]{escape(plan.summary())}[/bold]")
 
 
-def render_status(pool: str, workers: list[WorkerStatus], queue: QueueCounts) -> None:
-    table = Table(title=f"pool {pool}", title_justify="left")
-    for column in ("worker", "state", "pid", "task", "heartbeat", "uptime", "restarts"):
+_HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
+                 "unresponsive": "yellow", "slow": "yellow", "stopping": "yellow",
+                 "recovering": "blue"}
+
+
+def render_status(document: dict[str, Any]) -> None:
+    """The ``status`` document as a table, a controller line, the queue and any problems."""
+    workers = document["workers"]
+    table = Table(title=f"pool {document['pool']}", title_justify="left")
+    for column in ("worker", "health", "pid", "task", "heartbeat", "uptime", "restarts"):
         table.add_column(column, justify="right" if column in ("pid", "restarts") else "left")
     for w in workers:
-        state_style = {"working": "cyan", "idle": "green", "dead": "red",
-                       "draining": "yellow"}.get(w.state, "")
-        table.add_row(w.id, f"[{state_style}]{w.state}[/{state_style}]" if state_style
-                      else w.state, str(w.pid or "-"), str(w.current_task or "-"),
-                      age(w.heartbeat_age) + (" ago" if w.heartbeat_age is not None else ""),
-                      age(w.uptime), str(w.restarts))
-    if workers:
-        console.print(table)
-    else:
-        console.print(f"pool {pool}: no workers")
-    console.print(queue_line(queue))
+        style = _HEALTH_STYLE.get(w["health"], "")
+        restarts = str(w["restarts"]) + (f" ({w['recent_restarts']} recent)"
+                                         if w["recent_restarts"] else "")
+        table.add_row(w["id"], f"[{style}]{w['health']}[/{style}]" if style else w["health"],
+                      str(w["pid"] or "-"), str(w["current_task"] or "-"),
+                      age(w["heartbeat_age"]) + (" ago" if w["heartbeat_age"] is not None
+                                                 else ""), age(w["uptime"]), restarts)
+    console.print(table if workers else f"pool {document['pool']}: no workers")
+    controller = document["controller"]
+    if controller["enabled"] is not None:
+        state = "running" if controller["running"] else (
+            "[red]down[/red]" if controller["enabled"] else "disabled (pool changes on apply)")
+        console.print(f"controller: {state}")
+    console.print(queue_line(QueueCounts(**document["queue"])))
+    for problem in document["problems"]:
+        console.print(f"[red]problem:[/red] {escape(problem)}")
 
 
 def queue_line(queue: QueueCounts) -> str:
@@ -134,10 +145,10 @@ def render_history(history: list[AppliedSpec]) -> None:
     console.print(table if history else "nothing applied yet")
 
 
-def render_events(events: list[EventRow]) -> None:
+def render_events(events: list[EventRow], *, empty_note: bool = True) -> None:
     for e in events:
         who = " ".join(x for x in (e.worker_id or "", f"task {e.task_id}" if e.task_id else "")
                        if x)
         console.print(f"{when(e.at)}  {e.kind:<22} {escape(who):<16} {escape(e.message)}")
-    if not events:
+    if not events and empty_note:
         console.print("no events")

@@ -1,53 +1,86 @@
-"""Status of a pool as plain data: what ``reconcile status`` prints or emits as JSON."""
+"""Status of a pool as plain data: what ``reconcile status`` prints or emits as JSON.
+
+Health is assessed with the same state machine the controller uses, from the
+same observation, so ``status`` is right even while no controller runs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from reconciler.health import assess
 from reconciler.model import Observation, worker_sort_key
+from reconciler.planner import counted_restarts, facts_of
+from reconciler.spec import PoolSpec
+
+UNHEALTHY_EXIT = 3
 
 
 @dataclass(frozen=True)
 class WorkerStatus:
     id: str
-    state: str
+    health: str
+    activity: str  # what the worker itself reports: starting, idle, working, exited
     runtime: str
     pid: int | None
     current_task: int | None
     heartbeat_age: float | None
     uptime: float | None
     restarts: int
+    recent_restarts: int  # counted against restartPolicy.maxRestarts
 
 
-def worker_statuses(observation: Observation, now: float) -> list[WorkerStatus]:
-    """Merge store records with what the runtime sees: a gone process is ``dead``."""
+def worker_statuses(observation: Observation, now: float,
+                    spec: PoolSpec | None) -> list[WorkerStatus]:
     out = []
     ids = {w.id for w in observation.workers} | {i.worker_id for i in observation.instances}
     for worker_id in sorted(ids, key=worker_sort_key):
         row = observation.worker(worker_id)
         inst = observation.instance(worker_id)
-        state = row.state if row else "unknown"
-        if inst is None or not inst.alive:
-            state = "exited" if row and row.state == "exited" else "dead"
-        elif row and row.drain_requested:
-            state = "draining"
+        alive = inst is not None and inst.alive
+        health = row.health if row else "unknown"
+        recent = 0
+        if row is not None and spec is not None:
+            steps = assess(worker_id, row.health,
+                           facts_of(spec, observation, worker_id, row, inst, now), spec)
+            health = steps[-1].dest if steps else row.health
+            recent = len(counted_restarts(spec, observation, row, now))
+        elif not alive:
+            health = "dead"
         out.append(WorkerStatus(
-            id=worker_id, state=state,
+            id=worker_id, health=health, activity=row.state if row else "unknown",
             runtime=inst.runtime if inst else (row.runtime if row else "?"),
-            pid=inst.pid if inst and inst.alive else None,
-            current_task=row.current_task if row and state not in ("dead", "exited") else None,
+            pid=inst.pid if alive and inst else None,
+            current_task=row.current_task if row and alive else None,
             heartbeat_age=round(now - row.heartbeat_at, 3) if row and row.heartbeat_at else None,
-            uptime=round(now - row.started_at, 3) if row and row.started_at and inst
-            and inst.alive else None,
-            restarts=row.restarts if row else 0))
+            uptime=round(now - row.started_at, 3) if row and row.started_at and alive else None,
+            restarts=row.restarts if row else 0, recent_restarts=recent))
     return out
 
 
-def status_document(observation: Observation, now: float) -> dict[str, Any]:
+def verdict(observation: Observation, workers: list[WorkerStatus],
+            spec: PoolSpec | None) -> list[str]:
+    """What needs an operator: failed workers, a controller that should run but does not."""
+    problems = [f"{w.id} is failed (restart budget exhausted; `reconcile restart {w.id}`)"
+                for w in workers if w.health == "failed"]
+    if spec is not None and spec.controller_enabled and observation.controller_alive is False:
+        problems.append("the controller is down (`reconcile apply` or `reconcile controller` "
+                        "starts it)")
+    return problems
+
+
+def status_document(observation: Observation, now: float,
+                    spec: PoolSpec | None) -> dict[str, Any]:
+    workers = worker_statuses(observation, now, spec)
+    problems = verdict(observation, workers, spec)
     return {
         "pool": observation.pool,
         "observed_at": observation.observed_at,
-        "workers": [asdict(w) for w in worker_statuses(observation, now)],
+        "ok": not problems,
+        "problems": problems,
+        "controller": {"running": observation.controller_alive,
+                       "enabled": spec.controller_enabled if spec else None},
+        "workers": [asdict(w) for w in workers],
         "queue": asdict(observation.queue),
     }

@@ -71,6 +71,20 @@ class TaskQueue(Database):
             "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")}
         return QueueCounts(**counts)
 
+    def retry_task(self, task_id: int, now: float | None = None) -> None:
+        """Queue a failed or cancelled task again, with a fresh attempt budget."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                raise TaskError(f"no task with id {task_id}", hint="see `reconcile task list`")
+            if row["status"] not in ("failed", "cancelled"):
+                raise TaskError(f"task {task_id} is {row['status']}; only failed or cancelled "
+                                "tasks can be retried")
+            db.execute("UPDATE tasks SET status = 'queued', attempts = 0, not_before = 0,"
+                       " cancel_requested = 0, updated_at = ? WHERE id = ?", (now, task_id))
+            self._event(db, now, "task.retried", None, task_id, "queued again by operator")
+
     def cancel_task(self, task_id: int, now: float | None = None) -> str:
         """Cancel a queued task at once, or ask the worker running it to stop it.
 
@@ -137,7 +151,8 @@ class TaskQueue(Database):
             return cur.rowcount == 1
 
     def heartbeat(self, worker_id: str, claim: Claim | None, lease_seconds: float,
-                  now: float | None = None) -> tuple[bool, bool]:
+                  now: float | None = None,
+                  last_output_at: float | None = None) -> tuple[bool, bool]:
         """Record a heartbeat and extend the held lease.
 
         Returns ``(drain_requested, cancel_requested)`` so the worker learns in
@@ -148,9 +163,11 @@ class TaskQueue(Database):
             db.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (now, worker_id))
             cancel = False
             if claim is not None:
-                db.execute("UPDATE attempts SET lease_expires_at = ? WHERE id = ?"
+                db.execute("UPDATE attempts SET lease_expires_at = ?,"
+                           " last_output_at = COALESCE(?, last_output_at) WHERE id = ?"
                            " AND lease_token = ? AND status = 'running'",
-                           (now + lease_seconds, claim.attempt_id, claim.lease_token))
+                           (now + lease_seconds, last_output_at, claim.attempt_id,
+                            claim.lease_token))
                 row = db.execute("SELECT cancel_requested FROM tasks WHERE id = ?",
                                  (claim.task.id,)).fetchone()
                 cancel = bool(row and row["cancel_requested"])
