@@ -181,7 +181,14 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
     observation = pools.observe_pool(pool)
-    document = status_document(observation, time.time(), pool.spec)
+    info = None
+    if pool.paths.exists():
+        store = Store(pool.paths.store)
+        try:
+            info = store.controller()
+        finally:
+            store.close()
+    document = status_document(observation, time.time(), pool.spec, info)
     if args.output == "json":
         print_json(document)
     else:

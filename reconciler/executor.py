@@ -104,9 +104,11 @@ class Executor:
                         reset_budget=True)
 
     def _start_controller(self) -> None:
-        runtime = self.runtimes[self.spec.runtime]
-        runtime.discard(CONTROLLER)  # the exited window of an earlier controller, if any
-        runtime.start(CONTROLLER, controller_argv(self.paths))
+        """Always a detached process, whatever the workers' runtime: a controller inside
+        the pool's tmux server would die with it, and then nothing would restore it."""
+        started = self.runtimes["process"].start(CONTROLLER, controller_argv(self.paths))
+        # recorded now, so the next pass does not start another before this one is up
+        self.store.register_controller(started.pid, started.create_time)
 
     def _drain(self, action: Action, instance: RuntimeInstance | None) -> None:
         self.store.request_drain(action.target, action.reason)

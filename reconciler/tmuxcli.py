@@ -48,4 +48,5 @@ def server_missing(proc: subprocess.CompletedProcess[str]) -> bool:
     """True when tmux failed only because no server runs on the socket."""
     err = proc.stderr
     return proc.returncode != 0 and ("no server running" in err or "error connecting" in err
-                                     or "No such file or directory" in err)
+                                     or "No such file or directory" in err
+                                     or "server exited" in err or "lost server" in err)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from reconciler.lock import is_locked
 from reconciler.model import Observation, QueueCounts
+from reconciler.proctree import process_matches
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
@@ -38,4 +39,13 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None
         attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {},
         running=tuple(store.running_attempts()) if store is not None else (),
         restart_history=store.restart_history() if store is not None else {},
-        controller_alive=is_locked(controller_lock) if controller_lock else None)
+        controller_alive=_controller_alive(controller_lock, store) if controller_lock else None)
+
+
+def _controller_alive(lock: Path, store: Store | None) -> bool:
+    """Its lock is held, or the controller just started has not taken it yet."""
+    if is_locked(lock):
+        return True
+    info = store.controller() if store is not None else None
+    return bool(info and not info.stop_requested
+                and process_matches(info.pid, info.pid_create_time))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from reconciler.errors import RuntimeBackendError
 from reconciler.model import RuntimeInstance
 from reconciler.tmuxcli import run_tmux, server_missing, tmux_available
 
@@ -22,10 +23,14 @@ def tmux_instances(socket: str, session: str, tag: str) -> list[RuntimeInstance]
     if not tmux_available():
         return []
     proc = run_tmux(socket, ["list-panes", "-a", "-F", _FORMAT], check=False)
+    if proc.returncode != 0 and not server_missing(proc):
+        # the server may have been exiting (its last window just closed): ask once more
+        proc = run_tmux(socket, ["list-panes", "-a", "-F", _FORMAT], check=False)
     if proc.returncode != 0:
         if server_missing(proc):
             return []
-        run_tmux(socket, ["list-panes", "-a", "-F", _FORMAT])  # raises with the message
+        raise RuntimeBackendError(f"tmux -L {socket} list-panes failed: "
+                                  f"{proc.stderr.strip() or proc.returncode}")
     found: list[RuntimeInstance] = []
     for line in proc.stdout.splitlines():
         parts = line.split("\t")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reconciler.health import assess
-from reconciler.model import Observation, worker_sort_key
+from reconciler.model import ControllerRow, Observation, worker_sort_key
 from reconciler.planner import counted_restarts, facts_of
 from reconciler.spec import PoolSpec
 
@@ -70,8 +70,8 @@ def verdict(observation: Observation, workers: list[WorkerStatus],
     return problems
 
 
-def status_document(observation: Observation, now: float,
-                    spec: PoolSpec | None) -> dict[str, Any]:
+def status_document(observation: Observation, now: float, spec: PoolSpec | None,
+                    controller: ControllerRow | None = None) -> dict[str, Any]:
     workers = worker_statuses(observation, now, spec)
     problems = verdict(observation, workers, spec)
     return {
@@ -80,7 +80,9 @@ def status_document(observation: Observation, now: float,
         "ok": not problems,
         "problems": problems,
         "controller": {"running": observation.controller_alive,
-                       "enabled": spec.controller_enabled if spec else None},
+                       "enabled": spec.controller_enabled if spec else None,
+                       "pid": controller.pid if controller and observation.controller_alive
+                       else None},
         "workers": [asdict(w) for w in workers],
         "queue": asdict(observation.queue),
     }

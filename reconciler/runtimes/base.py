@@ -24,9 +24,6 @@ class Runtime(Protocol):
     def remove(self, worker_id: str, instance: RuntimeInstance | None, grace: float) -> None:
         """Make sure nothing of ``worker_id`` runs any more (killing its tree if alive)."""
 
-    def discard(self, name: str) -> None:
-        """Forget the remains of a process started under ``name`` (an exited tmux window)."""
-
     def request_stop(self, instance: RuntimeInstance) -> None:
         """Ask the worker to finish its current task and exit (SIGTERM to the worker only)."""
 

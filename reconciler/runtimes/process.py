@@ -39,9 +39,6 @@ class ProcessRuntime:
         if instance is not None and instance.alive and instance.pid:
             kill_supervised(instance.pid, grace)
 
-    def discard(self, name: str) -> None:
-        """Nothing to clear: an exited detached process leaves nothing behind."""
-
     def request_stop(self, instance: RuntimeInstance) -> None:
         request_stop(instance.pid)
 

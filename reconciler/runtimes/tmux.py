@@ -84,10 +84,6 @@ class TmuxRuntime:
                 raise RuntimeBackendError(
                     f"could not close the tmux window of {worker_id}: {proc.stderr.strip()}")
 
-    def discard(self, name: str) -> None:
-        """Close the window ``name`` of this pool's session, if there is one."""
-        run_tmux(self.socket, ["kill-window", "-t", f"={self.session}:={name}"], check=False)
-
     def request_stop(self, instance: RuntimeInstance) -> None:
         request_stop(instance.pid)
 
