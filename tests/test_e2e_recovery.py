@@ -116,7 +116,7 @@ def test_a_draining_worker_does_not_spin(host: Path, git_repo: Path) -> None:
     applying = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-f", str(spec)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: status(spec)["workers"][0]["state"] == "draining",
+        wait_for(lambda: status(spec)["workers"][0]["health"] == "stopping",
                  message="w-1 to drain")
         before = psutil.Process(pid).cpu_times()
         time.sleep(1.5)

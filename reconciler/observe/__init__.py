@@ -13,11 +13,11 @@ from pathlib import Path
 
 from reconciler.lock import is_locked
 from reconciler.model import Observation, QueueCounts
-from reconciler.proctree import process_matches
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths
+from reconciler.proctree import process_matches
 from reconciler.store.sqlite import Store
 
 
