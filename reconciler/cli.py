@@ -127,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to put the throwaway repo and state (default: a new temp dir)")
     p.add_argument("--teardown", action="store_true",
                    help="delete the pool at the end instead of leaving it up to look around")
+    p.add_argument("--no-kill", dest="kill_one", action="store_false",
+                   help="do not SIGKILL a busy worker part-way (shown by default: the "
+                   "controller replaces it and its task is requeued)")
 
     # internal: how the executor starts a worker process; hidden from --help
     p = sub.add_parser("worker")

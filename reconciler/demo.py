@@ -9,7 +9,9 @@ until the queue drains and prints a summary with the commands to look around.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -116,13 +118,20 @@ def run(args: argparse.Namespace) -> int:
                         TimeElapsedColumn(), console=console)
     bar = progress.add_task("tasks", total=len(ids))
     deadline = time.monotonic() + DEMO_TIMEOUT
+    killed: str | None = None
     with Live(_dashboard(pool, store, progress, bar), console=console,
               refresh_per_second=4, transient=False) as live:
         while store.queue_counts().open and time.monotonic() < deadline:
             time.sleep(0.5)
+            if killed is None and args.kill_one and _done(store) * 3 >= len(ids):
+                killed = _kill_a_busy_worker(pool)
+                if killed:
+                    live.console.print(f"  [red]demo: SIGKILL {killed} part-way through its "
+                                       "task[/red] (the controller replaces it; the task is "
+                                       "requeued)")
             live.update(_dashboard(pool, store, progress, bar))
     drained = not store.queue_counts().open
-    _summary(pool, store, repo, time.monotonic() - started, result.spec_id, drained)
+    _summary(pool, store, repo, time.monotonic() - started, result.spec_id, drained, killed)
     store.close()
     if args.teardown:
         controller.delete(pool)
@@ -132,21 +141,45 @@ def run(args: argparse.Namespace) -> int:
     return 0 if drained else 1
 
 
+def _done(store: Store) -> int:
+    q = store.queue_counts()
+    return q.succeeded + q.failed + q.cancelled
+
+
+def _kill_a_busy_worker(pool: Pool) -> str | None:
+    """SIGKILL one worker that is running a task, as a crash would."""
+    observation = observe_pool(pool)
+    for attempt in observation.running:
+        instance = observation.instance(attempt.worker_id)
+        if instance is not None and instance.alive and instance.pid:
+            os.kill(instance.pid, signal.SIGKILL)
+            return attempt.worker_id
+    return None
+
+
 def _summary(pool: Pool, store: Store, repo: Path, elapsed: float, spec_id: int,
-             drained: bool) -> None:
+             drained: bool, killed: str | None) -> None:
     q = store.queue_counts()
     branches = git(repo, ["for-each-ref", "--format=%(refname:short)", "refs/heads/"]
                    ).stdout.split()
     with_commits = [b for b in branches if b != "main" and git(
         repo, ["rev-list", "--count", f"main..{b}", "--"]).stdout.strip() not in ("", "0")]
     restarts = sum(w.restarts for w in store.workers(include_removed=True))
+    lost = [a for a in store.attempts() if a.status == "lost"]
+    accounted = q.succeeded + q.failed + q.cancelled
     console.print()
     console.print("[bold]Summary[/bold]" + ("" if drained else " [red](timed out)[/red]"))
     console.print(f"  tasks:     {q.succeeded} succeeded, {q.failed} failed, "
                   f"{q.cancelled} cancelled, {q.open} unfinished (of {q.total})")
     console.print(f"  branches:  {len(with_commits)} with the agent's commits "
                   f"(git -C {repo} log --oneline --all)")
-    console.print(f"  restarts:  {restarts};  elapsed: {elapsed:.1f}s;  spec #{spec_id}")
+    console.print(f"  restarts:  {restarts}" + (f" ({killed} was killed on purpose)" if killed
+                                                 else "")
+                  + f";  elapsed: {elapsed:.1f}s;  spec #{spec_id}")
+    verdict = "no task lost" if accounted == q.total else f"{q.total - accounted} unfinished"
+    console.print(f"  recovery:  {len(lost)} attempt(s) lost with a worker and requeued; "
+                  f"{verdict}: {accounted} of {q.total} tasks ended succeeded or failed with "
+                  "a reason")
 
 
 def _invocation() -> str:
