@@ -181,14 +181,14 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
     observation = pools.observe_pool(pool)
-    info = None
+    info, paused = None, 0.0
     if pool.paths.exists():
         store = Store(pool.paths.store)
         try:
-            info = store.controller()
+            info, paused = store.controller(), store.paused_until()
         finally:
             store.close()
-    document = status_document(observation, time.time(), pool.spec, info)
+    document = status_document(observation, time.time(), pool.spec, info, paused)
     if args.output == "json":
         print_json(document)
     else:

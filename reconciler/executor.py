@@ -139,8 +139,7 @@ class Executor:
                 kill_tree(attempt.pid, self.spec.worker.stop_grace)
         self.store.requeue_attempts_of(
             action.target, f"worker {action.target}: {action.reason}",
-            consume=consume, max_attempts=self.spec.tasks.max_attempts,
-            retry_backoff=self.spec.tasks.retry_backoff)
+            consume=consume, policy=self.spec.retry_policy)
 
     def _retire(self, action: Action, instance: RuntimeInstance | None, *, consume: bool) -> None:
         self._clear(action, instance, consume=consume)

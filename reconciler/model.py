@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 
 TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ATTEMPT_STATUSES = ("running", "succeeded", "failed", "lost", "timeout", "cancelled")
+ATTEMPT_STATUSES = ("running", "succeeded", "failed", "lost", "timeout", "cancelled",
+                    "rate_limited")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What an ended attempt means for its task (from ``spec.tasks``)."""
+
+    max_attempts: int = 1
+    backoff: float = 0.0
+    retry_on: frozenset[str] = frozenset({"failed", "timeout", "lost"})
+    no_retry_exit_codes: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +26,7 @@ from jsonschema.exceptions import ValidationError
 
 from reconciler.durations import parse_duration
 from reconciler.errors import GitError, SpecError
+from reconciler.model import RetryPolicy
 from reconciler.templates import (
     BRANCH_PLACEHOLDERS,
     COMMAND_PLACEHOLDERS,
@@ -51,6 +53,7 @@ class WorkerSpec:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     stop_grace: float
+    rate_limit: RateLimit | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,18 @@ class TaskPolicy:
     timeout: float
     max_attempts: int
     retry_backoff: float
+    retry_on: frozenset[str] = frozenset({"failed", "timeout", "lost"})
+    no_retry_exit_codes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """How an attempt that hit the agent's usage limit is recognised."""
+
+    exit_codes: frozenset[int]
+    pattern: str | None
+    reset_pattern: str | None
+    backoff: float
 
 
 @dataclass(frozen=True)
@@ -134,6 +149,7 @@ class PoolSpec:
             "worker.command": spec["worker"]["command"],
             "worker.env": spec["worker"]["env"],
             "worker.stopGrace": spec["worker"]["stopGrace"],
+            "worker.rateLimit": spec["worker"].get("rateLimit"),
             "repo": spec["repo"],
             "baseRef": spec["baseRef"],
             "worktrees": spec["worktrees"],
@@ -142,6 +158,11 @@ class PoolSpec:
             "hooks": spec["hooks"],
         }
         return {k: _digest(v) for k, v in fields.items()}
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        t = self.tasks
+        return RetryPolicy(t.max_attempts, t.retry_backoff, t.retry_on, t.no_retry_exit_codes)
 
     def template_hash(self) -> str:
         return _digest(self.template_digests())
@@ -225,6 +246,13 @@ def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:
         spec["hooks"][hook] = [fix(a) for a in spec["hooks"][hook]]
 
 
+def _rate_limit(section: Mapping[str, Any] | None) -> RateLimit | None:
+    if not section:
+        return None
+    return RateLimit(frozenset(section.get("exitCodes", [])), section.get("pattern"),
+                     section.get("resetPattern"), parse_duration(section.get("backoff", "5m")))
+
+
 def with_repo(spec: PoolSpec, repo: Path, *, tmux_socket: str | None = None) -> PoolSpec:
     """The same spec aimed at another repository (and tmux socket): used by the demo."""
     document = copy.deepcopy(dict(spec.document))
@@ -249,11 +277,12 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         runtime=spec["runtime"],
         tmux_socket=spec["tmux"]["socket"],
         worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
-                          parse_duration(w["stopGrace"])),
+                          parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit"))),
         worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
                                wt["cleanup"], tuple(tuple(a) for a in wt["setup"])),
         tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
-                         parse_duration(t["retryBackoff"])),
+                         parse_duration(t["retryBackoff"]), frozenset(t["retryOn"]),
+                         frozenset(t["noRetryExitCodes"])),
         health=HealthSpec(*(parse_duration(h[k]) for k in (
             "heartbeatInterval", "unresponsiveAfter", "deadAfter", "slowAfter", "stallAfter"))),
         restart=RestartPolicy(r["maxRestarts"], parse_duration(r["window"]),
@@ -417,6 +446,16 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             yield _locate(label, loaded.position_of(path), path, str(exc))
     full = _with_defaults(loaded.data, load_schema())["spec"]
     yield from _branch_template_problems(loaded, label, full)
+    for key in ("pattern", "resetPattern"):
+        regex = full["worker"].get("rateLimit", {}).get(key)
+        if regex is None:
+            continue
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            path = ("spec", "worker", "rateLimit", key)
+            yield _locate(label, loaded.position_of(path), path,
+                          f"not a valid regular expression: {exc}")
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":

@@ -9,6 +9,7 @@ exit": a graceful stop never abandons work.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import threading
@@ -128,10 +129,14 @@ class Worker:
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
+        tail = log_tail(log)
+        resume_at = rate_limited_until(spec, result, tail, time.time())
+        if resume_at is not None:
+            until = time.strftime("%H:%M:%S", time.localtime(resume_at))
+            result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}")
         new_status = self.store.finish_attempt(
             claim, result.status, exit_code=result.exit_code, error=result.error,
-            output_tail=log_tail(log), max_attempts=spec.tasks.max_attempts,
-            retry_backoff=spec.tasks.retry_backoff)
+            output_tail=tail, policy=spec.retry_policy, resume_at=resume_at)
         if new_status is None:
             logger.warning("task {}: lease lost, result ({}) rejected", task.id, result.status)
         else:
@@ -187,6 +192,35 @@ class Worker:
                 else spec.hooks.on_failure:
             run(argv, cancellable=False)
         return result
+
+
+def rate_limited_until(spec: PoolSpec, result: RunResult, output_tail: str,
+                       now: float) -> float | None:
+    """When a failed attempt hit the agent's usage limit, the time claiming may resume.
+
+    ``worker.rateLimit`` recognises it by exit code or by a pattern in the
+    output; ``resetPattern``'s first group gives the reset as Unix seconds (or
+    seconds from now), else ``backoff`` applies.
+    """
+    limit = spec.worker.rate_limit
+    if limit is None or result.status != "failed":
+        return None
+    hit = (result.exit_code is not None and result.exit_code in limit.exit_codes) or \
+        (limit.pattern is not None and re.search(limit.pattern, output_tail) is not None)
+    if not hit:
+        return None
+    if limit.reset_pattern:
+        match = re.search(limit.reset_pattern, output_tail)
+        if match and match.groups():
+            try:
+                value = float(match.group(1))
+            except ValueError:
+                value = -1.0
+            if value > 1e9:  # Unix time
+                return value
+            if value >= 0:
+                return now + value
+    return now + limit.backoff
 
 
 def write_log_line(log: Path, line: str) -> None:

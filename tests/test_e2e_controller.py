@@ -241,3 +241,27 @@ def test_chaos_every_task_succeeds_despite_random_kills(host: Path, git_repo: Pa
     assert worktree_paths(git_repo) == [str(git_repo)]
     wait_for(lambda: not processes_mentioning(str(host / "state")), timeout=15,
              message="no stray process")
+
+
+def test_rate_limited_agent_pauses_claiming_without_using_attempts(host: Path,
+                                                                   git_repo: Path) -> None:
+    spec = controlled_spec(host, replicas=1, tasks={"maxAttempts": 1},
+                           worker={"rateLimit": {"exitCodes": [75],
+                                                 "resetPattern": r"resets at (\d+)"}})
+    apply(spec)
+    resets = int(time.time()) + 4
+    limited = reconcile("task", "add", "-f", str(spec), "--title", "limited", "--priority", "5",
+                        "--prompt", f"[rate-limit-until={resets}]", check=True).stdout.strip()
+    other = reconcile("task", "add", "-f", str(spec), "--title", "other", "--prompt", "ok",
+                      check=True).stdout.strip()
+    wait_for(lambda: status(spec)["claiming_paused_until"], message="claiming to pause")
+    assert status(spec)["claiming_paused_until"] == resets
+    assert {t["title"]: t["status"] for t in tasks(spec)} == {"limited": "queued",
+                                                             "other": "queued"}
+    assert "claiming paused until" in reconcile("status", "-f", str(spec)).stdout
+    reconcile("task", "wait", limited, other, "-f", str(spec), "--timeout", "60s", check=True)
+    shown = json.loads(reconcile("task", "show", limited, "-f", str(spec), "-o", "json",
+                                 check=True).stdout)
+    assert shown["status"] == "succeeded" and shown["attempts"] == 1  # maxAttempts 1 sufficed
+    assert [a["status"] for a in shown["attempt_details"]] == ["rate_limited", "succeeded"]
+    assert min(a["started_at"] for a in shown["attempt_details"][1:]) >= resets

@@ -18,7 +18,7 @@ import pytest
 
 from reconciler.errors import LockHeldError, StoreError, TaskError
 from reconciler.lock import pool_lock
-from reconciler.model import Claim
+from reconciler.model import Claim, RetryPolicy
 from reconciler.paths import PoolPaths
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, read_task_file
@@ -83,8 +83,8 @@ def test_claim_respects_not_before(store: Store) -> None:
     urgent, other = store.add_tasks([("urgent", "p", 9), ("other", "p", 0)], now=1.0)
     first = claim(store, now=10.0)
     assert first.task.id == urgent
-    assert store.finish_attempt(first, "failed", error="flaky", max_attempts=2,
-                                retry_backoff=100.0, now=10.0) == "queued"
+    assert store.finish_attempt(first, "failed", error="flaky", policy=RetryPolicy(max_attempts=2,
+                                backoff=100.0), now=10.0) == "queued"
     not_before = store.task(urgent).not_before
     assert not_before > 10.0
 
@@ -189,7 +189,7 @@ def test_lost_attempts_and_the_attempt_budget(store: Store, consume: bool, max_a
     (task_id,) = store.add_tasks([("t", "p", 0)])
     claim(store, "w-1")
     store.requeue_attempts_of("w-1", "worker w-1 died", consume=consume,
-                              max_attempts=max_attempts)
+                              policy=RetryPolicy(max_attempts=max_attempts))
     task = store.task(task_id)
     assert (task.status, task.attempts, task.last_error) == (expected, budget_used,
                                                              "worker w-1 died")
@@ -216,7 +216,7 @@ def test_retries_back_off_then_fail_with_last_error(store: Store) -> None:
         c = claim(store, now=now)
         assert c.attempt_number == number
         status = store.finish_attempt(c, "failed", exit_code=1, error=f"boom {number}",
-                                      max_attempts=3, retry_backoff=backoff, now=now)
+                                      policy=RetryPolicy(max_attempts=3, backoff=backoff), now=now)
         assert status == "queued"
         task = store.task(task_id)
         delay = backoff * 2 ** (number - 1)
@@ -225,8 +225,9 @@ def test_retries_back_off_then_fail_with_last_error(store: Store) -> None:
         now = task.not_before
 
     last = claim(store, now=now)
-    assert store.finish_attempt(last, "timeout", error="timed out after 5s", max_attempts=3,
-                                retry_backoff=backoff, now=now) == "failed"
+    policy = RetryPolicy(max_attempts=3, backoff=backoff)
+    assert store.finish_attempt(last, "timeout", error="timed out after 5s", policy=policy,
+                                now=now) == "failed"
     task = store.task(task_id)
     assert (task.status, task.attempts, task.last_error) == ("failed", 3, "timed out after 5s")
     assert [a.status for a in store.attempts(task_id)] == ["failed", "failed", "timeout"]
@@ -236,8 +237,8 @@ def test_retries_back_off_then_fail_with_last_error(store: Store) -> None:
 def test_backoff_jitter_stays_within_bounds(store: Store) -> None:
     ids = store.add_tasks([(f"t{i}", "p", 0) for i in range(40)], now=0.0)
     for _ in ids:
-        store.finish_attempt(claim(store, now=1.0), "failed", error="x", max_attempts=5,
-                             retry_backoff=4.0, now=1.0)
+        store.finish_attempt(claim(store, now=1.0), "failed", error="x",
+                             policy=RetryPolicy(max_attempts=5, backoff=4.0), now=1.0)
     delays = [store.task(i).not_before - 1.0 for i in ids]
     assert all(3.2 <= d <= 4.8 for d in delays), delays
     assert len(set(delays)) > 1, "no jitter"
@@ -574,3 +575,32 @@ def test_task_file_must_hold_a_list(tmp_path: Path, text: str) -> None:
 def test_task_file_missing(tmp_path: Path) -> None:
     with pytest.raises(TaskError, match="no such file"):
         read_task_file(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(("status", "exit_code", "policy", "expected"), [
+    pytest.param("timeout", None, RetryPolicy(3, 0.0, frozenset({"failed"})), "failed",
+                 id="timeout-not-in-retryOn"),
+    pytest.param("failed", 2, RetryPolicy(3, 0.0, no_retry_exit_codes=frozenset({2})),
+                 "failed", id="non-retryable-exit-code"),
+    pytest.param("failed", 1, RetryPolicy(3, 0.0, no_retry_exit_codes=frozenset({2})),
+                 "queued", id="retryable-exit-code"),
+])
+def test_retry_policy_decides_what_is_retried(store: Store, status: str, exit_code: int | None,
+                                              policy: RetryPolicy, expected: str) -> None:
+    (task_id,) = store.add_tasks([("t", "p", 0)])
+    assert store.finish_attempt(claim(store, "w-1"), status, exit_code=exit_code,
+                                error="boom", policy=policy) == expected
+
+
+def test_rate_limited_attempt_is_free_and_pauses_claiming(store: Store) -> None:
+    store.add_tasks([("a", "p", 5), ("b", "p", 0)], now=0.0)
+    first = claim(store, "w-1", now=1.0)
+    assert store.finish_attempt(first, "rate_limited", exit_code=75, error="limit",
+                                policy=RetryPolicy(1), resume_at=100.0, now=2.0) == "queued"
+    task = store.task(first.task.id)
+    assert (task.status, task.attempts, task.not_before) == ("queued", 0, 100.0)
+    assert store.paused_until() == 100.0
+    assert store.claim_task("w-2", 30, now=50.0) is None  # even task b waits
+    resumed = store.claim_task("w-2", 30, now=100.5)
+    assert resumed is not None and resumed.task.id == first.task.id
+    assert resumed.attempt_number == 2

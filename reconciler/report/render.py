@@ -88,6 +88,9 @@ def render_status(document: dict[str, Any]) -> None:
             "[red]down[/red]" if controller["enabled"] else "disabled (pool changes on apply)")
         console.print(f"controller: {state}")
     console.print(queue_line(QueueCounts(**document["queue"])))
+    if document["claiming_paused_until"]:
+        console.print(f"[yellow]claiming paused until {when(document['claiming_paused_until'])}"
+                      "[/yellow] (the agent hit its rate limit)")
     for problem in document["problems"]:
         console.print(f"[red]problem:[/red] {escape(problem)}")
 

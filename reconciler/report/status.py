@@ -71,7 +71,8 @@ def verdict(observation: Observation, workers: list[WorkerStatus],
 
 
 def status_document(observation: Observation, now: float, spec: PoolSpec | None,
-                    controller: ControllerRow | None = None) -> dict[str, Any]:
+                    controller: ControllerRow | None = None,
+                    paused_until: float = 0.0) -> dict[str, Any]:
     workers = worker_statuses(observation, now, spec)
     problems = verdict(observation, workers, spec)
     return {
@@ -83,6 +84,7 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                        "enabled": spec.controller_enabled if spec else None,
                        "pid": controller.pid if controller and observation.controller_alive
                        else None},
+        "claiming_paused_until": paused_until if paused_until > now else None,
         "workers": [asdict(w) for w in workers],
         "queue": asdict(observation.queue),
     }

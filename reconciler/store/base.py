@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     lease_token TEXT NOT NULL,
     lease_expires_at REAL NOT NULL,
     status TEXT NOT NULL
-        CHECK (status IN ('running', 'succeeded', 'failed', 'lost', 'timeout', 'cancelled')),
+        CHECK (status IN ('running', 'succeeded', 'failed', 'lost', 'timeout', 'cancelled',
+                          'rate_limited')),
     started_at REAL NOT NULL,
     ended_at REAL,
     exit_code INTEGER,

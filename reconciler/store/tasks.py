@@ -13,7 +13,14 @@ import time
 from collections.abc import Sequence
 
 from reconciler.errors import TaskError
-from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, Claim, QueueCounts, TaskRow
+from reconciler.model import (
+    FINAL_TASK_STATUSES,
+    AttemptRow,
+    Claim,
+    QueueCounts,
+    RetryPolicy,
+    TaskRow,
+)
 from reconciler.store.base import Database, jitter
 
 MAX_PRIORITY = 1_000_000_000
@@ -117,6 +124,9 @@ class TaskQueue(Database):
         """Atomically take the highest-priority, oldest runnable task, if any."""
         now = time.time() if now is None else now
         with self.transaction() as db:
+            paused = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
+            if paused is not None and float(paused["value"]) > now:
+                return None  # rate limited: nobody claims until the limit resets
             row = db.execute(
                 "SELECT * FROM tasks WHERE status = 'queued' AND not_before <= ?"
                 " ORDER BY priority DESC, id LIMIT 1", (now,)).fetchone()
@@ -177,14 +187,16 @@ class TaskQueue(Database):
 
     def finish_attempt(self, claim: Claim, status: str, *, exit_code: int | None = None,
                        error: str | None = None, output_tail: str | None = None,
-                       max_attempts: int = 1, retry_backoff: float = 0.0,
+                       policy: RetryPolicy | None = None, resume_at: float | None = None,
                        now: float | None = None) -> str | None:
         """End an attempt if ``claim`` still holds its lease; return the task's new status.
 
         Returns ``None`` when the lease was lost (the attempt was already ended
         by someone else): the caller's result is rejected, never recorded.
-        ``failed`` and ``timeout`` attempts are retried while attempts remain.
+        Outcomes in ``policy.retry_on`` are retried while attempts remain; a
+        ``rate_limited`` attempt uses none and pauses claiming until ``resume_at``.
         """
+        policy = policy or RetryPolicy()
         now = time.time() if now is None else now
         with self.transaction() as db:
             cur = db.execute(
@@ -193,8 +205,12 @@ class TaskQueue(Database):
                 (status, now, exit_code, error, output_tail, claim.attempt_id, claim.lease_token))
             if cur.rowcount != 1:
                 return None
-            task_status = self._settle_task(db, claim.task.id, status, error, max_attempts,
-                                            retry_backoff, now)
+            if status == "rate_limited":
+                task_status = self._pause_for_rate_limit(db, claim.task.id, error,
+                                                         resume_at or now, now)
+            else:
+                task_status = self._settle_task(db, claim.task.id, status, error, policy, now,
+                                                exit_code)
             worker_id = _worker_of(db, claim.attempt_id)
             db.execute("UPDATE workers SET current_task = NULL,"
                        " state = CASE WHEN state = 'working' THEN 'idle' ELSE state END"
@@ -205,20 +221,40 @@ class TaskQueue(Database):
                         + f"; task {task_status}")
         return task_status
 
+    def _pause_for_rate_limit(self, db: sqlite3.Connection, task_id: int, error: str | None,
+                              resume_at: float, now: float) -> str:
+        """Give the attempt back, requeue the task for ``resume_at`` and stop all claiming
+        until then, instead of burning every task's retries against the limit."""
+        db.execute("UPDATE tasks SET status = 'queued', attempts = MAX(attempts - 1, 0),"
+                   " not_before = ?, last_error = ?, updated_at = ? WHERE id = ?",
+                   (resume_at, error, now, task_id))
+        db.execute("INSERT INTO meta (key, value) VALUES ('paused_until', ?) ON CONFLICT (key)"
+                   " DO UPDATE SET value = MAX(CAST(value AS REAL), excluded.value)",
+                   (resume_at,))
+        self._event(db, now, "pool.paused", None, task_id,
+                    f"rate limited: claiming paused for {max(resume_at - now, 0):.0f}s")
+        return "queued"
+
+    def paused_until(self) -> float:
+        """Until when workers must not claim (a rate limit); 0 when they may."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'paused_until'")
+        return float(rows[0]["value"]) if rows else 0.0
+
     def _settle_task(self, db: sqlite3.Connection, task_id: int, status: str,
-                     error: str | None, max_attempts: int, retry_backoff: float,
-                     now: float) -> str:
+                     error: str | None, policy: RetryPolicy, now: float,
+                     exit_code: int | None = None) -> str:
         """Decide what an ended attempt means for its task: done, retried later, or failed."""
         row = db.execute("SELECT attempts, cancel_requested FROM tasks WHERE id = ?",
                          (task_id,)).fetchone()
         used = int(row["attempts"])
+        retryable = status in policy.retry_on and exit_code not in policy.no_retry_exit_codes
         if status == "succeeded":
             new, not_before = "succeeded", 0.0
         elif status == "cancelled" or row["cancel_requested"]:
             new, not_before = "cancelled", 0.0
-        elif used < max_attempts:
+        elif retryable and used < policy.max_attempts:
             new = "queued"
-            not_before = now + retry_backoff * (2 ** max(used - 1, 0)) * jitter()
+            not_before = now + policy.backoff * (2 ** max(used - 1, 0)) * jitter()
         else:
             new, not_before = "failed", 0.0
         db.execute("UPDATE tasks SET status = ?, not_before = ?, last_error = ?, updated_at = ?,"
@@ -227,7 +263,7 @@ class TaskQueue(Database):
         return new
 
     def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
-                            max_attempts: int = 1, retry_backoff: float = 0.0,
+                            policy: RetryPolicy | None = None,
                             now: float | None = None) -> list[int]:
         """End a gone worker's running attempts as ``lost`` and settle their tasks.
 
@@ -245,8 +281,10 @@ class TaskQueue(Database):
                 if not consume:
                     db.execute("UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
                                (row["task_id"],))
-                settled = self._settle_task(db, row["task_id"], "lost", reason, max_attempts,
-                                            retry_backoff if consume else 0.0, now)
+                effective = policy or RetryPolicy()
+                if not consume:  # an operator's stop: retried at once, whatever retryOn says
+                    effective = RetryPolicy(max_attempts=max(effective.max_attempts, 1))
+                settled = self._settle_task(db, row["task_id"], "lost", reason, effective, now)
                 self._event(db, now, "attempt.lost", worker_id, row["task_id"],
                             f"{reason}; task {settled}")
             db.execute("UPDATE workers SET current_task = NULL WHERE id = ?", (worker_id,))
