@@ -587,7 +587,7 @@ def test_task_file_missing(tmp_path: Path) -> None:
 ])
 def test_retry_policy_decides_what_is_retried(store: Store, status: str, exit_code: int | None,
                                               policy: RetryPolicy, expected: str) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
+    store.add_tasks([("t", "p", 0)])
     assert store.finish_attempt(claim(store, "w-1"), status, exit_code=exit_code,
                                 error="boom", policy=policy) == expected
 
