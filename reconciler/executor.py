@@ -25,7 +25,7 @@ from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
 from reconciler.spec import PoolSpec
 from reconciler.store.sqlite import Store
-from reconciler.worktrees import remove_worktree, repo_lock
+from reconciler.worktrees import commit_wip, remove_worktree, repo_lock
 
 
 @dataclass
@@ -146,5 +146,9 @@ class Executor:
         self.store.mark_worker_removed(action.target, action.reason)
 
     def _clean_worktree(self, path: Path) -> None:
+        """Remove an orphaned worktree; whatever its agent left uncommitted is first
+        committed to its branch, so no work is lost with it."""
+        if path.exists():
+            commit_wip(path, "WIP: left by a reconciler attempt that did not finish")
         with repo_lock(self.paths.repo_locks, self.spec.repo):
             remove_worktree(self.spec.repo, path)

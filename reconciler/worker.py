@@ -29,6 +29,7 @@ from reconciler.templates import render_argv
 from reconciler.worktrees import (
     add_worktree,
     branch_for,
+    commit_wip,
     path_under,
     remove_worktree,
     repo_lock,
@@ -125,6 +126,9 @@ class Worker:
                 spec.worktrees.cleanup == "always"
                 or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
             try:
+                if result.status != "succeeded" and worktree_path.exists():
+                    commit_wip(worktree_path, f"WIP: task {task.id} attempt "
+                               f"{claim.attempt_number} ({result.status}), kept by reconciler")
                 with repo_lock(self.paths.repo_locks, spec.repo):
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:

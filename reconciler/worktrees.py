@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from reconciler.errors import GitError
 from reconciler.templates import render
 
@@ -144,7 +146,8 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) 
     """Create a worktree at ``root/name`` on the new ``branch`` from ``base_ref``.
 
     Concurrent workers share the repository's ref and config locks, so a
-    failure that names a ``.lock`` file is retried briefly.
+    failure that names a ``.lock`` file is retried briefly; a lock left behind
+    by a git process that died (old, and no git process running) is removed.
     """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = path_under(root, name)
@@ -157,8 +160,53 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) 
             return Worktree(path, branch)
         if ".lock" not in proc.stderr or attempt == 4:
             raise GitError(f"git worktree add for {branch!r} failed: {last_line(proc)}")
-        time.sleep(0.2 * (attempt + 1))
+        if not remove_stale_lock(proc.stderr):
+            time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+STALE_LOCK_SECONDS = 30.0
+_LOCK_IN_MESSAGE = re.compile(r"'([^']+\.lock)'")
+
+
+def remove_stale_lock(stderr: str, now: float | None = None) -> bool:
+    """Remove the ``*.lock`` file git complained about if nobody can be holding it.
+
+    Only when it is older than ``STALE_LOCK_SECONDS`` and no git process runs
+    on the machine: git holds such locks for milliseconds, so an old one with
+    no git alive was left by a git that was killed.
+    """
+    match = _LOCK_IN_MESSAGE.search(stderr)
+    if match is None:
+        return False
+    lock = Path(match.group(1))
+    now = time.time() if now is None else now
+    try:
+        if now - lock.stat().st_mtime < STALE_LOCK_SECONDS or _git_running():
+            return False
+        lock.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _git_running() -> bool:
+    return any(proc.info["name"] == "git" for proc in psutil.process_iter(["name"]))
+
+
+def commit_wip(worktree: Path, message: str) -> bool:
+    """Commit whatever the agent left uncommitted in ``worktree`` to its branch.
+
+    Used before a failed or lost attempt's worktree is removed, so partial
+    work survives on the branch.  Returns whether a commit was made.
+    """
+    status = git(worktree, ["status", "--porcelain"], check=False)
+    if status.returncode != 0 or not status.stdout.strip():
+        return False
+    git(worktree, ["add", "-A", "--", "."])
+    git(worktree, ["-c", "user.name=reconciler", "-c", "user.email=reconciler@localhost",
+                   "commit", "--quiet", "--no-verify", "-m", message])
+    return True
 
 
 def _registered(repo: Path, path: Path) -> bool:

@@ -162,13 +162,33 @@ def test_orphaned_worktrees_are_listed_by_diff_and_removed_by_apply(host: Path,
     apply(spec)
     orphan = host / "state" / "pools" / "testpool" / "worktrees" / "task-99-a1"
     git(git_repo, "worktree", "add", "-q", "-b", "leftover", "--", str(orphan), "main")
+    (orphan / "half-done.txt").write_text("work the agent never committed\n")
     diff = reconcile("diff", "-f", str(spec))
     assert diff.returncode == 2
     assert f"- clean worktree {orphan}: no attempt owns it" in diff.stdout
     apply(spec)
     assert worktree_paths(git_repo) == [str(git_repo)]
     assert "leftover" in git(git_repo, "branch", "--list", "leftover")
+    # the uncommitted work was saved on the branch before the worktree went
+    assert git(git_repo, "show", "leftover:half-done.txt") == "work the agent never committed\n"
+    assert git(git_repo, "log", "-1", "--format=%s", "leftover").startswith("WIP:")
     assert reconcile("diff", "-f", str(spec)).returncode == 0
+
+
+def test_a_stale_ref_lock_left_by_a_killed_git_does_not_block_tasks(host: Path,
+                                                                   git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)
+    lock = git_repo / ".git" / "refs" / "heads" / "reconciler" / "testpool" / "1-t.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text("")
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    (git_repo / ".git" / "index.lock").write_text("")  # the operator's checkout: untouched
+    apply(spec)
+    task_id = add_task(spec, "do it")
+    reconcile("task", "wait", task_id, "-f", str(spec), "--timeout", "60s", check=True)
+    assert show(spec, task_id)["status"] == "succeeded"
+    assert not lock.exists()
+    assert (git_repo / ".git" / "index.lock").exists()
 
 
 def test_tmux_runtime_passes_argv_verbatim_even_with_trailing_semicolons(
