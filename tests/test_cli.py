@@ -150,5 +150,5 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
     plan = json.loads(reconcile("diff", "-f", spec, "-o", "json").stdout)
     assert plan == {"pool": "testpool", "in_sync": True,
                     "summary": "No changes. The pool matches the spec.", "counts": {},
-                    "actions": []}
+                    "transitions": [], "actions": []}
     reconcile("delete", "-f", spec, check=True)

@@ -265,3 +265,16 @@ def test_rate_limited_agent_pauses_claiming_without_using_attempts(host: Path,
     assert shown["status"] == "succeeded" and shown["attempts"] == 1  # maxAttempts 1 sufficed
     assert [a["status"] for a in shown["attempt_details"]] == ["rate_limited", "succeeded"]
     assert min(a["started_at"] for a in shown["attempt_details"][1:]) >= resets
+
+
+def test_diff_shows_the_health_transitions_a_pass_would_record(host: Path,
+                                                              git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)  # no controller: nobody records them but apply
+    apply(spec)
+    os.kill(workers(spec)["w-1"]["pid"], signal.SIGKILL)
+    wait_for(lambda: not workers(spec)["w-1"]["pid"], message="w-1 to die")
+    plan = json.loads(reconcile("diff", "-f", str(spec), "-o", "json").stdout)
+    assert plan["transitions"][0]["from"] == "healthy"
+    assert plan["transitions"][0]["to"] == "dead"
+    text = reconcile("diff", "-f", str(spec)).stdout
+    assert "Health transitions this pass records:" in text and "w-1: healthy → dead" in text

@@ -43,12 +43,19 @@ def plan_document(plan: Plan) -> dict[str, Any]:
         "in_sync": plan.empty,
         "summary": plan.summary(),
         "counts": dict(plan.counts()),
+        "transitions": [{"worker": s.worker, "from": s.source, "to": s.dest,
+                         "reason": s.reason} for s in plan.steps],
         "actions": [{"action": a.kind.value, "target": a.target, "reason": a.reason,
                      "after_current_task": a.graceful} for a in plan.actions],
     }
 
 
 def render_plan(plan: Plan, *, title: str) -> None:
+    if plan.steps:
+        console.print("Health transitions this pass records:")
+        for step in plan.steps:
+            console.print(f"  [dim]{escape(step.describe())}[/dim]")
+        console.print()
     if plan.empty:
         console.print(f"[green]{escape(plan.summary())}[/green]")
         return
