@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,44 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
                     "summary": "No changes. The pool matches the spec.", "counts": {},
                     "transitions": [], "actions": []}
     reconcile("delete", "-f", spec, check=True)
+
+
+def test_scale_rewrites_only_the_replicas_value_and_applies(host: Path, git_repo: Path) -> None:
+    spec = write_spec(host, replicas=1)
+    original = spec.read_text()
+    commented = original.replace("replicas: 1", "replicas: 1   # how many agents\n  # keep me")
+    spec.write_text("# top comment\n" + commented)
+    proc = reconcile("scale", "2", "-f", str(spec), "--wait")
+    assert proc.returncode == 0, proc.stderr
+    assert spec.read_text() == "# top comment\n" + commented.replace("replicas: 1", "replicas: 2")
+    workers = json.loads(reconcile("status", "-f", str(spec), "-o", "json").stdout)["workers"]
+    assert [w["id"] for w in workers] == ["w-1", "w-2"]
+    bad = reconcile("scale", "999", "-f", str(spec))
+    assert bad.returncode == 1 and "replicas must be from 0 to 256" in bad.stderr
+    assert "replicas: 2" in spec.read_text()
+    reconcile("delete", "-f", str(spec), check=True)
+
+
+def test_task_retry_and_events_follow(host: Path) -> None:
+    spec = str(write_spec(host))
+    task_id = reconcile("task", "add", "-f", spec, "--title", "t", check=True).stdout.strip()
+    line = one_error_line(reconcile("task", "retry", task_id, "-f", spec))
+    assert "only failed or cancelled tasks can be retried" in line
+    reconcile("task", "cancel", task_id, "-f", spec, check=True)
+    retried = json.loads(reconcile("task", "retry", task_id, "-f", spec, "-o", "json",
+                                   check=True).stdout)
+    assert retried == {"id": int(task_id), "status": "queued"}
+    follow = subprocess.Popen([sys.executable, "-m", "reconciler", "events", "-f", spec,
+                               "--follow", "-o", "json"], stdout=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(follow.stdout.readline() if follow.stdout else "{}")
+        assert first["kind"] == "task.queued"
+        reconcile("task", "add", "-f", spec, "--title", "later", check=True)
+        kinds = [json.loads(follow.stdout.readline())["kind"] for _ in range(3)] \
+            if follow.stdout else []
+        assert kinds[-1] == "task.queued"
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+        if follow.stdout:
+            follow.stdout.close()
