@@ -19,6 +19,7 @@ from reconciler import controller, demo, worker
 from reconciler import pool as pools
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
+from reconciler.lock import pool_lock
 from reconciler.model import FINAL_TASK_STATUSES, Plan
 from reconciler.paths import open_private_append, pool_paths
 from reconciler.pool import Pool
@@ -32,6 +33,7 @@ from reconciler.taskfile import NewTask, check_title, read_task_file
 
 POLL_SECONDS = 0.25
 MAX_REPLICAS = 256
+LOCK_TIMEOUT = 10.0
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -145,9 +147,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    if pool.spec is not None and args.file:
-        controller.apply(pool)  # the file given is what the controller keeps converged
-    elif pool.spec is None:
+    if pool.spec is None:
         raise PoolError(f"pool {pool.name!r} was never applied",
                         hint="pass -f workers.yaml to apply it and keep it converged")
     logger.remove()
@@ -155,23 +155,30 @@ def cmd_controller(args: argparse.Namespace) -> int:
     fd = open_private_append(pool.paths.logs / "controller.log")
     logger.add(os.fdopen(fd, "a", buffering=1), format="{time:YYYY-MM-DD HH:mm:ss.SSS} "
                "{level} {message}", level="DEBUG")
-    return controller.run_controller(pool)
+    # with -f, the file given is applied (once the lock is ours) and kept converged
+    return controller.run_controller(pool, apply_first=bool(args.file))
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
     pool = _pool(args)
     store = pool.open_store()
     try:
-        known = {w.id for w in store.workers()}
-        if args.worker not in known:
-            raise PoolError(f"no worker {args.worker} in pool {pool.name}",
-                            hint=f"workers: {', '.join(sorted(known)) or 'none'}")
-        row = next(w for w in store.workers() if w.id == args.worker)
-        store.reset_restart_budget(args.worker, "reconcile restart (operator)")
-        store.set_health(args.worker, row.health, "dead", "operator asked for a restart")
+        with pool_lock(pool.paths.lock, what="restart", timeout=LOCK_TIMEOUT):
+            rows = {w.id: w for w in store.workers()}
+            row = rows.get(args.worker)
+            if row is None:
+                raise PoolError(f"no worker {args.worker} in pool {pool.name}",
+                                hint=f"workers: {', '.join(sorted(rows)) or 'none'}")
+            store.reset_restart_budget(args.worker, "reconcile restart (operator)")
+            if row.health in ("failed", "dead"):
+                store.set_health(args.worker, row.health, "dead", "operator asked for a restart")
+                message = "restart budget reset; it is restarted on the next pass"
+            else:  # a live worker is replaced like a roll: after its task, nothing charged
+                store.request_drain(args.worker, "operator asked for a restart")
+                message = "it is replaced after its current task (budget reset)"
     finally:
         store.close()
-    print(f"{args.worker}: restart budget reset; the controller restarts it within a pass")
+    print(f"{args.worker}: {message}")
     return 0
 
 

@@ -108,6 +108,7 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
+            store.clear_controller_stop()  # the pool is wanted (again)
             first = desired_plan(pool)(observe_pool(pool, store))
             spec_id, recorded = _record_spec(store, spec, first.summary())
             the_plan, report, remaining = run_pass(pool, store, spec_id, desired_plan(pool),
@@ -168,18 +169,22 @@ def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] =
     with pool_lock(pool.paths.lock, what="delete", timeout=lock_timeout):
         store = Store(pool.paths.store)
         try:
-            stop_controller(pool, store, progress)
+            # held until the end: no controller (not even one starting now) can run
+            controller_fd = stop_controller(pool, store, progress)
         finally:
             store.close()
-    done = converge(pool, timeout=spec.worker.stop_grace + 30, force=force,
-                    make_plan=lambda o: plan_delete(spec, o, time.time()),
-                    check=lambda _p, remaining, _o: remaining.empty, progress=progress)
-    store = Store(pool.paths.store)
     try:
-        store.add_event("pool.deleted", "every worker stopped" if done
-                        else "some workers did not stop in time")
+        done = converge(pool, timeout=spec.worker.stop_grace + 30, force=force,
+                        make_plan=lambda o: plan_delete(spec, o, time.time()),
+                        check=lambda _p, remaining, _o: remaining.empty, progress=progress)
+        store = Store(pool.paths.store)
+        try:
+            store.add_event("pool.deleted", "every worker stopped" if done
+                            else "some workers did not stop in time")
+        finally:
+            store.close()
     finally:
-        store.close()
+        os.close(controller_fd)
     if not done:
         report.problems.append("some workers did not stop in time; run delete --force")
     return report
@@ -188,38 +193,57 @@ def delete(pool: Pool, *, force: bool = False, progress: Callable[[str], None] =
 # --------------------------------------------------------------------------- the controller
 
 
-def stop_controller(pool: Pool, store: Store, progress: Callable[[str], None]) -> None:
-    """Ask the pool's controller to exit and wait for it (SIGKILL after a timeout)."""
+def stop_controller(pool: Pool, store: Store, progress: Callable[[str], None]) -> int:
+    """Stop the pool's controller and return its lock, now held by the caller.
+
+    The stop request is recorded first (a controller that starts meanwhile
+    exits at once), the recorded process gets SIGTERM, then SIGKILL if it has
+    not let go of the lock after ``CONTROLLER_STOP_TIMEOUT``.
+    """
     lock = pool.paths.controller_lock
-    info = store.controller()
-    if not is_locked(lock):
-        return
+    running = is_locked(lock)
     store.request_controller_stop()
-    if info and info.pid and process_matches(info.pid, info.pid_create_time):
-        os.kill(info.pid, signal.SIGTERM)
-    deadline = time.monotonic() + CONTROLLER_STOP_TIMEOUT
-    while is_locked(lock) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if is_locked(lock) and info and info.pid:
-        kill_tree(info.pid, 1.0)
-    progress("controller stopped")
+    info = store.controller()
+    pid = info.pid if info and process_matches(info.pid, info.pid_create_time) else None
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+    fd = take_controller_lock(lock, CONTROLLER_STOP_TIMEOUT)
+    if fd is None and pid:
+        kill_tree(pid, 1.0)
+        fd = take_controller_lock(lock, 5.0)
+    if fd is None:
+        raise PoolError("the controller of this pool does not stop",
+                        hint=f"kill it by hand (pid {pid or '?'}), then retry")
+    if running:
+        progress("controller stopped")
+    return fd
 
 
 class Controller:
     """The loop behind ``reconcile controller``: one per pool (its lock says so)."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, apply_first: bool = False) -> None:
         self.pool = pool
+        self.apply_first = apply_first
         self.stop = threading.Event()
 
     def run(self) -> int:
         paths = self.pool.paths
         paths.create()
-        fd = _take_controller_lock(paths.controller_lock)
+        fd = take_controller_lock(paths.controller_lock, 2.0)
         if fd is None:
             logger.info("a controller already runs for pool {}; nothing to do", paths.name)
             return 0
         store = Store(paths.store)
+        if self.apply_first:  # registered and holding the lock: apply starts no other
+            store.register_controller(os.getpid(), create_time_of(os.getpid()))
+            apply(self.pool)
+        info = store.controller()
+        if info is not None and info.stop_requested:
+            logger.info("pool {} was deleted; `reconcile apply` it first", paths.name)
+            store.close()
+            os.close(fd)
+            return 0
         store.register_controller(os.getpid(), create_time_of(os.getpid()))
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         try:
@@ -233,50 +257,56 @@ class Controller:
     def _loop(self, store: Store) -> None:
         last_pass = 0.0
         seen_version = -1
+        skipped = 0
         while not self.stop.is_set():
-            version = store.data_version()
-            due = time.monotonic() - last_pass >= self._interval()
-            woken = version != seen_version and time.monotonic() - last_pass >= MIN_PASS_GAP
-            if due or woken:
-                if store.controller_heartbeat():
-                    return  # delete asked us to stop
-                self._pass(store)
+            try:
+                version = store.data_version()
+                due = time.monotonic() - last_pass >= self._interval()
+                woken = version != seen_version and time.monotonic() - last_pass >= MIN_PASS_GAP
+                if due or woken:
+                    if store.controller_heartbeat():
+                        return  # delete asked us to stop
+                    skipped = 0 if self._pass(store) else skipped + 1
+                    if skipped and skipped % 20 == 0:
+                        logger.warning("{} passes skipped: the pool lock is held by another "
+                                       "command ({})", skipped, self.pool.paths.lock)
+                    last_pass = time.monotonic()
+                    seen_version = store.data_version()
+            except ReconcilerError as exc:  # the store locked or unreadable: retry, never die
+                logger.error("pass failed: {}; retrying", exc.one_line())
                 last_pass = time.monotonic()
-                seen_version = store.data_version()
             self.stop.wait(WAKE_CHECK_SECONDS)
 
     def _interval(self) -> float:
         return self.pool.spec.controller_interval if self.pool.spec else 1.0
 
-    def _pass(self, store: Store) -> None:
+    def _pass(self, store: Store) -> bool:
+        """One pass; False when another command held the pool lock (retried next time)."""
         spec = applied_spec(self.pool.paths)
         if spec is None:
-            return
+            return True
         self.pool = Pool(self.pool.paths, spec)
         spec_id = store.latest_spec_id(spec.document_hash) or 0
         try:
             with pool_lock(self.pool.paths.lock, what="controller", timeout=PASS_LOCK_TIMEOUT):
                 the_plan, report, _ = run_pass(self.pool, store, spec_id, desired_plan(self.pool))
         except LockHeldError:
-            return  # an apply or delete is running a pass; try again next time
-        except ReconcilerError as exc:
-            logger.error("pass failed: {}", exc.one_line())
-            return
+            return False
         for step in the_plan.steps:
             logger.info("{}", step.describe())
         for line in report.done:
             logger.info("{}", line)
         for problem in report.problems:
             logger.warning("{}", problem)
+        return True
 
 
-def _take_controller_lock(path: os.PathLike[str]) -> int | None:
-    """Hold the controller lock for the process's lifetime; None if another holds it.
-
-    Retries briefly: a status probe may hold a shared lock for an instant.
-    """
+def take_controller_lock(path: os.PathLike[str], timeout: float) -> int | None:
+    """Take the controller lock (its descriptor; closing it lets go), or None if another
+    process still holds it after ``timeout``.  Retried: a status probe may hold a
+    shared lock for an instant."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + timeout
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -288,9 +318,9 @@ def _take_controller_lock(path: os.PathLike[str]) -> int | None:
             time.sleep(0.05)
 
 
-def run_controller(pool: Pool) -> int:
+def run_controller(pool: Pool, *, apply_first: bool = False) -> int:
     """Entry point of ``reconcile controller``: run until SIGTERM/SIGINT or ``delete``."""
-    controller = Controller(pool)
+    controller = Controller(pool, apply_first=apply_first)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame

@@ -19,7 +19,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.model import Action, ActionKind, Observation, Plan, RuntimeInstance
 from reconciler.paths import PoolPaths
 from reconciler.planner import CONTROLLER
-from reconciler.proctree import kill_tree
+from reconciler.proctree import kill_tree, process_matches, request_stop
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
@@ -88,10 +88,17 @@ class Executor:
         row = observation.worker(action.target)
         if action.kind is ActionKind.CLEAN:
             self._clean_worktree(Path(action.target))
+        elif action.kind is ActionKind.STOP and action.target == CONTROLLER:
+            self.store.request_controller_stop()
+            info = self.store.controller()
+            if info and info.pid and process_matches(info.pid, info.pid_create_time):
+                request_stop(info.pid)
         elif action.kind is ActionKind.STOP:
             self._retire(action, instance, consume=False)  # the operator's choice: free
         elif action.kind is ActionKind.REMOVE:
             self._retire(action, instance, consume=True)
+        elif action.kind is ActionKind.RELEASE:
+            self._clear(action, instance, consume=True)
         elif action.kind is ActionKind.RESTART:
             self._clear(action, instance, consume=action.counted)
             new_spec = row is None or row.template_hash != self.spec.template_hash()
@@ -106,6 +113,9 @@ class Executor:
     def _start_controller(self) -> None:
         """Always a detached process, whatever the workers' runtime: a controller inside
         the pool's tmux server would die with it, and then nothing would restore it."""
+        info = self.store.controller()
+        if info and info.pid and process_matches(info.pid, info.pid_create_time):
+            kill_tree(info.pid, 1.0)  # hung: it holds the lock but no longer heartbeats
         started = self.runtimes["process"].start(CONTROLLER, controller_argv(self.paths))
         # recorded now, so the next pass does not start another before this one is up
         self.store.register_controller(started.pid, started.create_time)

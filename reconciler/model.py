@@ -214,6 +214,7 @@ class ActionKind(enum.Enum):
     RESTART = "restart"
     REMOVE = "remove"  # clear the remains of an exited worker (a dead tmux pane)
     CLEAN = "clean"  # remove an orphaned task worktree (its branch stays)
+    RELEASE = "release"  # kill what a failed or vanished worker left running, requeue its task
 
     @property
     def symbol(self) -> str:

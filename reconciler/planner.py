@@ -61,9 +61,12 @@ def plan(spec: PoolSpec, observation: Observation, now: float) -> Plan:
                          observation.worker(worker_id), why, now)
         if action is not None:
             actions.append(action)
+    actions += _stranded_attempts(observation, now)
     actions += _orphan_worktrees(spec, observation)
     if spec.controller_enabled and observation.controller_alive is False:
-        actions.append(Action(ActionKind.START, CONTROLLER, "not running"))
+        actions.append(Action(ActionKind.START, CONTROLLER, "not running (or hung)"))
+    if not spec.controller_enabled and observation.controller_alive:
+        actions.append(Action(ActionKind.STOP, CONTROLLER, "controller.enabled is false"))
     return Plan(spec.name, tuple(actions), tuple(steps))
 
 
@@ -137,12 +140,11 @@ def counted_restarts(spec: PoolSpec, observation: Observation, row: WorkerRow,
 
 
 def restart_delay(spec: PoolSpec, worker_id: str, previous_restarts: int) -> float:
-    """Backoff before the next restart: 0 for the first, then ``backoff`` doubling up to
-    60s, scaled by a jitter in [0.75, 1.25] derived from the worker and the count, so
-    workers that crashed together restart apart (and ``diff`` stays deterministic)."""
-    if previous_restarts == 0:
-        return 0.0
-    base = min(BACKOFF_CAP, spec.restart.backoff * 2 ** (previous_restarts - 1))
+    """Backoff before the next restart: ``backoff`` (1s) after the death, then doubling
+    from the previous restart up to 60s, scaled by a jitter in [0.75, 1.25] derived
+    from the worker and the count, so workers that crashed together restart apart
+    (and ``diff`` stays deterministic)."""
+    base = min(BACKOFF_CAP, spec.restart.backoff * 2 ** previous_restarts)
     digest = hashlib.sha256(f"{worker_id}:{previous_restarts}".encode()).digest()
     return float(base * (0.75 + 0.5 * digest[0] / 255))
 
@@ -169,6 +171,9 @@ def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
         if changed:  # a new spec deserves a new budget
             return Action(restart, worker_id, f"{changed} changed; retrying a failed worker",
                           reset_budget=True)
+        if observation.attempt_of(worker_id) is not None or instance is not None:
+            return Action(ActionKind.RELEASE, worker_id,
+                          "failed: kill what it left running, requeue its task")
         return None
     if health == "dead":
         return _restart_dead(spec, observation, worker_id, row, instance, now)
@@ -184,11 +189,15 @@ def _restart_dead(spec: PoolSpec, observation: Observation, worker_id: str, row:
     reason = _death(spec, row, instance, now)
     previous = counted_restarts(spec, observation, row, now)
     delay = restart_delay(spec, worker_id, len(previous))
-    ready_at = (previous[-1] if previous else now) + delay
+    died_at = row.health_since if row.health == "dead" and row.health_since else now
+    ready_at = (previous[-1] if previous else died_at) + delay
+    # a worker that had been stable for resetAfter starts a fresh budget with this restart
+    stable = bool(row.started_at and row.heartbeat_at
+                  and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
     if ready_at > now:
-        return Action(ActionKind.RESTART, worker_id, reason, counted=True,
+        return Action(ActionKind.RESTART, worker_id, reason, counted=True, reset_budget=stable,
                       pending=f"in {format_duration(ready_at - now)} (restart backoff)")
-    return Action(ActionKind.RESTART, worker_id, reason, counted=True)
+    return Action(ActionKind.RESTART, worker_id, reason, counted=True, reset_budget=stable)
 
 
 def _finish_drain(spec: PoolSpec, worker_id: str, row: WorkerRow, alive: bool, now: float,
@@ -252,6 +261,16 @@ def _changed(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None) -
     desired = spec.template_digests()
     fields = [key for key, digest in desired.items() if row.template_digests.get(key) != digest]
     return ", ".join(fields or ["worker template"])
+
+
+def _stranded_attempts(observation: Observation, now: float) -> list[Action]:
+    """Attempts whose lease expired and whose worker no longer exists at all: the
+    sweep behind "a task is never left running" (known workers are handled above)."""
+    orphans = {a.worker_id for a in observation.running if a.lease_expires_at < now
+               and observation.worker(a.worker_id) is None
+               and observation.instance(a.worker_id) is None}
+    return [Action(ActionKind.RELEASE, worker_id, "lease expired and no such worker")
+            for worker_id in sorted(orphans, key=worker_sort_key)]
 
 
 _KEPT_BY_POLICY = {

@@ -65,7 +65,12 @@ class Worker:
         beat.start()
         try:
             while not self.stop.is_set():
-                claim = self.store.claim_task(self.worker_id, self.lease_seconds)
+                try:
+                    claim = self.store.claim_task(self.worker_id, self.lease_seconds)
+                except ReconcilerError as exc:  # e.g. the store locked by a stuck process
+                    logger.warning("cannot claim: {}; retrying", exc.one_line())
+                    self.stop.wait(1.0)
+                    continue
                 if claim is None:
                     self.stop.wait(min(IDLE_POLL_SECONDS, self.spec.health.heartbeat_interval))
                     continue
@@ -92,16 +97,18 @@ class Worker:
             while True:
                 with self._claim_lock:
                     claim = self._claim
-                drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds,
-                                                last_output_at=self._last_output)
+                try:
+                    drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds,
+                                                    last_output_at=self._last_output)
+                except ReconcilerError as exc:  # keep beating: a missed beat is not fatal
+                    logger.warning("heartbeat failed: {}; retrying", exc.one_line())
+                    drain = cancel = False
                 if drain:
                     self.stop.set()
                 if cancel:
                     self.cancel.set()
                 if self._exited.wait(self.spec.health.heartbeat_interval):
                     return
-        except ReconcilerError as exc:
-            logger.error("heartbeat failed: {}", exc.one_line())
         finally:
             store.close()
 

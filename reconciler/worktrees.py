@@ -182,7 +182,7 @@ def remove_stale_lock(stderr: str, now: float | None = None) -> bool:
     lock = Path(match.group(1))
     now = time.time() if now is None else now
     try:
-        if now - lock.stat().st_mtime < STALE_LOCK_SECONDS or _git_running():
+        if now - lock.stat().st_mtime < STALE_LOCK_SECONDS or _git_running_in(lock):
             return False
         lock.unlink()
     except OSError:
@@ -190,8 +190,16 @@ def remove_stale_lock(stderr: str, now: float | None = None) -> bool:
     return True
 
 
-def _git_running() -> bool:
-    return any(proc.info["name"] == "git" for proc in psutil.process_iter(["name"]))
+def _git_running_in(lock: Path) -> bool:
+    """Whether a git process works in the repository that holds ``lock``."""
+    git_dir = next((p for p in lock.parents if p.name == ".git"), lock.parent)
+    repo = git_dir.parent
+    for proc in psutil.process_iter(["name", "cwd"]):
+        cwd = proc.info.get("cwd") or ""
+        if proc.info.get("name") == "git" and (cwd == str(repo) or
+                                               cwd.startswith(str(repo) + "/")):
+            return True
+    return False
 
 
 def commit_wip(worktree: Path, message: str) -> bool:

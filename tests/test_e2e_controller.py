@@ -39,7 +39,7 @@ def controlled_spec(host: Path, replicas: int = 2, **extra: Any) -> Path:
     sections: dict[str, Any] = {
         "controller": {"enabled": True, "interval": "300ms"},
         "restartPolicy": {"backoff": "300ms", "maxRestarts": 5, "window": "10m"},
-        "health": {"heartbeatInterval": "200ms", "unresponsiveAfter": "2s", "deadAfter": "4s"},
+        "health": {"heartbeatInterval": "200ms", "unresponsiveAfter": "3s", "deadAfter": "8s"},
     }
     for key, value in extra.items():
         sections[key] = {**sections.get(key, {}), **value}
@@ -187,10 +187,10 @@ def test_killed_tmux_server_is_restored_by_the_controller(host: Path, git_repo: 
 
 def test_graceful_scale_down_keeps_the_short_task_and_requeues_the_long_one(
         host: Path, git_repo: Path) -> None:
-    spec = controlled_spec(host, replicas=2, worker={"stopGrace": "3s"})
+    spec = controlled_spec(host, replicas=2, worker={"stopGrace": "6s"})
     apply(spec)
     short = reconcile("task", "add", "-f", str(spec), "--title", "short", "--prompt",
-                      "[seconds=1]", check=True).stdout.strip()
+                      "[seconds=0.5]", check=True).stdout.strip()
     long = reconcile("task", "add", "-f", str(spec), "--title", "long", "--prompt", "[hang]",
                      check=True).stdout.strip()
     wait_for(lambda: all(t["status"] == "running" for t in tasks(spec)), message="both running")
@@ -249,7 +249,7 @@ def test_rate_limited_agent_pauses_claiming_without_using_attempts(host: Path,
                            worker={"rateLimit": {"exitCodes": [75],
                                                  "resetPattern": r"resets at (\d+)"}})
     apply(spec)
-    resets = int(time.time()) + 4
+    resets = int(time.time()) + 8
     limited = reconcile("task", "add", "-f", str(spec), "--title", "limited", "--priority", "5",
                         "--prompt", f"[rate-limit-until={resets}]", check=True).stdout.strip()
     other = reconcile("task", "add", "-f", str(spec), "--title", "other", "--prompt", "ok",

@@ -118,7 +118,9 @@ class TestScriptedPlans:
         (action,) = plan(spec, obs, NOW).actions
         assert (action.kind, action.target, action.reason, action.graceful) == (
             ActionKind.RESTART, "w-2", reason, False)
-        assert action.describe() == f"~ restart w-2: {reason}"
+        # the first restart waits restartPolicy.backoff (1s, jittered) after the death
+        assert action.describe().startswith(f"~ restart w-2: {reason} [in ")
+        assert action.pending is not None and action.pending.endswith("(restart backoff)")
 
     def test_scale_down_stops_highest_index_first_after_current_task(self) -> None:
         spec = make_spec(5)
@@ -266,12 +268,15 @@ def test_executing_a_plan_converges(world: tuple[dict[str, Any],
                 runtimes[runtime].request_stop(runtimes[runtime].instances[worker_id])
         paths = PoolPaths(Path(tmp), "p")
         executor = Executor(spec, spec_id, paths, store, runtimes=runtimes)  # type: ignore[arg-type]
-        # drains are asynchronous: a drained worker is replaced on the next pass
-        after = _converge(executor, store, runtimes, lambda o: plan(spec, o, time.time()))
+        # drains are asynchronous (a drained worker is replaced on the next pass) and
+        # restarts wait for their backoff: each pass is two minutes after the last
+        clock = iter(time.time() + 120 * n for n in range(1, 100))
+        after = _converge(executor, store, runtimes, clock, lambda o, now: plan(spec, o, now))
         alive_ids = sorted(i.worker_id for i in after.instances if i.alive)
         assert alive_ids == sorted(f"w-{n}" for n in range(1, spec.replicas + 1))
 
-        gone = _converge(executor, store, runtimes, lambda o: plan_delete(spec, o, time.time()))
+        gone = _converge(executor, store, runtimes, clock,
+                         lambda o, now: plan_delete(spec, o, now))
         assert not gone.instances
         store.close()
 
@@ -280,13 +285,20 @@ PASSES_TO_CONVERGE = 3  # act, let drained workers exit, replace them
 
 
 def _converge(executor: Executor, store: Store, runtimes: dict[str, FakeRuntime],
-              make_plan: Any) -> Observation:
-    for _ in range(PASSES_TO_CONVERGE):
+              clock: Iterator[float], make_plan: Any) -> Observation:
+    """Passes at ``clock``'s times; between them every live fake worker heartbeats."""
+    for _ in range(PASSES_TO_CONVERGE + 1):
+        now = next(clock)
+        for runtime in runtimes.values():
+            for instance in runtime.instances.values():
+                if instance.alive:
+                    store.heartbeat(instance.worker_id, None, 30.0, now=now)
         observed = _observe(store, runtimes)
-        executor.execute(make_plan(observed), observed)
-    final = _observe(store, runtimes)
-    assert make_plan(final).empty, make_plan(final)
-    return final
+        the_plan = make_plan(observed, now)
+        if the_plan.empty:
+            return observed
+        executor.execute(the_plan, observed)
+    raise AssertionError(f"not converged after {PASSES_TO_CONVERGE} passes: {the_plan}")
 
 
 @pytest.mark.usefixtures("no_io")

@@ -39,13 +39,19 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None
         attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {},
         running=tuple(store.running_attempts()) if store is not None else (),
         restart_history=store.restart_history() if store is not None else {},
-        controller_alive=_controller_alive(controller_lock, store) if controller_lock else None)
+        controller_alive=_controller_alive(controller_lock, store, time.time())
+        if controller_lock else None)
 
 
-def _controller_alive(lock: Path, store: Store | None) -> bool:
-    """Its lock is held, or the controller just started has not taken it yet."""
-    if is_locked(lock):
-        return True
+CONTROLLER_STALE_AFTER = 60.0
+
+
+def _controller_alive(lock: Path, store: Store | None, now: float) -> bool:
+    """Its lock is held and it heartbeats (a hung controller is down), or the controller
+    just started has not taken its lock yet."""
     info = store.controller() if store is not None else None
+    if is_locked(lock):
+        return info is None or info.heartbeat_at is None or \
+            now - info.heartbeat_at < CONTROLLER_STALE_AFTER
     return bool(info and not info.stop_requested
                 and process_matches(info.pid, info.pid_create_time))

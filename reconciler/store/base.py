@@ -179,8 +179,10 @@ class Database:
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
-        else:
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"task store {self.path}: commit failed: {exc}") from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:

@@ -133,12 +133,14 @@ class WorkerRegistry(Database):
                             now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self.transaction() as db:
+            # stop_requested survives: a controller started while delete runs must not
+            # clear delete's request (apply clears it with ``clear_controller_stop``)
             db.execute("INSERT INTO controller (id, pid, pid_create_time, started_at,"
                        " heartbeat_at, stop_requested) VALUES (1, ?, ?, ?, ?, 0)"
                        " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid,"
                        " pid_create_time = excluded.pid_create_time,"
-                       " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at,"
-                       " stop_requested = 0", (pid, create_time, now, now))
+                       " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+                       (pid, create_time, now, now))
             self._event(db, now, "controller.started", None, None, f"pid {pid}")
 
     def controller_heartbeat(self, now: float | None = None) -> bool:
@@ -148,6 +150,11 @@ class WorkerRegistry(Database):
             db.execute("UPDATE controller SET heartbeat_at = ? WHERE id = 1", (now,))
             row = db.execute("SELECT stop_requested FROM controller WHERE id = 1").fetchone()
         return bool(row and row["stop_requested"])
+
+    def clear_controller_stop(self) -> None:
+        """The pool is wanted again (``apply``): a controller may run."""
+        with self.transaction() as db:
+            db.execute("UPDATE controller SET stop_requested = 0 WHERE id = 1")
 
     def request_controller_stop(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
