@@ -11,6 +11,7 @@ for a later pass.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,10 @@ from reconciler.runtimes.tmux import TmuxRuntime
 from reconciler.spec import PoolSpec
 from reconciler.store.sqlite import Store
 from reconciler.worktrees import commit_wip, remove_worktree, repo_lock
+
+
+class WorkerRecovered(ReconcilerError):
+    """A worker planned for a restart was found healthy on a second look."""
 
 
 @dataclass
@@ -100,6 +105,9 @@ class Executor:
         elif action.kind is ActionKind.RELEASE:
             self._clear(action, instance, consume=True)
         elif action.kind is ActionKind.RESTART:
+            if action.counted and not self._still_dead(action, instance):
+                raise WorkerRecovered(f"{action.target} recovered since it was observed; "
+                                      "not restarted")
             self._clear(action, instance, consume=action.counted)
             new_spec = row is None or row.template_hash != self.spec.template_hash()
             self._start(action.target, restarted=True, counted=action.counted,
@@ -119,6 +127,21 @@ class Executor:
         started = self.runtimes["process"].start(CONTROLLER, controller_argv(self.paths))
         # recorded now, so the next pass does not start another before this one is up
         self.store.register_controller(started.pid, started.create_time)
+
+    def _still_dead(self, action: Action, instance: RuntimeInstance | None) -> bool:
+        """Re-observe one worker right before killing it: never act on a stale view.
+
+        A gone process stays gone; a hung one may have heartbeat since the pass
+        observed it (a pause, a slow disk), and is then left alone.
+        """
+        if instance is None or not instance.alive:
+            return True
+        if not self.runtimes[instance.runtime].is_running(instance):
+            return True
+        row = next((w for w in self.store.workers() if w.id == action.target), None)
+        heartbeat = row.heartbeat_at if row else None
+        return heartbeat is None or \
+            time.time() - heartbeat >= self.spec.health.unresponsive_after
 
     def _drain(self, action: Action, instance: RuntimeInstance | None) -> None:
         self.store.request_drain(action.target, action.reason)
@@ -145,7 +168,9 @@ class Executor:
             self.runtimes[instance.runtime].remove(action.target, instance,
                                                    self.spec.worker.stop_grace)
         for attempt in self.store.running_attempts(action.target):
-            if attempt.pid:  # the agent outlives its dead worker: it has a session of its own
+            # the agent outlives its dead worker (it has a session of its own); its start
+            # time tells it apart from an unrelated process that got the same pid since
+            if attempt.pid and process_matches(attempt.pid, attempt.pid_create_time):
                 kill_tree(attempt.pid, self.spec.worker.stop_grace)
         self.store.requeue_attempts_of(
             action.target, f"worker {action.target}: {action.reason}",

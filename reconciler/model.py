@@ -62,6 +62,7 @@ class AttemptRow:
     lease_expires_at: float
     pid: int | None = None
     last_output_at: float | None = None
+    pid_create_time: float | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from loguru import logger
 from reconciler.errors import ReconcilerError
 from reconciler.model import Claim
 from reconciler.paths import PoolPaths, open_private_append, write_private
+from reconciler.proctree import create_time_of
 from reconciler.spec import PoolSpec, spec_from_document
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult, log_tail, run_command
@@ -190,7 +191,8 @@ class Worker:
             return run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
                                timeout=timeout, grace=grace,
                                should_cancel=self.cancel.is_set if cancellable else lambda: False,
-                               on_start=lambda pid: self.store.set_attempt_pid(claim, pid),
+                               on_start=lambda pid: self.store.set_attempt_pid(
+                                   claim, pid, create_time_of(pid)),
                                on_output=self._saw_output)
 
         for argv in spec.worktrees.setup:

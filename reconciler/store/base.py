@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT,
     output_tail TEXT,
     pid INTEGER,
+    pid_create_time REAL,
     last_output_at REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);

@@ -304,11 +304,13 @@ class TaskQueue(Database):
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
 
-    def set_attempt_pid(self, claim: Claim, pid: int) -> None:
-        """Record the task command's pid (its process group) while the lease is held."""
+    def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> None:
+        """Record the task command's pid (its process group) and start time, so it can
+        be killed later without hitting a recycled pid."""
         with self.transaction() as db:
-            db.execute("UPDATE attempts SET pid = ? WHERE id = ? AND lease_token = ?",
-                       (pid, claim.attempt_id, claim.lease_token))
+            db.execute("UPDATE attempts SET pid = ?, pid_create_time = ? WHERE id = ?"
+                       " AND lease_token = ?",
+                       (pid, create_time, claim.attempt_id, claim.lease_token))
 
 
 def _worker_of(db: sqlite3.Connection, attempt_id: int) -> str | None:
@@ -326,4 +328,4 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
     return AttemptRow(r["id"], r["task_id"], r["number"], r["worker_id"], r["status"],
                       r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
-                      r["pid"], r["last_output_at"])
+                      r["pid"], r["last_output_at"], r["pid_create_time"])
