@@ -131,3 +131,13 @@ def test_budget_exhausted_goes_failed_and_stable_uptime_forgives(spec: PoolSpec)
     stable = replace(crashed, workers=(row("w-1", spec, health="healthy", started_at=NOW - 400,
                                            heartbeat_at=NOW - 1),))
     assert [a.kind for a in plan(spec, stable, NOW).actions] == [ActionKind.RESTART]
+
+
+@pytest.mark.parametrize("up_for", [pytest.param(2.0, id="crashes-at-once"),
+                                    pytest.param(240.0, id="crashes-after-running-a-while")])
+def test_late_crashes_count_against_the_budget_too(spec: PoolSpec, up_for: float) -> None:
+    """Unlike supervisord's startsecs, a crash after minutes of work still counts (until
+    resetAfter of stable uptime)."""
+    history = {"w-1": (NOW - 500, NOW - 400, NOW - 300)}
+    crashed = replace(observed(spec, 1.0, alive=False, up_for=up_for), restart_history=history)
+    assert [s.dest for s in plan(spec, crashed, NOW).steps] == ["dead", "failed"]
