@@ -187,10 +187,10 @@ def test_killed_tmux_server_is_restored_by_the_controller(host: Path, git_repo: 
 
 def test_graceful_scale_down_keeps_the_short_task_and_requeues_the_long_one(
         host: Path, git_repo: Path) -> None:
-    spec = controlled_spec(host, replicas=2, worker={"stopGrace": "6s"})
+    spec = controlled_spec(host, replicas=2, worker={"stopGrace": "10s"})
     apply(spec)
     short = reconcile("task", "add", "-f", str(spec), "--title", "short", "--prompt",
-                      "[seconds=0.5]", check=True).stdout.strip()
+                      "[seconds=3]", check=True).stdout.strip()
     long = reconcile("task", "add", "-f", str(spec), "--title", "long", "--prompt", "[hang]",
                      check=True).stdout.strip()
     wait_for(lambda: all(t["status"] == "running" for t in tasks(spec)), message="both running")
