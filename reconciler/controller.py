@@ -244,7 +244,8 @@ class Controller:
             store.close()
             os.close(fd)
             return 0
-        store.register_controller(os.getpid(), create_time_of(os.getpid()))
+        if not self.apply_first:  # already registered before applying
+            store.register_controller(os.getpid(), create_time_of(os.getpid()))
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         try:
             self._loop(store)

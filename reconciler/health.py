@@ -121,6 +121,8 @@ def _reason(rule: Rule, facts: WorkerFacts, spec: PoolSpec) -> str:
     silence = facts.heartbeat_age if facts.heartbeat_age is not None else facts.since_start
     match rule.trigger:
         case "exit":
+            if facts.draining:
+                return "exited after draining"
             return f"process gone ({facts.exit_description})"
         case "flatline":
             return f"no heartbeat for {format_duration(silence)} (deadAfter " \

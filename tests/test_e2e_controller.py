@@ -82,6 +82,9 @@ def test_controller_replaces_a_crashed_worker_and_records_why(host: Path,
     assert any("healthy → dead: process gone" in m for m in health), health
     assert reconcile("diff", "-f", str(spec)).returncode == 0
     assert tmux_windows("rt-testpool") == ["w-1", "w-2"]
+    reconcile("delete", "-f", str(spec), check=True)
+    after = reconcile("status", "-f", str(spec))  # stopped on purpose: not a problem
+    assert after.returncode == 0 and "controller: down" in after.stdout
 
 
 def test_crash_loop_backs_off_then_fails_and_restart_revives(host: Path,

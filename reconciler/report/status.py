@@ -59,12 +59,15 @@ def worker_statuses(observation: Observation, now: float,
     return out
 
 
-def verdict(observation: Observation, workers: list[WorkerStatus],
-            spec: PoolSpec | None) -> list[str]:
-    """What needs an operator: failed workers, a controller that should run but does not."""
+def verdict(observation: Observation, workers: list[WorkerStatus], spec: PoolSpec | None,
+            controller: ControllerRow | None = None) -> list[str]:
+    """What needs an operator: failed workers, a controller that should run but does not
+    (not after ``delete``, which stops it on purpose)."""
     problems = [f"{w.id} is failed (restart budget exhausted; `reconcile restart {w.id}`)"
                 for w in workers if w.health == "failed"]
-    if spec is not None and spec.controller_enabled and observation.controller_alive is False:
+    stopped_on_purpose = controller is not None and controller.stop_requested
+    if spec is not None and spec.controller_enabled and observation.controller_alive is False \
+            and not stopped_on_purpose:
         problems.append("the controller is down (`reconcile apply` or `reconcile controller` "
                         "starts it)")
     return problems
@@ -74,7 +77,7 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     controller: ControllerRow | None = None,
                     paused_until: float = 0.0) -> dict[str, Any]:
     workers = worker_statuses(observation, now, spec)
-    problems = verdict(observation, workers, spec)
+    problems = verdict(observation, workers, spec, controller)
     return {
         "pool": observation.pool,
         "observed_at": observation.observed_at,

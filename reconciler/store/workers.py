@@ -50,7 +50,7 @@ class WorkerRegistry(Database):
                            (worker_id, now, reason))
             self._event(db, now, "worker.restarted" if restarted else "worker.started",
                         worker_id, None,
-                        f"starting as {runtime}" + (f": {reason}" if reason else ""))
+                        f"starting as {runtime}" + (f" (after: {reason})" if reason else ""))
 
     def set_worker_process(self, worker_id: str, pid: int, create_time: float | None) -> None:
         """Record the process the runtime started for ``worker_id``."""
