@@ -178,7 +178,7 @@ class RuntimeInstance:
             return f"killed by signal {self.exit_signal} (exit {128 + self.exit_signal})"
         if self.exit_status is not None:
             return f"exit {self.exit_status}"
-        return "no exit status"
+        return "exit status unknown"  # tmux 3.3 sometimes records none for a killed pane
 
 
 @dataclass(frozen=True)

