@@ -11,7 +11,6 @@ several of them can take turns at the lock without stepping on each other.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
@@ -24,7 +23,7 @@ from loguru import logger
 
 from reconciler.errors import LockHeldError, PoolError, ReconcilerError
 from reconciler.executor import ExecutionReport, Executor
-from reconciler.lock import is_locked, pool_lock
+from reconciler.lock import is_locked, pool_lock, take_lock
 from reconciler.model import ActionKind, Observation, Plan
 from reconciler.planner import plan, plan_delete, worker_ids
 from reconciler.pool import Pool, applied_spec, observe_pool, preflight, spec_git_commit
@@ -207,10 +206,10 @@ def stop_controller(pool: Pool, store: Store, progress: Callable[[str], None]) -
     pid = info.pid if info and process_matches(info.pid, info.pid_create_time) else None
     if pid:
         os.kill(pid, signal.SIGTERM)
-    fd = take_controller_lock(lock, CONTROLLER_STOP_TIMEOUT)
+    fd = take_lock(lock, CONTROLLER_STOP_TIMEOUT)
     if fd is None and pid:
         kill_tree(pid, 1.0)
-        fd = take_controller_lock(lock, 5.0)
+        fd = take_lock(lock, 5.0)
     if fd is None:
         raise PoolError("the controller of this pool does not stop",
                         hint=f"kill it by hand (pid {pid or '?'}), then retry")
@@ -230,7 +229,7 @@ class Controller:
     def run(self) -> int:
         paths = self.pool.paths
         paths.create()
-        fd = take_controller_lock(paths.controller_lock, 2.0)
+        fd = take_lock(paths.controller_lock, 2.0)
         if fd is None:
             logger.info("a controller already runs for pool {}; nothing to do", paths.name)
             return 0
@@ -300,23 +299,6 @@ class Controller:
         for problem in report.problems:
             logger.warning("{}", problem)
         return True
-
-
-def take_controller_lock(path: os.PathLike[str], timeout: float) -> int | None:
-    """Take the controller lock (its descriptor; closing it lets go), or None if another
-    process still holds it after ``timeout``.  Retried: a status probe may hold a
-    shared lock for an instant."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.05)
 
 
 def run_controller(pool: Pool, *, apply_first: bool = False) -> int:

@@ -24,19 +24,11 @@ from reconciler.errors import LockHeldError
 @contextmanager
 def pool_lock(path: Path, *, what: str, timeout: float = 10.0) -> Iterator[None]:
     """Hold the pool lock for the ``with`` block; wait up to ``timeout`` seconds for it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = take_lock(path, timeout)
+    if fd is None:
+        raise LockHeldError(f"another command holds the lock of this pool: {_holder(path)}",
+                            hint=f"wait for it to finish, or stop it; lock file {path}")
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockHeldError(
-                        f"another command holds the lock of this pool: {_holder(path)}",
-                        hint=f"wait for it to finish, or stop it; lock file {path}") from None
-                time.sleep(0.1)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": what,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv0": sys.argv[0]}
         os.ftruncate(fd, 0)
@@ -48,6 +40,23 @@ def pool_lock(path: Path, *, what: str, timeout: float = 10.0) -> Iterator[None]
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def take_lock(path: Path, timeout: float) -> int | None:
+    """Take ``path``'s exclusive lock and return its descriptor (closing it lets go), or
+    None if another process still holds it after ``timeout``.  Polled, because a
+    status probe may hold a shared lock for an instant."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
 
 
 def is_locked(path: Path) -> bool:

@@ -37,10 +37,6 @@ class Pool:
                             hint="apply its spec first: reconcile apply -f workers.yaml")
         return Store(self.paths.store)
 
-    @property
-    def tmux_socket(self) -> str | None:
-        return self.spec.tmux_socket if self.spec else None
-
 
 def resolve_pool(state_dir: Path, spec_file: str | None, pool: str | None) -> Pool:
     """The pool named by ``-f`` or ``--pool``, or the only pool in the state directory."""
