@@ -60,15 +60,23 @@ def _record_spec(store: Store, spec: PoolSpec, summary: str) -> tuple[int, bool]
         document_hash=spec.document_hash, document=spec.document_json, summary=summary), True
 
 
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan  # what the pass set out to do
+    report: ExecutionReport  # what it did
+    remaining: Plan  # what is still pending afterwards
+    observation: Observation  # the world afterwards
+
+
 def run_pass(pool: Pool, store: Store, spec_id: int, make_plan: PlanMaker, *,
              force: bool = False, progress: Callable[[str], None] = lambda _l: None,
-             on_plan: Callable[[Plan], None] = lambda _p: None) -> tuple[Plan, ExecutionReport,
-                                                                        Plan]:
+             on_plan: Callable[[Plan], None] = lambda _p: None) -> PassResult:
     """One observe → plan → execute pass (the caller holds the pool lock).
 
-    A second, cleaning-only pass removes worktrees the first one orphaned
-    (attempts it ended as lost).  Returns the plan, what was done, and what
-    is still pending.
+    When it acted, the pass looks again: what is left is reported, and a
+    cleaning-only step removes worktrees it orphaned (attempts it ended as
+    lost).  When it did nothing, the world is as observed and is not looked at
+    twice: that is the controller's steady state, once a second.
     """
     assert pool.spec is not None
     executor = Executor(pool.spec, spec_id, pool.paths, store, progress=progress, force=force)
@@ -76,6 +84,8 @@ def run_pass(pool: Pool, store: Store, spec_id: int, make_plan: PlanMaker, *,
     the_plan = make_plan(observation)
     on_plan(the_plan)
     report = executor.execute(the_plan, observation)
+    if not report.done and not report.problems:
+        return PassResult(the_plan, report, the_plan, observation)
     after = observe_pool(pool, store)
     remaining = make_plan(after)
     cleaning = Plan(remaining.pool, tuple(a for a in remaining.actions
@@ -86,7 +96,7 @@ def run_pass(pool: Pool, store: Store, spec_id: int, make_plan: PlanMaker, *,
         report.problems += done.problems
         after = observe_pool(pool, store)
         remaining = make_plan(after)
-    return the_plan, report, remaining
+    return PassResult(the_plan, report, remaining, after)
 
 
 def desired_plan(pool: Pool) -> PlanMaker:
@@ -110,11 +120,11 @@ def apply(pool: Pool, *, progress: Callable[[str], None] = lambda _l: None,
             store.clear_controller_stop()  # the pool is wanted (again)
             first = desired_plan(pool)(observe_pool(pool, store))
             spec_id, recorded = _record_spec(store, spec, first.summary())
-            the_plan, report, remaining = run_pass(pool, store, spec_id, desired_plan(pool),
-                                                   progress=progress, on_plan=on_plan)
+            result = run_pass(pool, store, spec_id, desired_plan(pool), progress=progress,
+                              on_plan=on_plan)
         finally:
             store.close()
-    return ApplyResult(the_plan, report, spec_id, recorded, remaining)
+    return ApplyResult(result.plan, result.report, spec_id, recorded, result.remaining)
 
 
 def converged(pool: Pool, remaining: Plan, observation: Observation) -> bool:
@@ -143,12 +153,14 @@ def converge(pool: Pool, *, timeout: float, make_plan: PlanMaker | None = None,
         while True:
             try:
                 with pool_lock(pool.paths.lock, what="apply --wait", timeout=PASS_LOCK_TIMEOUT):
-                    _, _, remaining = run_pass(pool, store, spec_id or 0, make_plan,
-                                               force=force, progress=progress)
-            except LockHeldError:
-                remaining = make_plan(observe_pool(pool, store))
+                    result = run_pass(pool, store, spec_id or 0, make_plan, force=force,
+                                      progress=progress)
+                remaining, observation = result.remaining, result.observation
+            except LockHeldError:  # another actor's pass: just look
+                observation = observe_pool(pool, store)
+                remaining = make_plan(observation)
             on_tick(remaining)
-            if check(pool, remaining, observe_pool(pool, store)):
+            if check(pool, remaining, observation):
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -289,14 +301,14 @@ class Controller:
         spec_id = store.latest_spec_id(spec.document_hash) or 0
         try:
             with pool_lock(self.pool.paths.lock, what="controller", timeout=PASS_LOCK_TIMEOUT):
-                the_plan, report, _ = run_pass(self.pool, store, spec_id, desired_plan(self.pool))
+                result = run_pass(self.pool, store, spec_id, desired_plan(self.pool))
         except LockHeldError:
             return False
-        for step in the_plan.steps:
+        for step in result.plan.steps:
             logger.info("{}", step.describe())
-        for line in report.done:
+        for line in result.report.done:
             logger.info("{}", line)
-        for problem in report.problems:
+        for problem in result.report.problems:
             logger.warning("{}", problem)
         return True
 
