@@ -11,6 +11,7 @@ import enum
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -126,12 +127,16 @@ class AppliedSpec:
 
 @dataclass(frozen=True)
 class EventRow:
+    """One entry of the pool's event log; ``fields`` holds its structured facts
+    (e.g. ``from``/``to`` of a health transition) for ``-o json`` and alerting."""
+
     id: int
     at: float
     kind: str
     worker_id: str | None
     task_id: int | None
     message: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
