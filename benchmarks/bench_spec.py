@@ -2,11 +2,13 @@
 
 Prints figures and ratios against a baseline measured in the same run:
 ``yaml.safe_load`` of the same text (what a naive loader would do, without
-validation or positions).  Run: ``python benchmarks/bench_spec.py``.
+validation or positions).  Run: ``python benchmarks/bench_spec.py [--repeat 5] [--number 20]``
+(each figure is the best of ``--repeat`` runs of ``--number`` calls).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +38,20 @@ def best_of(fn: Callable[[], object], repeat: int = 5, number: int = 20) -> floa
     return best
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repeat", type=int, default=5, metavar="N",
+                        help="timed runs; the best is shown (default: 5)")
+    parser.add_argument("--number", type=int, default=20, metavar="N",
+                        help="calls per timed run (default: 20)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.number < 1:
+        parser.error("--repeat and --number must be at least 1")
+    repeat, number = args.repeat, args.number
     text = (ROOT / "specs" / "workers.yaml").read_text()
-    ours = best_of(lambda: parse_spec(text, label="workers.yaml", base_dir=ROOT / "specs"))
-    baseline = best_of(lambda: yaml.safe_load(text))
+    ours = best_of(lambda: parse_spec(text, label="workers.yaml", base_dir=ROOT / "specs"),
+                   repeat, number)
+    baseline = best_of(lambda: yaml.safe_load(text), repeat, number)
     print(f"load+validate demo spec: {ours * 1e3:.2f} ms "
           f"(yaml.safe_load alone: {baseline * 1e3:.2f} ms, ratio {ours / baseline:.1f}x)")
 
@@ -53,7 +65,7 @@ def main() -> None:
                 return
             raise AssertionError("alias bomb accepted")
 
-        took = best_of(reject, repeat=3, number=5)
+        took = best_of(reject, repeat=(repeat + 1) // 2, number=max(1, number // 4))
         print(f"alias bomb {levels} levels x {width} aliases ({width}^{levels} values) rejected "
               f"by the {caught_by} in {took * 1e3:.2f} ms ({took / baseline:.1f}x the demo "
               "spec's safe_load)")

@@ -1,0 +1,98 @@
+"""Every script in ``benchmarks/`` still runs against the current code and prints its figures.
+
+Each runs as a subprocess at a tiny size (the figures mean nothing there; only
+that the script works).  Its temporary files and tmux sockets go to a directory
+of this test's own, which must be empty afterwards, and no process the
+benchmark started may outlive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import ROOT
+
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("bench_*.py"))
+FIGURE = r"[0-9]+(\.[0-9]+)?"
+
+# per script: the arguments that make it tiny, and one pattern per line of figures it must print
+TINY: dict[str, tuple[list[str], list[str]]] = {
+    "bench_observe.py": (["--workers", "1", "3", "--repeat", "2"], [
+        rf"^ +1 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+        rf"^ +3 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+    ]),
+    "bench_spec.py": (["--repeat", "1", "--number", "1"], [
+        rf"^load\+validate demo spec: {FIGURE} ms \(yaml\.safe_load alone: {FIGURE} ms",
+        rf"^alias bomb .* rejected by the alias cap in {FIGURE} ms",
+        rf"^alias bomb .* rejected by the expansion cap in {FIGURE} ms",
+    ]),
+}
+E2E = {"bench_observe.py"}  # drives real tmux
+
+
+def test_every_benchmark_has_a_tiny_size() -> None:
+    assert BENCHMARKS, "no benchmarks found"
+    assert sorted(TINY) == [script.name for script in BENCHMARKS]
+
+
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    # short: a tmux socket path under it must fit in sun_path (108 bytes)
+    directory = Path(tempfile.mkdtemp(prefix="rb-"))
+    try:
+        yield directory
+    finally:
+        for socket in directory.glob("**/tmux-*/*"):
+            subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
+                           check=False)
+        kill(started_under(directory))
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def started_under(directory: Path) -> list[psutil.Process]:
+    """Processes whose environment points their temporary files into ``directory``."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            env = proc.environ()
+            if any(env.get(name, "").startswith(str(directory))
+                   for name in ("TMPDIR", "TMUX_TMPDIR")):
+                found.append(proc)
+    return found
+
+
+def kill(procs: list[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+@pytest.mark.parametrize("script", [
+    pytest.param(script, id=script.name,
+                 marks=[pytest.mark.e2e] if script.name in E2E else [])
+    for script in BENCHMARKS])
+def test_benchmark_runs_and_prints_its_figures(script: Path, scratch: Path) -> None:
+    args, patterns = TINY[script.name]
+    env = {k: v for k, v in os.environ.items() if k != "TMUX"}
+    env |= {"TMPDIR": str(scratch), "TMUX_TMPDIR": str(scratch)}
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for pattern in patterns:
+        assert any(re.search(pattern, line) for line in lines), \
+            f"no line matches {pattern!r} in:\n{proc.stdout}"
+    assert not started_under(scratch), "the benchmark left processes running"
+    assert not list(scratch.iterdir()), "the benchmark left files behind"
