@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from reconciler.errors import LockHeldError, StoreError, TaskError
 from reconciler.lock import pool_lock
-from reconciler.model import Claim, RetryPolicy
+from reconciler.model import Claim
 from reconciler.paths import PoolPaths
+from reconciler.store import base
 from reconciler.store.sqlite import Store
+from reconciler.store.tasks import LATEST_ATTEMPT_AT_SQL, QUEUE_COUNTS_SQL, RUNNING_ATTEMPTS_SQL
 from reconciler.taskfile import NewTask, read_task_file
 from tests.helpers import ROOT
 
@@ -63,39 +66,7 @@ def register(store: Store, worker: str) -> None:
                           restarted=False)
 
 
-# --------------------------------------------------------------------------- claim order
-
-
-def test_claim_order_is_priority_then_oldest(store: Store) -> None:
-    store.add_tasks([("low", "p", 0)], now=1.0)
-    store.add_tasks([("high-old", "p", 5)], now=2.0)
-    store.add_tasks([("mid", "p", 1)], now=3.0)
-    store.add_tasks([("high-new", "p", 5)], now=4.0)
-
-    order = [claim(store, now=10.0).task.title for _ in range(4)]
-
-    assert order == ["high-old", "high-new", "mid", "low"]
-    assert store.claim_task("w-1", LEASE, now=10.0) is None
-    assert store.queue_counts().running == 4
-
-
-def test_claim_respects_not_before(store: Store) -> None:
-    urgent, other = store.add_tasks([("urgent", "p", 9), ("other", "p", 0)], now=1.0)
-    first = claim(store, now=10.0)
-    assert first.task.id == urgent
-    assert store.finish_attempt(first, "failed", error="flaky", policy=RetryPolicy(max_attempts=2,
-                                backoff=100.0), now=10.0) == "queued"
-    not_before = store.task(urgent).not_before
-    assert not_before > 10.0
-
-    # the retry waits: the lower-priority task goes first, then nothing is runnable
-    assert claim(store, now=11.0).task.id == other
-    assert store.claim_task("w-1", LEASE, now=not_before - 0.01) is None
-    retry = claim(store, now=not_before)
-    assert (retry.task.id, retry.attempt_number) == (urgent, 2)
-
-
-# --------------------------------------------------------------------------- concurrency
+# ------------------------------------------------------------- concurrency across processes
 
 CLAIM_LOOP = """
     import json, sys, time
@@ -140,61 +111,7 @@ def test_concurrent_claims_are_atomic(store: Store, db_path: Path, tmp_path: Pat
     assert store.queue_counts().succeeded == 200
 
 
-# --------------------------------------------------------------------------- fencing
-
-
-def test_finish_with_wrong_token_is_rejected(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    real = claim(store)
-    forged = dataclasses.replace(real, lease_token="0" * 32)
-
-    assert store.finish_attempt(forged, "succeeded", exit_code=0) is None
-    assert store.update_attempt(forged, branch="b", worktree="/w", log_path="/l") is False
-
-    assert store.task(task_id).status == "running"
-    (attempt,) = store.attempts(task_id)
-    assert (attempt.status, attempt.exit_code, attempt.branch) == ("running", None, None)
-    # the holder still can
-    assert store.update_attempt(real, branch="b", worktree="/w", log_path="/l") is True
-    assert store.finish_attempt(real, "succeeded", exit_code=0) == "succeeded"
-    assert store.task(task_id).branch == "b"
-
-
-def test_requeued_attempt_is_fenced(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    old = claim(store, "w-1")
-
-    assert store.requeue_attempts_of("w-1", "worker w-1 died", consume=False) == [task_id]
-    assert store.task(task_id).status == "queued"
-    assert store.finish_attempt(old, "succeeded", exit_code=0) is None
-    assert store.update_attempt(old, branch="late", worktree="/w", log_path="/l") is False
-    task = store.task(task_id)
-    assert (task.status, task.branch, task.last_error) == ("queued", None, "worker w-1 died")
-    assert [a.status for a in store.attempts(task_id)] == ["lost"]
-
-    new = claim(store, "w-2")
-    assert new.attempt_number == 2
-    assert store.finish_attempt(old, "failed", error="late") is None
-    assert store.finish_attempt(new, "succeeded", exit_code=0) == "succeeded"
-    assert [a.status for a in store.attempts(task_id)] == ["lost", "succeeded"]
-
-
-@pytest.mark.parametrize(("consume", "max_attempts", "expected", "budget_used"), [
-    pytest.param(True, 1, "failed", 1, id="crash-uses-the-last-attempt"),
-    pytest.param(True, 2, "queued", 1, id="crash-with-attempts-left"),
-    pytest.param(False, 1, "queued", 0, id="operator-stop-is-free"),
-])
-def test_lost_attempts_and_the_attempt_budget(store: Store, consume: bool, max_attempts: int,
-                                              expected: str, budget_used: int) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    claim(store, "w-1")
-    store.requeue_attempts_of("w-1", "worker w-1 died", consume=consume,
-                              policy=RetryPolicy(max_attempts=max_attempts))
-    task = store.task(task_id)
-    assert (task.status, task.attempts, task.last_error) == (expected, budget_used,
-                                                             "worker w-1 died")
-    if expected == "queued":  # the next attempt still gets a number of its own
-        assert claim(store, "w-2").attempt_number == 2
+# --------------------------------------------------------------------------- validation
 
 
 def test_task_text_with_nul_or_huge_priority_is_refused(store: Store) -> None:
@@ -203,111 +120,6 @@ def test_task_text_with_nul_or_huge_priority_is_refused(store: Store) -> None:
     with pytest.raises(TaskError, match="out of range"):
         store.add_tasks([("t", "p", 10**20)])
     assert store.tasks() == []
-
-
-# --------------------------------------------------------------------------- retries
-
-
-def test_retries_back_off_then_fail_with_last_error(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)], now=0.0)
-    backoff = 10.0
-    now = 1000.0
-    for number in (1, 2):
-        c = claim(store, now=now)
-        assert c.attempt_number == number
-        status = store.finish_attempt(c, "failed", exit_code=1, error=f"boom {number}",
-                                      policy=RetryPolicy(max_attempts=3, backoff=backoff), now=now)
-        assert status == "queued"
-        task = store.task(task_id)
-        delay = backoff * 2 ** (number - 1)
-        assert now + 0.8 * delay <= task.not_before <= now + 1.2 * delay
-        assert task.last_error == f"boom {number}"
-        now = task.not_before
-
-    last = claim(store, now=now)
-    policy = RetryPolicy(max_attempts=3, backoff=backoff)
-    assert store.finish_attempt(last, "timeout", error="timed out after 5s", policy=policy,
-                                now=now) == "failed"
-    task = store.task(task_id)
-    assert (task.status, task.attempts, task.last_error) == ("failed", 3, "timed out after 5s")
-    assert [a.status for a in store.attempts(task_id)] == ["failed", "failed", "timeout"]
-    assert store.claim_task("w-1", LEASE, now=now + 10_000) is None
-
-
-def test_backoff_jitter_stays_within_bounds(store: Store) -> None:
-    ids = store.add_tasks([(f"t{i}", "p", 0) for i in range(40)], now=0.0)
-    for _ in ids:
-        store.finish_attempt(claim(store, now=1.0), "failed", error="x",
-                             policy=RetryPolicy(max_attempts=5, backoff=4.0), now=1.0)
-    delays = [store.task(i).not_before - 1.0 for i in ids]
-    assert all(3.2 <= d <= 4.8 for d in delays), delays
-    assert len(set(delays)) > 1, "no jitter"
-
-
-# --------------------------------------------------------------------------- cancel
-
-
-def test_cancel_queued_task_at_once(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    assert store.cancel_task(task_id) == "cancelled"
-    assert store.task(task_id).status == "cancelled"
-    assert store.claim_task("w-1", LEASE) is None
-
-
-def test_cancel_running_task_is_requested_through_heartbeat(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    c = claim(store)
-    assert store.heartbeat("w-1", c, LEASE) == (False, False)
-
-    assert store.cancel_task(task_id) == "running"
-    task = store.task(task_id)
-    assert (task.status, task.cancel_requested) == ("running", True)
-    assert store.heartbeat("w-1", c, LEASE) == (False, True)
-
-    assert store.finish_attempt(c, "cancelled", error="cancelled by operator") == "cancelled"
-    assert store.task(task_id).status == "cancelled"
-
-
-@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled"])
-def test_cancel_finished_task_is_an_error(store: Store, final: str) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    store.finish_attempt(claim(store), final, error=None if final == "succeeded" else "x")
-    assert store.task(task_id).status == final
-    with pytest.raises(TaskError, match=f"already {final}"):
-        store.cancel_task(task_id)
-    assert store.task(task_id).status == final
-
-
-def test_cancel_unknown_task_is_an_error(store: Store) -> None:
-    with pytest.raises(TaskError, match="no task with id 42"):
-        store.cancel_task(42)
-
-
-# --------------------------------------------------------------------------- heartbeat
-
-
-def test_heartbeat_reports_drain_and_extends_lease(store: Store) -> None:
-    register(store, "w-1")
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    c = claim(store, "w-1", now=100.0)
-    assert store.attempts(task_id)[0].lease_expires_at == 100.0 + LEASE
-
-    assert store.heartbeat("w-1", c, 30.0, now=150.0) == (False, False)
-    assert store.attempts(task_id)[0].lease_expires_at == 180.0
-    assert store.workers()[0].heartbeat_at == 150.0
-
-    store.request_drain("w-1", "spec changed")
-    assert store.heartbeat("w-1", c, 30.0, now=160.0) == (True, False)
-    assert store.heartbeat("w-1", None, 30.0, now=170.0) == (True, False)
-    assert store.attempts(task_id)[0].lease_expires_at == 190.0
-
-
-def test_heartbeat_with_a_fenced_claim_does_not_extend(store: Store) -> None:
-    (task_id,) = store.add_tasks([("t", "p", 0)])
-    c = claim(store, "w-1", now=100.0)
-    forged = dataclasses.replace(c, lease_token="f" * 32)
-    store.heartbeat("w-1", forged, LEASE, now=150.0)
-    assert store.attempts(task_id)[0].lease_expires_at == 100.0 + LEASE
 
 
 # --------------------------------------------------------------------------- permissions
@@ -395,6 +207,235 @@ def test_events_last_n_in_order(store: Store) -> None:
     after = store.events(after_id=last[0].id)
     assert [e.message for e in after] == ["event 8", "event 9"]
     assert [e.message for e in store.events(after_id=last[0].id, last=1)] == ["event 9"]
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def connect(db_path: Path) -> closing[sqlite3.Connection]:
+    """A plain connection of the test's own, closed at the end of its ``with`` block."""
+    return closing(sqlite3.connect(db_path, isolation_level=None))
+
+
+def user_version(db_path: Path) -> int:
+    with connect(db_path) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def test_opening_a_current_store_writes_nothing(store: Store, db_path: Path) -> None:
+    """A write on open (even of an unchanged user_version) would wake every watcher."""
+    before = store.data_version()
+    Store(db_path).close()
+    assert store.data_version() == before
+    assert user_version(db_path) == base.SCHEMA_VERSION == 2
+
+
+def _version_1_store(db_path: Path) -> None:
+    """A store as schema version 1 left it: events without ``fields``, no attempt indexes."""
+    schema = base._SCHEMA
+    for new in (",\n    fields TEXT", "CREATE INDEX IF NOT EXISTS attempts_by_worktree",
+                "CREATE INDEX IF NOT EXISTS attempts_by_status"):
+        assert new in schema
+    v1 = "\n".join(line for line in schema.replace(",\n    fields TEXT", "").splitlines()
+                   if "attempts_by_worktree" not in line and "attempts_by_status" not in line)
+    with connect(db_path) as db:
+        db.executescript(v1)
+        db.execute("INSERT INTO events (at, kind, message) VALUES (1.0, 'old.event', 'v1')")
+        db.execute("PRAGMA user_version = 1")
+
+
+def test_version_1_store_is_migrated_once(db_path: Path) -> None:
+    _version_1_store(db_path)
+
+    with Store(db_path) as store:
+        assert user_version(db_path) == 2
+        store.add_event("new.event", "v2", fields={"n": 1})
+        assert [(e.kind, e.fields) for e in store.events()] == [
+            ("old.event", {}), ("new.event", {"n": 1})]
+        before = store.data_version()
+        Store(db_path).close()  # already migrated: nothing runs, nothing is written
+        assert store.data_version() == before
+    with connect(db_path) as db:
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"attempts_by_worktree", "attempts_by_status"} <= indexes
+
+
+def test_store_of_a_newer_reconciler_is_refused(db_path: Path) -> None:
+    with connect(db_path) as db:
+        db.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="newer reconciler"):
+        Store(db_path)
+    assert user_version(db_path) == 99
+
+
+def test_store_is_a_context_manager(db_path: Path) -> None:
+    with Store(db_path) as store:
+        store.add_tasks([("t", "p", 0)])
+    with pytest.raises(StoreError, match="closed"):
+        store.tasks()
+
+
+# --------------------------------------------------------------------------- query plans
+
+
+@pytest.mark.parametrize(("sql", "uses"), [
+    pytest.param(QUEUE_COUNTS_SQL, "USING COVERING INDEX tasks_by_claim_order",
+                 id="queue-counts"),
+    pytest.param(LATEST_ATTEMPT_AT_SQL, "USING INDEX attempts_by_worktree",
+                 id="attempt-worktrees"),
+    pytest.param(RUNNING_ATTEMPTS_SQL, "USING INDEX attempts_by_status", id="running-attempts"),
+])
+def test_per_pass_queries_use_an_index(store: Store, db_path: Path, sql: str,
+                                       uses: str) -> None:
+    """Each pass runs these; a table scan would grow with the pool's whole history."""
+    with connect(db_path) as db:
+        plan = " / ".join(r[3] for r in db.execute(
+            f"EXPLAIN QUERY PLAN {sql}", ("/w",) if "?" in sql else ()))
+    assert uses in plan, plan
+
+
+def _attempt_at(store: Store, worktree: str, status: str) -> None:
+    store.add_tasks([("t", "p", 0)])
+    c = claim(store)
+    assert store.update_attempt(c, branch="b", worktree=worktree, log_path="/l")
+    assert store.finish_attempt(c, status, error=None if status == "succeeded" else "x")
+
+
+def test_attempt_worktrees_reads_only_the_given_paths(store: Store) -> None:
+    _attempt_at(store, "/w/a", "failed")
+    _attempt_at(store, "/w/a", "succeeded")  # the latest attempt at a path counts
+    _attempt_at(store, "/w/b", "failed")
+    _attempt_at(store, "/w/old", "failed")
+
+    assert store.attempt_worktrees(["/w/a", "/w/b", "/w/unknown"]) == {
+        "/w/a": "succeeded", "/w/b": "failed"}
+    assert store.attempt_worktrees([]) == {}
+    assert store.attempt_worktrees() == {  # the old call still reads every path
+        "/w/a": "succeeded", "/w/b": "failed", "/w/old": "failed"}
+
+
+# --------------------------------------------------------------------------- events with fields
+
+
+def test_events_carry_structured_fields(store: Store) -> None:
+    store.add_event("plain", "no fields")
+    store.add_event("rich", "with fields", fields={"to": "dead", "n": [1, 2]})
+    assert [e.fields for e in store.events()] == [{}, {"to": "dead", "n": [1, 2]}]
+
+
+def test_health_attempt_and_start_events_record_their_facts(store: Store) -> None:
+    register(store, "w-1")
+    spec_id = store.latest_spec_id("h")
+    assert spec_id is not None
+    store.register_worker("w-1", runtime="process", pid=None, pid_create_time=None,
+                          spec_id=spec_id, template_hash="t", template_digests={},
+                          restarted=True, counted=True, reason="exited (exit 1)")
+    store.set_health("w-1", "recovering", "healthy", "heartbeating")
+    (task_id,) = store.add_tasks([("t", "p", 0)])
+    c = claim(store, "w-1")
+    store.finish_attempt(c, "failed", exit_code=2, error="boom")
+
+    fields = {e.kind: dict(e.fields) for e in store.events()}
+    assert fields["worker.started"] == {"counted": False, "reason": ""}
+    assert fields["worker.restarted"] == {"counted": True, "reason": "exited (exit 1)"}
+    assert fields["worker.health"] == {"from": "recovering", "to": "healthy",
+                                       "reason": "heartbeating"}
+    assert fields["attempt.started"] == {"attempt": 1, "status": "running",
+                                         "task_status": "running"}
+    assert fields["attempt.failed"] == {"attempt": 1, "status": "failed",
+                                        "task_status": "failed", "exit_code": 2}
+    assert store.task(task_id).status == "failed"
+
+
+def test_lost_attempt_event_records_its_facts(store: Store) -> None:
+    store.add_tasks([("t", "p", 0)])
+    claim(store, "w-1")
+    store.requeue_attempts_of("w-1", "worker w-1 died", consume=True)
+    (lost,) = [e for e in store.events() if e.kind == "attempt.lost"]
+    assert lost.fields == {"attempt": 1, "status": "lost", "task_status": "failed",
+                           "consumed": True}
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def test_removed_worker_is_stopped_not_dead(store: Store) -> None:
+    register(store, "w-1")
+    store.set_health("w-1", "recovering", "healthy", "heartbeating")
+    store.mark_worker_removed("w-1", "scaled down", now=50.0)
+
+    (row,) = store.workers(include_removed=True)
+    assert (row.removed, row.state, row.health, row.health_since) == (
+        True, "stopped", "stopped", 50.0)
+    last = store.events()[-1]
+    assert (last.kind, last.fields) == (
+        "worker.health", {"from": "healthy", "to": "stopped", "reason": "scaled down"})
+
+
+def test_budget_reset_is_never_silent(store: Store) -> None:
+    register(store, "w-1")
+    spec_id = store.latest_spec_id("h")
+    assert spec_id is not None
+    store.register_worker("w-1", runtime="process", pid=None, pid_create_time=None,
+                          spec_id=spec_id, template_hash="t2", template_digests={},
+                          restarted=True, reset_budget=True, reason="spec changed")
+    resets = [e for e in store.events() if e.kind == "worker.budget_reset"]
+    assert [(e.worker_id, e.fields) for e in resets] == [("w-1", {"reason": "spec changed"})]
+
+
+def test_forget_worker_process_clears_its_pid(store: Store) -> None:
+    register(store, "w-1")
+    store.set_worker_process("w-1", 4242, 12.5)
+    store.forget_worker_process("w-1")
+    (row,) = store.workers()
+    assert (row.pid, row.pid_create_time) == (None, None)
+
+
+def test_worker_heartbeat_is_the_latest_beat(store: Store) -> None:
+    register(store, "w-1")
+    assert store.worker_heartbeat("w-1") is None
+    store.heartbeat("w-1", None, LEASE, now=123.0)
+    assert store.worker_heartbeat("w-1") == 123.0
+    assert store.worker_heartbeat("w-9") is None
+
+
+# --------------------------------------------------------------------------- controller, pool
+
+
+def test_controller_launch_then_register_records_one_start(store: Store) -> None:
+    store.record_controller_launch(4242, 1.5, now=10.0)
+    info = store.controller()
+    assert info is not None
+    assert (info.pid, info.pid_create_time, info.started_at, info.heartbeat_at) == (
+        4242, 1.5, 10.0, 10.0)
+    assert [e for e in store.events() if e.kind == "controller.started"] == []
+
+    store.register_controller(4242, 1.5, now=11.0)
+    starts = [e for e in store.events() if e.kind == "controller.started"]
+    assert [e.fields for e in starts] == [{"pid": 4242}]
+
+
+def test_latest_spec_is_the_newest_generation(store: Store) -> None:
+    assert store.latest_spec() is None
+    store.record_applied_spec(source_path=None, source_sha256="a", git_commit=None,
+                              document_hash="ha", document='{"n": 1}', summary="one")
+    second = store.record_applied_spec(source_path=None, source_sha256="b", git_commit=None,
+                                       document_hash="hb", document='{"n": 2}', summary="two")
+    assert store.latest_spec() == (second, {"n": 2})
+
+
+def test_deleting_mark_survives_until_cleared(store: Store, db_path: Path) -> None:
+    assert store.deleting() is None
+    store.set_deleting("reconcile delete", now=100.0)
+    store.set_deleting("reconcile delete (again)", now=200.0)  # the first start stays
+    with Store(db_path) as other:  # an interrupted delete is visible to the next command
+        assert other.deleting() == 100.0
+    store.set_deleting(None, now=300.0)
+    assert store.deleting() is None
+    store.set_deleting(None, now=400.0)  # nothing to clear: no event
+    kinds = [e.kind for e in store.events()]
+    assert kinds == ["pool.deleting", "pool.deleting", "pool.deleting_cleared"]
+    assert store.events()[0].fields == {"reason": "reconcile delete"}
 
 
 # --------------------------------------------------------------------------- WAL regression
@@ -577,30 +618,3 @@ def test_task_file_missing(tmp_path: Path) -> None:
         read_task_file(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize(("status", "exit_code", "policy", "expected"), [
-    pytest.param("timeout", None, RetryPolicy(3, 0.0, frozenset({"failed"})), "failed",
-                 id="timeout-not-in-retryOn"),
-    pytest.param("failed", 2, RetryPolicy(3, 0.0, no_retry_exit_codes=frozenset({2})),
-                 "failed", id="non-retryable-exit-code"),
-    pytest.param("failed", 1, RetryPolicy(3, 0.0, no_retry_exit_codes=frozenset({2})),
-                 "queued", id="retryable-exit-code"),
-])
-def test_retry_policy_decides_what_is_retried(store: Store, status: str, exit_code: int | None,
-                                              policy: RetryPolicy, expected: str) -> None:
-    store.add_tasks([("t", "p", 0)])
-    assert store.finish_attempt(claim(store, "w-1"), status, exit_code=exit_code,
-                                error="boom", policy=policy) == expected
-
-
-def test_rate_limited_attempt_is_free_and_pauses_claiming(store: Store) -> None:
-    store.add_tasks([("a", "p", 5), ("b", "p", 0)], now=0.0)
-    first = claim(store, "w-1", now=1.0)
-    assert store.finish_attempt(first, "rate_limited", exit_code=75, error="limit",
-                                policy=RetryPolicy(1), resume_at=100.0, now=2.0) == "queued"
-    task = store.task(first.task.id)
-    assert (task.status, task.attempts, task.not_before) == ("queued", 0, 100.0)
-    assert store.paused_until() == 100.0
-    assert store.claim_task("w-2", 30, now=50.0) is None  # even task b waits
-    resumed = store.claim_task("w-2", 30, now=100.5)
-    assert resumed is not None and resumed.task.id == first.task.id
-    assert resumed.attempt_number == 2

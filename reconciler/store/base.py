@@ -7,17 +7,19 @@ files 0600 (SQLite gives ``-wal`` and ``-shm`` the database file's mode).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from reconciler.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 15_000
 
 _SCHEMA = """
@@ -71,6 +73,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     last_output_at REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
+CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
+CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     runtime TEXT NOT NULL,
@@ -115,9 +119,27 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     worker_id TEXT,
     task_id INTEGER,
-    message TEXT NOT NULL
+    message TEXT NOT NULL,
+    fields TEXT
 );
 """
+
+# Schema version -> the columns a store of the version before it lacks: (table, column, decl).
+_MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    2: (("events", "fields", "TEXT"),),
+}
+
+def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` unless the column is there already (a store
+    whose schema was created after the column was introduced)."""
+    columns = {str(r["name"]) for r in db.execute(f"PRAGMA table_info({table})")}
+    if column not in columns:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"cannot open the task store {path}: {exc}",
+                      hint="check the state directory's permissions and free space")
 
 
 def _create_private(path: Path) -> None:
@@ -146,27 +168,63 @@ class Database:
             _create_private(path)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _open_error(path, exc) from exc
+        try:
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.executescript(_SCHEMA)
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{path} was written by a newer reconciler (schema {version})",
-                                 hint="upgrade reconciler")
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the task store {path}: {exc}",
-                             hint="check the state directory's permissions and free space") from exc
+            self._ensure_schema()
+        except (sqlite3.Error, StoreError) as exc:
+            self._db.close()  # a store that cannot be used must not hold a connection
+            if isinstance(exc, StoreError):
+                raise
+            raise _open_error(path, exc) from exc
         for suffix in ("-wal", "-shm"):
             companion = path.with_name(path.name + suffix)
             if companion.exists():
                 companion.chmod(0o600)
 
+    def _ensure_schema(self) -> None:
+        """Create or migrate the schema, writing nothing when it is already current.
+
+        Any write (even of an unchanged ``user_version``) bumps ``PRAGMA
+        data_version`` and so wakes every controller watching the store.  The
+        version is read again under the write lock: of two processes opening an
+        old store at once, only the first migrates it.
+        """
+        if self._user_version() == SCHEMA_VERSION:
+            return
+        with self.transaction() as db:
+            version = self._user_version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path} was written by a newer reconciler"
+                                 f" (schema {version})", hint="upgrade reconciler")
+            if version == SCHEMA_VERSION:
+                return
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for table, column, decl in _MIGRATIONS.get(step, ()):
+                    _add_column(db, table, column, decl)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _user_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        """Close the connection however the block ends; exceptions propagate."""
+        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -197,9 +255,12 @@ class Database:
 
     @staticmethod
     def _event(db: sqlite3.Connection, now: float, kind: str, worker_id: str | None,
-               task_id: int | None, message: str) -> None:
-        db.execute("INSERT INTO events (at, kind, worker_id, task_id, message)"
-                   " VALUES (?, ?, ?, ?, ?)", (now, kind, worker_id, task_id, message))
+               task_id: int | None, message: str,
+               fields: Mapping[str, Any] | None = None) -> None:
+        """Log an event; ``fields`` keeps its facts machine-readable (NULL when none)."""
+        encoded = json.dumps(dict(fields), sort_keys=True) if fields else None
+        db.execute("INSERT INTO events (at, kind, worker_id, task_id, message, fields)"
+                   " VALUES (?, ?, ?, ?, ?, ?)", (now, kind, worker_id, task_id, message, encoded))
 
 
 def jitter() -> float:

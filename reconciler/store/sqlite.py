@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import StoreError
@@ -39,20 +40,56 @@ class Store(TaskQueue, WorkerRegistry):
         document: dict[str, Any] = json.loads(rows[0]["document"])
         return document
 
+    def latest_spec(self) -> tuple[int, dict[str, Any]] | None:
+        """The newest applied spec's id (its generation) and document, or None before the
+        first apply; one row read, so a pass can check it cheaply every time."""
+        rows = self._query("SELECT id, document FROM applied_specs ORDER BY id DESC LIMIT 1")
+        if not rows:
+            return None
+        document: dict[str, Any] = json.loads(rows[0]["document"])
+        return int(rows[0]["id"]), document
+
     def history(self) -> list[AppliedSpec]:
         return [AppliedSpec(r["id"], r["applied_at"], r["source_path"], r["source_sha256"],
                             r["git_commit"], r["document_hash"], r["summary"])
                 for r in self._query("SELECT * FROM applied_specs ORDER BY id")]
 
     def add_event(self, kind: str, message: str, *, worker_id: str | None = None,
-                  task_id: int | None = None, now: float | None = None) -> None:
+                  task_id: int | None = None, now: float | None = None,
+                  fields: Mapping[str, Any] | None = None) -> None:
         now = time.time() if now is None else now
         with self.transaction() as db:
-            self._event(db, now, kind, worker_id, task_id, message)
+            self._event(db, now, kind, worker_id, task_id, message, fields)
 
     def events(self, after_id: int = 0, last: int | None = None) -> list[EventRow]:
         """Events after ``after_id`` in order; only the ``last`` N of them if given."""
         rows = self._query("SELECT * FROM (SELECT * FROM events WHERE id > ? ORDER BY id DESC"
                            " LIMIT ?) ORDER BY id", (after_id, -1 if last is None else last))
-        return [EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"], r["message"])
+        return [EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"], r["message"],
+                         json.loads(r["fields"]) if r["fields"] else {})
                 for r in rows]
+
+    # ------------------------------------------------------------------ pool deletion
+
+    def set_deleting(self, reason: str | None, now: float | None = None) -> None:
+        """Mark the pool as being deleted (``reason`` given) or no longer (None).
+
+        Set before ``delete`` stops anything, so a delete that was interrupted
+        can be named by ``status``; a repeated mark keeps the original start.
+        """
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            if reason is not None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('deleting_since', ?)"
+                           " ON CONFLICT (key) DO NOTHING", (repr(now),))
+                self._event(db, now, "pool.deleting", None, None, reason, {"reason": reason})
+                return
+            cur = db.execute("DELETE FROM meta WHERE key = 'deleting_since'")
+            if cur.rowcount:
+                self._event(db, now, "pool.deleting_cleared", None, None,
+                            "no delete in progress any more")
+
+    def deleting(self) -> float | None:
+        """When the delete in progress (or interrupted) began; None when there is none."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'deleting_since'")
+        return float(rows[0]["value"]) if rows else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from reconciler.errors import TaskError
 from reconciler.model import (
@@ -21,9 +21,15 @@ from reconciler.model import (
     RetryPolicy,
     TaskRow,
 )
+from reconciler.retry import decide_outcome, requeue_policy
 from reconciler.store.base import Database, jitter
 
 MAX_PRIORITY = 1_000_000_000
+
+# Queries run on every controller pass; named so tests can check their plans use an index.
+QUEUE_COUNTS_SQL = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"
+LATEST_ATTEMPT_AT_SQL = "SELECT status FROM attempts WHERE worktree = ? ORDER BY id DESC LIMIT 1"
+RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
 
 
 def check_task_fields(title: str, prompt: str, priority: int) -> None:
@@ -49,8 +55,8 @@ class TaskQueue(Database):
                     "INSERT INTO tasks (title, prompt, priority, status, created_at, updated_at)"
                     " VALUES (?, ?, ?, 'queued', ?, ?)", (title, prompt, priority, now, now))
                 ids.append(int(cur.lastrowid or 0))
-                db.execute("INSERT INTO events (at, kind, task_id, message) VALUES (?,?,?,?)",
-                           (now, "task.queued", cur.lastrowid, f"queued: {title}"))
+                self._event(db, now, "task.queued", None, ids[-1], f"queued: {title}",
+                            {"priority": priority})
         return ids
 
     def task(self, task_id: int) -> TaskRow:
@@ -74,8 +80,9 @@ class TaskQueue(Database):
         return [_attempt(r) for r in rows]
 
     def queue_counts(self) -> QueueCounts:
-        counts = {r["status"]: r["n"] for r in self._query(
-            "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status")}
+        """Tasks per status: a GROUP BY over the covering index ``tasks_by_claim_order``
+        (never the table's rows, whose prompts can be large)."""
+        counts = {r["status"]: r["n"] for r in self._query(QUEUE_COUNTS_SQL)}
         return QueueCounts(**counts)
 
     def retry_task(self, task_id: int, now: float | None = None) -> None:
@@ -145,7 +152,8 @@ class TaskQueue(Database):
             db.execute("UPDATE workers SET state = 'working', current_task = ? WHERE id = ?",
                        (row["id"], worker_id))
             self._event(db, now, "attempt.started", worker_id, row["id"],
-                        f"attempt {number} started")
+                        f"attempt {number} started",
+                        {"attempt": number, "status": "running", "task_status": "running"})
             task = _task(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
         return Claim(task, int(cur.lastrowid or 0), number, token)
 
@@ -166,21 +174,28 @@ class TaskQueue(Database):
         """Record a heartbeat and extend the held lease.
 
         Returns ``(drain_requested, cancel_requested)`` so the worker learns in
-        the same round trip whether to stop after this task or abandon it.
+        the same round trip whether to stop after this task or abandon it.  A
+        ``claim`` whose lease was taken away (its attempt requeued as ``lost``,
+        or a token that never held it) extends nothing and reports
+        ``cancel_requested``: its result would be rejected, and the task may
+        already run elsewhere.  A beat that races the holder's own
+        ``finish_attempt`` extends nothing and asks for nothing.
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
             db.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (now, worker_id))
             cancel = False
             if claim is not None:
-                db.execute("UPDATE attempts SET lease_expires_at = ?,"
-                           " last_output_at = COALESCE(?, last_output_at) WHERE id = ?"
-                           " AND lease_token = ? AND status = 'running'",
-                           (now + lease_seconds, last_output_at, claim.attempt_id,
-                            claim.lease_token))
+                cur = db.execute("UPDATE attempts SET lease_expires_at = ?,"
+                                 " last_output_at = COALESCE(?, last_output_at) WHERE id = ?"
+                                 " AND lease_token = ? AND status = 'running'",
+                                 (now + lease_seconds, last_output_at, claim.attempt_id,
+                                  claim.lease_token))
                 row = db.execute("SELECT cancel_requested FROM tasks WHERE id = ?",
                                  (claim.task.id,)).fetchone()
                 cancel = bool(row and row["cancel_requested"])
+                if cur.rowcount != 1:
+                    cancel = _lease_taken_away(db, claim)
             row = db.execute("SELECT drain_requested FROM workers WHERE id = ?",
                              (worker_id,)).fetchone()
         return bool(row and row["drain_requested"]), cancel
@@ -218,7 +233,9 @@ class TaskQueue(Database):
             self._event(db, now, f"attempt.{status}", worker_id, claim.task.id,
                         f"attempt {claim.attempt_number} {status}"
                         + (f" (exit {exit_code})" if exit_code is not None else "")
-                        + f"; task {task_status}")
+                        + f"; task {task_status}",
+                        {"attempt": claim.attempt_number, "status": status,
+                         "task_status": task_status, "exit_code": exit_code})
         return task_status
 
     def _pause_for_rate_limit(self, db: sqlite3.Connection, task_id: int, error: str | None,
@@ -243,24 +260,17 @@ class TaskQueue(Database):
     def _settle_task(self, db: sqlite3.Connection, task_id: int, status: str,
                      error: str | None, policy: RetryPolicy, now: float,
                      exit_code: int | None = None) -> str:
-        """Decide what an ended attempt means for its task: done, retried later, or failed."""
+        """Apply ``retry.decide_outcome`` to an ended attempt's task: the decision is pure,
+        this only reads its inputs and writes its result inside the caller's transaction."""
         row = db.execute("SELECT attempts, cancel_requested FROM tasks WHERE id = ?",
                          (task_id,)).fetchone()
-        used = int(row["attempts"])
-        retryable = status in policy.retry_on and exit_code not in policy.no_retry_exit_codes
-        if status == "succeeded":
-            new, not_before = "succeeded", 0.0
-        elif status == "cancelled" or row["cancel_requested"]:
-            new, not_before = "cancelled", 0.0
-        elif retryable and used < policy.max_attempts:
-            new = "queued"
-            not_before = now + policy.backoff * (2 ** max(used - 1, 0)) * jitter()
-        else:
-            new, not_before = "failed", 0.0
+        outcome = decide_outcome(policy, status, exit_code, int(row["attempts"]),
+                                 bool(row["cancel_requested"]), now, jitter())
         db.execute("UPDATE tasks SET status = ?, not_before = ?, last_error = ?, updated_at = ?,"
                    " cancel_requested = 0 WHERE id = ?",
-                   (new, not_before, error if status != "succeeded" else None, now, task_id))
-        return new
+                   (outcome.status, outcome.not_before,
+                    error if status != "succeeded" else None, now, task_id))
+        return outcome.status
 
     def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
                             policy: RetryPolicy | None = None,
@@ -273,44 +283,68 @@ class TaskQueue(Database):
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
-            rows = db.execute("SELECT id, task_id FROM attempts WHERE worker_id = ?"
+            rows = db.execute("SELECT id, task_id, number FROM attempts WHERE worker_id = ?"
                               " AND status = 'running'", (worker_id,)).fetchall()
+            effective = requeue_policy(policy or RetryPolicy(), consume)
             for row in rows:
                 db.execute("UPDATE attempts SET status = 'lost', ended_at = ?, error = ?"
                            " WHERE id = ?", (now, reason, row["id"]))
-                if not consume:
+                if not consume:  # the attempt is given back to the task's budget
                     db.execute("UPDATE tasks SET attempts = MAX(attempts - 1, 0) WHERE id = ?",
                                (row["task_id"],))
-                effective = policy or RetryPolicy()
-                if not consume:  # an operator's stop: retried at once, whatever retryOn says
-                    effective = RetryPolicy(max_attempts=max(effective.max_attempts, 1))
                 settled = self._settle_task(db, row["task_id"], "lost", reason, effective, now)
                 self._event(db, now, "attempt.lost", worker_id, row["task_id"],
-                            f"{reason}; task {settled}")
+                            f"{reason}; task {settled}",
+                            {"attempt": int(row["number"]), "status": "lost",
+                             "task_status": settled, "consumed": consume})
             db.execute("UPDATE workers SET current_task = NULL WHERE id = ?", (worker_id,))
         return [int(r["task_id"]) for r in rows]
 
-    def attempt_worktrees(self) -> dict[str, str]:
-        """Each worktree path an attempt recorded, with the status of its latest attempt."""
-        rows = self._query("SELECT worktree, status FROM attempts WHERE worktree IS NOT NULL"
-                           " ORDER BY id")
-        return {str(r["worktree"]): str(r["status"]) for r in rows}
+    def attempt_worktrees(self, paths: Collection[str] | None = None) -> dict[str, str]:
+        """The status of the latest attempt that recorded each of ``paths`` as its worktree.
+
+        Paths no attempt recorded are left out.  Each path is an index lookup
+        (``attempts_by_worktree``), so the cost follows the worktrees on disk,
+        not the attempt history.  ``None`` (the old call) reads every path ever
+        recorded; callers should pass the paths they found instead.
+        """
+        if paths is None:
+            rows = self._query("SELECT worktree, status FROM attempts WHERE worktree IS NOT NULL"
+                               " ORDER BY id")
+            return {str(r["worktree"]): str(r["status"]) for r in rows}
+        found: dict[str, str] = {}
+        for path in dict.fromkeys(paths):
+            rows = self._query(LATEST_ATTEMPT_AT_SQL, (path,))
+            if rows:
+                found[path] = str(rows[0]["status"])
+        return found
 
     def running_attempts(self, worker_id: str | None = None) -> list[AttemptRow]:
         """Attempts in progress (of ``worker_id`` only, if given)."""
         if worker_id is None:
-            return [_attempt(r) for r in self._query(
-                "SELECT * FROM attempts WHERE status = 'running' ORDER BY id")]
+            return [_attempt(r) for r in self._query(RUNNING_ATTEMPTS_SQL)]
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
 
-    def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> None:
+    def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> bool:
         """Record the task command's pid (its process group) and start time, so it can
-        be killed later without hitting a recycled pid."""
+        be killed later without hitting a recycled pid.
+
+        Returns False, changing nothing, when ``claim`` no longer holds its lease.
+        """
         with self.transaction() as db:
-            db.execute("UPDATE attempts SET pid = ?, pid_create_time = ? WHERE id = ?"
-                       " AND lease_token = ?",
-                       (pid, create_time, claim.attempt_id, claim.lease_token))
+            cur = db.execute("UPDATE attempts SET pid = ?, pid_create_time = ? WHERE id = ?"
+                             " AND lease_token = ? AND status = 'running'",
+                             (pid, create_time, claim.attempt_id, claim.lease_token))
+            return cur.rowcount == 1
+
+
+def _lease_taken_away(db: sqlite3.Connection, claim: Claim) -> bool:
+    """Whether ``claim``'s attempt was ended by someone else (requeued as ``lost``) or
+    never belonged to its token, rather than finished by the holder itself."""
+    row = db.execute("SELECT status FROM attempts WHERE id = ? AND lease_token = ?",
+                     (claim.attempt_id, claim.lease_token)).fetchone()
+    return row is None or row["status"] == "lost"
 
 
 def _worker_of(db: sqlite3.Connection, attempt_id: int) -> str | None:

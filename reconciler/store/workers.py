@@ -23,7 +23,8 @@ class WorkerRegistry(Database):
         worker's own first write can never be overwritten by this one.
         ``counted`` restarts (crashes, hangs) enter the restart history that
         the restart budget is checked against; planned ones (rolls) do not.
-        ``reset_budget`` starts a new budget (a new spec, an operator restart).
+        ``reset_budget`` starts a new budget (a new spec, an operator restart)
+        and says so in a ``worker.budget_reset`` event naming ``reason``.
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
@@ -50,13 +51,32 @@ class WorkerRegistry(Database):
                            (worker_id, now, reason))
             self._event(db, now, "worker.restarted" if restarted else "worker.started",
                         worker_id, None,
-                        f"starting as {runtime}" + (f" (after: {reason})" if reason else ""))
+                        f"starting as {runtime}" + (f" (after: {reason})" if reason else ""),
+                        {"counted": counted, "reason": reason})
+            if reset_budget:
+                self._event(db, now, "worker.budget_reset", worker_id, None,
+                            f"restart budget reset: {reason or 'new start'}",
+                            {"reason": reason})
 
     def set_worker_process(self, worker_id: str, pid: int, create_time: float | None) -> None:
         """Record the process the runtime started for ``worker_id``."""
         with self.transaction() as db:
             db.execute("UPDATE workers SET pid = ?, pid_create_time = ? WHERE id = ?",
                        (pid, create_time, worker_id))
+
+    def forget_worker_process(self, worker_id: str) -> None:
+        """Clear the pid of a worker whose process is gone, so a released worker's
+        row no longer points at a process (and is not seen as remains again)."""
+        with self.transaction() as db:
+            db.execute("UPDATE workers SET pid = NULL, pid_create_time = NULL WHERE id = ?",
+                       (worker_id,))
+
+    def worker_heartbeat(self, worker_id: str) -> float | None:
+        """The worker's latest heartbeat (None: never, or no such worker); one row read,
+        cheap enough to re-check right before a counted restart."""
+        rows = self._query("SELECT heartbeat_at FROM workers WHERE id = ?", (worker_id,))
+        return float(rows[0]["heartbeat_at"]) if rows and rows[0]["heartbeat_at"] is not None \
+            else None
 
     def set_worker_state(self, worker_id: str, state: str, *, pid: int | None = None,
                          now: float | None = None) -> None:
@@ -85,7 +105,14 @@ class WorkerRegistry(Database):
         with self.transaction() as db:
             db.execute("UPDATE workers SET health = ?, health_since = ? WHERE id = ?",
                        (new, now, worker_id))
-            self._event(db, now, "worker.health", worker_id, None, f"{old} → {new}: {reason}")
+            self._health_event(db, now, worker_id, old, new, reason)
+
+    @staticmethod
+    def _health_event(db: sqlite3.Connection, now: float, worker_id: str, old: str, new: str,
+                      reason: str) -> None:
+        """One shape for every health transition, so alerting can key on ``from``/``to``."""
+        Database._event(db, now, "worker.health", worker_id, None, f"{old} → {new}: {reason}",
+                        {"from": old, "to": new, "reason": reason})
 
     def reset_restart_budget(self, worker_id: str, reason: str,
                              now: float | None = None) -> None:
@@ -116,11 +143,16 @@ class WorkerRegistry(Database):
 
     def mark_worker_removed(self, worker_id: str, reason: str,
                             now: float | None = None) -> None:
+        """Record a planned stop: the worker is ``stopped``, not dead, in health too."""
         now = time.time() if now is None else now
         with self.transaction() as db:
+            row = db.execute("SELECT health FROM workers WHERE id = ?", (worker_id,)).fetchone()
             db.execute("UPDATE workers SET removed = 1, state = 'stopped', current_task = NULL,"
-                       " pid = NULL WHERE id = ?", (worker_id,))
+                       " pid = NULL, health = 'stopped', health_since = ? WHERE id = ?",
+                       (now, worker_id))
             self._event(db, now, "worker.stopped", worker_id, None, reason)
+            if row is not None and row["health"] != "stopped":
+                self._health_event(db, now, worker_id, str(row["health"]), "stopped", reason)
 
     def workers(self, include_removed: bool = False) -> list[WorkerRow]:
         rows = [_worker(r) for r in self._query(
@@ -129,19 +161,36 @@ class WorkerRegistry(Database):
 
     # ------------------------------------------------------------------ the controller
 
-    def register_controller(self, pid: int, create_time: float | None,
-                            now: float | None = None) -> None:
+    def record_controller_launch(self, pid: int, create_time: float | None,
+                                 now: float | None = None) -> None:
+        """Record a controller process just launched (by an executor), without an event.
+
+        Written at once, so the next pass sees a controller and does not start a
+        second one; the controller itself announces its start (``register_controller``).
+        """
         now = time.time() if now is None else now
         with self.transaction() as db:
-            # stop_requested survives: a controller started while delete runs must not
-            # clear delete's request (apply clears it with ``clear_controller_stop``)
-            db.execute("INSERT INTO controller (id, pid, pid_create_time, started_at,"
-                       " heartbeat_at, stop_requested) VALUES (1, ?, ?, ?, ?, 0)"
-                       " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid,"
-                       " pid_create_time = excluded.pid_create_time,"
-                       " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
-                       (pid, create_time, now, now))
-            self._event(db, now, "controller.started", None, None, f"pid {pid}")
+            self._upsert_controller(db, pid, create_time, now)
+
+    def register_controller(self, pid: int, create_time: float | None,
+                            now: float | None = None) -> None:
+        """The controller process records itself and logs the one ``controller.started``."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            self._upsert_controller(db, pid, create_time, now)
+            self._event(db, now, "controller.started", None, None, f"pid {pid}", {"pid": pid})
+
+    @staticmethod
+    def _upsert_controller(db: sqlite3.Connection, pid: int, create_time: float | None,
+                           now: float) -> None:
+        # stop_requested survives: a controller started while delete runs must not
+        # clear delete's request (apply clears it with ``clear_controller_stop``)
+        db.execute("INSERT INTO controller (id, pid, pid_create_time, started_at,"
+                   " heartbeat_at, stop_requested) VALUES (1, ?, ?, ?, ?, 0)"
+                   " ON CONFLICT (id) DO UPDATE SET pid = excluded.pid,"
+                   " pid_create_time = excluded.pid_create_time,"
+                   " started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at",
+                   (pid, create_time, now, now))
 
     def controller_heartbeat(self, now: float | None = None) -> bool:
         """Record that the controller is alive; returns whether it was asked to stop."""
