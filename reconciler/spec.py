@@ -3,7 +3,8 @@
 The file is parsed with ``yamlsafe`` (size and alias caps, positions kept),
 checked against ``schemas/workers.schema.json`` (JSON Schema 2020-12, the
 single source of field names and defaults), then checked for what a schema
-cannot say (placeholders, threshold order) and turned into frozen dataclasses.
+cannot say (placeholders, threshold order) and typed as the frozen values of
+``reconciler.specmodel`` (re-exported here for callers that load specs).
 Every problem becomes one line: ``file:line:col: json.path: what (how to fix)``.
 """
 
@@ -16,7 +17,6 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,19 @@ from jsonschema.exceptions import ValidationError
 
 from reconciler.durations import parse_duration
 from reconciler.errors import GitError, SpecError
-from reconciler.model import RetryPolicy
+from reconciler.naming import branch_for
+from reconciler.specmodel import (
+    HealthSpec,
+    HooksSpec,
+    PoolSpec,
+    RateLimit,
+    RestartPolicy,
+    TaskPolicy,
+    WorkerSpec,
+    WorktreeSpec,
+    canonical_json,
+    spec_from_document,
+)
 from reconciler.templates import (
     BRANCH_PLACEHOLDERS,
     COMMAND_PLACEHOLDERS,
@@ -34,8 +46,11 @@ from reconciler.templates import (
     check_template,
     prefill,
 )
-from reconciler.worktrees import branch_for
 from reconciler.yamlsafe import MAX_BYTES, LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
+
+__all__ = ["HealthSpec", "HooksSpec", "PoolSpec", "RateLimit", "RestartPolicy", "TaskPolicy",
+           "WorkerSpec", "WorktreeSpec", "canonical_json", "load_spec", "parse_spec",
+           "spec_from_document", "with_repo"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workers.schema.json"
 
@@ -46,134 +61,6 @@ def load_schema() -> dict[str, Any]:
     with SCHEMA_PATH.open(encoding="utf-8") as fh:
         schema: dict[str, Any] = json.load(fh)
     return schema
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    command: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    stop_grace: float
-    rate_limit: RateLimit | None = None
-
-
-@dataclass(frozen=True)
-class WorktreeSpec:
-    dir: Path | None
-    branch: str
-    cleanup: str
-    setup: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True)
-class TaskPolicy:
-    timeout: float
-    max_attempts: int
-    retry_backoff: float
-    retry_on: frozenset[str] = frozenset({"failed", "timeout", "lost"})
-    no_retry_exit_codes: frozenset[int] = frozenset()
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """How an attempt that hit the agent's usage limit is recognised."""
-
-    exit_codes: frozenset[int]
-    pattern: str | None
-    reset_pattern: str | None
-    backoff: float
-
-
-@dataclass(frozen=True)
-class HealthSpec:
-    heartbeat_interval: float
-    unresponsive_after: float
-    dead_after: float
-    slow_after: float
-    stall_after: float
-
-
-@dataclass(frozen=True)
-class RestartPolicy:
-    max_restarts: int
-    window: float
-    backoff: float
-    reset_after: float
-
-
-@dataclass(frozen=True)
-class HooksSpec:
-    on_success: tuple[tuple[str, ...], ...]
-    on_failure: tuple[tuple[str, ...], ...]
-
-
-@dataclass(frozen=True)
-class PoolSpec:
-    """A validated pool spec; ``document`` is its normalised JSON form (defaults
-    filled in, paths absolute), which is what the store records and workers load."""
-
-    name: str
-    replicas: int
-    repo: Path
-    base_ref: str
-    runtime: str
-    tmux_socket: str
-    worker: WorkerSpec
-    worktrees: WorktreeSpec
-    tasks: TaskPolicy
-    health: HealthSpec
-    restart: RestartPolicy
-    hooks: HooksSpec
-    controller_enabled: bool
-    controller_interval: float
-    document: Mapping[str, Any]
-    source_path: Path | None
-    source_sha256: str
-
-    @property
-    def document_json(self) -> str:
-        return canonical_json(self.document)
-
-    @property
-    def document_hash(self) -> str:
-        return hashlib.sha256(self.document_json.encode()).hexdigest()
-
-    def template_digests(self) -> dict[str, str]:
-        """One digest per spec field that shapes a running worker.
-
-        A worker started from one spec keeps running it; when any of these
-        digests differ from the desired spec's, the planner rolls the worker and
-        names the fields that changed (never their values: env holds secrets).
-        """
-        spec = self.document["spec"]
-        fields: dict[str, Any] = {
-            "worker.command": spec["worker"]["command"],
-            "worker.env": spec["worker"]["env"],
-            "worker.stopGrace": spec["worker"]["stopGrace"],
-            "worker.rateLimit": spec["worker"].get("rateLimit"),
-            "repo": spec["repo"],
-            "baseRef": spec["baseRef"],
-            "worktrees": spec["worktrees"],
-            "tasks": spec["tasks"],
-            "health": spec["health"],
-            "hooks": spec["hooks"],
-        }
-        return {k: _digest(v) for k, v in fields.items()}
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        t = self.tasks
-        return RetryPolicy(t.max_attempts, t.retry_backoff, t.retry_on, t.no_retry_exit_codes)
-
-    def template_hash(self) -> str:
-        return _digest(self.template_digests())
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- loading
@@ -246,13 +133,6 @@ def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:
         spec["hooks"][hook] = [fix(a) for a in spec["hooks"][hook]]
 
 
-def _rate_limit(section: Mapping[str, Any] | None) -> RateLimit | None:
-    if not section:
-        return None
-    return RateLimit(frozenset(section.get("exitCodes", [])), section.get("pattern"),
-                     section.get("resetPattern"), parse_duration(section.get("backoff", "5m")))
-
-
 def with_repo(spec: PoolSpec, repo: Path, *, tmux_socket: str | None = None) -> PoolSpec:
     """The same spec aimed at another repository (and tmux socket): used by the demo."""
     document = copy.deepcopy(dict(spec.document))
@@ -261,40 +141,6 @@ def with_repo(spec: PoolSpec, repo: Path, *, tmux_socket: str | None = None) -> 
         document["spec"]["tmux"]["socket"] = tmux_socket
     return spec_from_document(document, source_path=spec.source_path,
                               source_sha256=spec.source_sha256)
-
-
-def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None = None,
-                       source_sha256: str = "") -> PoolSpec:
-    """Type a normalised document (as stored by ``apply``) without re-validating it."""
-    spec = document["spec"]
-    w, wt, t, h, r, hk = (spec[k] for k in
-                          ("worker", "worktrees", "tasks", "health", "restartPolicy", "hooks"))
-    return PoolSpec(
-        name=document["metadata"]["name"],
-        replicas=spec["replicas"],
-        repo=Path(spec["repo"]),
-        base_ref=spec["baseRef"],
-        runtime=spec["runtime"],
-        tmux_socket=spec["tmux"]["socket"],
-        worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
-                          parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit"))),
-        worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
-                               wt["cleanup"], tuple(tuple(a) for a in wt["setup"])),
-        tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
-                         parse_duration(t["retryBackoff"]), frozenset(t["retryOn"]),
-                         frozenset(t["noRetryExitCodes"])),
-        health=HealthSpec(*(parse_duration(h[k]) for k in (
-            "heartbeatInterval", "unresponsiveAfter", "deadAfter", "slowAfter", "stallAfter"))),
-        restart=RestartPolicy(r["maxRestarts"], parse_duration(r["window"]),
-                              parse_duration(r["backoff"]), parse_duration(r["resetAfter"])),
-        hooks=HooksSpec(tuple(tuple(a) for a in hk["onSuccess"]),
-                        tuple(tuple(a) for a in hk["onFailure"])),
-        controller_enabled=spec["controller"]["enabled"],
-        controller_interval=parse_duration(spec["controller"]["interval"]),
-        document=copy.deepcopy(dict(document)),
-        source_path=source_path,
-        source_sha256=source_sha256,
-    )
 
 
 # --------------------------------------------------------------------------- defaults

@@ -9,7 +9,6 @@ exit": a graceful stop never abandons work.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import threading
@@ -21,15 +20,16 @@ from loguru import logger
 
 from reconciler.errors import ReconcilerError
 from reconciler.model import Claim
+from reconciler.naming import branch_for
 from reconciler.paths import PoolPaths, open_private_append, write_private
+from reconciler.policies import keeps_worktree, rate_limited_until
 from reconciler.proctree import create_time_of
-from reconciler.spec import PoolSpec, spec_from_document
+from reconciler.specmodel import PoolSpec, spec_from_document
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult, log_tail, run_command
 from reconciler.templates import render_argv
 from reconciler.worktrees import (
     add_worktree,
-    branch_for,
     commit_wip,
     path_under,
     remove_worktree,
@@ -129,10 +129,15 @@ class Worker:
             logger.exception("task {}: unexpected error", task.id)
             result = RunResult("failed", None, f"internal error: {type(exc).__name__}: {exc}")
             write_log_line(log, f"reconciler: {result.error}")
+        tail = log_tail(log)
+        resume_at = rate_limited_until(spec.worker.rate_limit, result.status, result.exit_code,
+                                       tail, time.time())
+        if resume_at is not None:
+            until = time.strftime("%H:%M:%S", time.localtime(resume_at))
+            result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}")
         # clean up before finishing, so a finished attempt never leaves a worktree behind
-        if worktree_path is not None and (
-                spec.worktrees.cleanup == "always"
-                or (spec.worktrees.cleanup == "onSuccess" and result.status == "succeeded")):
+        if worktree_path is not None and not keeps_worktree(spec.worktrees.cleanup,
+                                                            result.status):
             try:
                 if result.status != "succeeded" and worktree_path.exists():
                     commit_wip(worktree_path, f"WIP: task {task.id} attempt "
@@ -141,11 +146,6 @@ class Worker:
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
-        tail = log_tail(log)
-        resume_at = rate_limited_until(spec, result, tail, time.time())
-        if resume_at is not None:
-            until = time.strftime("%H:%M:%S", time.localtime(resume_at))
-            result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}")
         new_status = self.store.finish_attempt(
             claim, result.status, exit_code=result.exit_code, error=result.error,
             output_tail=tail, policy=spec.retry_policy, resume_at=resume_at)
@@ -179,6 +179,12 @@ class Worker:
                **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
         return path, self._run_steps(claim, values, env, path, log)
 
+    def _record_agent(self, claim: Claim, pid: int) -> None:
+        """Record the agent's pid and start time, so it can be killed if this worker dies."""
+        if not self.store.set_attempt_pid(claim, pid, create_time_of(pid)):
+            logger.warning("task {}: lease lost before its agent (pid {}) was recorded",
+                           claim.task.id, pid)
+
     def _saw_output(self) -> None:
         self._last_output = time.time()
 
@@ -191,8 +197,7 @@ class Worker:
             return run_command(render_argv(argv, values), cwd=cwd, env=env, log=log,
                                timeout=timeout, grace=grace,
                                should_cancel=self.cancel.is_set if cancellable else lambda: False,
-                               on_start=lambda pid: self.store.set_attempt_pid(
-                                   claim, pid, create_time_of(pid)),
+                               on_start=lambda pid: self._record_agent(claim, pid),
                                on_output=self._saw_output)
 
         for argv in spec.worktrees.setup:
@@ -205,35 +210,6 @@ class Worker:
                 else spec.hooks.on_failure:
             run(argv, cancellable=False)
         return result
-
-
-def rate_limited_until(spec: PoolSpec, result: RunResult, output_tail: str,
-                       now: float) -> float | None:
-    """When a failed attempt hit the agent's usage limit, the time claiming may resume.
-
-    ``worker.rateLimit`` recognises it by exit code or by a pattern in the
-    output; ``resetPattern``'s first group gives the reset as Unix seconds (or
-    seconds from now), else ``backoff`` applies.
-    """
-    limit = spec.worker.rate_limit
-    if limit is None or result.status != "failed":
-        return None
-    hit = (result.exit_code is not None and result.exit_code in limit.exit_codes) or \
-        (limit.pattern is not None and re.search(limit.pattern, output_tail) is not None)
-    if not hit:
-        return None
-    if limit.reset_pattern:
-        match = re.search(limit.reset_pattern, output_tail)
-        if match and match.groups():
-            try:
-                value = float(match.group(1))
-            except ValueError:
-                value = -1.0
-            if value > 1e9:  # Unix time
-                return value
-            if value >= 0:
-                return now + value
-    return now + limit.backoff
 
 
 def write_log_line(log: Path, line: str) -> None:

@@ -1,0 +1,55 @@
+"""Names derived from task data: branch names (checked against git's ref rules) and slugs.
+
+Pure: the worker uses these to name a task's branch, and spec validation uses
+them to try the branch template on a sample task, so one rule serves both.
+"""
+
+from __future__ import annotations
+
+import re
+
+from reconciler.errors import GitError
+from reconciler.templates import render
+
+MAX_BRANCH_BYTES = 200
+_FORBIDDEN_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_branch_name(name: str) -> str:
+    """Return ``name`` if git accepts it as a branch name, else raise ``GitError``.
+
+    Mirrors ``git check-ref-format --branch``: no control characters, spaces,
+    ``~^:?*[\\``; no ``..``, ``@{``, ``//``; no component starting with ``.``
+    or ending with ``.lock``; not starting with ``-`` or ending with ``/`` or ``.``;
+    not ``HEAD``.  Stricter than git only for a lone ``@`` (git's shorthand for HEAD)
+    and for names over ``MAX_BRANCH_BYTES``.
+    """
+    problem = None
+    if not name or name in ("@", "HEAD"):
+        problem = "is empty" if not name else f"is {name!r}"
+    elif len(name.encode()) > MAX_BRANCH_BYTES:
+        problem = f"is longer than {MAX_BRANCH_BYTES} bytes"
+    elif _FORBIDDEN_IN_REF.search(name):
+        problem = "contains a space, control character or one of ~ ^ : ? * [ \\"
+    elif ".." in name or "@{" in name or "//" in name:
+        problem = "contains '..', '@{' or '//'"
+    elif name.startswith(("-", "/")) or name.endswith(("/", ".")):
+        problem = "starts with '-' or '/', or ends with '/' or '.'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        problem = "has a part starting with '.' or ending with '.lock'"
+    if problem:
+        raise GitError(f"invalid branch name {name!r}: it {problem}",
+                       hint="change worktrees.branch in the spec")
+    return name
+
+
+def slugify(title: str, limit: int = 40) -> str:
+    """A branch-safe slug of a task title: ``Fix the login bug!`` -> ``fix-the-login-bug``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    return slug[:limit].rstrip("-") or "task"
+
+
+def branch_for(template: str, *, pool: str, task_id: int, title: str, attempt: int) -> str:
+    values = {"pool": pool, "task.id": str(task_id), "task.slug": slugify(title),
+              "attempt": str(attempt)}
+    return check_branch_name(render(template, values))

@@ -1,0 +1,189 @@
+"""The pool spec as frozen values: what a validated ``workers.yaml`` says, typed.
+
+Pure: no file, schema or process access, so the planner, the health machines
+and the worker can all depend on it.  Loading and validation live in
+``reconciler.spec``; ``spec_from_document`` types a document that was already
+validated (the normalised JSON the store records for every applied spec).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reconciler.durations import parse_duration
+from reconciler.model import RetryPolicy
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    command: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    stop_grace: float
+    rate_limit: RateLimit | None = None
+
+
+@dataclass(frozen=True)
+class WorktreeSpec:
+    dir: Path | None
+    branch: str
+    cleanup: str
+    setup: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    timeout: float
+    max_attempts: int
+    retry_backoff: float
+    retry_on: frozenset[str] = frozenset({"failed", "timeout", "lost"})
+    no_retry_exit_codes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """How an attempt that hit the agent's usage limit is recognised."""
+
+    exit_codes: frozenset[int]
+    pattern: str | None
+    reset_pattern: str | None
+    backoff: float
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    heartbeat_interval: float
+    unresponsive_after: float
+    dead_after: float
+    slow_after: float
+    stall_after: float
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int
+    window: float
+    backoff: float
+    reset_after: float
+
+
+@dataclass(frozen=True)
+class HooksSpec:
+    on_success: tuple[tuple[str, ...], ...]
+    on_failure: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """A validated pool spec; ``document`` is its normalised JSON form (defaults
+    filled in, paths absolute), which is what the store records and workers load."""
+
+    name: str
+    replicas: int
+    repo: Path
+    base_ref: str
+    runtime: str
+    tmux_socket: str
+    worker: WorkerSpec
+    worktrees: WorktreeSpec
+    tasks: TaskPolicy
+    health: HealthSpec
+    restart: RestartPolicy
+    hooks: HooksSpec
+    controller_enabled: bool
+    controller_interval: float
+    document: Mapping[str, Any]
+    source_path: Path | None
+    source_sha256: str
+
+    @property
+    def document_json(self) -> str:
+        return canonical_json(self.document)
+
+    @property
+    def document_hash(self) -> str:
+        return hashlib.sha256(self.document_json.encode()).hexdigest()
+
+    def template_digests(self) -> dict[str, str]:
+        """One digest per spec field that shapes a running worker.
+
+        A worker started from one spec keeps running it; when any of these
+        digests differ from the desired spec's, the planner rolls the worker and
+        names the fields that changed (never their values: env holds secrets).
+        """
+        spec = self.document["spec"]
+        fields: dict[str, Any] = {
+            "worker.command": spec["worker"]["command"],
+            "worker.env": spec["worker"]["env"],
+            "worker.stopGrace": spec["worker"]["stopGrace"],
+            "worker.rateLimit": spec["worker"].get("rateLimit"),
+            "repo": spec["repo"],
+            "baseRef": spec["baseRef"],
+            "worktrees": spec["worktrees"],
+            "tasks": spec["tasks"],
+            "health": spec["health"],
+            "hooks": spec["hooks"],
+        }
+        return {k: digest(v) for k, v in fields.items()}
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        t = self.tasks
+        return RetryPolicy(t.max_attempts, t.retry_backoff, t.retry_on, t.no_retry_exit_codes)
+
+    def template_hash(self) -> str:
+        return digest(self.template_digests())
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()[:16]
+
+
+def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None = None,
+                       source_sha256: str = "") -> PoolSpec:
+    """Type a normalised document (as stored by ``apply``) without re-validating it."""
+    spec = document["spec"]
+    w, wt, t, h, r, hk = (spec[k] for k in
+                          ("worker", "worktrees", "tasks", "health", "restartPolicy", "hooks"))
+    return PoolSpec(
+        name=document["metadata"]["name"],
+        replicas=spec["replicas"],
+        repo=Path(spec["repo"]),
+        base_ref=spec["baseRef"],
+        runtime=spec["runtime"],
+        tmux_socket=spec["tmux"]["socket"],
+        worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
+                          parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit"))),
+        worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
+                               wt["cleanup"], tuple(tuple(a) for a in wt["setup"])),
+        tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
+                         parse_duration(t["retryBackoff"]), frozenset(t["retryOn"]),
+                         frozenset(t["noRetryExitCodes"])),
+        health=HealthSpec(*(parse_duration(h[k]) for k in (
+            "heartbeatInterval", "unresponsiveAfter", "deadAfter", "slowAfter", "stallAfter"))),
+        restart=RestartPolicy(r["maxRestarts"], parse_duration(r["window"]),
+                              parse_duration(r["backoff"]), parse_duration(r["resetAfter"])),
+        hooks=HooksSpec(tuple(tuple(a) for a in hk["onSuccess"]),
+                        tuple(tuple(a) for a in hk["onFailure"])),
+        controller_enabled=spec["controller"]["enabled"],
+        controller_interval=parse_duration(spec["controller"]["interval"]),
+        document=copy.deepcopy(dict(document)),
+        source_path=source_path,
+        source_sha256=source_sha256,
+    )
+
+
+def _rate_limit(section: Mapping[str, Any] | None) -> RateLimit | None:
+    if not section:
+        return None
+    return RateLimit(frozenset(section.get("exitCodes", [])), section.get("pattern"),
+                     section.get("resetPattern"), parse_duration(section.get("backoff", "5m")))
