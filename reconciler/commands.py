@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,25 +16,25 @@ from loguru import logger
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reconciler import controller, demo, worker
+from reconciler import controller, demo, operations, worker
 from reconciler import pool as pools
+from reconciler.actions import Plan
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
-from reconciler.lock import pool_lock
-from reconciler.model import FINAL_TASK_STATUSES, Plan
+from reconciler.lock import is_locked
+from reconciler.model import FINAL_TASK_STATUSES
 from reconciler.paths import open_private_append, pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
+from reconciler.report.plan import plan_document
 from reconciler.report.render import console, print_json
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
-from reconciler.scale import rewrite_replicas
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, check_title, read_task_file
 
 POLL_SECONDS = 0.25
 MAX_REPLICAS = 256
-LOCK_TIMEOUT = 10.0
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -82,9 +83,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     pool = pools.resolve_pool(args.state_dir, args.file, None)
-    plan, _ = pools.diff(pool)
+    plan = operations.diff(pool)
     if args.output == "json":
-        print_json(render.plan_document(plan))
+        print_json(plan_document(plan))
     else:
         render.render_plan(plan, title=f"reconcile apply would change pool {pool.name}:")
     return 0 if plan.empty else 2
@@ -101,32 +102,40 @@ def cmd_apply(args: argparse.Namespace) -> int:
             render.render_plan(plan, title=f"Applying to pool {pool.name}:")
 
     say = (lambda line: console.print(f"  {escape(line)}")) if text else (lambda _line: None)
-    result = controller.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
-    ready = True
+    result = operations.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
+    waited = None
     if args.wait:
         with Progress(TextColumn("converging"), TextColumn("{task.fields[detail]}"),
                       TimeElapsedColumn(), console=console, disable=not text,
                       transient=True) as bar:
             job = bar.add_task("converging", detail="")
-            ready = controller.converge(
-                pool, timeout=wait_timeout, progress=say,
+            waited = operations.converge(
+                pool, result.generation, timeout=wait_timeout, progress=say,
                 on_tick=lambda remaining: bar.update(job, detail=remaining.summary()))
+    ready = waited is None or waited.ready
     if not text:
-        print_json({**render.plan_document(result.plan), "spec_id": result.spec_id,
+        print_json({**plan_document(result.plan), "spec_id": result.generation,
+                    "generation": result.generation,
                     "recorded": result.recorded, "done": result.report.done,
-                    "problems": result.report.problems,
-                    "remaining": render.plan_document(result.remaining), "ready": ready})
+                    "skipped": result.report.skipped, "problems": result.report.problems,
+                    "remaining": plan_document(result.remaining), "ready": ready,
+                    "superseded_by": waited.superseded_by if waited else None})
     elif result.plan.empty and not result.plan.steps:
         console.print(f"Nothing to do: pool {pool.name} already matches {args.file}"
-                      f" (spec #{result.spec_id}{', recorded now' if result.recorded else ''}).")
+                      f" (generation {result.generation}"
+                      f"{', recorded now' if result.recorded else ''}).")
     else:
         console.print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
-                      f"change(s) made; spec #{result.spec_id} in history.")
+                      f"change(s) made; generation {result.generation} in history.")
         if not args.wait and not result.remaining.empty:
             console.print(f"still in progress: {escape(result.remaining.summary())} "
                           "(the controller finishes it; `reconcile diff` shows what is left)")
     for problem in result.report.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if waited is not None and waited.superseded_by is not None:
+        print(f"error: stopped waiting: generation {waited.superseded_by} was applied after "
+              f"this one ({result.generation}); the pool now converges to that", file=sys.stderr)
+        return 1
     if not ready:
         print(f"error: the pool did not converge within {args.timeout} (see `reconcile diff` "
               "and `reconcile status`)", file=sys.stderr)
@@ -136,13 +145,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    report = controller.delete(
+    result = operations.delete(
         pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
         progress=lambda line: console.print(f"  {escape(line)}"))
-    for problem in report.problems:
+    for problem in result.report.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if not result.done:
+        print("error: some workers did not stop in time; run `reconcile delete --force` to "
+              "stop them now (their tasks go back to the queue)", file=sys.stderr)
+        return 1
     console.print(f"Pool {pool.name} deleted; the queue, logs and history are kept.")
-    return 1 if report.problems else 0
+    return 1 if result.report.problems else 0
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
@@ -161,24 +174,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    store = pool.open_store()
-    try:
-        with pool_lock(pool.paths.lock, what="restart", timeout=LOCK_TIMEOUT):
-            rows = {w.id: w for w in store.workers()}
-            row = rows.get(args.worker)
-            if row is None:
-                raise PoolError(f"no worker {args.worker} in pool {pool.name}",
-                                hint=f"workers: {', '.join(sorted(rows)) or 'none'}")
-            store.reset_restart_budget(args.worker, "reconcile restart (operator)")
-            if row.health in ("failed", "dead"):
-                store.set_health(args.worker, row.health, "dead", "operator asked for a restart")
-                message = "restart budget reset; it is restarted on the next pass"
-            else:  # a live worker is replaced like a roll: after its task, nothing charged
-                store.request_drain(args.worker, "operator asked for a restart")
-                message = "it is replaced after its current task (budget reset)"
-    finally:
-        store.close()
-    print(f"{args.worker}: {message}")
+    result = operations.restart(pool, args.worker)
+    for problem in result.report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if result.report.problems:
+        return 1
+    message = ("it is replaced after its current task" if result.after_current_task
+               else "restarted now")
+    print(f"{args.worker}: restart budget reset; {message} (not counted against the budget)")
     return 0
 
 
@@ -188,14 +191,13 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
     observation = pools.observe_pool(pool)
-    info, paused = None, 0.0
+    info, paused, deleting = None, 0.0, None
     if pool.paths.exists():
-        store = Store(pool.paths.store)
-        try:
-            info, paused = store.controller(), store.paused_until()
-        finally:
-            store.close()
-    document = status_document(observation, time.time(), pool.spec, info, paused)
+        with Store(pool.paths.store) as store:
+            info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
+    document = status_document(observation, time.time(), pool.spec, info, paused,
+                               deleting=deleting,
+                               delete_running=deleting is not None and is_locked(pool.paths.lock))
     if args.output == "json":
         print_json(document)
     else:
@@ -203,42 +205,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if document["ok"] else UNHEALTHY_EXIT
 
 
-def _with_store(args: argparse.Namespace, create: bool = False) -> tuple[Pool, Store]:
+@contextmanager
+def _open_store(args: argparse.Namespace, create: bool = False) -> Iterator[tuple[Pool, Store]]:
+    """The pool named by ``args`` and its store, closed when the command is done."""
     pool = _pool(args)
     if create and not pool.paths.exists():  # tasks may be queued before the first apply
-        return pool, Store(pool.paths.create().store)
-    return pool, pool.open_store()
+        pool.paths.create()
+    with Store(pool.paths.store) if create else pool.open_store() as store:
+        yield pool, store
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    history = store.history()
-    if args.output == "json":
-        print_json([asdict(h) for h in history])
-    else:
-        render.render_history(history)
-    return 0
+    with _open_store(args) as (_, store):
+        history = store.history()
+        if args.output == "json":
+            print_json([asdict(h) for h in history])
+        else:
+            render.render_history(history)
+        return 0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    events = store.events(last=args.limit)
-    if not args.follow:
-        if args.output == "json":
-            print_json([asdict(e) for e in events])
-        else:
-            render.render_events(events)
-        return 0
-    last = events[-1].id if events else 0
-    while True:  # one JSON object per line with -o json; Ctrl-C ends it
-        for event in events:
+    with _open_store(args) as (_, store):
+        events = store.events(last=args.limit)
+        if not args.follow:
             if args.output == "json":
-                print(json.dumps(asdict(event)), flush=True)
+                print_json([asdict(e) for e in events])
             else:
-                render.render_events([event], empty_note=False)
-            last = event.id
-        time.sleep(POLL_SECONDS)
-        events = store.events(after_id=last)
+                render.render_events(events)
+            return 0
+        last = events[-1].id if events else 0
+        while True:  # one JSON object per line with -o json; Ctrl-C ends it
+            for event in events:
+                if args.output == "json":
+                    print(json.dumps(asdict(event)), flush=True)
+                else:
+                    render.render_events([event], empty_note=False)
+                last = event.id
+            time.sleep(POLL_SECONDS)
+            events = store.events(after_id=last)
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -246,15 +251,19 @@ def cmd_scale(args: argparse.Namespace) -> int:
     wait_timeout = _duration_arg(args.timeout, "--timeout")
     if not 0 <= args.replicas <= MAX_REPLICAS:
         raise ReconcilerError(f"replicas must be from 0 to {MAX_REPLICAS}, got {args.replicas}")
-    before = rewrite_replicas(path, args.replicas)
-    console.print(f"{path}: replicas {before} → {args.replicas}")
-    pool = pools.resolve_pool(args.state_dir, args.file, None)
-    say = lambda line: console.print(f"  {escape(line)}")  # noqa: E731
-    controller.apply(pool, progress=say)
-    if args.wait and not controller.converge(pool, timeout=wait_timeout, progress=say):
+    result = operations.scale(path, args.replicas, state_dir=args.state_dir, wait=args.wait,
+                              timeout=wait_timeout,
+                              progress=lambda line: console.print(f"  {escape(line)}"))
+    console.print(f"{path}: replicas {result.before} → {result.after}")
+    if result.converge is not None and result.converge.superseded_by is not None:
+        print(f"error: stopped waiting: generation {result.converge.superseded_by} was applied "
+              "after this one", file=sys.stderr)
+        return 1
+    if result.converge is not None and not result.converge.ready:
         print(f"error: the pool did not converge within {args.timeout}", file=sys.stderr)
         return 1
-    console.print(f"applied: pool {pool.name} scaled to {args.replicas}")
+    console.print(f"applied: pool {result.apply.plan.pool} scaled to {args.replicas} "
+                  f"(generation {result.apply.generation})")
     return 0
 
 
@@ -280,91 +289,91 @@ def task_add(args: argparse.Namespace) -> int:
         except UnicodeDecodeError as exc:
             raise TaskError(f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {exc.start})",
                             hint="save the prompt as UTF-8") from exc
-    _, store = _with_store(args, create=True)
-    (task_id,) = store.add_tasks([(title, prompt, args.priority)])
-    if args.output == "json":
-        print_json({"id": task_id})
-    else:
-        print(task_id)
-    return 0
+    with _open_store(args, create=True) as (_, store):
+        (task_id,) = store.add_tasks([(title, prompt, args.priority)])
+        if args.output == "json":
+            print_json({"id": task_id})
+        else:
+            print(task_id)
+        return 0
 
 
 def task_import(args: argparse.Namespace) -> int:
     tasks: list[NewTask] = read_task_file(args.tasks_file)
-    _, store = _with_store(args, create=True)
-    ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
-    if args.output == "json":
-        print_json({"ids": ids})
-    else:
-        print(f"imported {len(ids)} task(s): ids {ids[0]}-{ids[-1]}")
-    return 0
+    with _open_store(args, create=True) as (_, store):
+        ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
+        if args.output == "json":
+            print_json({"ids": ids})
+        else:
+            print(f"imported {len(ids)} task(s): ids {ids[0]}-{ids[-1]}")
+        return 0
 
 
 def task_list(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    tasks = store.tasks(args.status)
-    if args.output == "json":
-        print_json([render.task_document(t) for t in tasks])
-    else:
-        render.render_tasks(tasks)
-    return 0
+    with _open_store(args) as (_, store):
+        tasks = store.tasks(args.status)
+        if args.output == "json":
+            print_json([render.task_document(t) for t in tasks])
+        else:
+            render.render_tasks(tasks)
+        return 0
 
 
 def task_show(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    task = store.task(args.task_id)
-    attempts = store.attempts(task.id)
-    if args.output == "json":
-        print_json(render.task_document(task, attempts))
-    else:
-        render.render_task(task, attempts)
-    return 0
+    with _open_store(args) as (_, store):
+        task = store.task(args.task_id)
+        attempts = store.attempts(task.id)
+        if args.output == "json":
+            print_json(render.task_document(task, attempts))
+        else:
+            render.render_task(task, attempts)
+        return 0
 
 
 def task_retry(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    store.retry_task(args.task_id)
-    if args.output == "json":
-        print_json({"id": args.task_id, "status": "queued"})
-    else:
-        print(f"task {args.task_id}: queued again")
-    return 0
+    with _open_store(args) as (_, store):
+        store.retry_task(args.task_id)
+        if args.output == "json":
+            print_json({"id": args.task_id, "status": "queued"})
+        else:
+            print(f"task {args.task_id}: queued again")
+        return 0
 
 
 def task_cancel(args: argparse.Namespace) -> int:
-    _, store = _with_store(args)
-    status = store.cancel_task(args.task_id)
-    message = ("cancelled" if status == "cancelled"
-               else "cancel requested: its worker stops it within a heartbeat")
-    if args.output == "json":
-        print_json({"id": args.task_id, "status": status})
-    else:
-        print(f"task {args.task_id}: {message}")
-    return 0
+    with _open_store(args) as (_, store):
+        status = store.cancel_task(args.task_id)
+        message = ("cancelled" if status == "cancelled"
+                   else "cancel requested: its worker stops it within a heartbeat")
+        if args.output == "json":
+            print_json({"id": args.task_id, "status": status})
+        else:
+            print(f"task {args.task_id}: {message}")
+        return 0
 
 
 def task_wait(args: argparse.Namespace) -> int:
     timeout = _duration_arg(args.timeout, "--timeout") if args.timeout else None
-    pool, store = _with_store(args)
-    if not any(i.alive for i in pools.observe_pool(pool).instances):
-        print(f"warning: no worker of pool {pool.name} is running; tasks will not progress "
-              "until `reconcile apply` starts some", file=sys.stderr)
-    ids = list(args.task_ids) or [t.id for t in store.tasks()
-                                  if t.status not in FINAL_TASK_STATUSES]
-    for task_id in ids:
-        store.task(task_id)  # unknown ids fail now, not after waiting
-    finished = wait_for_tasks(store, ids, timeout, show=args.output == "text")
-    tasks = [store.task(i) for i in ids]
-    if args.output == "json":
-        print_json({"finished": finished, "tasks": [{"id": t.id, "status": t.status}
-                                                    for t in tasks]})
-    else:
-        counts = {s: sum(t.status == s for t in tasks) for s in sorted(FINAL_TASK_STATUSES)}
-        print(f"{len(tasks)} task(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-    if not finished:
-        print(f"error: tasks still unfinished after {args.timeout}", file=sys.stderr)
-        return 1
-    return 0
+    with _open_store(args) as (pool, store):
+        if not any(i.alive for i in pools.observe_pool(pool).instances):
+            print(f"warning: no worker of pool {pool.name} is running; tasks will not progress "
+                  "until `reconcile apply` starts some", file=sys.stderr)
+        ids = list(args.task_ids) or [t.id for t in store.tasks()
+                                      if t.status not in FINAL_TASK_STATUSES]
+        for task_id in ids:
+            store.task(task_id)  # unknown ids fail now, not after waiting
+        finished = wait_for_tasks(store, ids, timeout, show=args.output == "text")
+        tasks = [store.task(i) for i in ids]
+        if args.output == "json":
+            print_json({"finished": finished, "tasks": [{"id": t.id, "status": t.status}
+                                                        for t in tasks]})
+        else:
+            counts = {s: sum(t.status == s for t in tasks) for s in sorted(FINAL_TASK_STATUSES)}
+            print(f"{len(tasks)} task(s): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        if not finished:
+            print(f"error: tasks still unfinished after {args.timeout}", file=sys.stderr)
+            return 1
+        return 0
 
 
 def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show: bool) -> bool:

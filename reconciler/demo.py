@@ -30,7 +30,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from reconciler import controller
+from reconciler import operations
 from reconciler.errors import ReconcilerError
 from reconciler.paths import ensure_private_dir, pool_paths
 from reconciler.pool import Pool, observe_pool
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     pool = Pool(pool_paths(state_dir, spec.name), spec)
     console.print(f"[bold]reconciler demo[/bold]: {spec.replicas} simulated agents, "
                   f"{args.tasks} tasks, repository {repo}")
-    result = controller.apply(pool, progress=lambda line: console.print(f"  {escape(line)}"))
+    result = operations.apply(pool, progress=lambda line: console.print(f"  {escape(line)}"))
     store = Store(pool.paths.store)
     ids = store.add_tasks(_tasks(args.tasks))
     console.print(f"  enqueued tasks {ids[0]}-{ids[-1]}")
@@ -131,10 +131,10 @@ def run(args: argparse.Namespace) -> int:
                                        "requeued)")
             live.update(_dashboard(pool, store, progress, bar))
     drained = not store.queue_counts().open
-    _summary(pool, store, repo, time.monotonic() - started, result.spec_id, drained, killed)
+    _summary(pool, store, repo, time.monotonic() - started, result.generation, drained, killed)
     store.close()
     if args.teardown:
-        controller.delete(pool)
+        operations.delete(pool)
         console.print(f"\npool deleted (--teardown); the repository and state stay in {base}")
     else:
         _look_around(pool, spec.tmux_socket, base)

@@ -11,7 +11,9 @@ States: ``recovering`` (started, no heartbeat yet), ``healthy`` (idle and
 heartbeating), ``working``, ``slow`` (task past ``slowAfter`` or silent past
 ``stallAfter``), ``unresponsive`` (heartbeat older than ``unresponsiveAfter``),
 ``dead`` (process gone, or heartbeat older than ``deadAfter``), ``failed``
-(restart budget exhausted: waits for an operator) and ``stopping`` (draining).
+(restart budget exhausted: waits for an operator), ``stopping`` (draining) and
+``stopped`` (exited as asked: a planned stop, never a death, so nothing that
+alerts on ``dead`` fires for a scale-down or a roll).
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from dataclasses import dataclass
 
 from transitions import Machine
 
+from reconciler.actions import Step
 from reconciler.durations import format_duration
-from reconciler.model import Step
-from reconciler.spec import PoolSpec
+from reconciler.specmodel import PoolSpec
 
 STATES = ("recovering", "healthy", "working", "slow", "unresponsive", "dead", "failed",
-          "stopping")
+          "stopping", "stopped")
 LIVE = ("recovering", "healthy", "working", "slow", "unresponsive", "stopping")
 
 
@@ -39,6 +41,7 @@ class Rule:
 
 # Order matters: the first rule that fires from the current state wins.
 TRANSITIONS: tuple[Rule, ...] = (
+    Rule("finish", LIVE, "stopped", "exited_after_drain"),
     Rule("exit", LIVE, "dead", "process_gone"),
     Rule("flatline", ("unresponsive",), "dead", "heartbeat_past_dead"),
     Rule("give_up", ("dead",), "failed", "budget_exhausted"),
@@ -87,6 +90,9 @@ class _Conditions:
     def process_gone(self) -> bool:
         return not self.facts.process_alive
 
+    def exited_after_drain(self) -> bool:
+        return self.facts.draining and not self.facts.process_alive
+
     def heartbeat_past_dead(self) -> bool:
         return self._silence() > self.health.dead_after
 
@@ -120,9 +126,9 @@ class _Conditions:
 def _reason(rule: Rule, facts: WorkerFacts, spec: PoolSpec) -> str:
     silence = facts.heartbeat_age if facts.heartbeat_age is not None else facts.since_start
     match rule.trigger:
+        case "finish":
+            return "exited after draining"
         case "exit":
-            if facts.draining:
-                return "exited after draining"
             return f"process gone ({facts.exit_description})"
         case "flatline":
             return f"no heartbeat for {format_duration(silence)} (deadAfter " \

@@ -1,14 +1,12 @@
 """Frozen value types shared by every layer: store rows, observations, plans.
 
 Nothing here does I/O.  The observer builds an ``Observation`` (a snapshot of
-the host), the pure planner turns it and a ``PoolSpec`` into a ``Plan``, and
-renderers and the executor consume the plan.
+the host), the pure planner turns it and a ``PoolSpec`` into a ``Plan`` of the
+actions in ``reconciler.actions``, and renderers and the executor consume it.
 """
 
 from __future__ import annotations
 
-import enum
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,6 +198,7 @@ class Observation:
     running: tuple[AttemptRow, ...] = ()  # attempts in progress
     restart_history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     controller_alive: bool | None = None  # None: not observed
+    controller: ControllerRow | None = None  # the controller's record, if any
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
         return next((a for a in self.running if a.worker_id == worker_id), None)
@@ -209,90 +208,3 @@ class Observation:
 
     def worker(self, worker_id: str) -> WorkerRow | None:
         return next((w for w in self.workers if w.id == worker_id), None)
-
-
-# --------------------------------------------------------------------------- plan
-
-
-class ActionKind(enum.Enum):
-    START = "start"
-    STOP = "stop"
-    RESTART = "restart"
-    REMOVE = "remove"  # clear the remains of an exited worker (a dead tmux pane)
-    CLEAN = "clean"  # remove an orphaned task worktree (its branch stays)
-    RELEASE = "release"  # kill what a failed or vanished worker left running, requeue its task
-
-    @property
-    def symbol(self) -> str:
-        return {"start": "+", "restart": "~"}.get(self.value, "-")
-
-
-@dataclass(frozen=True)
-class Action:
-    """One change the executor will make, and why.
-
-    ``target`` is a worker id (``w-3``), or a worktree path for ``clean``.
-    ``graceful``: ask the worker to finish its current task first (drain).
-    ``counted``: a restart after a crash or hang, checked against the budget.
-    ``pending``: why nothing happens on this pass yet (a drain or a backoff
-    in progress); the action is shown but the executor leaves it for later.
-    """
-
-    kind: ActionKind
-    target: str
-    reason: str
-    graceful: bool = False
-    counted: bool = False
-    pending: str | None = None
-    reset_budget: bool = False
-
-    def describe(self) -> str:
-        what = "worktree " if self.kind is ActionKind.CLEAN else ""
-        later = f" [{self.pending}]" if self.pending else ""
-        return f"{self.kind.symbol} {self.kind.value} {what}{self.target}: {self.reason}{later}"
-
-
-@dataclass(frozen=True)
-class Step:
-    """One health transition: ``worker`` goes from ``source`` to ``dest`` because ``reason``."""
-
-    worker: str
-    source: str
-    dest: str
-    trigger: str
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.worker}: {self.source} → {self.dest} ({self.reason})"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a pass would do (``actions``) and the health transitions it records (``steps``).
-
-    ``steps`` are observations, not changes: a plan with steps but no actions
-    is in sync.
-    """
-
-    pool: str
-    actions: tuple[Action, ...] = ()
-    steps: tuple[Step, ...] = ()
-
-    @property
-    def empty(self) -> bool:
-        return not self.actions
-
-    def counts(self) -> Counter[str]:
-        return Counter(a.kind.value for a in self.actions)
-
-    def summary(self) -> str:
-        if self.empty:
-            return "No changes. The pool matches the spec."
-        c = self.counts()
-        parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
-        waiting = sum(1 for a in self.actions if a.pending)
-        if c["remove"]:
-            parts.append(f"{c['remove']} to remove")
-        if c["clean"]:
-            parts.append(f"{c['clean']} worktree(s) to clean")
-        return "Plan: " + ", ".join(parts) + (f" ({waiting} waiting)" if waiting else "") + "."

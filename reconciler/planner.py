@@ -5,7 +5,9 @@ execute it, so what the operator reviews is exactly what runs.  It performs
 no I/O and reads no clock: the same inputs always give the same plan, which
 lets a property test prove that executing a plan converges (kopf's
 ``detect_changing_cause`` and controller-runtime's reconcile contract are the
-models here).
+models here).  It decides everything the executor does: what a restart
+kills, whether it counts and whether it starts a new budget, what
+``delete --force`` means, and when to wait instead of acting.
 
 Everything is level-triggered: a drain in progress, a restart waiting for its
 backoff, a worker over its restart budget are all read from the observation
@@ -17,23 +19,39 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+from reconciler.actions import (
+    Action,
+    AttemptRef,
+    Change,
+    CleanWorktree,
+    DrainWorker,
+    Plan,
+    ProcessRef,
+    ReleaseWorker,
+    RemoveWorker,
+    ReplaceWorker,
+    ResetBudget,
+    StartController,
+    StartWorker,
+    Step,
+    StopController,
+    StopWorker,
+    Wait,
+)
 from reconciler.durations import format_duration
+from reconciler.errors import PoolError
 from reconciler.health import WorkerFacts, assess
 from reconciler.model import (
-    Action,
-    ActionKind,
     AttemptRow,
     Observation,
-    Plan,
     RuntimeInstance,
-    Step,
     WorkerRow,
     worker_sort_key,
 )
-from reconciler.spec import PoolSpec
+from reconciler.policies import keeps_worktree
+from reconciler.specmodel import PoolSpec
 
 BACKOFF_CAP = 60.0
-CONTROLLER = "controller"  # the target name of the controller's own start action
 
 
 def worker_ids(replicas: int) -> list[str]:
@@ -41,7 +59,8 @@ def worker_ids(replicas: int) -> list[str]:
     return [f"w-{i}" for i in range(1, replicas + 1)]
 
 
-def plan(spec: PoolSpec, observation: Observation, now: float) -> Plan:
+def plan(spec: PoolSpec, observation: Observation, now: float, *,
+         generation: int = 0) -> Plan:
     """Decide what to start, restart, stop, remove and clean so the pool matches ``spec``."""
     desired = worker_ids(spec.replicas)
     actions: list[Action] = []
@@ -57,30 +76,56 @@ def plan(spec: PoolSpec, observation: Observation, now: float) -> Plan:
     surplus = _known_ids(observation) - set(desired)
     why = f"scale down to {spec.replicas} replica{'s' * (spec.replicas != 1)}"
     for worker_id in sorted(surplus, key=_idle_first(observation), reverse=True):
-        action = _retire(spec, worker_id, observation.instance(worker_id),
-                         observation.worker(worker_id), why, now)
+        action = _retire(spec, observation, worker_id, why, now, force=False)
         if action is not None:
             actions.append(action)
-    actions += _stranded_attempts(observation, now)
+    actions += _stranded_attempts(spec, observation, now)
     actions += _orphan_worktrees(spec, observation)
-    if spec.controller_enabled and observation.controller_alive is False:
-        actions.append(Action(ActionKind.START, CONTROLLER, "not running (or hung)"))
-    if not spec.controller_enabled and observation.controller_alive:
-        actions.append(Action(ActionKind.STOP, CONTROLLER, "controller.enabled is false"))
-    return Plan(spec.name, tuple(actions), tuple(steps))
+    actions += _controller(spec, observation)
+    return Plan(spec.name, tuple(actions), tuple(steps), at=now, generation=generation)
 
 
-def plan_delete(spec: PoolSpec, observation: Observation, now: float) -> Plan:
-    """Stop every worker of the pool (gracefully) and clear what is left of them."""
-    actions = []
+def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
+                force: bool = False) -> Plan:
+    """Stop every worker of the pool and clear what is left of them: after its current
+    task, or (``force``) at once, its task requeued without using up a try."""
+    actions: list[Action] = []
+    why = "pool deleted"
     for worker_id in sorted(_known_ids(observation), key=_idle_first(observation),
                             reverse=True):
-        action = _retire(spec, worker_id, observation.instance(worker_id),
-                         observation.worker(worker_id), "pool deleted", now)
+        action = _retire(spec, observation, worker_id, why, now, force=force)
         if action is not None:
             actions.append(action)
     actions += _orphan_worktrees(spec, observation)
-    return Plan(spec.name, tuple(actions))
+    return Plan(spec.name, tuple(actions), at=now)
+
+
+def plan_restart(spec: PoolSpec, observation: Observation, worker_id: str,
+                 now: float) -> Plan:
+    """An operator's ``reconcile restart``: a fresh budget, and a replacement that is not
+    charged to it (a live worker after its current task, any other one at once)."""
+    row = observation.worker(worker_id)
+    if row is None:
+        known = ", ".join(sorted((w.id for w in observation.workers), key=worker_sort_key))
+        raise PoolError(f"no worker {worker_id} in pool {observation.pool}",
+                        hint=f"workers: {known or 'none'}")
+    instance = observation.instance(worker_id)
+    _, health = _health(spec, observation, worker_id, row, instance, now)
+    why = "operator asked for a restart"
+    replacement: Change
+    if instance is not None and instance.alive and health not in ("dead", "failed"):
+        replacement = DrainWorker(worker_id, why, instance, then="replace")
+    else:
+        replacement = ReplaceWorker(worker_id, why, instance,
+                                    _attempts_of(spec, observation, worker_id))
+    return Plan(spec.name, (ResetBudget(worker_id, "reconcile restart (operator)"), replacement),
+                at=now)
+
+
+def plan_stop_controller(spec: PoolSpec, process: ProcessRef | None, why: str,
+                         now: float) -> Plan:
+    """Stop the pool's controller (``delete`` does this first, then holds its lock)."""
+    return Plan(spec.name, (StopController(why, process),), at=now)
 
 
 def _known_ids(observation: Observation) -> set[str]:
@@ -93,6 +138,17 @@ def _idle_first(observation: Observation) -> Callable[[str], tuple[bool, tuple[i
         row = observation.worker(worker_id)
         return (row is None or row.current_task is None, worker_sort_key(worker_id))
     return key
+
+
+def _attempts_of(spec: PoolSpec, observation: Observation,
+                 worker_id: str) -> tuple[AttemptRef, ...]:
+    """The running attempts of ``worker_id`` that an action ending it also ends: their
+    agents to kill and, as ``worktrees.cleanup`` says for a lost attempt, worktrees."""
+    drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
+    return tuple(AttemptRef(a.id, a.task_id,
+                            ProcessRef(a.pid, a.pid_create_time) if a.pid else None,
+                            a.worktree if drop else None)
+                 for a in observation.running if a.worker_id == worker_id)
 
 
 # --------------------------------------------------------------------------- health
@@ -155,80 +211,116 @@ def restart_delay(spec: PoolSpec, worker_id: str, previous_restarts: int) -> flo
 def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
                       instance: RuntimeInstance | None, row: WorkerRow | None, health: str,
                       now: float) -> Action | None:
-    restart, start = ActionKind.RESTART, ActionKind.START
     if row is None:
         if instance is None:
-            return Action(start, worker_id, f"not running (want {spec.replicas})")
+            return StartWorker(worker_id, f"not running (want {spec.replicas})")
         if instance.alive:
-            return Action(restart, worker_id, "running but unknown to the store", graceful=True)
-        return Action(restart, worker_id, f"process gone ({instance.exit_description()})")
+            return DrainWorker(worker_id, "running but unknown to the store", instance,
+                               then="replace")
+        return ReplaceWorker(worker_id, f"process gone ({instance.exit_description()})",
+                             instance, _attempts_of(spec, observation, worker_id),
+                             reset_budget="a worker the store did not know")
     alive = instance is not None and instance.alive
     if row.drain_requested:
-        return _finish_drain(spec, worker_id, row, alive, now, restart,
-                             "finished its task; replacing it")
+        return _finish_drain(spec, observation, row, instance, now, then="replace",
+                             done="finished its task; replacing it")
     changed = _changed(spec, row, instance)
+    attempts = _attempts_of(spec, observation, worker_id)
     if health == "failed":
         if changed:  # a new spec deserves a new budget
-            return Action(restart, worker_id, f"{changed} changed; retrying a failed worker",
-                          reset_budget=True)
-        if observation.attempt_of(worker_id) is not None or instance is not None:
-            return Action(ActionKind.RELEASE, worker_id,
-                          "failed: kill what it left running, requeue its task")
+            return ReplaceWorker(worker_id, f"{changed} changed; retrying a failed worker",
+                                 instance, attempts, reset_budget=f"{changed} changed")
+        if attempts or _has_remains(instance):
+            return ReleaseWorker(worker_id, "failed: kill what it left running, requeue its task",
+                                 instance, attempts)
         return None
-    if health == "dead":
-        return _restart_dead(spec, observation, worker_id, row, instance, now)
-    if not alive:  # gone but not yet assessed dead (e.g. no health recorded yet)
-        return _restart_dead(spec, observation, worker_id, row, instance, now)
+    if health == "dead" or not alive:  # gone but not yet assessed dead: no health recorded
+        return _restart_dead(spec, observation, row, instance, attempts, now)
     if changed:
-        return Action(restart, worker_id, f"{changed} changed", graceful=True)
+        return DrainWorker(worker_id, f"{changed} changed", instance, then="replace")
     return None
 
 
-def _restart_dead(spec: PoolSpec, observation: Observation, worker_id: str, row: WorkerRow,
-                  instance: RuntimeInstance | None, now: float) -> Action:
-    reason = _death(spec, row, instance, now)
+def _has_remains(instance: RuntimeInstance | None) -> bool:
+    """Something of the worker is still on the host: a live process, or an exited tmux
+    window (a process-runtime worker that exited leaves nothing behind)."""
+    return instance is not None and (instance.alive or instance.handle is not None)
+
+
+def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
+                  instance: RuntimeInstance | None, attempts: tuple[AttemptRef, ...],
+                  now: float) -> Action:
+    """A counted restart, once the backoff since the death (or the last restart) is over.
+
+    A hung worker (its process still alive) is restarted only if it has not
+    heartbeat since it was observed: the guard the executor checks right
+    before killing it.
+    """
     previous = counted_restarts(spec, observation, row, now)
-    delay = restart_delay(spec, worker_id, len(previous))
+    delay = restart_delay(spec, row.id, len(previous))
     died_at = row.health_since if row.health == "dead" and row.health_since else now
     ready_at = (previous[-1] if previous else died_at) + delay
     # a worker that had been stable for resetAfter starts a fresh budget with this restart
     stable = bool(row.started_at and row.heartbeat_at
                   and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
+    hung = instance is not None and instance.alive
+    restart = ReplaceWorker(
+        row.id, _death(spec, row, instance, now), instance, attempts, counted=True,
+        reset_budget=f"it had run for resetAfter ({format_duration(spec.restart.reset_after)})"
+        if stable else None,
+        unless_heartbeat_after=(row.heartbeat_at or 0.0) if hung else None)
     if ready_at > now:
-        return Action(ActionKind.RESTART, worker_id, reason, counted=True, reset_budget=stable,
-                      pending=f"in {format_duration(ready_at - now)} (restart backoff)")
-    return Action(ActionKind.RESTART, worker_id, reason, counted=True, reset_budget=stable)
+        return Wait(restart, f"in {format_duration(ready_at - now)} (restart backoff)",
+                    until=ready_at)
+    return restart
 
 
-def _finish_drain(spec: PoolSpec, worker_id: str, row: WorkerRow, alive: bool, now: float,
-                  kind: ActionKind, done_reason: str) -> Action:
+def _finish_drain(spec: PoolSpec, observation: Observation, row: WorkerRow,
+                  instance: RuntimeInstance | None, now: float, *, then: str,
+                  done: str) -> Action:
     """A worker asked to drain: wait for it, replace or remove it once it exited, or
     kill it (its task requeued, not counted) once ``stopGrace`` has passed."""
-    if not alive:
-        return Action(kind, worker_id, done_reason)
-    waited = now - (row.drain_requested_at or now)
-    if waited >= spec.worker.stop_grace:
-        return Action(kind, worker_id, f"still busy after stopGrace "
-                      f"({format_duration(spec.worker.stop_grace)}); killing it, its task "
-                      "goes back to the queue")
-    return Action(kind, worker_id, "draining", graceful=True,
-                  pending=f"waiting for its current task ({format_duration(waited)} of "
-                          f"{format_duration(spec.worker.stop_grace)})")
+    attempts = _attempts_of(spec, observation, row.id)
+    grace = spec.worker.stop_grace
+    requested = row.drain_requested_at or now
+    overrun = f"still busy after stopGrace ({format_duration(grace)}); killing it, its task " \
+              "goes back to the queue"
+
+    def finish(reason: str) -> Change:
+        if then == "stop":
+            return StopWorker(row.id, reason, instance, attempts)
+        new_template = row.template_hash != spec.template_hash()
+        return ReplaceWorker(row.id, reason, instance, attempts,
+                             reset_budget="new worker template" if new_template else None)
+
+    if instance is None or not instance.alive:
+        return finish(done)
+    if now - requested >= grace:
+        return finish(overrun)
+    return Wait(finish(done), f"waiting for its current task ({format_duration(now - requested)}"
+                f" of {format_duration(grace)})", until=requested + grace)
 
 
-def _retire(spec: PoolSpec, worker_id: str, instance: RuntimeInstance | None,
-            row: WorkerRow | None, why: str, now: float) -> Action | None:
+def _retire(spec: PoolSpec, observation: Observation, worker_id: str, why: str, now: float,
+            *, force: bool) -> Action | None:
+    """Stop a worker that is not wanted: drain it (or kill it at once with ``force``),
+    then forget it; clear what is left of one that already exited."""
+    instance = observation.instance(worker_id)
+    row = observation.worker(worker_id)
+    attempts = _attempts_of(spec, observation, worker_id)
     alive = instance is not None and instance.alive
+    if alive and force:
+        return StopWorker(worker_id, f"{why} (--force: its task goes back to the queue)",
+                          instance, attempts)
     if alive and row is not None and row.drain_requested:
-        action = _finish_drain(spec, worker_id, row, True, now, ActionKind.STOP, why)
-        return action if action.pending else Action(ActionKind.STOP, worker_id, action.reason)
+        return _finish_drain(spec, observation, row, instance, now, then="stop", done=why)
     if alive:
-        return Action(ActionKind.STOP, worker_id, why, graceful=True)
+        return DrainWorker(worker_id, why, instance, then="stop")
     if instance is not None:
-        return Action(ActionKind.REMOVE, worker_id,
-                      f"{why}; clear its exited window ({instance.exit_description()})")
+        return RemoveWorker(worker_id, f"{why}; clear its exited window "
+                            f"({instance.exit_description()})", instance, attempts)
     if row is not None:
-        return Action(ActionKind.REMOVE, worker_id, f"{why}; forget its stopped record")
+        return RemoveWorker(worker_id, f"{why}; forget its stopped record", None, attempts)
     return None
 
 
@@ -263,37 +355,39 @@ def _changed(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None) -
     return ", ".join(fields or ["worker template"])
 
 
-def _stranded_attempts(observation: Observation, now: float) -> list[Action]:
+def _stranded_attempts(spec: PoolSpec, observation: Observation, now: float) -> list[Action]:
     """Attempts whose lease expired and whose worker no longer exists at all: the
     sweep behind "a task is never left running" (known workers are handled above)."""
     orphans = {a.worker_id for a in observation.running if a.lease_expires_at < now
                and observation.worker(a.worker_id) is None
                and observation.instance(a.worker_id) is None}
-    return [Action(ActionKind.RELEASE, worker_id, "lease expired and no such worker")
+    return [ReleaseWorker(worker_id, "lease expired and no such worker", None,
+                          _attempts_of(spec, observation, worker_id))
             for worker_id in sorted(orphans, key=worker_sort_key)]
-
-
-_KEPT_BY_POLICY = {
-    "always": frozenset(),
-    "onSuccess": frozenset({"failed", "timeout", "cancelled"}),
-    "never": frozenset({"succeeded", "failed", "timeout", "cancelled"}),
-}
 
 
 def _orphan_worktrees(spec: PoolSpec, observation: Observation) -> list[Action]:
     """Task worktrees no running attempt uses and the cleanup policy does not keep.
 
     Workers record a worktree's path before creating it, so an unrecorded one
-    was made by something that died mid-way; a ``lost`` attempt's worktree
-    belonged to a worker that died.
+    was made by something that died mid-way.
     """
-    kept = _KEPT_BY_POLICY[spec.worktrees.cleanup]
-    actions = []
+    actions: list[Action] = []
     for path in observation.worktrees:
         status = observation.attempt_worktrees.get(path)
-        if status == "running" or status in kept:
+        if keeps_worktree(spec.worktrees.cleanup, status):
             continue
         why = {None: "no attempt owns it", "lost": "its attempt was lost with its worker"}.get(
             status, f"its attempt {status}; worktrees.cleanup is {spec.worktrees.cleanup}")
-        actions.append(Action(ActionKind.CLEAN, path, why))
+        actions.append(CleanWorktree(path, why))
     return actions
+
+
+def _controller(spec: PoolSpec, observation: Observation) -> list[Action]:
+    record = observation.controller
+    process = ProcessRef(record.pid, record.pid_create_time) if record and record.pid else None
+    if spec.controller_enabled and observation.controller_alive is False:
+        return [StartController("not running (or hung)", hung=process)]
+    if not spec.controller_enabled and observation.controller_alive:
+        return [StopController("controller.enabled is false", process)]
+    return []

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.errors import PoolError, RuntimeBackendError
-from reconciler.model import Observation, Plan
+from reconciler.model import Observation
 from reconciler.observe import observe
 from reconciler.paths import PoolPaths, known_pools, pool_paths
-from reconciler.planner import plan
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
+from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
 from reconciler.tmuxcli import tmux_available
 from reconciler.worktrees import check_repo, git
@@ -65,18 +65,15 @@ def applied_spec(paths: PoolPaths) -> PoolSpec | None:
     """The spec most recently applied to the pool, as the store recorded it."""
     if not paths.exists():
         return None
-    store = Store(paths.store)
-    try:
-        history = store.history()
-        return spec_from_document(store.spec_document(history[-1].id)) if history else None
-    finally:
-        store.close()
+    with Store(paths.store) as store:
+        latest = store.latest_spec()
+    return spec_from_document(latest[1]) if latest else None
 
 
-def observe_pool(pool: Pool, store: Store | None = None) -> Observation:
+def observe_pool(pool: Pool, store: StorePort | None = None) -> Observation:
     """Observe the pool; a pool with no store yet has no records (nothing is created)."""
     spec = pool.spec
-    own = store
+    own: StorePort | None = store
     if own is None and pool.paths.exists():
         own = Store(pool.paths.store)
     try:
@@ -108,12 +105,3 @@ def spec_git_commit(path: Path | None) -> str | None:
         return None
     dirty = git(path.parent, ["diff", "--quiet", "HEAD", "--", path.name], check=False)
     return commit + ("+dirty" if dirty.returncode == 1 else "")
-
-
-def diff(pool: Pool) -> tuple[Plan, Observation]:
-    """The plan ``apply`` would execute now; changes nothing."""
-    if pool.spec is None:
-        raise PoolError("diff needs the desired spec", hint="pass -f workers.yaml")
-    preflight(pool.spec)  # what apply would refuse, diff refuses too
-    observation = observe_pool(pool)
-    return plan(pool.spec, observation, observation.observed_at), observation

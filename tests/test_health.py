@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.actions import ReleaseWorker, ReplaceWorker, Wait, target
 from reconciler.health import STATES, TRANSITIONS, WorkerFacts, assess
-from reconciler.model import ActionKind, Observation, RuntimeInstance
+from reconciler.model import Observation, RuntimeInstance
 from reconciler.planner import plan, restart_delay
 from reconciler.spec import PoolSpec, parse_spec
 from tests.test_planner import NOW, row
@@ -97,11 +98,15 @@ def test_heartbeat_edges_decide_a_hung_restart(spec: PoolSpec, age: float,
                                                restarted: bool) -> None:
     # two passes: healthy -> unresponsive (then dead if past deadAfter)
     result = plan(spec, observed(spec, age), NOW)
-    actions = [a for a in result.actions if a.target == "w-1"]
+    actions = [a for a in result.actions if target(a) == "w-1"]
     assert bool(actions) == restarted
     if restarted:
-        assert actions[0].kind is ActionKind.RESTART and actions[0].counted
-        assert actions[0].reason.startswith("hung: no heartbeat for")
+        (waiting,) = actions  # a restart waits for its backoff from the recorded death
+        action = waiting.then if isinstance(waiting, Wait) else waiting
+        assert isinstance(action, ReplaceWorker) and action.counted
+        assert action.reason.startswith("hung: no heartbeat for")
+        # the guard: a heartbeat after the observed one calls the restart off
+        assert action.unless_heartbeat_after == NOW - age
 
 
 def test_backoff_grows_with_jitter_and_caps(spec: PoolSpec) -> None:
@@ -116,9 +121,10 @@ def test_restart_waits_for_its_backoff(spec: PoolSpec) -> None:
     obs = observed(spec, 0.5, alive=False, up_for=1.0)  # restarted 1s ago, died again
     obs = replace(obs, restart_history={"w-1": (NOW - 1.0,)})
     (action,) = plan(spec, obs, NOW).actions
-    assert action.pending and action.pending.startswith("in ")
+    assert isinstance(action, Wait) and action.why.startswith("in ")
+    assert action.until is not None and NOW < action.until < NOW + 5
     later = plan(spec, obs, NOW + 5).actions[0]
-    assert later.pending is None
+    assert isinstance(later, ReplaceWorker)
 
 
 def test_budget_exhausted_goes_failed_and_stable_uptime_forgives(spec: PoolSpec) -> None:
@@ -126,11 +132,13 @@ def test_budget_exhausted_goes_failed_and_stable_uptime_forgives(spec: PoolSpec)
     crashed = replace(observed(spec, 1.0, alive=False, up_for=8.0), restart_history=history)
     result = plan(spec, crashed, NOW)
     # failed: no restart, only its remains cleared (window, agent) and its task requeued
-    assert [a.kind for a in result.actions] == [ActionKind.RELEASE]
+    assert [type(a) for a in result.actions] == [ReleaseWorker]
     assert [s.dest for s in result.steps] == ["dead", "failed"]
     stable = replace(crashed, workers=(row("w-1", spec, health="healthy", started_at=NOW - 400,
                                            heartbeat_at=NOW - 1),))
-    assert [a.kind for a in plan(spec, stable, NOW).actions] == [ActionKind.RESTART]
+    (waiting,) = plan(spec, stable, NOW).actions
+    restart = waiting.then if isinstance(waiting, Wait) else waiting
+    assert isinstance(restart, ReplaceWorker) and restart.reset_budget is not None
 
 
 @pytest.mark.parametrize("up_for", [pytest.param(2.0, id="crashes-at-once"),

@@ -12,16 +12,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler.lock import is_locked
-from reconciler.model import Observation, QueueCounts
+from reconciler.model import ControllerRow, Observation, QueueCounts
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths
 from reconciler.proctree import process_matches
-from reconciler.store.sqlite import Store
+from reconciler.store.port import StorePort
 
 
-def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None, *,
+def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | None, *,
             repo: Path | None = None, worktree_root: Path | None = None,
             controller_lock: Path | None = None, now: float | None = None) -> Observation:
     """Snapshot one pool.  ``store`` is None for a pool that was never applied."""
@@ -31,25 +31,27 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: Store | None
                  for i in tmux_instances(socket, paths.name, str(paths.root))]
     instances += process_instances(rows)
     worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()
+    controller = store.controller() if store is not None else None
     return Observation(
         pool=paths.name, observed_at=time.time() if now is None else now,
         instances=tuple(instances), workers=tuple(rows),
         queue=store.queue_counts() if store is not None else QueueCounts(),
         worktrees=worktrees,
-        attempt_worktrees=store.attempt_worktrees() if store is not None and worktrees else {},
+        attempt_worktrees=store.attempt_worktrees(worktrees)
+        if store is not None and worktrees else {},
         running=tuple(store.running_attempts()) if store is not None else (),
         restart_history=store.restart_history() if store is not None else {},
-        controller_alive=_controller_alive(controller_lock, store, time.time())
-        if controller_lock else None)
+        controller_alive=_controller_alive(controller_lock, controller, time.time())
+        if controller_lock else None,
+        controller=controller)
 
 
 CONTROLLER_STALE_AFTER = 60.0
 
 
-def _controller_alive(lock: Path, store: Store | None, now: float) -> bool:
+def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> bool:
     """Its lock is held and it heartbeats (a hung controller is down), or the controller
     just started has not taken its lock yet."""
-    info = store.controller() if store is not None else None
     if is_locked(lock):
         return info is None or info.heartbeat_at is None or \
             now - info.heartbeat_at < CONTROLLER_STALE_AFTER

@@ -16,11 +16,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from reconciler.actions import Plan, verb
 from reconciler.durations import format_duration
-from reconciler.model import AppliedSpec, AttemptRow, EventRow, Plan, QueueCounts, TaskRow
+from reconciler.model import AppliedSpec, AttemptRow, EventRow, QueueCounts, TaskRow
+from reconciler.report.plan import describe, symbol
 
 console = Console(highlight=False, soft_wrap=True)
-_STYLE = {"start": "green", "stop": "red", "restart": "yellow", "remove": "red", "clean": "red"}
+_STYLE = {"start": "green", "restart": "yellow", "reset": "yellow"}  # any other verb: red
 
 
 def print_json(document: Any) -> None:
@@ -37,19 +39,6 @@ def age(seconds: float | None) -> str:
     return "-" if seconds is None else format_duration(seconds)
 
 
-def plan_document(plan: Plan) -> dict[str, Any]:
-    return {
-        "pool": plan.pool,
-        "in_sync": plan.empty,
-        "summary": plan.summary(),
-        "counts": dict(plan.counts()),
-        "transitions": [{"worker": s.worker, "from": s.source, "to": s.dest,
-                         "reason": s.reason} for s in plan.steps],
-        "actions": [{"action": a.kind.value, "target": a.target, "reason": a.reason,
-                     "after_current_task": a.graceful} for a in plan.actions],
-    }
-
-
 def render_plan(plan: Plan, *, title: str) -> None:
     if plan.steps:
         console.print("Health transitions this pass records:")
@@ -61,17 +50,16 @@ def render_plan(plan: Plan, *, title: str) -> None:
         return
     console.print(f"{title}\n")
     for action in plan.actions:
-        style = _STYLE[action.kind.value]
-        after = " (after its current task)" if action.graceful else ""
-        console.print(f"  [{style}]{action.kind.symbol} {action.kind.value}[/{style}] "
-                      f"{'worktree ' if action.kind.value == 'clean' else ''}"
-                      f"[bold]{escape(action.target)}[/bold]: {escape(action.reason)}{after}")
+        style = _STYLE.get(verb(action), "red")
+        head = f"{symbol(action)} {verb(action)}"
+        line = describe(action).removeprefix(head)
+        console.print(f"  [{style}]{head}[/{style}]{escape(line)}")
     console.print(f"\n[bold]{escape(plan.summary())}[/bold]")
 
 
 _HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
                  "unresponsive": "yellow", "slow": "yellow", "stopping": "yellow",
-                 "recovering": "blue"}
+                 "stopped": "dim", "recovering": "blue"}
 
 
 def render_status(document: dict[str, Any]) -> None:
@@ -94,6 +82,9 @@ def render_status(document: dict[str, Any]) -> None:
         state = "running" if controller["running"] else (
             "[red]down[/red]" if controller["enabled"] else "disabled (pool changes on apply)")
         console.print(f"controller: {state}")
+    if document.get("deleting"):
+        console.print(f"[yellow]delete {document['deleting']['state']}[/yellow] (since "
+                      f"{when(document['deleting']['since'])})")
     console.print(queue_line(QueueCounts(**document["queue"])))
     if document["claiming_paused_until"]:
         console.print(f"[yellow]claiming paused until {when(document['claiming_paused_until'])}"

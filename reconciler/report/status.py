@@ -12,7 +12,7 @@ from typing import Any
 from reconciler.health import assess
 from reconciler.model import ControllerRow, Observation, worker_sort_key
 from reconciler.planner import counted_restarts, facts_of
-from reconciler.spec import PoolSpec
+from reconciler.specmodel import PoolSpec
 
 UNHEALTHY_EXIT = 3
 
@@ -75,9 +75,15 @@ def verdict(observation: Observation, workers: list[WorkerStatus], spec: PoolSpe
 
 def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     controller: ControllerRow | None = None,
-                    paused_until: float = 0.0) -> dict[str, Any]:
+                    paused_until: float = 0.0, *, deleting: float | None = None,
+                    delete_running: bool = False) -> dict[str, Any]:
+    """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
+    whether it still holds the pool lock (else it was interrupted)."""
     workers = worker_statuses(observation, now, spec)
     problems = verdict(observation, workers, spec, controller)
+    if deleting is not None and not delete_running:
+        problems.append("a `reconcile delete` was interrupted; run it again to finish it "
+                        "(or `reconcile apply` to keep the pool)")
     return {
         "pool": observation.pool,
         "observed_at": observation.observed_at,
@@ -88,6 +94,8 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                        "pid": controller.pid if controller and observation.controller_alive
                        else None},
         "claiming_paused_until": paused_until if paused_until > now else None,
+        "deleting": None if deleting is None else
+        {"since": deleting, "state": "running" if delete_running else "interrupted"},
         "workers": [asdict(w) for w in workers],
         "queue": asdict(observation.queue),
     }

@@ -1,0 +1,274 @@
+"""The plan's vocabulary: one frozen type per kind of change, and the plan itself.
+
+Each action carries exactly what the executor needs to carry it out, decided
+by the pure planner from one observation: which process to kill (with its
+start time, so a recycled pid is never hit), whether a restart counts against
+the budget and why a budget starts afresh, and the guard that makes a counted
+restart of a hung worker stand down if it heartbeat after it was observed.
+Nothing here does I/O; ``reconciler.report.plan`` renders these values and
+``reconciler.executor`` carries them out with one ``match``.
+
+A ``Wait`` is explicit: it names the action it leads to, until when and why
+(a restart backoff, a drain in progress), and the executor does nothing for it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from reconciler.model import RuntimeInstance
+
+CONTROLLER = "controller"  # the target shown for the controller's own actions
+
+
+@dataclass(frozen=True)
+class ProcessRef:
+    """A process to signal: its pid and start time (None when unknown)."""
+
+    pid: int
+    create_time: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRef:
+    """A running attempt an action ends: its agent to kill, its worktree to clean."""
+
+    attempt_id: int
+    task_id: int
+    agent: ProcessRef | None
+    worktree: str | None
+
+
+@dataclass(frozen=True)
+class StartWorker:
+    """Start a worker in an empty slot."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReplaceWorker:
+    """Clear what is left of a worker, end its attempts, and start it again.
+
+    ``counted``: a crash or hang, entered in the restart history the budget
+    is checked against (its attempts use up a try); a planned replacement is
+    free.  ``reset_budget``: why this start begins a new budget, if it does.
+    ``unless_heartbeat_after``: the guard of a hung worker's restart; if it
+    heartbeat after this time, it was not hung after all and is left alone.
+    """
+
+    worker: str
+    reason: str
+    instance: RuntimeInstance | None
+    attempts: tuple[AttemptRef, ...] = ()
+    counted: bool = False
+    reset_budget: str | None = None
+    unless_heartbeat_after: float | None = None
+
+
+@dataclass(frozen=True)
+class DrainWorker:
+    """Ask a live worker to finish its current task and exit (store flag + SIGTERM).
+
+    ``then`` says what follows once it has exited: ``replace`` or ``stop``.
+    """
+
+    worker: str
+    reason: str
+    instance: RuntimeInstance | None
+    then: str
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    """Stop a worker for good now and forget it; its tasks go back to the queue.
+
+    ``counted``: its attempts use up a try (a crashed surplus worker's do; an
+    operator's stop or an overrun drain's do not).
+    """
+
+    worker: str
+    reason: str
+    instance: RuntimeInstance | None
+    attempts: tuple[AttemptRef, ...] = ()
+    counted: bool = False
+
+
+@dataclass(frozen=True)
+class RemoveWorker:
+    """Clear the remains of a worker that exited (a dead tmux pane, its record) and
+    forget it; what it left running is killed and its tasks requeued (counted)."""
+
+    worker: str
+    reason: str
+    instance: RuntimeInstance | None
+    attempts: tuple[AttemptRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReleaseWorker:
+    """Kill what a failed or vanished worker left running and requeue its tasks
+    (counted); the worker itself is not restarted."""
+
+    worker: str
+    reason: str
+    instance: RuntimeInstance | None
+    attempts: tuple[AttemptRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResetBudget:
+    """Forget a worker's earlier restarts (an operator's ``reconcile restart``)."""
+
+    worker: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CleanWorktree:
+    """Remove a task worktree no running attempt owns (its branch, with any
+    uncommitted work committed to it first, stays)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartController:
+    """Start the pool's controller; ``hung`` is a controller to kill first."""
+
+    reason: str
+    hung: ProcessRef | None = None
+
+
+@dataclass(frozen=True)
+class StopController:
+    """Ask the pool's controller to stop (store flag + SIGTERM)."""
+
+    reason: str
+    process: ProcessRef | None = None
+
+
+Change = (StartWorker | ReplaceWorker | DrainWorker | StopWorker | RemoveWorker | ReleaseWorker
+          | ResetBudget | CleanWorktree | StartController | StopController)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """``then`` happens later: at ``until`` (a restart backoff's end, a drain's
+    deadline), or as soon as the draining worker has exited.  ``why`` is the
+    planner's words for the wait, relative to the plan's time (``in 0.8s
+    (restart backoff)``, ``waiting for its current task (3s of 30s)``)."""
+
+    then: Change
+    why: str
+    until: float | None = None
+
+
+Action = Change | Wait
+CHANGE_TYPES: tuple[type, ...] = (StartWorker, ReplaceWorker, DrainWorker, StopWorker,
+                                  RemoveWorker, ReleaseWorker, ResetBudget, CleanWorktree,
+                                  StartController, StopController)
+ACTION_TYPES: tuple[type, ...] = (*CHANGE_TYPES, Wait)
+
+
+def verb(action: Action) -> str:
+    """The word a plan uses for an action (a wait uses its outcome's)."""
+    match action:
+        case Wait(then=then):
+            return verb(then)
+        case StartWorker() | StartController():
+            return "start"
+        case ReplaceWorker():
+            return "restart"
+        case DrainWorker(then="replace"):
+            return "restart"
+        case DrainWorker() | StopWorker() | StopController():
+            return "stop"
+        case RemoveWorker():
+            return "remove"
+        case ReleaseWorker():
+            return "release"
+        case ResetBudget():
+            return "reset"
+        case CleanWorktree():
+            return "clean"
+    raise TypeError(f"not an action: {action!r}")
+
+
+def target(action: Action) -> str:
+    """What an action is about: a worker id, a worktree path, or ``controller``."""
+    match action:
+        case Wait(then=then):
+            return target(then)
+        case CleanWorktree(path=path):
+            return path
+        case StartController() | StopController():
+            return CONTROLLER
+        case StartWorker(worker=worker) | ReplaceWorker(worker=worker) | \
+                DrainWorker(worker=worker) | StopWorker(worker=worker) | \
+                RemoveWorker(worker=worker) | ReleaseWorker(worker=worker) | \
+                ResetBudget(worker=worker):
+            return worker
+    raise TypeError(f"not an action: {action!r}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One health transition: ``worker`` goes from ``source`` to ``dest`` because ``reason``."""
+
+    worker: str
+    source: str
+    dest: str
+    trigger: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.worker}: {self.source} → {self.dest} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a pass would do (``actions``) and the health transitions it records (``steps``).
+
+    ``at`` is the time the plan was made for (waits are shown relative to it);
+    ``generation`` the applied spec it works toward (0: none recorded yet).
+    Steps are observations, not changes: a plan with steps but no actions is
+    in sync.  A plan of waits only changes nothing now, but is not in sync.
+    """
+
+    pool: str
+    actions: tuple[Action, ...] = ()
+    steps: tuple[Step, ...] = ()
+    at: float = 0.0
+    generation: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+    @property
+    def changes(self) -> tuple[Change, ...]:
+        """The actions to carry out now (everything but waits)."""
+        return tuple(a for a in self.actions if not isinstance(a, Wait))
+
+    @property
+    def waiting(self) -> tuple[Wait, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Wait))
+
+    def counts(self) -> Counter[str]:
+        return Counter(verb(a) for a in self.actions)
+
+    def summary(self) -> str:
+        if self.empty:
+            return "No changes. The pool matches the spec."
+        c = self.counts()
+        parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
+        for word, label in (("remove", "to remove"), ("release", "to release"),
+                            ("reset", "budget(s) to reset"), ("clean", "worktree(s) to clean")):
+            if c[word]:
+                parts.append(f"{c[word]} {label}")
+        waiting = len(self.waiting)
+        return "Plan: " + ", ".join(parts) + (f" ({waiting} waiting)" if waiting else "") + "."

@@ -1,0 +1,61 @@
+"""The executor's ports on a real host: processes, git worktrees, runtimes, the clock.
+
+The executor acts only through a ``Ports`` value (as honcho passes every
+effect through one environment object), so its unit tests and the
+convergence property test swap these for fakes of our own ports.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from reconciler.actions import ProcessRef
+from reconciler.executor import Ports
+from reconciler.paths import PoolPaths
+from reconciler.proctree import kill_tree, process_matches, request_stop
+from reconciler.runtimes.base import Runtime
+from reconciler.runtimes.process import ProcessRuntime
+from reconciler.runtimes.tmux import TmuxRuntime
+from reconciler.specmodel import PoolSpec
+from reconciler.store.port import StorePort
+from reconciler.worktrees import commit_wip, remove_worktree, repo_lock
+
+
+class HostProcesses:
+    """Signals real processes, and only the ones we mean: a pid whose start time no
+    longer matches was recycled by another process and is left alone."""
+
+    def kill(self, process: ProcessRef, grace: float) -> None:
+        if process_matches(process.pid, process.create_time):
+            kill_tree(process.pid, grace)
+
+    def request_stop(self, process: ProcessRef) -> None:
+        if process_matches(process.pid, process.create_time):
+            request_stop(process.pid)
+
+
+class GitWorktrees:
+    """Removes task worktrees of one repository, one git operation at a time."""
+
+    def __init__(self, repo: Path, lock_dir: Path) -> None:
+        self.repo = repo
+        self.lock_dir = lock_dir
+
+    def clean(self, path: Path) -> None:
+        """Whatever the agent left uncommitted is committed to the worktree's branch
+        first, so no work is lost with it."""
+        if path.exists():
+            commit_wip(path, "WIP: left by a reconciler attempt that did not finish")
+        with repo_lock(self.lock_dir, self.repo):
+            remove_worktree(self.repo, path)
+
+
+def host_runtimes(spec: PoolSpec, paths: PoolPaths) -> dict[str, Runtime]:
+    return {"tmux": TmuxRuntime(spec.tmux_socket, spec.name, paths.tmux_conf),
+            "process": ProcessRuntime(paths.logs)}
+
+
+def host_ports(spec: PoolSpec, paths: PoolPaths, store: StorePort) -> Ports:
+    return Ports(store=store, runtimes=host_runtimes(spec, paths), processes=HostProcesses(),
+                 worktrees=GitWorktrees(spec.repo, paths.repo_locks), clock=time.time)

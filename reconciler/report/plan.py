@@ -1,0 +1,119 @@
+"""Plans as words and as JSON: one rendering per action type, no I/O.
+
+``diff``, ``apply`` and the controller's log all describe actions with
+``describe``; ``-o json`` uses ``action_document``.  Both match on every
+action type, so a new type without a rendering fails loudly (a test
+enumerates ``reconciler.actions.ACTION_TYPES``) instead of crashing ``diff``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.actions import (
+    Action,
+    AttemptRef,
+    CleanWorktree,
+    DrainWorker,
+    Plan,
+    ReleaseWorker,
+    RemoveWorker,
+    ReplaceWorker,
+    ResetBudget,
+    StartController,
+    StartWorker,
+    StopController,
+    StopWorker,
+    Wait,
+    target,
+    verb,
+)
+
+SYMBOLS = {"start": "+", "restart": "~", "reset": "~"}
+
+
+def symbol(action: Action) -> str:
+    return SYMBOLS.get(verb(action), "-")
+
+
+def detail(action: Action) -> str:
+    """What the action does beyond its verb and reason, in words."""
+    match action:
+        case Wait(then=then, why=why):
+            inner = detail(then)
+            return f"{inner} [{why}]" if inner else f"[{why}]"
+        case DrainWorker():
+            return "(after its current task)"
+        case ReplaceWorker(counted=counted, reset_budget=reset, attempts=attempts):
+            notes = [] if not counted else ["counted"]
+            if reset:
+                notes.append(f"new restart budget: {reset}")
+            if attempts:
+                notes.append(_requeues(attempts))
+            return f"({'; '.join(notes)})" if notes else ""
+        case StopWorker(attempts=attempts) | RemoveWorker(attempts=attempts) | \
+                ReleaseWorker(attempts=attempts):
+            return f"({_requeues(attempts)})" if attempts else ""
+        case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
+                StopController():
+            return ""
+    raise TypeError(f"no rendering for {action!r}")
+
+
+def _requeues(attempts: tuple[AttemptRef, ...]) -> str:
+    tasks = ", ".join(str(a.task_id) for a in attempts)
+    return f"requeues task{'s' * (len(attempts) != 1)} {tasks}"
+
+
+def describe(action: Action) -> str:
+    """One line: ``~ restart w-2: process gone (exit 1) (counted) [in 0.8s (restart backoff)]``."""
+    what = "worktree " if isinstance(_outcome(action), CleanWorktree) else ""
+    more = detail(action)
+    return f"{symbol(action)} {verb(action)} {what}{target(action)}: {_outcome(action).reason}" \
+           + (f" {more}" if more else "")
+
+
+def _outcome(action: Action) -> Any:
+    return action.then if isinstance(action, Wait) else action
+
+
+def action_document(action: Action) -> dict[str, Any]:
+    """The JSON form of an action: its verb, type, target and reason, the facts that
+    shape it, and ``waiting`` (until when and why) for a wait."""
+    if isinstance(action, Wait):
+        return {**action_document(action.then),
+                "waiting": {"until": action.until, "why": action.why}}
+    doc: dict[str, Any] = {"action": verb(action), "type": type(action).__name__,
+                           "target": target(action), "reason": action.reason,
+                           "after_current_task": isinstance(action, DrainWorker),
+                           "waiting": None}
+    match action:
+        case ReplaceWorker():
+            doc.update(counted=action.counted, reset_budget=action.reset_budget,
+                       guard_heartbeat_after=action.unless_heartbeat_after,
+                       requeues=[a.task_id for a in action.attempts])
+        case StopWorker():
+            doc.update(counted=action.counted, requeues=[a.task_id for a in action.attempts])
+        case RemoveWorker() | ReleaseWorker():
+            doc.update(counted=True, requeues=[a.task_id for a in action.attempts])
+        case DrainWorker():
+            doc.update(then=action.then)
+        case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
+                StopController():
+            pass
+        case _:
+            raise TypeError(f"no JSON rendering for {action!r}")
+    return doc
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    return {
+        "pool": plan.pool,
+        "generation": plan.generation,
+        "in_sync": plan.empty,
+        "summary": plan.summary(),
+        "counts": dict(plan.counts()),
+        "transitions": [{"worker": s.worker, "from": s.source, "to": s.dest,
+                         "reason": s.reason} for s in plan.steps],
+        "actions": [action_document(a) for a in plan.actions],
+    }
