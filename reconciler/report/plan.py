@@ -109,7 +109,7 @@ def action_document(action: Action) -> dict[str, Any]:
 def plan_document(plan: Plan) -> dict[str, Any]:
     return {
         "pool": plan.pool,
-        "generation": plan.generation,
+        "generation": plan.generation or None,  # None: a spec not recorded yet (diff)
         "in_sync": plan.empty,
         "summary": plan.summary(),
         "counts": dict(plan.counts()),
