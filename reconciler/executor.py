@@ -119,7 +119,7 @@ class Executor:
         match action:
             case StartWorker(worker=worker):
                 self._start(worker, restarted=False, counted=False, reason="",
-                            reset_budget=True, now=now)
+                            reset_budget="a fresh start", now=now)
             case ReplaceWorker(worker=worker, unless_heartbeat_after=after):
                 if after is not None:
                     beat = self.store.worker_heartbeat(worker)
@@ -128,8 +128,7 @@ class Executor:
                 self._end(worker, action.instance, action.attempts, action.reason,
                           counted=action.counted, now=now)
                 self._start(worker, restarted=True, counted=action.counted,
-                            reason=action.reason, reset_budget=action.reset_budget is not None,
-                            now=now)
+                            reason=action.reason, reset_budget=action.reset_budget, now=now)
             case DrainWorker(worker=worker, instance=instance):
                 self.store.request_drain(worker, action.reason, now=now)
                 if instance is not None:
@@ -166,14 +165,15 @@ class Executor:
         self.store.record_controller_launch(started.pid, started.create_time, now=now)
 
     def _start(self, worker_id: str, *, restarted: bool, counted: bool, reason: str,
-               reset_budget: bool, now: float) -> None:
+               reset_budget: str | None, now: float) -> None:
         runtime = self.ports.runtimes[self.spec.runtime]
         self.store.register_worker(
             worker_id, runtime=runtime.name, pid=None, pid_create_time=None,
             spec_id=self.generation, template_hash=self.spec.template_hash(),
             template_digests=self.spec.template_digests(), restarted=restarted,
             tmux_socket=self.spec.tmux_socket if runtime.name == "tmux" else None,
-            counted=counted, reason=reason, reset_budget=reset_budget, now=now)
+            counted=counted, reason=reason, reset_budget=reset_budget is not None,
+            budget_reason=reset_budget, now=now)
         started = runtime.start(worker_id, worker_argv(self.paths, worker_id, self.generation))
         self.store.set_worker_process(worker_id, started.pid, started.create_time)
 

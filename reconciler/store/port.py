@@ -207,9 +207,10 @@ class StorePort(Protocol):
                         template_digests: dict[str, str], restarted: bool,
                         tmux_socket: str | None = None, counted: bool = False,
                         reason: str = "", reset_budget: bool = False,
-                        now: float | None = None) -> None:
+                        budget_reason: str | None = None, now: float | None = None) -> None:
         """Record a worker about to start; ``counted`` restarts enter the restart history,
-        ``reset_budget`` starts a new budget (with a ``worker.budget_reset`` event)."""
+        ``reset_budget`` starts a new budget; a replacement says so in a
+        ``worker.budget_reset`` event naming ``budget_reason`` (else ``reason``)."""
 
     def set_worker_process(self, worker_id: str, pid: int, create_time: float | None) -> None:
         """Record the process the runtime started for the worker."""

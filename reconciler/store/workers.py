@@ -16,15 +16,16 @@ class WorkerRegistry(Database):
                         template_digests: dict[str, str], restarted: bool,
                         tmux_socket: str | None = None, counted: bool = False,
                         reason: str = "", reset_budget: bool = False,
-                        now: float | None = None) -> None:
+                        budget_reason: str | None = None, now: float | None = None) -> None:
         """Record that the executor is starting ``worker_id`` (fresh or as a replacement).
 
         Called *before* the process starts (pid still unknown), so the
         worker's own first write can never be overwritten by this one.
         ``counted`` restarts (crashes, hangs) enter the restart history that
         the restart budget is checked against; planned ones (rolls) do not.
-        ``reset_budget`` starts a new budget (a new spec, an operator restart)
-        and says so in a ``worker.budget_reset`` event naming ``reason``.
+        ``reset_budget`` starts a new budget (a new spec, stable uptime); a
+        replacement says so in a ``worker.budget_reset`` event naming
+        ``budget_reason`` (else ``reason``).  A first start has no budget to reset.
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
@@ -53,10 +54,10 @@ class WorkerRegistry(Database):
                         worker_id, None,
                         f"starting as {runtime}" + (f" (after: {reason})" if reason else ""),
                         {"counted": counted, "reason": reason})
-            if reset_budget:
+            if reset_budget and restarted:
+                why = budget_reason or reason
                 self._event(db, now, "worker.budget_reset", worker_id, None,
-                            f"restart budget reset: {reason or 'new start'}",
-                            {"reason": reason})
+                            f"restart budget reset: {why}", {"reason": why})
 
     def set_worker_process(self, worker_id: str, pid: int, create_time: float | None) -> None:
         """Record the process the runtime started for ``worker_id``."""
