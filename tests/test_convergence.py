@@ -45,7 +45,7 @@ from reconciler.model import Observation, RuntimeInstance
 from reconciler.paths import PoolPaths
 from reconciler.planner import plan, plan_delete
 from reconciler.report import render
-from reconciler.report.plan import action_document, describe
+from reconciler.report.plan import action_document, describe, symbol
 from reconciler.runtimes.base import Started
 from reconciler.specmodel import PoolSpec
 from reconciler.store.sqlite import Store
@@ -384,9 +384,12 @@ def test_every_action_type_renders_and_executes(kind: type,
     samples = _samples()
     assert set(samples) == set(ACTION_TYPES), "add a sample for every new action type"
     action = samples[kind]
-    line = describe(action)
-    assert (line.split(" ")[1] in line and "w-1" in line) or "controller" in line or "/wt/" in line
     document = action_document(action)
+    line = describe(action)
+    assert line.startswith(f"{symbol(action)} {document['action']} ")
+    assert document["target"] in line and document["reason"] in line
+    if isinstance(action, Wait):
+        assert action.why in line and document["waiting"]["until"] == action.until
     assert {"action", "type", "target", "reason", "waiting"} <= set(document)
     json.dumps(document)
     with render.console.capture() as captured:
