@@ -9,14 +9,14 @@ is killed, so a failing test cannot leak workers into the next one.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning
+from tests.e2e import state_dir
+from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning, kill_tmux_servers_under
 
 
 @pytest.fixture
@@ -24,16 +24,14 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Isolate tmux and reconciler state for one test; clean up whatever it leaves."""
     # tmux socket paths must stay short (sun_path is 108 bytes): not under tmp_path
     tmux_dir = Path(tempfile.mkdtemp(prefix="rt-"))
-    state = tmp_path / "state"
+    state = state_dir(tmp_path)
     monkeypatch.setenv("TMUX_TMPDIR", str(tmux_dir))
     monkeypatch.setenv("RECONCILER_STATE_DIR", str(state))
     monkeypatch.delenv("TMUX", raising=False)
     try:
         yield tmp_path
     finally:
-        for socket in tmux_dir.glob("tmux-*/*"):
-            subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
-                           check=False)
+        kill_tmux_servers_under(tmux_dir)
         kill_processes_mentioning(str(state))
         shutil.rmtree(tmux_dir, ignore_errors=True)
 

@@ -1,4 +1,7 @@
-"""Helpers for tests: run the real CLI, write specs, poll for conditions, find processes."""
+"""Helpers for tests: run the real CLI, write specs, poll for conditions, find processes.
+
+What drives a whole pool through the CLI (status, tasks, events...) is in ``tests.e2e``.
+"""
 
 from __future__ import annotations
 
@@ -31,12 +34,31 @@ def processes_mentioning(text: str) -> list[psutil.Process]:
     return found
 
 
-def kill_processes_mentioning(text: str) -> None:
-    procs = processes_mentioning(text)
+def gone(pid: int) -> bool:
+    """Dead or a zombie (pid 1 in a container may never reap orphans)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def kill_all(procs: list[psutil.Process]) -> None:
+    """SIGKILL each process (already gone is fine) and reap what we can."""
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(procs, timeout=5)
+
+
+def kill_processes_mentioning(text: str) -> None:
+    kill_all(processes_mentioning(text))
+
+
+def kill_tmux_servers_under(directory: Path) -> None:
+    """Kill every tmux server whose socket is under ``directory`` (a ``TMUX_TMPDIR``)."""
+    for socket in directory.glob("**/tmux-*/*"):
+        subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
+                       check=False)
 
 
 def git(repo: Path, *args: str) -> str:
@@ -72,15 +94,42 @@ def write_spec(directory: Path, *, name: str = "testpool", replicas: int = 2,
     return path
 
 
+CLI = [sys.executable, "-m", "reconciler"]
+
+
 def reconcile(*args: str, check: bool = False, timeout: float = 120,
-              input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+              input_text: str | None = None,
+              cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real CLI (``python -m reconciler``) in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, input=input_text)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, input=input_text, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"reconcile {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def reconcile_background(*args: str, stdout: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """Start the real CLI without waiting for it; the caller waits for or ends it."""
+    return subprocess.Popen([*CLI, *args], stdout=stdout, stderr=subprocess.DEVNULL, text=True)
+
+
+def error_lines(proc: subprocess.CompletedProcess[str], count: int | None = None) -> list[str]:
+    """The CLI failed (exit 1) with only ``error: `` lines on stderr, no traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert lines, "expected an error on stderr"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    for line in lines:
+        assert line.startswith("error: "), proc.stderr
+    if count is not None:
+        assert len(lines) == count, lines
+    return lines
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The CLI failed with exactly one ``error: `` line; returns it."""
+    return error_lines(proc, count=1)[0]
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.2,

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, kill_all, kill_tmux_servers_under
 
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("bench_*.py"))
 FIGURE = r"[0-9]+(\.[0-9]+)?"
@@ -53,10 +53,8 @@ def scratch() -> Iterator[Path]:
     try:
         yield directory
     finally:
-        for socket in directory.glob("**/tmux-*/*"):
-            subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
-                           check=False)
-        kill(started_under(directory))
+        kill_tmux_servers_under(directory)
+        kill_all(started_under(directory))
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -70,13 +68,6 @@ def started_under(directory: Path) -> list[psutil.Process]:
                    for name in ("TMPDIR", "TMUX_TMPDIR")):
                 found.append(proc)
     return found
-
-
-def kill(procs: list[psutil.Process]) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    psutil.wait_procs(procs, timeout=5)
 
 
 @pytest.mark.parametrize("script", [

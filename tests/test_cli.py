@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import reconcile, write_spec
+from tests.e2e import add_task, apply, delete, diff, reconcile_json, status, tasks
+from tests.helpers import one_error_line, reconcile, reconcile_background, write_spec
 
 COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
             "controller", "restart", "scale", "task", "task add", "task import", "task list",
@@ -31,15 +31,6 @@ def test_top_level_help_documents_exit_codes_and_hides_internal_commands() -> No
     assert "worker" not in commands and "validate" in commands
 
 
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 1
-    stderr = proc.stderr
-    lines = stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    assert "Traceback" not in stderr
-    return lines[0]
-
-
 @pytest.mark.usefixtures("host")
 class TestPoolSelection:
     def test_no_pool_at_all(self) -> None:
@@ -47,21 +38,19 @@ class TestPoolSelection:
         assert "no pool found in" in line and "pass -f workers.yaml" in line
 
     def test_unknown_pool_name(self, host: Path) -> None:
-        write_spec(host)
-        reconcile("task", "add", "-f", str(host / "workers.yaml"), "--title", "x", check=True)
+        add_task(write_spec(host), title="x")
         line = one_error_line(reconcile("status", "--pool", "nope"))
         assert "no pool named 'nope'" in line and "known pools: testpool" in line
 
     def test_single_pool_is_the_default(self, host: Path) -> None:
-        write_spec(host)
-        reconcile("task", "add", "-f", str(host / "workers.yaml"), "--title", "x", check=True)
-        tasks = json.loads(reconcile("task", "list", "-o", "json", check=True).stdout)
-        assert [t["title"] for t in tasks] == ["x"]
+        add_task(write_spec(host), title="x")
+        listed = reconcile_json("task", "list")  # no -f: the only pool there is
+        assert [t["title"] for t in listed] == ["x"]
 
     def test_two_pools_need_a_choice(self, host: Path) -> None:
         for name in ("one", "two"):
             spec = write_spec(host, name=name, filename=f"{name}.yaml")
-            reconcile("task", "add", "-f", str(spec), "--title", "x", check=True)
+            add_task(spec, title="x")
         line = one_error_line(reconcile("task", "list"))
         assert "2 pools in" in line and "one, two" in line and "--pool NAME" in line
 
@@ -80,39 +69,34 @@ class TestPoolSelection:
 @pytest.mark.usefixtures("host")
 class TestTasks:
     def test_add_list_show_cancel_roundtrip_as_json(self, host: Path) -> None:
-        spec = str(write_spec(host))
-        added = json.loads(reconcile("task", "add", "-f", spec, "--title", "First",
-                                     "--prompt", "p1", "--priority", "3", "-o", "json",
-                                     check=True).stdout)
-        shown = json.loads(reconcile("task", "show", str(added["id"]), "-f", spec, "-o", "json",
-                                     check=True).stdout)
+        spec = write_spec(host)
+        added = reconcile_json("task", "add", "-f", str(spec), "--title", "First",
+                               "--prompt", "p1", "--priority", "3")
+        shown = reconcile_json("task", "show", str(added["id"]), "-f", str(spec))
         assert (shown["title"], shown["prompt"], shown["priority"], shown["status"]) == (
             "First", "p1", 3, "queued")
         assert shown["attempt_details"] == []
-        cancelled = json.loads(reconcile("task", "cancel", str(added["id"]), "-f", spec,
-                                         "-o", "json", check=True).stdout)
+        cancelled = reconcile_json("task", "cancel", str(added["id"]), "-f", str(spec))
         assert cancelled == {"id": added["id"], "status": "cancelled"}
-        line = one_error_line(reconcile("task", "cancel", str(added["id"]), "-f", spec))
+        line = one_error_line(reconcile("task", "cancel", str(added["id"]), "-f", str(spec)))
         assert "already cancelled" in line
 
     def test_prompt_defaults_to_title_and_reads_files_exactly(self, host: Path) -> None:
-        spec = str(write_spec(host))
+        spec = write_spec(host)
         prompt = host / "p.md"
         prompt.write_text("line 1\n  line 2 with $(x)\n")
-        reconcile("task", "add", "-f", spec, "--title", "T1", check=True)
-        reconcile("task", "add", "-f", spec, "--title", "T2", "--prompt-file", str(prompt),
-                  check=True)
-        tasks = json.loads(reconcile("task", "list", "-f", spec, "-o", "json").stdout)
-        assert [t["prompt"] for t in tasks] == ["T1", prompt.read_text()]
+        add_task(spec, title="T1")
+        add_task(spec, title="T2", prompt_file=prompt)
+        assert [t["prompt"] for t in tasks(spec)] == ["T1", prompt.read_text()]
 
     def test_import_is_all_or_nothing(self, host: Path) -> None:
-        spec = str(write_spec(host))
+        spec = write_spec(host)
         bad = host / "tasks.yaml"
         bad.write_text("- title: ok\n- titel: typo\n")
-        line = one_error_line(reconcile("task", "import", str(bad), "-f", spec))
+        line = one_error_line(reconcile("task", "import", str(bad), "-f", str(spec)))
         assert f"{bad}:2:3: task 1: unknown key `titel`" in line
-        reconcile("task", "add", "-f", spec, "--title", "t", check=True)
-        assert len(json.loads(reconcile("task", "list", "-f", spec, "-o", "json").stdout)) == 1
+        add_task(spec, title="t")
+        assert len(tasks(spec)) == 1
 
     @pytest.mark.parametrize(("args", "expected"), [
         pytest.param(["task", "show", "99"], "no task with id 99", id="unknown-id"),
@@ -124,23 +108,23 @@ class TestTasks:
                      "invalid int value", id="usage-error"),
     ])
     def test_bad_input_is_one_line(self, host: Path, args: list[str], expected: str) -> None:
-        spec = str(write_spec(host))
-        reconcile("task", "add", "-f", spec, "--title", "seed", check=True)
-        assert expected in one_error_line(reconcile(*args, "-f", spec))
+        spec = write_spec(host)
+        add_task(spec, title="seed")
+        assert expected in one_error_line(reconcile(*args, "-f", str(spec)))
 
     def test_wait_times_out_with_exit_1_when_no_worker_runs(self, host: Path) -> None:
-        spec = str(write_spec(host))
-        reconcile("task", "add", "-f", spec, "--title", "t", check=True)
-        proc = reconcile("task", "wait", "-f", spec, "--timeout", "500ms", "-o", "json")
+        spec = write_spec(host)
+        add_task(spec, title="t")
+        proc = reconcile("task", "wait", "-f", str(spec), "--timeout", "500ms", "-o", "json")
         assert proc.returncode == 1
         assert json.loads(proc.stdout) == {"finished": False,
                                            "tasks": [{"id": 1, "status": "queued"}]}
 
 
 def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
-    spec = str(write_spec(host, replicas=1))
-    reconcile("apply", "-f", spec, "--wait", check=True)
-    documents = {cmd: json.loads(reconcile(cmd, "-f", spec, "-o", "json", check=True).stdout)
+    spec = write_spec(host, replicas=1)
+    apply(spec)
+    documents = {cmd: reconcile_json(cmd, "-f", str(spec))
                  for cmd in ("status", "history", "events")}
     assert documents["status"]["pool"] == "testpool"
     assert set(documents["status"]["queue"]) == {"queued", "running", "succeeded", "failed",
@@ -148,11 +132,11 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
     assert [w["id"] for w in documents["status"]["workers"]] == ["w-1"]
     assert len(documents["history"]) == 1
     assert {e["kind"] for e in documents["events"]} >= {"spec.applied", "worker.started"}
-    plan = json.loads(reconcile("diff", "-f", spec, "-o", "json").stdout)
+    plan = json.loads(diff(spec, "-o", "json").stdout)
     assert plan == {"pool": "testpool", "in_sync": True,
                     "summary": "No changes. The pool matches the spec.", "counts": {},
                     "transitions": [], "actions": []}
-    reconcile("delete", "-f", spec, check=True)
+    delete(spec)
 
 
 def test_scale_rewrites_only_the_replicas_value_and_applies(host: Path, git_repo: Path) -> None:
@@ -163,29 +147,27 @@ def test_scale_rewrites_only_the_replicas_value_and_applies(host: Path, git_repo
     proc = reconcile("scale", "2", "-f", str(spec), "--wait")
     assert proc.returncode == 0, proc.stderr
     assert spec.read_text() == "# top comment\n" + commented.replace("replicas: 1", "replicas: 2")
-    workers = json.loads(reconcile("status", "-f", str(spec), "-o", "json").stdout)["workers"]
-    assert [w["id"] for w in workers] == ["w-1", "w-2"]
-    bad = reconcile("scale", "999", "-f", str(spec))
-    assert bad.returncode == 1 and "replicas must be from 0 to 256" in bad.stderr
+    assert [w["id"] for w in status(spec)["workers"]] == ["w-1", "w-2"]
+    line = one_error_line(reconcile("scale", "999", "-f", str(spec)))
+    assert "replicas must be from 0 to 256" in line
     assert "replicas: 2" in spec.read_text()
-    reconcile("delete", "-f", str(spec), check=True)
+    delete(spec)
 
 
 def test_task_retry_and_events_follow(host: Path) -> None:
-    spec = str(write_spec(host))
-    task_id = reconcile("task", "add", "-f", spec, "--title", "t", check=True).stdout.strip()
-    line = one_error_line(reconcile("task", "retry", task_id, "-f", spec))
+    spec = write_spec(host)
+    task_id = add_task(spec)
+    line = one_error_line(reconcile("task", "retry", task_id, "-f", str(spec)))
     assert "only failed or cancelled tasks can be retried" in line
-    reconcile("task", "cancel", task_id, "-f", spec, check=True)
-    retried = json.loads(reconcile("task", "retry", task_id, "-f", spec, "-o", "json",
-                                   check=True).stdout)
+    reconcile("task", "cancel", task_id, "-f", str(spec), check=True)
+    retried = reconcile_json("task", "retry", task_id, "-f", str(spec))
     assert retried == {"id": int(task_id), "status": "queued"}
-    follow = subprocess.Popen([sys.executable, "-m", "reconciler", "events", "-f", spec,
-                               "--follow", "-o", "json"], stdout=subprocess.PIPE, text=True)
+    follow = reconcile_background("events", "-f", str(spec), "--follow", "-o", "json",
+                                  stdout=subprocess.PIPE)
     try:
         first = json.loads(follow.stdout.readline() if follow.stdout else "{}")
         assert first["kind"] == "task.queued"
-        reconcile("task", "add", "-f", spec, "--title", "later", check=True)
+        add_task(spec, title="later")
         kinds = [json.loads(follow.stdout.readline())["kind"] for _ in range(3)] \
             if follow.stdout else []
         assert kinds[-1] == "task.queued"

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, kill_processes_mentioning
+from tests.helpers import ROOT, git, kill_processes_mentioning, one_error_line, reconcile
 
 pytestmark = pytest.mark.e2e
 
 
 def git_status() -> str:
-    return subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
-                          text=True, check=True).stdout
+    return git(ROOT, "status", "--porcelain")
 
 
 def test_demo_runs_end_to_end_and_leaves_the_clone_clean(host: Path) -> None:
     before = git_status()
     demo_dir = host / "demo"
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "reconciler", "demo", "--tasks", "12", "--dir", str(demo_dir),
-             "--teardown"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+        proc = reconcile("demo", "--tasks", "12", "--dir", str(demo_dir), "--teardown", cwd=ROOT,
+                         timeout=300)
     finally:
         kill_processes_mentioning(str(demo_dir))
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -35,8 +31,7 @@ def test_demo_runs_end_to_end_and_leaves_the_clone_clean(host: Path) -> None:
     assert "restarts:  1 (w-" in proc.stdout
     assert "1 attempt(s) lost with a worker and requeued; no task lost: 12 of 12" in proc.stdout
     repo = demo_dir / "repo"
-    branches = subprocess.run(["git", "-C", str(repo), "branch", "--list", "agent/*"],
-                              capture_output=True, text=True, check=True).stdout.split()
+    branches = git(repo, "branch", "--list", "agent/*").split()
     # every attempt has its own branch: 12 first attempts, the failing task's retry and
     # the retry of the task whose worker was killed (unless that was the failing task)
     assert len(branches) in (13, 14)
@@ -45,8 +40,5 @@ def test_demo_runs_end_to_end_and_leaves_the_clone_clean(host: Path) -> None:
 
 def test_demo_refuses_a_directory_that_already_holds_one(host: Path) -> None:
     (host / "demo" / "repo").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, "-m", "reconciler", "demo", "--dir",
-                           str(host / "demo")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, check=False)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("error: ") and "already holds a demo" in proc.stderr
+    line = one_error_line(reconcile("demo", "--dir", str(host / "demo"), cwd=ROOT, timeout=60))
+    assert "already holds a demo" in line

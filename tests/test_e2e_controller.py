@@ -18,19 +18,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from tests.helpers import processes_mentioning, reconcile, wait_for, write_spec
-from tests.test_e2e_pool import (
+from tests.e2e import (
+    add_task,
     apply,
+    delete,
+    diff,
     enqueue,
+    events,
+    kill_worker,
+    replaced,
     set_spec,
+    show_task,
+    state_dir,
     status,
     tasks,
     tmux_windows,
+    wait_healthy,
+    wait_tasks,
+    worker_pid,
+    workers,
     worktree_paths,
 )
+from tests.helpers import gone, processes_mentioning, reconcile, wait_for, write_spec
 
 pytestmark = pytest.mark.e2e
 
@@ -46,43 +57,21 @@ def controlled_spec(host: Path, replicas: int = 2, **extra: Any) -> Path:
     return write_spec(host, replicas=replicas, extra=sections)
 
 
-def workers(spec: Path) -> dict[str, dict[str, Any]]:
-    return {w["id"]: w for w in status(spec)["workers"]}
-
-
-def events(spec: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = json.loads(reconcile(
-        "events", "-f", str(spec), "-o", "json", "--limit", "100000", check=True).stdout)
-    return [e for e in found if kind is None or e["kind"] == kind]
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def replaced(spec: Path, worker_id: str, old_pid: int) -> int | None:
-    pid = workers(spec).get(worker_id, {}).get("pid")
-    return pid if pid and pid != old_pid else None
-
-
 def test_controller_replaces_a_crashed_worker_and_records_why(host: Path,
                                                                git_repo: Path) -> None:
     spec = controlled_spec(host, replicas=2)
     apply(spec)
     document = status(spec)
     assert document["ok"] and document["controller"]["running"]
-    old = workers(spec)["w-2"]["pid"]
+    old = worker_pid(spec, "w-2")
     os.kill(old, signal.SIGKILL)
     new = wait_for(lambda: replaced(spec, "w-2", old), timeout=15, message="w-2 replaced")
     assert new != old
     health = [e["message"] for e in events(spec, "worker.health") if e["worker_id"] == "w-2"]
     assert any("healthy → dead: process gone" in m for m in health), health
-    assert reconcile("diff", "-f", str(spec)).returncode == 0
+    assert diff(spec).returncode == 0
     assert tmux_windows("rt-testpool") == ["w-1", "w-2"]
-    reconcile("delete", "-f", str(spec), check=True)
+    delete(spec)
     after = reconcile("status", "-f", str(spec))  # stopped on purpose: not a problem
     assert after.returncode == 0 and "controller: down" in after.stdout
 
@@ -109,8 +98,7 @@ def test_crash_loop_backs_off_then_fails_and_restart_revives(host: Path,
     unhealthy = reconcile("status", "-f", str(spec))
     assert unhealthy.returncode == 3 and "w-1 is failed" in unhealthy.stdout
     reconcile("restart", "w-1", "-f", str(spec), check=True)
-    wait_for(lambda: workers(spec)["w-1"]["health"] in ("healthy", "working"), timeout=20,
-             message="w-1 back after `reconcile restart`")
+    wait_healthy(spec, replicas=1)  # back after `reconcile restart`
     assert reconcile("status", "-f", str(spec)).returncode == 0
 
 
@@ -120,7 +108,7 @@ def test_hung_worker_goes_unresponsive_then_dead_then_is_replaced(host: Path,
     spec = controlled_spec(host, replicas=1)
     set_spec(spec, runtime="process")
     apply(spec)
-    old = workers(spec)["w-1"]["pid"]
+    old = worker_pid(spec, "w-1")
     os.kill(old, signal.SIGSTOP)
     try:
         wait_for(lambda: replaced(spec, "w-1", old), timeout=30, message="hung w-1 replaced")
@@ -143,13 +131,13 @@ def test_controller_crash_adopts_workers_without_duplicates(host: Path, git_repo
     down = reconcile("status", "-f", str(spec))
     assert down.returncode == 3 and "the controller is down" in down.stdout
     enqueue(spec, host, 6)  # workers keep working while the controller is down
-    reconcile("task", "wait", "-f", str(spec), "--timeout", "60s", check=True)
+    wait_tasks(spec)
     assert [t["status"] for t in tasks(spec)] == ["succeeded"] * 6
     apply(spec)
     assert status(spec)["controller"]["running"]
     assert {w: d["pid"] for w, d in workers(spec).items()} == before
     assert tmux_windows("rt-testpool") == ["w-1", "w-2", "w-3"]
-    controllers = [p for p in processes_mentioning(str(host / "state"))
+    controllers = [p for p in processes_mentioning(str(state_dir(host)))
                    if "controller" in p.cmdline()]
     assert len(controllers) == 1
 
@@ -158,19 +146,15 @@ def test_poison_task_fails_after_max_attempts_within_the_restart_budget(
         host: Path, git_repo: Path) -> None:
     spec = controlled_spec(host, replicas=2, tasks={"maxAttempts": 2})
     apply(spec)
-    poison = reconcile("task", "add", "-f", str(spec), "--title", "poison",
-                       "--prompt", "[kill-worker]", check=True).stdout.strip()
-    reconcile("task", "wait", poison, "-f", str(spec), "--timeout", "60s", check=True)
-    shown = json.loads(reconcile("task", "show", poison, "-f", str(spec), "-o", "json",
-                                 check=True).stdout)
+    poison = add_task(spec, "[kill-worker]", title="poison")
+    wait_tasks(spec, poison)
+    shown = show_task(spec, poison)
     assert shown["status"] == "failed"
     assert [a["status"] for a in shown["attempt_details"]] == ["lost", "lost"]
-    wait_for(lambda: all(w["health"] in ("healthy", "working") for w in workers(spec).values())
-             and len(workers(spec)) == 2, timeout=20, message="workers healthy again")
+    wait_healthy(spec, replicas=2)
     assert status(spec)["ok"]
-    fine = reconcile("task", "add", "-f", str(spec), "--title", "fine", "--prompt", "ok",
-                     check=True).stdout.strip()
-    reconcile("task", "wait", fine, "-f", str(spec), "--timeout", "60s", check=True)
+    fine = add_task(spec, "ok", title="fine")
+    wait_tasks(spec, fine)
     assert [t["status"] for t in tasks(spec)] == ["failed", "succeeded"]
     agents = [p for p in processes_mentioning("[kill-worker]")]
     assert not agents or all(gone(p.pid) for p in agents)
@@ -184,7 +168,7 @@ def test_killed_tmux_server_is_restored_by_the_controller(host: Path, git_repo: 
              and all(w["pid"] for w in workers(spec).values()), timeout=20,
              message="the pool back in a new tmux server")
     enqueue(spec, host, 2)
-    reconcile("task", "wait", "-f", str(spec), "--timeout", "60s", check=True)
+    wait_tasks(spec)
     assert [t["status"] for t in tasks(spec)] == ["succeeded"] * 2
 
 
@@ -192,18 +176,14 @@ def test_graceful_scale_down_keeps_the_short_task_and_requeues_the_long_one(
         host: Path, git_repo: Path) -> None:
     spec = controlled_spec(host, replicas=2, worker={"stopGrace": "10s"})
     apply(spec)
-    short = reconcile("task", "add", "-f", str(spec), "--title", "short", "--prompt",
-                      "[seconds=3]", check=True).stdout.strip()
-    long = reconcile("task", "add", "-f", str(spec), "--title", "long", "--prompt", "[hang]",
-                     check=True).stdout.strip()
+    short = add_task(spec, "[seconds=3]", title="short")
+    long = add_task(spec, "[hang]", title="long")
     wait_for(lambda: all(t["status"] == "running" for t in tasks(spec)), message="both running")
     set_spec(spec, replicas=0)
     apply(spec)
     by_id = {str(t["id"]): t for t in tasks(spec)}
-    short_task = json.loads(reconcile("task", "show", short, "-f", str(spec), "-o", "json",
-                                      check=True).stdout)
-    long_task = json.loads(reconcile("task", "show", long, "-f", str(spec), "-o", "json",
-                                     check=True).stdout)
+    short_task = show_task(spec, short)
+    long_task = show_task(spec, long)
     assert by_id[short]["status"] == "succeeded"
     assert [a["status"] for a in short_task["attempt_details"]] == ["succeeded"]
     assert long_task["status"] == "queued" and long_task["attempts"] == 0
@@ -226,11 +206,10 @@ def test_chaos_every_task_succeeds_despite_random_kills(host: Path, git_repo: Pa
         if alive:
             os.kill(rng.choice(alive)["pid"], signal.SIGKILL)
             kills += 1
-    reconcile("task", "wait", "-f", str(spec), "--timeout", "180s", check=True)
+    wait_tasks(spec, timeout="180s")
     rows = tasks(spec)
     assert [t["status"] for t in rows] == ["succeeded"] * count
-    attempts = [a for t in rows for a in json.loads(reconcile(
-        "task", "show", str(t["id"]), "-f", str(spec), "-o", "json").stdout)["attempt_details"]]
+    attempts = [a for t in rows for a in show_task(spec, t["id"])["attempt_details"]]
     assert len(attempts) - count <= kills, f"{len(attempts) - count} re-runs for {kills} kills"
     by_task: dict[int, list[dict[str, Any]]] = {}
     for attempt in attempts:
@@ -240,9 +219,9 @@ def test_chaos_every_task_succeeds_despite_random_kills(host: Path, git_repo: Pa
         spans = sorted((a["started_at"], a["ended_at"]) for a in task_attempts)
         for (_, end_a), (start_b, _) in itertools.pairwise(spans):
             assert end_a <= start_b, "two live leases on one task"
-    reconcile("delete", "-f", str(spec), check=True)
+    delete(spec)
     assert worktree_paths(git_repo) == [str(git_repo)]
-    wait_for(lambda: not processes_mentioning(str(host / "state")), timeout=15,
+    wait_for(lambda: not processes_mentioning(str(state_dir(host))), timeout=15,
              message="no stray process")
 
 
@@ -253,18 +232,15 @@ def test_rate_limited_agent_pauses_claiming_without_using_attempts(host: Path,
                                                  "resetPattern": r"resets at (\d+)"}})
     apply(spec)
     resets = int(time.time()) + 8
-    limited = reconcile("task", "add", "-f", str(spec), "--title", "limited", "--priority", "5",
-                        "--prompt", f"[rate-limit-until={resets}]", check=True).stdout.strip()
-    other = reconcile("task", "add", "-f", str(spec), "--title", "other", "--prompt", "ok",
-                      check=True).stdout.strip()
+    limited = add_task(spec, f"[rate-limit-until={resets}]", title="limited", priority=5)
+    other = add_task(spec, "ok", title="other")
     wait_for(lambda: status(spec)["claiming_paused_until"], message="claiming to pause")
     assert status(spec)["claiming_paused_until"] == resets
     assert {t["title"]: t["status"] for t in tasks(spec)} == {"limited": "queued",
                                                              "other": "queued"}
     assert "claiming paused until" in reconcile("status", "-f", str(spec)).stdout
-    reconcile("task", "wait", limited, other, "-f", str(spec), "--timeout", "60s", check=True)
-    shown = json.loads(reconcile("task", "show", limited, "-f", str(spec), "-o", "json",
-                                 check=True).stdout)
+    wait_tasks(spec, limited, other)
+    shown = show_task(spec, limited)
     assert shown["status"] == "succeeded" and shown["attempts"] == 1  # maxAttempts 1 sufficed
     assert [a["status"] for a in shown["attempt_details"]] == ["rate_limited", "succeeded"]
     assert min(a["started_at"] for a in shown["attempt_details"][1:]) >= resets
@@ -274,10 +250,9 @@ def test_diff_shows_the_health_transitions_a_pass_would_record(host: Path,
                                                               git_repo: Path) -> None:
     spec = write_spec(host, replicas=1)  # no controller: nobody records them but apply
     apply(spec)
-    os.kill(workers(spec)["w-1"]["pid"], signal.SIGKILL)
-    wait_for(lambda: not workers(spec)["w-1"]["pid"], message="w-1 to die")
-    plan = json.loads(reconcile("diff", "-f", str(spec), "-o", "json").stdout)
+    kill_worker(spec, "w-1")
+    plan = json.loads(diff(spec, "-o", "json").stdout)
     assert plan["transitions"][0]["from"] == "healthy"
     assert plan["transitions"][0]["to"] == "dead"
-    text = reconcile("diff", "-f", str(spec)).stdout
+    text = diff(spec).stdout
     assert "Health transitions this pass records:" in text and "w-1: healthy → dead" in text

@@ -9,53 +9,34 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from reconciler.runtimes.tmux import TmuxRuntime
-from tests.helpers import git, reconcile, wait_for, write_spec
-from tests.test_e2e_pool import apply, set_spec, status, tmux_windows, worktree_paths
+from tests.e2e import (
+    add_task,
+    apply,
+    delete,
+    diff,
+    kill_worker,
+    pool_dir,
+    running_attempt,
+    set_spec,
+    show_task,
+    status,
+    tmux_windows,
+    wait_tasks,
+    worker_pid,
+    worktree_paths,
+)
+from tests.helpers import git, gone, reconcile_background, wait_for, write_spec
 
 pytestmark = pytest.mark.e2e
-
-
-def show(spec: Path, task_id: str) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(
-        reconcile("task", "show", task_id, "-f", str(spec), "-o", "json", check=True).stdout)
-    return result
-
-
-def add_task(spec: Path, prompt: str, title: str = "t") -> str:
-    return reconcile("task", "add", "-f", str(spec), "--title", title, "--prompt", prompt,
-                     check=True).stdout.strip()
-
-
-def running_attempt(spec: Path, task_id: str) -> dict[str, Any]:
-    def started() -> dict[str, Any] | None:
-        attempts = show(spec, task_id)["attempt_details"]
-        last = attempts[-1] if attempts else None
-        return last if last and last["status"] == "running" and last["pid"] else None
-    result: dict[str, Any] = wait_for(started, message=f"task {task_id} to run")
-    return result
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def worker_pid(spec: Path, worker_id: str) -> int:
-    pid: int = next(w["pid"] for w in status(spec)["workers"] if w["id"] == worker_id)
-    return pid
 
 
 def test_agent_of_a_killed_worker_is_killed_and_its_task_requeued(host: Path,
@@ -64,16 +45,15 @@ def test_agent_of_a_killed_worker_is_killed_and_its_task_requeued(host: Path,
     apply(spec)
     task_id = add_task(spec, "[hang]")
     agent = running_attempt(spec, task_id)["pid"]
-    os.kill(worker_pid(spec, "w-1"), signal.SIGKILL)
-    wait_for(lambda: not status(spec)["workers"][0]["pid"], message="w-1 to die")
+    kill_worker(spec, "w-1")
     assert not gone(agent), "the agent survives its worker until the executor acts"
     apply(spec)
     wait_for(lambda: gone(agent), timeout=30, message="the orphaned agent to be killed")
     second = running_attempt(spec, task_id)
-    attempts = show(spec, task_id)["attempt_details"]
+    attempts = show_task(spec, task_id)["attempt_details"]
     assert [a["status"] for a in attempts] == ["lost", "running"]
-    assert second["number"] == 2 and show(spec, task_id)["attempts"] == 2
-    reconcile("delete", "-f", str(spec), "--force", check=True)
+    assert second["number"] == 2 and show_task(spec, task_id)["attempts"] == 2
+    delete(spec, "--force")
     wait_for(lambda: gone(second["pid"]), timeout=30, message="the second agent to be killed")
 
 
@@ -82,9 +62,9 @@ def test_forced_delete_requeues_without_using_up_attempts(host: Path, git_repo: 
     apply(spec)
     task_id = add_task(spec, "[hang]")
     agent = running_attempt(spec, task_id)["pid"]
-    reconcile("delete", "-f", str(spec), "--force", check=True)
+    delete(spec, "--force")
     wait_for(lambda: gone(agent), timeout=30, message="the agent to be killed")
-    task = show(spec, task_id)
+    task = show_task(spec, task_id)
     assert (task["status"], task["attempts"]) == ("queued", 0)
     assert [a["status"] for a in task["attempt_details"]] == ["lost"]
     assert worktree_paths(git_repo) == [str(git_repo)]  # the lost attempt's worktree is cleaned
@@ -100,7 +80,7 @@ def test_stop_grace_bounds_a_drain_and_requeues_the_long_task(host: Path,
     holder = attempt["worker_id"]
     set_spec(spec, replicas=0)
     apply(spec)
-    task = show(spec, task_id)
+    task = show_task(spec, task_id)
     assert (task["status"], task["attempts"]) == ("queued", 0), holder
     assert gone(attempt["pid"])
     assert status(spec)["workers"] == []
@@ -113,8 +93,7 @@ def test_a_draining_worker_does_not_spin(host: Path, git_repo: Path) -> None:
     running_attempt(spec, task_id)
     pid = worker_pid(spec, "w-1")
     set_spec(spec, replicas=0)
-    applying = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-f", str(spec)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    applying = reconcile_background("apply", "-f", str(spec))
     try:
         wait_for(lambda: status(spec)["workers"][0]["health"] == "stopping",
                  message="w-1 to drain")
@@ -125,7 +104,8 @@ def test_a_draining_worker_does_not_spin(host: Path, git_repo: Path) -> None:
         assert busy < 0.5, f"draining worker used {busy:.2f}s of CPU in 1.5s"
     finally:
         assert applying.wait(timeout=60) == 0
-    wait_for(lambda: show(spec, task_id)["status"] == "succeeded", message="the task to finish")
+    wait_for(lambda: show_task(spec, task_id)["status"] == "succeeded",
+             message="the task to finish")
 
 
 def test_windows_the_operator_opens_in_the_session_are_left_alone(host: Path,
@@ -136,9 +116,9 @@ def test_windows_the_operator_opens_in_the_session_are_left_alone(host: Path,
                     "scratch", "--", "sleep", "300"], check=True)
     subprocess.run(["tmux", "-L", "rt-testpool", "new-window", "-d", "-t", "=testpool:", "-n",
                     "w-7", "--", "sleep", "300"], check=True)  # named like a worker, not ours
-    assert reconcile("diff", "-f", str(spec)).returncode == 0
+    assert diff(spec).returncode == 0
     assert [w["id"] for w in status(spec)["workers"]] == ["w-1"]
-    reconcile("delete", "-f", str(spec), check=True)
+    delete(spec)
     assert tmux_windows("rt-testpool") == ["scratch", "w-7"]
 
 
@@ -146,13 +126,12 @@ def test_changing_the_socket_moves_the_pool(host: Path, git_repo: Path) -> None:
     spec = write_spec(host, replicas=2)
     apply(spec)
     set_spec(spec, tmux={"socket": "rt-moved"})
-    diff = reconcile("diff", "-f", str(spec))
-    assert "~ restart w-1: tmux.socket (rt-testpool → rt-moved) changed" in diff.stdout
+    assert "~ restart w-1: tmux.socket (rt-testpool → rt-moved) changed" in diff(spec).stdout
     apply(spec)
     assert tmux_windows("rt-testpool") == []
     assert tmux_windows("rt-moved") == ["w-1", "w-2"]
-    assert reconcile("diff", "-f", str(spec)).returncode == 0
-    reconcile("delete", "-f", str(spec), check=True)
+    assert diff(spec).returncode == 0
+    delete(spec)
     assert tmux_windows("rt-moved") == []
 
 
@@ -160,19 +139,19 @@ def test_orphaned_worktrees_are_listed_by_diff_and_removed_by_apply(host: Path,
                                                                     git_repo: Path) -> None:
     spec = write_spec(host, replicas=1)
     apply(spec)
-    orphan = host / "state" / "pools" / "testpool" / "worktrees" / "task-99-a1"
+    orphan = pool_dir(host) / "worktrees" / "task-99-a1"
     git(git_repo, "worktree", "add", "-q", "-b", "leftover", "--", str(orphan), "main")
     (orphan / "half-done.txt").write_text("work the agent never committed\n")
-    diff = reconcile("diff", "-f", str(spec))
-    assert diff.returncode == 2
-    assert f"- clean worktree {orphan}: no attempt owns it" in diff.stdout
+    pending = diff(spec)
+    assert pending.returncode == 2
+    assert f"- clean worktree {orphan}: no attempt owns it" in pending.stdout
     apply(spec)
     assert worktree_paths(git_repo) == [str(git_repo)]
     assert "leftover" in git(git_repo, "branch", "--list", "leftover")
     # the uncommitted work was saved on the branch before the worktree went
     assert git(git_repo, "show", "leftover:half-done.txt") == "work the agent never committed\n"
     assert git(git_repo, "log", "-1", "--format=%s", "leftover").startswith("WIP:")
-    assert reconcile("diff", "-f", str(spec)).returncode == 0
+    assert diff(spec).returncode == 0
 
 
 def test_a_stale_ref_lock_left_by_a_killed_git_does_not_block_tasks(host: Path,
@@ -185,8 +164,8 @@ def test_a_stale_ref_lock_left_by_a_killed_git_does_not_block_tasks(host: Path,
     (git_repo / ".git" / "index.lock").write_text("")  # the operator's checkout: untouched
     apply(spec)
     task_id = add_task(spec, "do it")
-    reconcile("task", "wait", task_id, "-f", str(spec), "--timeout", "60s", check=True)
-    assert show(spec, task_id)["status"] == "succeeded"
+    wait_tasks(spec, task_id)
+    assert show_task(spec, task_id)["status"] == "succeeded"
     assert not lock.exists()
     assert (git_repo / ".git" / "index.lock").exists()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-FAKE_AGENT = Path(__file__).resolve().parents[1] / "examples" / "agents" / "fake-agent"
+from tests.helpers import FAKE_AGENT
+
 FAST = "0.05"
 RUN_TIMEOUT = 30.0
 IDENT = ["-c", "user.name=Test Setup", "-c", "user.email=setup@example.invalid"]

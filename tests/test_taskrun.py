@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from reconciler.taskrun import RunResult, log_tail, run_command
-from tests.helpers import wait_for
+from tests.helpers import gone, wait_for
 
 GRACE = 0.5
 
@@ -46,14 +46,6 @@ def run(argv: list[str], tmp_path: Path, *, timeout: float = 30.0,
 
 def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
-
-
-def gone(pid: int) -> bool:
-    """Dead or a zombie (pid 1 in a container may never reap orphans)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def read_pids(path: Path) -> list[int]:
