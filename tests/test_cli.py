@@ -135,7 +135,7 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
     plan = json.loads(diff(spec, "-o", "json").stdout)
     assert plan == {"pool": "testpool", "in_sync": True,
                     "summary": "No changes. The pool matches the spec.", "counts": {},
-                    "transitions": [], "actions": []}
+                    "generation": None, "transitions": [], "actions": []}
     delete(spec)
 
 
