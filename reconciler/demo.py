@@ -175,7 +175,7 @@ def _summary(pool: Pool, store: Store, repo: Path, elapsed: float, spec_id: int,
                   f"(git -C {repo} log --oneline --all)")
     console.print(f"  restarts:  {restarts}" + (f" ({killed} was killed on purpose)" if killed
                                                  else "")
-                  + f";  elapsed: {elapsed:.1f}s;  spec #{spec_id}")
+                  + f";  elapsed: {elapsed:.1f}s;  generation {spec_id}")
     verdict = "no task lost" if accounted == q.total else f"{q.total - accounted} unfinished"
     console.print(f"  recovery:  {len(lost)} attempt(s) lost with a worker and requeued; "
                   f"{verdict}: {accounted} of {q.total} tasks ended succeeded or failed with "

@@ -19,15 +19,13 @@ import pytest
 
 from reconciler.errors import LockHeldError, StoreError, TaskError
 from reconciler.lock import pool_lock
-from reconciler.model import Claim
 from reconciler.paths import PoolPaths
 from reconciler.store import base
 from reconciler.store.sqlite import Store
 from reconciler.store.tasks import LATEST_ATTEMPT_AT_SQL, QUEUE_COUNTS_SQL, RUNNING_ATTEMPTS_SQL
 from reconciler.taskfile import NewTask, read_task_file
 from tests.helpers import ROOT
-
-LEASE = 60.0
+from tests.test_store_contract import LEASE, claim, register
 
 
 @pytest.fixture
@@ -52,18 +50,6 @@ def python(code: str, *args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def claim(store: Store, worker: str = "w-1", now: float | None = None) -> Claim:
-    c = store.claim_task(worker, LEASE, now=now)
-    assert c is not None, "expected a runnable task"
-    return c
-
-
-def register(store: Store, worker: str) -> None:
-    spec_id = store.record_applied_spec(source_path=None, source_sha256="s", git_commit=None,
-                                        document_hash="h", document="{}", summary="spec")
-    store.register_worker(worker, runtime="process", pid=None, pid_create_time=None,
-                          spec_id=spec_id, template_hash="t", template_digests={},
-                          restarted=False)
 
 
 # ------------------------------------------------------------- concurrency across processes

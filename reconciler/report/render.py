@@ -138,7 +138,7 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
 
 def render_history(history: list[AppliedSpec]) -> None:
     table = Table()
-    for column in ("#", "applied", "file", "git commit", "spec hash", "plan"):
+    for column in ("generation", "applied", "file", "git commit", "spec hash", "plan"):
         table.add_column(column, overflow="fold")
     for h in history:
         table.add_row(str(h.id), when(h.applied_at), escape(h.source_path or "-"),
