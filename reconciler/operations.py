@@ -17,7 +17,6 @@ an interrupted delete leaves the mark for ``status`` to name, and a second
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from reconciler.model import Observation
 from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_controller, worker_ids
 from reconciler.pool import Pool, observe_pool, preflight, resolve_pool, spec_git_commit
 from reconciler.scale import rewrite_replicas
-from reconciler.specmodel import PoolSpec, canonical_json, spec_from_document
+from reconciler.specmodel import PoolSpec, document_hash, spec_from_document
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
 
@@ -145,16 +144,12 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
 def _record_spec(store: StorePort, spec: PoolSpec, summary: str) -> tuple[int, bool]:
     """The generation of ``spec``: the latest one if it is the same document, else a new one."""
     latest = store.latest_spec()
-    if latest is not None and _hash(latest[1]) == spec.document_hash:
+    if latest is not None and document_hash(latest[1]) == spec.document_hash:
         return latest[0], False
     return store.record_applied_spec(
         source_path=str(spec.source_path) if spec.source_path else None,
         source_sha256=spec.source_sha256, git_commit=spec_git_commit(spec.source_path),
         document_hash=spec.document_hash, document=spec.document_json, summary=summary), True
-
-
-def _hash(document: object) -> str:
-    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- converge

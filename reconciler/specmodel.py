@@ -107,7 +107,7 @@ class PoolSpec:
 
     @property
     def document_hash(self) -> str:
-        return hashlib.sha256(self.document_json.encode()).hexdigest()
+        return document_hash(self.document)
 
     def template_digests(self) -> dict[str, str]:
         """One digest per spec field that shapes a running worker.
@@ -138,6 +138,11 @@ class PoolSpec:
 
     def template_hash(self) -> str:
         return digest(self.template_digests())
+
+
+def document_hash(document: Any) -> str:
+    """The identity of a normalised spec document (what ``history`` shows as its hash)."""
+    return hashlib.sha256(canonical_json(document).encode()).hexdigest()
 
 
 def canonical_json(value: Any) -> str:

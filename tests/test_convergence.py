@@ -43,7 +43,7 @@ from reconciler.actions import (
 from reconciler.executor import Executor, Ports
 from reconciler.model import Observation, RuntimeInstance
 from reconciler.paths import PoolPaths
-from reconciler.planner import plan, plan_delete
+from reconciler.planner import plan, plan_delete, plan_restart
 from reconciler.report import render
 from reconciler.report.plan import action_document, describe, symbol
 from reconciler.runtimes.base import Started
@@ -196,6 +196,8 @@ class WorldSetup:
     workers: tuple[WorkerSetup, ...]
     stranded: int
     worktrees: tuple[str | None, ...]
+    restart: bool = False  # an operator's `reconcile restart w-1` once converged
+    force_delete: bool = False
 
 
 @st.composite
@@ -211,7 +213,8 @@ def worlds(draw: st.DrawFn) -> WorldSetup:
         cleanup=draw(st.sampled_from(["always", "onSuccess", "never"])),
         controller_enabled=draw(st.booleans()), controller=draw(st.sampled_from(
             CONTROLLER_STATES)), workers=workers, stranded=draw(st.integers(0, 2)),
-        worktrees=tuple(draw(st.lists(st.sampled_from(WORKTREE_STATUSES), max_size=3))))
+        worktrees=tuple(draw(st.lists(st.sampled_from(WORKTREE_STATUSES), max_size=3))),
+        restart=draw(st.booleans()), force_delete=draw(st.booleans()))
 
 
 def _with_controller(spec: PoolSpec, enabled: bool) -> PoolSpec:
@@ -323,7 +326,7 @@ def _add_controller(world: World, state: str) -> None:
 
 def converge(world: World, make_plan: Any, *, passes: int = 8) -> tuple[Plan, Observation]:
     """Passes until the plan is empty; when only waits are left, time moves past them."""
-    now = T0
+    now = world.clock.now
     for _ in range(passes):
         world.heartbeat(now)
         observed = world.observe(now)
@@ -335,6 +338,7 @@ def converge(world: World, make_plan: Any, *, passes: int = 8) -> tuple[Plan, Ob
         assert not report.problems, report.problems
         waits = [a.until for a in the_plan.waiting if a.until is not None]
         now = max([now + 1.0, *(u + 0.01 for u in waits)])
+        world.clock.now = now
     raise AssertionError(f"not converged after {passes} passes: {the_plan}")
 
 
@@ -344,18 +348,34 @@ def converge(world: World, make_plan: Any, *, passes: int = 8) -> tuple[Plan, Ob
 def test_executing_plans_converges_for_every_kind_of_world(setup: WorldSetup) -> None:
     with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store.db") as store:
         world = build(setup, Path(tmp), store)
-        _, after = converge(world, lambda o, now: plan(world.spec, o, now))
-        failed = {r.id for r in after.workers if r.health == "failed"}
-        alive_ids = {i.worker_id for i in after.instances if i.alive}
-        wanted = {f"w-{n}" for n in range(1, world.spec.replicas + 1)}
-        assert alive_ids == wanted - failed
-        assert not any(world.host.is_alive(pid) for pid in world.agents
-                       if pid not in {a.pid for a in after.running})
-        assert after.controller_alive is world.spec.controller_enabled
+        desired = lambda o, now: plan(world.spec, o, now)  # noqa: E731
+        _, after = converge(world, desired)
+        _check_converged(world, after)
+        if setup.restart and after.worker("w-1") is not None:
+            report = world.executor.execute(plan_restart(world.spec, after, "w-1",
+                                                         world.clock.now))
+            assert not report.problems and world.store.restart_history().get("w-1") is None
+            _, again = converge(world, desired)
+            _check_converged(world, again)
+            revived = again.worker("w-1")
+            assert revived is not None and revived.health != "failed"
 
-        _, gone = converge(world, lambda o, now: plan_delete(world.spec, o, now))
+        _, gone = converge(world, lambda o, now: plan_delete(world.spec, o, now,
+                                                             force=setup.force_delete))
         assert not any(i.alive for i in gone.instances)
         assert not gone.running  # every task requeued, none left running
+
+
+def _check_converged(world: World, after: Observation) -> None:
+    """Every wanted worker runs unless it failed; no agent outlived its attempt; the
+    controller runs exactly when it is enabled."""
+    failed = {r.id for r in after.workers if r.health == "failed"}
+    alive_ids = {i.worker_id for i in after.instances if i.alive}
+    wanted = {f"w-{n}" for n in range(1, world.spec.replicas + 1)}
+    assert alive_ids == wanted - failed
+    assert not any(world.host.is_alive(pid) for pid in world.agents
+                   if pid not in {a.pid for a in after.running})
+    assert after.controller_alive is world.spec.controller_enabled
 
 
 def _samples() -> dict[type, Action]:
