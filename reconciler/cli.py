@@ -31,6 +31,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _pool_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
     p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
@@ -89,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p)
     p = sub.add_parser("events", help="the pool's event log (health transitions, restarts...)")
     _pool_options(p)
-    p.add_argument("--limit", type=int, default=50, help="show the last N events (default 50)")
+    p.add_argument("--limit", type=_positive_int, default=50,
+                   help="show the last N events (default 50)")
     p.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C ends)")
 
     p = sub.add_parser("controller", help="run the pool's controller in the foreground",

@@ -111,7 +111,16 @@ def diff(pool: Pool) -> Plan:
     spec = _spec_of(pool)
     preflight(spec)  # what apply would refuse, diff refuses too
     observation = observe_pool(pool)
-    return plan(spec, observation, observation.observed_at)
+    return plan(spec, observation, observation.observed_at, generation=_generation_of(pool, spec))
+
+
+def _generation_of(pool: Pool, spec: PoolSpec) -> int:
+    """The generation ``spec`` already is (the newest applied one), else 0 (not recorded)."""
+    if not pool.paths.exists():
+        return 0
+    with Store(pool.paths.store) as store:
+        latest = store.latest_spec()
+    return latest[0] if latest and document_hash(latest[1]) == spec.document_hash else 0
 
 
 @dataclass(frozen=True)

@@ -286,19 +286,22 @@ def _finish_drain(spec: PoolSpec, observation: Observation, row: WorkerRow,
     overrun = f"still busy after stopGrace ({format_duration(grace)}); killing it, its task " \
               "goes back to the queue"
 
-    def finish(reason: str) -> Change:
+    def finish(reason: str, ends: tuple[AttemptRef, ...]) -> Change:
         if then == "stop":
-            return StopWorker(row.id, reason, instance, attempts)
+            return StopWorker(row.id, reason, instance, ends)
         new_template = row.template_hash != spec.template_hash()
-        return ReplaceWorker(row.id, reason, instance, attempts,
+        return ReplaceWorker(row.id, reason, instance, ends,
                              reset_budget="new worker template" if new_template else None)
 
     if instance is None or not instance.alive:
-        return finish(done)
+        return finish(done, attempts)
     if now - requested >= grace:
-        return finish(overrun)
-    return Wait(finish(done), f"waiting for its current task ({format_duration(now - requested)}"
-                f" of {format_duration(grace)})", until=requested + grace)
+        return finish(overrun, attempts)
+    # what follows a drain that ends well: its task finished, nothing requeued
+    after = f"{'stopped' if then == 'stop' else 'replaced'} once its current task is done"
+    return Wait(finish(after if then == "replace" else f"{done}; {after}", ()),
+                f"waiting for its current task ({format_duration(now - requested)} of "
+                f"{format_duration(grace)}; killed then)", until=requested + grace)
 
 
 def _retire(spec: PoolSpec, observation: Observation, worker_id: str, why: str, now: float,

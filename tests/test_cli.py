@@ -135,7 +135,9 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
     plan = json.loads(diff(spec, "-o", "json").stdout)
     assert plan == {"pool": "testpool", "in_sync": True,
                     "summary": "No changes. The pool matches the spec.", "counts": {},
-                    "generation": None, "transitions": [], "actions": []}
+                    "generation": 1, "transitions": [], "actions": []}
+    write_spec(host, replicas=2)  # not applied yet: no generation
+    assert json.loads(diff(spec, "-o", "json").stdout)["generation"] is None
     delete(spec)
 
 

@@ -78,13 +78,19 @@ def test_apply_during_a_delete_fails_clearly_and_is_not_undone(host: Path,
                                                                git_repo: Path) -> None:
     """Bug 2: ``delete`` held the lock only while stopping the controller, so an apply
     during the drain reported success and was then silently undone."""
-    spec = write_spec(host, replicas=1, extra={"worker": {"stopGrace": "30s"}})
+    spec = write_spec(host, replicas=1, extra={"worker": {"stopGrace": "30s"},
+                                               "controller": {"enabled": True}})
     reconcile("apply", "-f", str(spec), "--wait", check=True)
     task = add_task(spec, "[seconds=6]")
     running_attempt(spec, task)
     deleting = reconcile_background("delete", "-f", str(spec))
     try:
         wait_for(lambda: status(spec)["deleting"] is not None, message="delete to begin")
+        # delete holds the controller's lock once it stopped: status must not read that
+        # as a running controller
+        wait_for(lambda: status(spec)["controller"]["running"] is False,
+                 message="status to see the controller stopped")
+        assert deleting.poll() is None, "the delete should still wait for the busy worker"
         refused = reconcile("apply", "-f", str(spec), "--lock-timeout", "1s")
         line = one_error_line(refused)
         assert "delete" in line and "lock" in line, line
@@ -95,6 +101,24 @@ def test_apply_during_a_delete_fails_clearly_and_is_not_undone(host: Path,
     after = status(spec)
     assert after["workers"] == [] and after["deleting"] is None
     assert reconcile_json("task", "show", task, "-f", str(spec))["status"] == "succeeded"
+
+
+def test_delete_stops_workers_it_cannot_see_through_tmux(host: Path, git_repo: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path_factory: pytest.TempPathFactory
+                                                        ) -> None:
+    """``tmux -L`` finds a server under ``$TMUX_TMPDIR``: a delete run with another one
+    saw no window, forgot the workers' records and said "deleted" while they kept
+    taking tasks.  Their pids (checked with their start times) tell the truth."""
+    spec = write_spec(host, replicas=2)
+    reconcile("apply", "-f", str(spec), "--wait", check=True)
+    pids = [worker_pid(spec, w) for w in ("w-1", "w-2")]
+    monkeypatch.setenv("TMUX_TMPDIR", str(tmp_path_factory.mktemp("other-tmux")))
+    assert {w["id"] for w in status(spec)["workers"] if w["pid"]} == {"w-1", "w-2"}
+    reconcile("delete", "-f", str(spec), check=True)
+    wait_for(lambda: all(gone(pid) for pid in pids), timeout=30,
+             message="the workers to be stopped")
+    assert status(spec)["workers"] == []
 
 
 def test_a_controller_pass_works_toward_the_generation_applied_while_it_waited(

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from reconciler.lock import is_locked
-from reconciler.model import ControllerRow, Observation, QueueCounts
+from reconciler.model import ControllerRow, Observation, QueueCounts, RuntimeInstance, WorkerRow
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
@@ -29,6 +29,7 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
     in_use = {s for s in sockets if s} | {r.tmux_socket for r in rows if r.tmux_socket}
     instances = [i for socket in sorted(in_use)
                  for i in tmux_instances(socket, paths.name, str(paths.root))]
+    instances += _unseen_tmux_workers(rows, {i.worker_id for i in instances})
     instances += process_instances(rows)
     worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()
     controller = store.controller() if store is not None else None
@@ -46,13 +47,32 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         controller=controller)
 
 
+def _unseen_tmux_workers(rows: Iterable[WorkerRow], seen: set[str]) -> list[RuntimeInstance]:
+    """tmux workers whose window no server we can reach shows, but whose process lives.
+
+    ``tmux -L NAME`` resolves NAME under ``$TMUX_TMPDIR``, so a command run with
+    another one (another shell, a systemd unit) sees no server.  The worker's
+    pid, checked with its start time, still tells the truth: such a worker is
+    reported alive (without a window handle), so it is drained and stopped by
+    pid instead of being forgotten while it keeps taking tasks.
+    """
+    return [RuntimeInstance(worker_id=r.id, runtime="tmux", pid=r.pid, alive=True,
+                            socket=r.tmux_socket)
+            for r in rows if r.runtime == "tmux" and r.id not in seen and r.pid
+            and process_matches(r.pid, r.pid_create_time)]
+
+
 CONTROLLER_STALE_AFTER = 60.0
 
 
 def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> bool:
     """Its lock is held and it heartbeats (a hung controller is down), or the controller
-    just started has not taken its lock yet."""
+    just started has not taken its lock yet.  A lock held while the recorded controller
+    process is gone is someone else's: ``delete`` holds it once the controller stopped."""
     if is_locked(lock):
+        if info is not None and info.pid and not process_matches(info.pid,
+                                                                 info.pid_create_time):
+            return False
         return info is None or info.heartbeat_at is None or \
             now - info.heartbeat_at < CONTROLLER_STALE_AFTER
     return bool(info and not info.stop_requested
