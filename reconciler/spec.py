@@ -235,7 +235,9 @@ _Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
 
 def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
     validator = _Validator(load_schema())
-    found: list[tuple[tuple[int, int], str]] = []
+    # unknown keys first: a misspelt required key is also reported missing, and the
+    # typo ("did you mean") is the line that says how to fix both
+    found: list[tuple[tuple[int, int, int], str]] = []
     for error in validator.iter_errors(loaded.data):
         path: PathKey = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
@@ -246,8 +248,8 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
                 pos = loaded.position_of((*path, str(key)), key=True)
                 close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
                 fix = f"did you mean `{close[0]}`?" if close else "known keys: " + ", ".join(known)
-                found.append((_sort_key(pos), _locate(label, pos, (*path, str(key)),
-                                                      f"unknown key `{key}` ({fix})")))
+                where = _locate(label, pos, (*path, str(key)), f"unknown key `{key}` ({fix})")
+                found.append(((0, *_sort_key(pos)), where))
             continue
         pos = loaded.position_of(path)
         if error.validator == "required":
@@ -258,7 +260,7 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             pos = loaded.position_of((*path, str(error.instance)), key=True)
         else:
             what = f"expected {_expected(error)}, got {_describe(error.instance)}"
-        found.append((_sort_key(pos), _locate(label, pos, path, what)))
+        found.append(((1, *_sort_key(pos)), _locate(label, pos, path, what)))
     found.sort(key=lambda item: item[0])
     return [message for _, message in found]
 

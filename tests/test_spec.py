@@ -442,7 +442,8 @@ class TestLoadYamlBytes:
 
 
 class TestManyProblems:
-    def test_all_problems_reported_sorted_by_position(self, tmp_path: Path) -> None:
+    def test_all_problems_reported_unknown_keys_first_then_by_position(
+            self, tmp_path: Path) -> None:
         text = dedent("""
             apiVersion: reconciler/v1
             kind: Deployment
@@ -462,14 +463,26 @@ class TestManyProblems:
         assert all(where), error.problems
         places = [(int(m["line"]), int(m["col"]), m["path"]) for m in where if m]
         assert places == [
+            (7, 3, "spec.replica"),   # the typo first: it also explains the missing key
             (2, 7, "kind"),
             (6, 3, "spec"),           # missing replicas: reported at the spec mapping
             (6, 12, "spec.runtime"),
-            (7, 3, "spec.replica"),
             (11, 16, "spec.worker.stopGrace"),
         ]
         assert str(error).startswith(error.problems[0])
         assert str(error).endswith("(and 4 more problem(s))")
+
+    @pytest.mark.parametrize(("typo", "key"), [pytest.param("  worker:", "worker", id="worker"),
+                                               pytest.param("spec:", "spec", id="spec"),
+                                               pytest.param("metadata:", "metadata",
+                                                            id="metadata")])
+    def test_a_misspelt_required_key_is_named_first(self, tmp_path: Path, typo: str,
+                                                    key: str) -> None:
+        """The first line (the one diff and apply print) says "did you mean", not just
+        that the key it replaces is missing."""
+        wrong = typo.replace(key, key[:-1] + "z")
+        error = spec_error(write(tmp_path, BASE.replace(typo, wrong, 1)))
+        assert f"(did you mean `{key}`?)" in error.problems[0], error.problems
 
     def test_semantic_problems_all_reported(self, tmp_path: Path) -> None:
         text = (BASE.replace('[agent, "{task.prompt_file}"]', '["{a}", "{b", "ok"]')
@@ -494,7 +507,7 @@ class TestCli:
         lines = error_lines(reconcile("validate", "-f", str(file)))
         expected = spec_error(file).problems
         assert lines == [f"error: {p}" for p in expected]
-        assert lines[0].startswith(f"error: {file}:6:13: spec.replicas: ")
+        assert lines[0].startswith(f"error: {file}:9:5: spec.worker.comand: unknown key ")
         assert any("did you mean `command`?" in line for line in lines)
 
     def test_validate_json(self, host: Path) -> None:
@@ -542,7 +555,7 @@ class TestCli:
                                                        command: list[str]) -> None:
         file = bad_spec(host)
         (line,) = error_lines(reconcile(*command, "-f", str(file)), count=1)
-        assert line.startswith(f"error: {file}:6:13: spec.replicas: ")
+        assert line.startswith(f"error: {file}:9:5: spec.worker.comand: unknown key ")
         assert "(and 2 more problem(s))" in line
 
     @pytest.mark.parametrize("argv", [
