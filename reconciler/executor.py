@@ -185,7 +185,7 @@ class Executor:
         grace = self.spec.worker.stop_grace
         if instance is not None:
             self.ports.runtimes[instance.runtime].remove(worker_id, instance, grace)
-            if instance.handle is None:  # a process-runtime worker leaves only its pid
+            if instance.handle is None:  # no window to clear: only its pid is left to forget
                 self.store.forget_worker_process(worker_id)
         for attempt in attempts:
             # the agent outlives its dead worker (it has a session of its own); its start
