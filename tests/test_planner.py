@@ -186,7 +186,8 @@ class TestScriptedPlans:
         spec = make_spec(1)
         draining = row("w-1", spec, drain_requested=True, drain_requested_at=NOW - 2)
         (wait,) = plan(spec, observation([alive("w-1")], [draining]), NOW).actions
-        assert isinstance(wait, Wait) and wait.why == "waiting for its current task (2.0s of 30s; killed then)"
+        assert isinstance(wait, Wait)
+        assert wait.why == "waiting for its current task (2.0s of 30s; killed then)"
         assert wait.until == NOW - 2 + spec.worker.stop_grace
         (overrun,) = plan(spec, observation([alive("w-1")], [draining]), NOW + 60).actions
         assert isinstance(overrun, ReplaceWorker) and not overrun.counted
