@@ -604,3 +604,29 @@ def test_task_file_missing(tmp_path: Path) -> None:
         read_task_file(tmp_path / "absent.yaml")
 
 
+
+
+def test_a_truncated_store_beside_the_pools_logs_is_refused_not_started_afresh(
+        tmp_path: Path) -> None:
+    """Issue 7, item 6: a store.db truncated to 0 bytes was silently treated as a new
+    store, losing every task and the history (and `status` exited 0)."""
+    paths = PoolPaths(tmp_path / "state", "p").create()
+    with Store(paths.store) as store:
+        store.add_tasks([("t", "p", 0)] * 3)
+    (paths.logs / "task-1-a1.log").write_text("output\n")
+    paths.store.write_bytes(b"")
+    with pytest.raises(StoreError, match="truncated or replaced"):
+        Store(paths.store)
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir",
+                           str(paths.state_dir), "status", "--pool", "p"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "truncated or replaced" in proc.stderr
+    assert paths.store.stat().st_size == 0  # nothing was written into it
+
+
+def test_a_new_store_in_a_fresh_pool_is_created(tmp_path: Path) -> None:
+    paths = PoolPaths(tmp_path / "state", "p").create()
+    (paths.logs / "worker.log").write_text("a log written before the first task\n")
+    with Store(paths.store) as store:  # created now: nothing could have been lost
+        assert store.queue_counts().total == 0

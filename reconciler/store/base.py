@@ -142,8 +142,8 @@ def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
                       hint="check the state directory's permissions and free space")
 
 
-def _create_private(path: Path) -> None:
-    """Create ``path`` as an empty 0600 file if it does not exist yet.
+def _create_private(path: Path) -> bool:
+    """Create ``path`` as an empty 0600 file if it does not exist yet; True if it did.
 
     An existing file is never opened here: closing any descriptor of a
     database drops every POSIX lock this process holds on it, which would let
@@ -151,12 +151,13 @@ def _create_private(path: Path) -> None:
     ``-wal`` and ``-shm`` files the database file's permissions.
     """
     if path.exists():
-        return
+        return False
     try:
         fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
     except FileExistsError:
-        return
+        return False
     os.close(fd)
+    return True
 
 
 class Database:
@@ -165,7 +166,7 @@ class Database:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            _create_private(path)
+            self._created = _create_private(path)
             self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000,
                                        isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -173,6 +174,7 @@ class Database:
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._refuse_a_lost_store()  # before WAL mode writes the file's header
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -211,6 +213,21 @@ class Database:
                 for table, column, decl in _MIGRATIONS.get(step, ()):
                     _add_column(db, table, column, decl)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _refuse_a_lost_store(self) -> None:
+        """An empty store beside a pool's logs or prompts was truncated or replaced:
+        starting afresh would silently lose every task and the history."""
+        if self._created or self._user_version() != 0 or \
+                self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+            return
+        evidence = [d.name for d in (self.path.parent / "logs", self.path.parent / "prompts")
+                    if d.is_dir() and any(d.iterdir())]
+        if evidence:
+            raise StoreError(
+                f"{self.path} is empty, but the pool has {' and '.join(evidence)}: the store "
+                "was truncated or replaced, and opening it would lose every task and the "
+                "history", hint="restore store.db from a backup, or move the pool directory "
+                f"{self.path.parent} away to start the pool afresh")
 
     def _user_version(self) -> int:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
