@@ -109,8 +109,14 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) 
     by a git process that died (old, and no git process running) is removed.
     """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_worktree_root(root)
     path = path_under(root, name)
-    if path.exists() or _registered(repo, path):
+    registered = _registered(repo, path)
+    if path.exists() and not registered:
+        raise GitError(f"{path} already exists and is not a worktree of {repo}; reconciler "
+                       "never deletes what it did not create",
+                       hint="move it away, or set worktrees.dir to a directory of its own")
+    if registered:  # a worktree of an attempt that died half-way: ours to clear
         remove_worktree(repo, path)
     for attempt in range(5):
         proc = git(repo, ["worktree", "add", "--quiet", "-b", branch, "--", str(path),
@@ -198,9 +204,20 @@ def remove_worktree(repo: Path, path: Path) -> None:
         raise GitError(f"refusing to remove the repository's own checkout {repo}")
     proc = git(repo, ["worktree", "remove", "--force", "--", str(path)], check=False)
     if proc.returncode != 0:
-        if path.exists():
+        if (path / ".git").is_file():  # a worktree git could not remove: ours, delete it
             shutil.rmtree(path, ignore_errors=True)
         git(repo, ["worktree", "prune"], check=False)
+
+
+def check_worktree_root(root: Path) -> None:
+    """Refuse a worktree root that another user owns or that others may write to: they
+    could plant a directory or a symlink where an agent's worktree is about to be."""
+    info = root.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise GitError(f"worktree root {root} is owned by uid {info.st_uid} with mode "
+                       f"{info.st_mode & 0o7777:o}: others could write there",
+                       hint="use a directory of your own that only you can write to "
+                            "(worktrees.dir), e.g. chmod 700 it")
 
 
 @contextmanager

@@ -182,17 +182,31 @@ def test_unique_branch_adds_attempt_suffix_and_never_forces(git_repo: Path,
     assert branches(git_repo) == {"main", "task/7", "task/7-a2"}
 
 
-def test_add_worktree_recovers_from_leftover_directory(git_repo: Path, tmp_path: Path) -> None:
+def test_add_worktree_never_deletes_a_directory_it_did_not_create(git_repo: Path,
+                                                                  tmp_path: Path) -> None:
+    """Issue 7, item 14: a directory that is not a worktree of ours was deleted."""
     root = tmp_path / "worktrees"
-    stale = root / "task-2-a1"
-    stale.mkdir(parents=True)
-    (stale / "junk.txt").write_text("left behind by a crashed worker\n")
+    stranger = root / "task-2-a1"
+    stranger.mkdir(parents=True)
+    (stranger / "notes.txt").write_text("somebody's files\n")
 
-    wt = add_worktree(git_repo, root, "task-2-a1", "task/2", "main")
+    with pytest.raises(GitError, match="never deletes what it did not create"):
+        add_worktree(git_repo, root, "task-2-a1", "task/2", "main")
+    remove_worktree(git_repo, stranger)  # nor does a cleanup
+    assert (stranger / "notes.txt").read_text() == "somebody's files\n"
 
-    assert not (wt.path / "junk.txt").exists()
-    assert (wt.path / "README.md").exists()
-    assert str(wt.path) in list_worktrees(git_repo)
+
+@pytest.mark.parametrize("mode", [pytest.param(0o777, id="world-writable"),
+                                  pytest.param(0o1777, id="sticky-tmp-like"),
+                                  pytest.param(0o770, id="group-writable")])
+def test_a_worktree_root_others_can_write_to_is_refused(git_repo: Path, tmp_path: Path,
+                                                        mode: int) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(mode)
+    with pytest.raises(GitError, match="others could write there"):
+        add_worktree(git_repo, root, "task-4-a1", "task/4", "main")
+    assert root.stat().st_mode & 0o7777 == mode  # its mode is not ours to change
 
 
 def test_add_worktree_recovers_from_registered_but_missing(git_repo: Path,
