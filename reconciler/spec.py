@@ -225,9 +225,25 @@ def _expected(error: ValidationError) -> str:
     return error.message
 
 
+def _pattern(_validator: Any, pattern: str, instance: Any,
+             _schema: Any) -> Iterable[ValidationError]:
+    """``pattern`` as JSON Schema (ECMA-262) means it: a final ``$`` is the end of the string.
+
+    Python's ``$`` also matches before a trailing newline, so ``"rt\\n"`` would pass
+    ``^[a-z]+$`` and reach tmux as a socket name (or the environment as a variable name).
+    """
+    if not isinstance(instance, str):
+        return
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + "\\Z"
+    if not re.search(pattern, instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 # JSON Schema counts 1.0 as an integer; a replica count of 1.0 is a typo, not a number
 _Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
     jsonschema.Draft202012Validator,
+    validators={"pattern": _pattern},
     type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)),
 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
@@ -15,13 +16,48 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from reconciler.actions import Plan, verb
 from reconciler.durations import format_duration
 from reconciler.model import AppliedSpec, AttemptRow, EventRow, QueueCounts, TaskRow
 from reconciler.report.plan import describe, symbol
 
-console = Console(highlight=False, soft_wrap=True)
+# C0 controls, DEL and the C1 range: ESC starts terminal sequences (retitle the window,
+# clear the screen, rewrite the clipboard...), BEL ends some, C1 CSI/OSC do both at once
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str, *, multiline: bool = False) -> str:
+    """``text`` with every control character written out visibly (ESC as ``\\x1b``).
+
+    Task titles, errors, agent output and event messages come from outside: shown raw
+    they could drive the operator's terminal. Nothing is dropped, so nothing is hidden.
+    A tab stays, and so does a newline where ``multiline`` (an output tail, an error).
+    """
+    keep = "\t\n" if multiline else "\t"
+    return _CONTROL.sub(lambda m: m[0] if m[0] in keep else
+                        _NAMED.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
+def shown(text: str, *, multiline: bool = False) -> str:
+    """Outside text made safe to print: control characters visible, rich markup escaped."""
+    return escape(printable(text, multiline=multiline))
+
+
+class _SafeConsole(Console):
+    """A console that never writes a control character it was given in a string.
+
+    Every string printed, or drawn in a table cell, passes ``render_str``: a line
+    another module builds from outside text cannot drive the terminal either.
+    """
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text, multiline=True), **kwargs)
+
+
+console: Console = _SafeConsole(highlight=False, soft_wrap=True)
 _STYLE = {"start": "green", "restart": "yellow", "reset": "yellow"}  # any other verb: red
 
 
@@ -43,18 +79,18 @@ def render_plan(plan: Plan, *, title: str) -> None:
     if plan.steps:
         console.print("Health transitions this pass records:")
         for step in plan.steps:
-            console.print(f"  [dim]{escape(step.describe())}[/dim]")
+            console.print(f"  [dim]{shown(step.describe())}[/dim]")
         console.print()
     if plan.empty:
-        console.print(f"[green]{escape(plan.summary())}[/green]")
+        console.print(f"[green]{shown(plan.summary())}[/green]")
         return
     console.print(f"{title}\n")
     for action in plan.actions:
         style = _STYLE.get(verb(action), "red")
         head = f"{symbol(action)} {verb(action)}"
         line = describe(action).removeprefix(head)
-        console.print(f"  [{style}]{head}[/{style}]{escape(line)}")
-    console.print(f"\n[bold]{escape(plan.summary())}[/bold]")
+        console.print(f"  [{style}]{head}[/{style}]{shown(line)}")
+    console.print(f"\n[bold]{shown(plan.summary())}[/bold]")
 
 
 _HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
@@ -90,7 +126,7 @@ def render_status(document: dict[str, Any]) -> None:
         console.print(f"[yellow]claiming paused until {when(document['claiming_paused_until'])}"
                       "[/yellow] (the agent hit its rate limit)")
     for problem in document["problems"]:
-        console.print(f"[red]problem:[/red] {escape(problem)}")
+        console.print(f"[red]problem:[/red] {shown(problem)}")
 
 
 def queue_line(queue: QueueCounts) -> str:
@@ -111,28 +147,28 @@ def render_tasks(tasks: list[TaskRow]) -> None:
     for column in ("id", "status", "prio", "tries", "title", "branch", "last error"):
         table.add_column(column, overflow="fold")
     for t in tasks:
-        table.add_row(str(t.id), t.status, str(t.priority), str(t.attempts), escape(t.title),
-                      escape(t.branch or "-"), escape((t.last_error or "")[:60]))
+        table.add_row(str(t.id), t.status, str(t.priority), str(t.attempts), shown(t.title),
+                      shown(t.branch or "-"), shown((t.last_error or "")[:60]))
     console.print(table if tasks else "no tasks")
 
 
 def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
-    console.print(f"[bold]task {task.id}[/bold]: {escape(task.title)}")
+    console.print(f"[bold]task {task.id}[/bold]: {shown(task.title)}")
     console.print(f"  status:   {task.status}  (priority {task.priority}, "
                   f"{task.attempts} attempt(s))")
     console.print(f"  created:  {when(task.created_at)}")
-    console.print(f"  branch:   {escape(task.branch or '-')}")
+    console.print(f"  branch:   {shown(task.branch or '-')}")
     if task.last_error:
-        console.print(f"  error:    {escape(task.last_error)}")
+        console.print(f"  error:    {shown(task.last_error, multiline=True)}")
     for a in attempts:
         took = age(a.ended_at - a.started_at) if a.ended_at else "running"
         console.print(f"  attempt {a.number} on {a.worker_id}: {a.status}"
                       f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
-        console.print(f"    worktree: {escape(a.worktree or '-')}")
-        console.print(f"    log:      {escape(a.log_path or '-')}")
+        console.print(f"    worktree: {shown(a.worktree or '-')}")
+        console.print(f"    log:      {shown(a.log_path or '-')}")
         if a.status not in ("succeeded", "running") and a.output_tail:
             tail = "\n".join(a.output_tail.rstrip().splitlines()[-5:])
-            console.print("    output tail:\n" + "\n".join("      " + escape(line)
+            console.print("    output tail:\n" + "\n".join("      " + shown(line)
                                                            for line in tail.splitlines()))
 
 
@@ -141,8 +177,8 @@ def render_history(history: list[AppliedSpec]) -> None:
     for column in ("generation", "applied", "file", "git commit", "spec hash", "plan"):
         table.add_column(column, overflow="fold")
     for h in history:
-        table.add_row(str(h.id), when(h.applied_at), escape(h.source_path or "-"),
-                      (h.git_commit or "-")[:14], h.document_hash[:12], escape(h.summary))
+        table.add_row(str(h.id), when(h.applied_at), shown(h.source_path or "-"),
+                      (h.git_commit or "-")[:14], h.document_hash[:12], shown(h.summary))
     console.print(table if history else "nothing applied yet")
 
 
@@ -150,6 +186,6 @@ def render_events(events: list[EventRow], *, empty_note: bool = True) -> None:
     for e in events:
         who = " ".join(x for x in (e.worker_id or "", f"task {e.task_id}" if e.task_id else "")
                        if x)
-        console.print(f"{when(e.at)}  {e.kind:<22} {escape(who):<16} {escape(e.message)}")
+        console.print(f"{when(e.at)}  {shown(e.kind):<22} {shown(who):<16} {shown(e.message)}")
     if not events and empty_note:
         console.print("no events")
