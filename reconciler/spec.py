@@ -198,10 +198,21 @@ _JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", bool: "a bool
                int: "an integer", float: "a number", type(None): "null"}
 
 
-def _describe(value: Any) -> str:
+_ENV = ("spec", "worker", "env")
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, without showing it: ``an integer``, ``an empty list``."""
     kind = _JSON_TYPES.get(type(value), type(value).__name__)
+    if isinstance(value, dict | list | str) and not value:
+        return f"an empty {kind.removeprefix('a ')}"
+    return kind
+
+
+def _describe(value: Any) -> str:
     if isinstance(value, dict | list) or value is None:
-        return kind if value or value is None else f"an empty {kind.removeprefix('a ')}"
+        return _kind(value)
+    kind = _JSON_TYPES.get(type(value), type(value).__name__)
     shown = json.dumps(value, ensure_ascii=False, default=str)
     if len(shown) > 40:
         shown = shown[:37] + "..."
@@ -274,6 +285,9 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             what = (f"{json.dumps(error.instance)} is not a valid environment variable name "
                     "(letters, digits and _, not starting with a digit)")
             pos = loaded.position_of((*path, str(error.instance)), key=True)
+        elif path[:3] == _ENV:  # values are secrets: say what kind, never what
+            quote = " (quote the value)" if len(path) > 3 and error.validator == "type" else ""
+            what = f"expected {_expected(error)}{quote}, got {_kind(error.instance)}"
         else:
             what = f"expected {_expected(error)}, got {_describe(error.instance)}"
         found.append(((1, *_sort_key(pos)), _locate(label, pos, path, what)))

@@ -150,3 +150,67 @@ def test_validate_refuses_a_dot_socket(host: Path, socket: str) -> None:
     assert "spec.tmux.socket: expected a socket name" in line
     assert "not starting with '.' or '-'" in line
     error_lines(reconcile("diff", "-f", str(file)), count=1)
+
+
+# --------------------------------------------------------------------------- env values
+
+SECRET = "987654321"
+
+
+@pytest.mark.parametrize(("env", "path", "what"), [
+    pytest.param({"API_TOKEN": int(SECRET)}, "spec.worker.env.API_TOKEN",
+                 "expected a string (quote the value), got an integer", id="integer"),
+    pytest.param({"API_TOKEN": float(SECRET + ".5")}, "spec.worker.env.API_TOKEN",
+                 "expected a string (quote the value), got a number", id="number"),
+    pytest.param({"API_TOKEN": True}, "spec.worker.env.API_TOKEN",
+                 "expected a string (quote the value), got a boolean", id="boolean"),
+    pytest.param({"API_TOKEN": [SECRET]}, "spec.worker.env.API_TOKEN",
+                 "expected a string (quote the value), got a list", id="list"),
+    pytest.param({"API_TOKEN": {"value": SECRET}}, "spec.worker.env.API_TOKEN",
+                 "expected a string (quote the value), got a mapping", id="mapping"),
+    pytest.param(f"API_TOKEN={SECRET}", "spec.worker.env",
+                 "expected a mapping of environment variable names to strings, got a string",
+                 id="env-as-string"),
+    pytest.param([f"API_TOKEN={SECRET}"], "spec.worker.env",
+                 "expected a mapping of environment variable names to strings, got a list",
+                 id="env-as-list"),
+])
+def test_env_problem_never_shows_the_value(tmp_path: Path, env: object, path: str,
+                                           what: str) -> None:
+    file = write_spec(tmp_path, extra={"worker": {"command": ["agent"], "env": env}})
+    with pytest.raises(SpecError) as caught:
+        load_spec(file)
+    message = str(caught.value)
+    assert f": {path}: {what}" in message
+    assert SECRET not in message
+
+
+def test_env_values_stay_out_of_the_other_fields_problems(tmp_path: Path) -> None:
+    """A non-env value is still shown: it is how the operator finds the typo."""
+    file = write_spec(tmp_path, extra={"replicas": "three", "worker": {
+        "command": ["agent"], "env": {"API_TOKEN": SECRET}}})
+    with pytest.raises(SpecError) as caught:
+        load_spec(file)
+    assert 'spec.replicas: expected a whole number from 0 to 256, got a string "three"' \
+        in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize("command", [
+    pytest.param(["validate"], id="validate"),
+    pytest.param(["validate", "-o", "json"], id="validate-json"),
+    pytest.param(["diff"], id="diff"),
+    pytest.param(["diff", "-o", "json"], id="diff-json"),
+    pytest.param(["apply"], id="apply"),
+    pytest.param(["apply", "-o", "json"], id="apply-json"),
+])
+def test_no_command_prints_a_non_string_env_value(host: Path, git_repo: Path,
+                                                  command: list[str]) -> None:
+    file = write_spec(host, extra={"worker": {"command": ["agent"],
+                                              "env": {"API_TOKEN": int(SECRET)}}})
+    proc = reconcile(*command, "-f", str(file))
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert SECRET not in proc.stdout + proc.stderr
+    assert "spec.worker.env.API_TOKEN: expected a string (quote the value), got an integer" \
+        in proc.stdout + proc.stderr

@@ -298,7 +298,8 @@ class TestLocatedProblems:
         pytest.param(BASE + "    env:\n      OK: x\n      MY-VAR: y\n", 12, 7, "spec.worker.env",
                      '"MY-VAR" is not a valid environment variable name', id="env-name-dash"),
         pytest.param(BASE + "    env:\n      PORT: 8080\n", 11, 13, "spec.worker.env.PORT",
-                     "expected a string, got an integer 8080", id="env-value-not-string"),
+                     "expected a string (quote the value), got an integer",
+                     id="env-value-not-string"),
         pytest.param(BASE.replace("{task.prompt_file}", "{task.nope}"), 9, 22,
                      "spec.worker.command[1]", "unknown placeholder {task.nope} in '{task.nope}'"
                      "; known: {attempt}, {pool}, {spec_dir}, {task.branch}, {task.id}, "
