@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from reconciler import __version__
 from reconciler.errors import ReconcilerError
-from reconciler.paths import default_state_dir
+from reconciler.paths import check_state_dir, default_state_dir
 
 EPILOG = """\
 exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error.
@@ -42,6 +42,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SQLITE_MAX_INT = 2**63 - 1  # task ids and priorities are SQLite INTEGERs
+
+
+def _task_id(text: str) -> int:
+    """An argparse type: a task id, a whole number that fits SQLite's 64-bit integers."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a task id (a whole number), got {text!r}"
+                                         ) from None
+    if not 1 <= value <= SQLITE_MAX_INT:
+        raise argparse.ArgumentTypeError(
+            f"task id {text} is out of range: ids run from 1 to {SQLITE_MAX_INT}")
+    return value
+
+
+def _priority(text: str) -> int:
+    """An argparse type: a task priority, a whole number that fits 64 bits."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not -SQLITE_MAX_INT <= value <= SQLITE_MAX_INT:
+        raise argparse.ArgumentTypeError(
+            f"priority {text} is out of range: use {-SQLITE_MAX_INT} to {SQLITE_MAX_INT}")
+    return value
+
+
+def _state_dir(text: str) -> Path:
+    """An argparse type: a state directory that can be one (see ``check_state_dir``)."""
+    try:
+        return check_state_dir(Path(text))
+    except ReconcilerError as exc:
+        raise argparse.ArgumentTypeError(exc.one_line()) from None
+
+
 def _pool_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
     p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
@@ -57,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "shows what would change, `apply` makes it so."),
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"reconcile {__version__}")
-    parser.add_argument("--state-dir", type=Path, default=None,
+    parser.add_argument("--state-dir", type=_state_dir, default=None,
                         help="state directory (default: see below)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -162,10 +198,12 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="the prompt text (default: the title)")
     group.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--priority", type=_priority, default=0, help="higher runs first (default 0)")
 
     p = tsub.add_parser("import", help="enqueue every task of a YAML list")
     p.add_argument("tasks_file", type=Path, metavar="TASKS_YAML")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let promptFile name files outside the task file's directory")
     _pool_options(p)
 
     p = tsub.add_parser("list", help="list tasks")
@@ -173,19 +211,19 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
 
     p = tsub.add_parser("show", help="one task with its attempts")
-    p.add_argument("task_id", type=int, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID")
     _pool_options(p)
 
     p = tsub.add_parser("retry", help="queue a failed or cancelled task again")
-    p.add_argument("task_id", type=int, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID")
     _pool_options(p)
 
     p = tsub.add_parser("cancel", help="cancel a queued task, or stop a running one")
-    p.add_argument("task_id", type=int, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID")
     _pool_options(p)
 
     p = tsub.add_parser("wait", help="show progress until tasks finish")
-    p.add_argument("task_ids", type=int, nargs="*", metavar="ID",
+    p.add_argument("task_ids", type=_task_id, nargs="*", metavar="ID",
                    help="tasks to wait for (default: every unfinished task)")
     _pool_options(p)
     p.add_argument("--timeout", default=None, help="give up after this long (exit 1)")

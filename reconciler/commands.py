@@ -31,7 +31,7 @@ from reconciler.report.render import console, print_json
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
-from reconciler.taskfile import NewTask, check_title, read_task_file
+from reconciler.taskfile import NewTask, check_prompt, check_title, read_prompt_file, read_task_file
 
 POLL_SECONDS = 0.25
 MAX_REPLICAS = 256
@@ -279,16 +279,21 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def task_add(args: argparse.Namespace) -> int:
-    title = check_title(args.title)
-    prompt = args.prompt if args.prompt is not None else title
+    try:
+        title = check_title(args.title)
+    except TaskError as exc:
+        raise TaskError(f"--title: {exc.message}", hint=exc.hint) from exc
+    prompt, option = (args.prompt, "--prompt") if args.prompt is not None else (title, "--title")
     if args.prompt_file is not None:
+        option = f"--prompt-file {args.prompt_file}"
         try:
-            prompt = args.prompt_file.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise TaskError(f"--prompt-file {args.prompt_file}: {exc.strerror}") from exc
-        except UnicodeDecodeError as exc:
-            raise TaskError(f"--prompt-file {args.prompt_file}: not UTF-8 text (byte {exc.start})",
-                            hint="save the prompt as UTF-8") from exc
+            prompt = read_prompt_file(args.prompt_file)
+        except TaskError as exc:
+            raise TaskError(f"{option}: {exc.message}", hint=exc.hint) from exc
+    try:
+        check_prompt(prompt)
+    except TaskError as exc:
+        raise TaskError(f"{option}: {exc.message}", hint=exc.hint) from exc
     with _open_store(args, create=True) as (_, store):
         (task_id,) = store.add_tasks([(title, prompt, args.priority)])
         if args.output == "json":
@@ -299,7 +304,7 @@ def task_add(args: argparse.Namespace) -> int:
 
 
 def task_import(args: argparse.Namespace) -> int:
-    tasks: list[NewTask] = read_task_file(args.tasks_file)
+    tasks: list[NewTask] = read_task_file(args.tasks_file, allow_outside=args.allow_outside)
     with _open_store(args, create=True) as (_, store):
         ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
         if args.output == "json":

@@ -27,11 +27,41 @@ def default_state_dir() -> Path:
     return base / "reconciler"
 
 
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"))
+STATE_DIR_HINT = "pass --state-dir (or set RECONCILER_STATE_DIR to) a directory on a real disk"
+
+
+def check_state_dir(path: Path) -> Path:
+    """Refuse a state directory that can never hold a pool's state.
+
+    That is a path that exists but is not a directory, or one under a kernel
+    pseudo-filesystem (``/proc``, ``/sys``).  A missing directory is fine: it is
+    created when first needed.
+    """
+    try:
+        resolved = path.expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise PoolError(f"state directory {path}: cannot resolve it ({exc})",
+                        hint=STATE_DIR_HINT) from exc
+    for pseudo in PSEUDO_FILESYSTEMS:
+        if resolved.is_relative_to(pseudo):
+            raise PoolError(f"state directory {path} is under {pseudo}, a kernel "
+                            "pseudo-filesystem that cannot hold files", hint=STATE_DIR_HINT)
+    if resolved.exists() and not resolved.is_dir():
+        raise PoolError(f"state directory {path} exists but is not a directory",
+                        hint=STATE_DIR_HINT)
+    return path
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) and make sure it is 0700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o777 != 0o700:
-        path.chmod(0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if path.stat().st_mode & 0o777 != 0o700:
+            path.chmod(0o700)
+    except OSError as exc:
+        raise PoolError(f"cannot create the directory {path}: {exc.strerror or exc}",
+                        hint=STATE_DIR_HINT) from exc
     return path
 
 
@@ -93,7 +123,7 @@ def pool_paths(state_dir: Path, name: str) -> PoolPaths:
     if not POOL_NAME.match(name):
         raise PoolError(f"invalid pool name {name!r}",
                         hint="use 1-40 lowercase letters, digits and '-'")
-    return PoolPaths(state_dir, name)
+    return PoolPaths(check_state_dir(state_dir), name)
 
 
 def known_pools(state_dir: Path) -> list[str]:

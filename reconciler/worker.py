@@ -38,6 +38,20 @@ from reconciler.worktrees import (
 )
 
 IDLE_POLL_SECONDS = 0.5
+# Linux refuses to start a program when any one argument or environment string is
+# over 128 KiB (E2BIG), so a large value never goes into the environment: the whole
+# prompt is always in RECONCILER_TASK_PROMPT_FILE, and RECONCILER_TASK_PROMPT
+# holds it only while it is this small.
+MAX_ENV_PROMPT = 8 * 1024  # bytes of UTF-8
+
+
+def agent_env(spec_env: tuple[tuple[str, str], ...], values: dict[str, str]) -> dict[str, str]:
+    """The environment of a task's commands: ours, ``worker.env``, then ``RECONCILER_*``."""
+    env = {**os.environ, **dict(spec_env),
+           **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
+    if len(values["task.prompt"].encode("utf-8")) > MAX_ENV_PROMPT:
+        del env["RECONCILER_TASK_PROMPT"]
+    return env
 
 
 class Worker:
@@ -175,9 +189,8 @@ class Worker:
                   "task.prompt": task.prompt, "task.prompt_file": str(prompt_file),
                   "task.branch": branch, "worktree": str(path),
                   "attempt": str(claim.attempt_number), "pool": spec.name}
-        env = {**os.environ, **dict(spec.worker.env),
-               **{"RECONCILER_" + k.upper().replace(".", "_"): v for k, v in values.items()}}
-        return path, self._run_steps(claim, values, env, path, log)
+        return path, self._run_steps(claim, values, agent_env(spec.worker.env, values), path,
+                                     log)
 
     def _record_agent(self, claim: Claim, pid: int) -> None:
         """Record the agent's pid and start time, so it can be killed if this worker dies."""
