@@ -54,11 +54,23 @@ def check_state_dir(path: Path) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make sure it is 0700."""
+    """Create ``path`` (and parents) as 0700, or check the directory that is there.
+
+    A directory we did not create keeps its mode (pointed at ``/tmp``, a chmod
+    would break the host); one that another user owns, or that others may write
+    to, is refused: they could swap the store or plant a worktree.
+    """
     try:
+        created = not path.exists()
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.stat().st_mode & 0o777 != 0o700:
-            path.chmod(0o700)
+        info = path.stat()
+        if created and info.st_mode & 0o777 != 0o700:
+            path.chmod(0o700)  # ours: the umask does not get a say
+        elif not created and (info.st_uid != os.getuid() or info.st_mode & 0o022):
+            raise PoolError(f"{path} is owned by uid {info.st_uid} with mode "
+                            f"{info.st_mode & 0o7777:o}: others could write there",
+                            hint="use a directory of your own that only you can write to "
+                                 "(e.g. chmod 700 it), or another --state-dir")
     except OSError as exc:
         raise PoolError(f"cannot create the directory {path}: {exc.strerror or exc}",
                         hint=STATE_DIR_HINT) from exc

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.errors import LockHeldError, StoreError, TaskError
+from reconciler.errors import LockHeldError, PoolError, StoreError, TaskError
 from reconciler.lock import pool_lock
 from reconciler.paths import PoolPaths
 from reconciler.store import base
 from reconciler.store.sqlite import Store
 from reconciler.store.tasks import LATEST_ATTEMPT_AT_SQL, QUEUE_COUNTS_SQL, RUNNING_ATTEMPTS_SQL
 from reconciler.taskfile import NewTask, read_task_file
-from tests.helpers import ROOT
+from tests.helpers import ROOT, write_spec
 from tests.test_store_contract import LEASE, claim, register
 
 
@@ -145,12 +145,33 @@ def test_pool_directories_are_private(tmp_path: Path) -> None:
         assert mode(directory) == 0o700, directory
 
 
-def test_existing_loose_pool_directories_are_tightened(tmp_path: Path) -> None:
+def test_an_existing_directory_keeps_its_mode(tmp_path: Path) -> None:
+    """Issue 7, item 10: an existing directory was chmod'ed to 0700 (a state directory
+    pointed at /tmp would have broken the host)."""
     paths = PoolPaths(tmp_path / "state", "pool")
     paths.logs.mkdir(parents=True, mode=0o755)
     paths.logs.chmod(0o755)
     paths.create()
-    assert mode(paths.logs) == 0o700
+    assert mode(paths.logs) == 0o755  # readable by others is the operator's choice
+    assert mode(paths.prompts) == 0o700  # what we create is private
+
+
+@pytest.mark.parametrize("loose", [pytest.param(0o1777, id="like-tmp"),
+                                   pytest.param(0o777, id="world-writable"),
+                                   pytest.param(0o775, id="group-writable")])
+def test_a_state_directory_others_can_write_to_is_refused(tmp_path: Path, loose: int) -> None:
+    state = tmp_path / "shared"
+    state.mkdir()
+    state.chmod(loose)
+    with pytest.raises(PoolError, match="others could write there"):
+        PoolPaths(state, "pool").create()
+    assert mode(state) == loose and not (state / "pools").exists()
+    spec = write_spec(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "--state-dir", str(state),
+                           "task", "add", "-f", str(spec), "--title", "t"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "others could write there" in proc.stderr
 
 
 # --------------------------------------------------------------------------- history, events
