@@ -119,8 +119,15 @@ def _generation_of(pool: Pool, spec: PoolSpec) -> int:
     if not pool.paths.exists():
         return 0
     with Store(pool.paths.store) as store:
-        latest = store.latest_spec()
-    return latest[0] if latest and document_hash(latest[1]) == spec.document_hash else 0
+        return _newest_generation_if_same(store, spec) or 0
+
+
+def _newest_generation_if_same(store: StorePort, spec: PoolSpec) -> int | None:
+    """The newest generation's id when its document is ``spec``'s, else None."""
+    latest = store.latest_spec()
+    if latest is not None and document_hash(latest[1]) == spec.document_hash:
+        return latest[0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -152,9 +159,9 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
 
 def _record_spec(store: StorePort, spec: PoolSpec, summary: str) -> tuple[int, bool]:
     """The generation of ``spec``: the latest one if it is the same document, else a new one."""
-    latest = store.latest_spec()
-    if latest is not None and document_hash(latest[1]) == spec.document_hash:
-        return latest[0], False
+    same = _newest_generation_if_same(store, spec)
+    if same is not None:
+        return same, False
     return store.record_applied_spec(
         source_path=str(spec.source_path) if spec.source_path else None,
         source_sha256=spec.source_sha256, git_commit=spec_git_commit(spec.source_path),

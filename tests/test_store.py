@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -330,13 +331,19 @@ def test_events_carry_structured_fields(store: Store) -> None:
     assert [e.fields for e in store.events()] == [{}, {"to": "dead", "n": [1, 2]}]
 
 
-def test_health_attempt_and_start_events_record_their_facts(store: Store) -> None:
-    register(store, "w-1")
+def restart_registered(store: Store, worker: str, *, template_hash: str = "t",
+                       **facts: Any) -> None:
+    """Register ``worker``, then record its restart with ``facts`` (counted, reason...)."""
+    register(store, worker)
     spec_id = store.latest_spec_id("h")
     assert spec_id is not None
-    store.register_worker("w-1", runtime="process", pid=None, pid_create_time=None,
-                          spec_id=spec_id, template_hash="t", template_digests={},
-                          restarted=True, counted=True, reason="exited (exit 1)")
+    store.register_worker(worker, runtime="process", pid=None, pid_create_time=None,
+                          spec_id=spec_id, template_hash=template_hash, template_digests={},
+                          restarted=True, **facts)
+
+
+def test_health_attempt_and_start_events_record_their_facts(store: Store) -> None:
+    restart_registered(store, "w-1", counted=True, reason="exited (exit 1)")
     store.set_health("w-1", "recovering", "healthy", "heartbeating")
     (task_id,) = store.add_tasks([("t", "p", 0)])
     c = claim(store, "w-1")
@@ -380,12 +387,8 @@ def test_removed_worker_is_stopped_not_dead(store: Store) -> None:
 
 
 def test_budget_reset_is_never_silent(store: Store) -> None:
-    register(store, "w-1")
-    spec_id = store.latest_spec_id("h")
-    assert spec_id is not None
-    store.register_worker("w-1", runtime="process", pid=None, pid_create_time=None,
-                          spec_id=spec_id, template_hash="t2", template_digests={},
-                          restarted=True, reset_budget=True, reason="spec changed")
+    restart_registered(store, "w-1", template_hash="t2", reset_budget=True,
+                       reason="spec changed")
     resets = [e for e in store.events() if e.kind == "worker.budget_reset"]
     assert [(e.worker_id, e.fields) for e in resets] == [("w-1", {"reason": "spec changed"})]
 

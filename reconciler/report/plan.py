@@ -13,6 +13,7 @@ from typing import Any
 from reconciler.actions import (
     Action,
     AttemptRef,
+    Change,
     CleanWorktree,
     DrainWorker,
     Plan,
@@ -73,7 +74,7 @@ def describe(action: Action) -> str:
            + (f" {more}" if more else "")
 
 
-def _outcome(action: Action) -> Any:
+def _outcome(action: Action) -> Change:
     return action.then if isinstance(action, Wait) else action
 
 
