@@ -436,9 +436,14 @@ class Chaos:
         return False
 
     def run(self, duration: float, interval: float) -> None:
+        """A worker or agent kill every ``interval``; the controller at 30% and 70% of
+        the ticks (restarted one tick later), the tmux server at 50%.  A kill that
+        finds nothing to kill (the controller between restarts) is tried again at the
+        next tick."""
         ticks = int(duration // interval)
-        controller_ticks = {max(1, round(ticks * 0.3)), max(1, round(ticks * 0.7))}
-        tmux_tick = max(1, round(ticks * 0.5))
+        due_controller = [max(1, round(ticks * 0.3)), max(1, round(ticks * 0.7))]
+        due_tmux = [max(1, round(ticks * 0.5))]
+        pending_controller = pending_tmux = 0
         controller_down = False
         start = time.monotonic()
         for tick in range(1, ticks + 1):
@@ -446,10 +451,13 @@ class Chaos:
             if controller_down:
                 controller_down = not self.restart_controller()
             self.kill_worker_or_agent()
-            if tick in controller_ticks and not controller_down:
-                controller_down = self.kill_controller()
-            if tick == tmux_tick:
-                self.kill_tmux_server()
+            pending_controller += due_controller.count(tick)
+            pending_tmux += due_tmux.count(tick)
+            if pending_controller and not controller_down and self.kill_controller():
+                pending_controller -= 1
+                controller_down = True
+            if pending_tmux and self.kill_tmux_server():
+                pending_tmux -= 1
         if controller_down:
             self.restart_controller()
 

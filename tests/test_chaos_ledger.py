@@ -41,7 +41,7 @@ def test_chaos_ledger_never_twice_at_once_nothing_lost_nothing_left() -> None:
     print(report)  # the figures, for `pytest -s` and the CI log of a failure
     assert figures.kills_worker + figures.kills_agent > 0, report
     assert figures.kills_controller == 2 and figures.kills_tmux_server == 1, report
-    assert figures.workers_killed_by_their_agent == 3, report
+    assert figures.workers_killed_by_their_agent > 0, report  # 3 unless chaos got there first
     assert figures.drained, report
     assert figures.lost == 0, report
     assert figures.concurrent_duplicates == 0, report
