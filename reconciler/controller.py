@@ -5,12 +5,18 @@ data_version``) and at least every ``controller.interval``.  Every pass
 re-observes everything (level-triggered) and works toward the newest applied
 generation, read under the pool lock, so ``apply``, ``delete`` and the
 controller can take turns at the lock without undoing each other.
+
+A fault of the store or the disk (busy, full, read-only, I/O errors) never
+ends the controller: the pass fails with one log line, the next one waits
+with a growing backoff (up to ``FAULT_BACKOFF_MAX``), and the controller keeps
+its lock and resumes as soon as the store works again.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from types import FrameType
@@ -26,6 +32,8 @@ from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
 
 WAKE_CHECK_SECONDS = 0.1
+FAULT_BACKOFF_FIRST = 0.5
+FAULT_BACKOFF_MAX = 10.0
 
 
 class Controller:
@@ -44,7 +52,11 @@ class Controller:
         if fd is None:
             logger.info("a controller already runs for pool {}; nothing to do", paths.name)
             return 0
-        store: StorePort = Store(paths.store)
+        opened = self._open_store()
+        if opened is None:  # stopped while the store could not be opened
+            os.close(fd)
+            return 0
+        store: StorePort = opened
         if self.apply_first:  # registered and holding the lock: apply starts no other
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
             apply(self.pool)
@@ -65,11 +77,27 @@ class Controller:
         logger.info("controller of pool {} stopped", paths.name)
         return 0
 
+    def _open_store(self) -> Store | None:
+        """The pool's store, waiting out faults (a full or read-only disk) until it opens;
+        None if the controller is stopped meanwhile."""
+        backoff = FAULT_BACKOFF_FIRST
+        while True:
+            try:
+                return Store(self.pool.paths.store)
+            except (ReconcilerError, sqlite3.Error, OSError) as exc:
+                logger.error("cannot open the store: {}; retrying in {:.1f}s",
+                             _one_line(exc), backoff)
+            if self.stop.wait(backoff):
+                return None
+            backoff = min(backoff * 2, FAULT_BACKOFF_MAX)
+
     def _loop(self, store: StorePort) -> None:
         last_pass = 0.0
         seen_version = -1
         skipped = 0
+        failures = 0
         while not self.stop.is_set():
+            wait = WAKE_CHECK_SECONDS
             try:
                 version = store.data_version()
                 due = time.monotonic() - last_pass >= self.interval
@@ -83,10 +111,17 @@ class Controller:
                                        "command ({})", skipped, self.pool.paths.lock)
                     last_pass = time.monotonic()
                     seen_version = store.data_version()
-            except ReconcilerError as exc:  # the store locked or unreadable: retry, never die
-                logger.error("pass failed: {}; retrying", exc.one_line())
+                    if failures:
+                        logger.info("store works again after {} failed pass(es); resuming",
+                                    failures)
+                        failures = 0
+            except (ReconcilerError, sqlite3.Error, OSError) as exc:
+                # The store busy, full, read-only or failing: log, back off, never die.
+                failures += 1
+                wait = min(FAULT_BACKOFF_FIRST * 2 ** (failures - 1), FAULT_BACKOFF_MAX)
+                logger.error("pass failed: {}; retrying in {:.1f}s", _one_line(exc), wait)
                 last_pass = time.monotonic()
-            self.stop.wait(WAKE_CHECK_SECONDS)
+            self.stop.wait(wait)
 
     def _pass(self, store: StorePort) -> bool:
         """One pass; False when another command held the pool lock (retried next time)."""
@@ -106,6 +141,14 @@ class Controller:
         for problem in result.report.problems:
             logger.warning("{}", problem)
         return True
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ReconcilerError):
+        return exc.one_line()
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def run_controller(pool: Pool, *, apply_first: bool = False) -> int:
