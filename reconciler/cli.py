@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from loguru import logger
+
 from reconciler import __version__
 from reconciler.errors import ReconcilerError
 from reconciler.paths import check_state_dir, default_state_dir
@@ -140,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the last N events (default 50)")
     p.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C ends)")
 
+    p = sub.add_parser("backup", help="copy the pool's store to a file, safely while it runs",
+                       description="Write a consistent copy of the pool's task store "
+                       "(tasks, attempts, history, events) to DEST with SQLite's online "
+                       "backup API, while workers and the controller keep running. DEST is "
+                       "created with mode 0600; an existing file is refused unless --force. "
+                       "To restore, see the README (stop the pool's controller, put the copy "
+                       "in place of store.db, remove store.db-wal and store.db-shm, apply).")
+    p.add_argument("dest", type=Path, metavar="DEST", help="the file to write")
+    _pool_options(p)
+    p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+
     p = sub.add_parser("controller", help="run the pool's controller in the foreground",
                        description="Keep the pool converged: observe, plan and act on every "
                        "change and at least every controller.interval. With -f, apply that "
@@ -239,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(["task", "--help"])
     if args.state_dir is None:
         args.state_dir = default_state_dir()
+    # Library warnings (e.g. a store write waiting out a full disk) as short lines;
+    # the controller and workers set up their own logs.
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING", format="warning: {message}")
     from reconciler import commands
 
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,17 +18,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reconciler import controller, demo, operations, worker
 from reconciler import pool as pools
 from reconciler.actions import Plan
+from reconciler.crashlog import enable_crash_log
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
 from reconciler.model import FINAL_TASK_STATUSES
-from reconciler.paths import open_private_append, pool_paths
+from reconciler.paths import pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.plan import plan_document
 from reconciler.report.render import console, print_json
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
+from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, check_prompt, check_title, read_prompt_file, read_task_file
 
@@ -42,7 +43,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "validate": cmd_validate, "diff": cmd_diff, "apply": cmd_apply, "delete": cmd_delete,
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
         "worker": cmd_worker, "demo": cmd_demo, "controller": cmd_controller,
-        "restart": cmd_restart, "scale": cmd_scale,
+        "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
     }
     return handlers[args.command](args)
 
@@ -165,9 +166,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
                         hint="pass -f workers.yaml to apply it and keep it converged")
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} controller {level} {message}", level="INFO")
-    fd = open_private_append(pool.paths.logs / "controller.log")
-    logger.add(os.fdopen(fd, "a", buffering=1), format="{time:YYYY-MM-DD HH:mm:ss.SSS} "
-               "{level} {message}", level="DEBUG")
+    log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")
+    logger.add(log, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message}", level="DEBUG")
     # with -f, the file given is applied (once the lock is ours) and kept converged
     return controller.run_controller(pool, apply_first=bool(args.file))
 
@@ -190,11 +190,13 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    observation = pools.observe_pool(pool)
     info, paused, deleting = None, 0.0, None
-    if pool.paths.exists():
-        with Store(pool.paths.store) as store:
+    if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
+        with Store(pool.paths.store, readonly=True) as store:
+            observation = pools.observe_pool(pool, store)
             info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
+    else:
+        observation = pools.observe_pool(pool)
     document = status_document(observation, time.time(), pool.spec, info, paused,
                                deleting=deleting,
                                delete_running=deleting is not None and is_locked(pool.paths.lock))
@@ -206,12 +208,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def _open_store(args: argparse.Namespace, create: bool = False) -> Iterator[tuple[Pool, Store]]:
-    """The pool named by ``args`` and its store, closed when the command is done."""
+def _open_store(args: argparse.Namespace, create: bool = False,
+                write: bool = False) -> Iterator[tuple[Pool, Store]]:
+    """The pool named by ``args`` and its store, closed when the command is done.
+
+    Read-only unless the command writes (``write``, or ``create``: tasks may be
+    queued before the first apply), so reads work on a full or read-only disk.
+    """
     pool = _pool(args)
-    if create and not pool.paths.exists():  # tasks may be queued before the first apply
+    if create and not pool.paths.exists():
         pool.paths.create()
-    with Store(pool.paths.store) if create else pool.open_store() as store:
+    elif not pool.paths.exists():
+        raise PoolError(f"pool {pool.name!r} has no state in {pool.paths.state_dir}",
+                        hint="apply its spec first: reconcile apply -f workers.yaml")
+    with Store(pool.paths.store, readonly=not (create or write)) as store:
         yield pool, store
 
 
@@ -244,6 +254,20 @@ def cmd_events(args: argparse.Namespace) -> int:
                 last = event.id
             time.sleep(POLL_SECONDS)
             events = store.events(after_id=last)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    with _open_store(args) as (pool, store):  # read-only: a backup changes nothing
+        info = backup_store(store, args.dest, force=args.force)
+    if args.output == "json":
+        print_json({"pool": pool.name, "source": str(info.source),
+                    "destination": str(info.destination), "bytes": info.bytes,
+                    "tasks": info.tasks, "schema": info.schema,
+                    "seconds": round(info.seconds, 3)})
+    else:
+        print(f"backed up pool {pool.name}: {info.tasks} task(s), {info.bytes} bytes "
+              f"-> {info.destination}")
+    return 0
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
@@ -336,7 +360,7 @@ def task_show(args: argparse.Namespace) -> int:
 
 
 def task_retry(args: argparse.Namespace) -> int:
-    with _open_store(args) as (_, store):
+    with _open_store(args, write=True) as (_, store):
         store.retry_task(args.task_id)
         if args.output == "json":
             print_json({"id": args.task_id, "status": "queued"})
@@ -346,7 +370,7 @@ def task_retry(args: argparse.Namespace) -> int:
 
 
 def task_cancel(args: argparse.Namespace) -> int:
-    with _open_store(args) as (_, store):
+    with _open_store(args, write=True) as (_, store):
         status = store.cancel_task(args.task_id)
         message = ("cancelled" if status == "cancelled"
                    else "cancel requested: its worker stops it within a heartbeat")
