@@ -17,27 +17,28 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from reconciler.model import RuntimeInstance
+from reconciler.model import ProcessRef, RuntimeInstance
 
 CONTROLLER = "controller"  # the target shown for the controller's own actions
 
 
 @dataclass(frozen=True)
-class ProcessRef:
-    """A process to signal: its pid and start time (None when unknown)."""
-
-    pid: int
-    create_time: float | None
-
-
-@dataclass(frozen=True)
 class AttemptRef:
-    """A running attempt an action ends: its agent to kill, its worktree to clean."""
+    """A running attempt an action ends: its processes to kill, its worktree to clean.
+
+    ``processes`` are every live process of the attempt that was observed (its
+    agent and whatever carries its mark).  The task is requeued only once all
+    of them are confirmed gone, so it never runs twice at once.  ``signal`` is
+    what to send them now: ``SIGTERM`` the first time, ``SIGKILL`` once
+    ``stopGrace`` has passed since, None while that grace runs.
+    """
 
     attempt_id: int
     task_id: int
     agent: ProcessRef | None
     worktree: str | None
+    processes: tuple[ProcessRef, ...] = ()
+    signal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,16 @@ class ReleaseWorker:
 
 
 @dataclass(frozen=True)
+class KillStrays:
+    """SIGKILL processes of the pool whose attempt has ended: they outlived it (a
+    daemon an agent started, an agent whose worker died before recording it)."""
+
+    attempt_id: int
+    processes: tuple[ProcessRef, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class ResetBudget:
     """Forget a worker's earlier restarts (an operator's ``reconcile restart``)."""
 
@@ -152,7 +163,7 @@ class StopController:
 
 
 Change = (StartWorker | ReplaceWorker | DrainWorker | StopWorker | RemoveWorker | ReleaseWorker
-          | ResetBudget | CleanWorktree | StartController | StopController)
+          | KillStrays | ResetBudget | CleanWorktree | StartController | StopController)
 
 
 @dataclass(frozen=True)
@@ -169,8 +180,8 @@ class Wait:
 
 Action = Change | Wait
 CHANGE_TYPES: tuple[type, ...] = (StartWorker, ReplaceWorker, DrainWorker, StopWorker,
-                                  RemoveWorker, ReleaseWorker, ResetBudget, CleanWorktree,
-                                  StartController, StopController)
+                                  RemoveWorker, ReleaseWorker, KillStrays, ResetBudget,
+                                  CleanWorktree, StartController, StopController)
 ACTION_TYPES: tuple[type, ...] = (*CHANGE_TYPES, Wait)
 
 
@@ -191,6 +202,8 @@ def verb(action: Action) -> str:
             return "remove"
         case ReleaseWorker():
             return "release"
+        case KillStrays():
+            return "kill"
         case ResetBudget():
             return "reset"
         case CleanWorktree():
@@ -205,6 +218,8 @@ def target(action: Action) -> str:
             return target(then)
         case CleanWorktree(path=path):
             return path
+        case KillStrays(attempt_id=attempt_id):
+            return f"attempt {attempt_id}"
         case StartController() | StopController():
             return CONTROLLER
         case StartWorker(worker=worker) | ReplaceWorker(worker=worker) | \
@@ -267,6 +282,7 @@ class Plan:
         c = self.counts()
         parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
         for word, label in (("remove", "to remove"), ("release", "to release"),
+                            ("kill", "ended attempt(s) with processes to kill"),
                             ("reset", "budget(s) to reset"), ("clean", "worktree(s) to clean")):
             if c[word]:
                 parts.append(f"{c[word]} {label}")

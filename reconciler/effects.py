@@ -7,13 +7,22 @@ convergence property test swap these for fakes of our own ports.
 
 from __future__ import annotations
 
+import signal as signals
 import time
 from pathlib import Path
 
-from reconciler.actions import ProcessRef
+import psutil
+
 from reconciler.executor import Ports
+from reconciler.model import ProcessRef
 from reconciler.paths import PoolPaths
-from reconciler.proctree import kill_tree, process_matches, request_stop
+from reconciler.proctree import (
+    kill_tree,
+    live_processes,
+    process_matches,
+    request_stop,
+    signal_processes,
+)
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
@@ -33,6 +42,21 @@ class HostProcesses:
     def request_stop(self, process: ProcessRef) -> None:
         if process_matches(process.pid, process.create_time):
             request_stop(process.pid)
+
+    def signal(self, processes: tuple[ProcessRef, ...], signal: str) -> None:
+        signal_processes(processes, signal_by_name(signal))
+
+    def wait_gone(self, processes: tuple[ProcessRef, ...], timeout: float) -> None:
+        psutil.wait_procs(live_processes(processes), timeout=timeout)
+
+    def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
+        return tuple(p for p in processes if process_matches(p.pid, p.create_time))
+
+
+def signal_by_name(name: str) -> signals.Signals:
+    if name not in ("SIGTERM", "SIGKILL"):
+        raise ValueError(f"not a stop signal: {name!r}")
+    return signals.Signals[name]
 
 
 class GitWorktrees:

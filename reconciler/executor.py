@@ -22,8 +22,8 @@ from reconciler.actions import (
     Change,
     CleanWorktree,
     DrainWorker,
+    KillStrays,
     Plan,
-    ProcessRef,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
@@ -34,7 +34,7 @@ from reconciler.actions import (
     StopWorker,
 )
 from reconciler.errors import ReconcilerError
-from reconciler.model import RuntimeInstance
+from reconciler.model import ProcessRef, RuntimeInstance
 from reconciler.paths import PoolPaths
 from reconciler.report.plan import describe
 from reconciler.runtimes.base import Runtime
@@ -49,6 +49,16 @@ class ProcessPort(Protocol):
 
     def request_stop(self, process: ProcessRef) -> None:
         """SIGTERM ``process`` alone if it is still that process."""
+
+    def signal(self, processes: tuple[ProcessRef, ...], signal: str) -> None:
+        """Send ``signal`` (``SIGTERM`` or ``SIGKILL``) to each of ``processes`` (and the
+        group each leads) that is still that process; never waits."""
+
+    def wait_gone(self, processes: tuple[ProcessRef, ...], timeout: float) -> None:
+        """Wait until all of ``processes`` have exited, or ``timeout`` has passed."""
+
+    def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
+        """Those of ``processes`` that still run."""
 
 
 class WorktreePort(Protocol):
@@ -96,37 +106,85 @@ class Executor:
         self.progress = progress
 
     def execute(self, plan: Plan) -> ExecutionReport:
+        """Carry out ``plan`` in two phases, so no grace period is waited for one
+        process after another: first everything that must stop is signalled (the
+        guards checked once), then one short wait for all of them, then the
+        bookkeeping (requeues, starts) of what is confirmed gone."""
         report = ExecutionReport()
         now = self.ports.clock()
         for step in plan.steps:
             self.store.set_health(step.worker, step.source, step.dest, step.reason, now=now)
+        todo: list[Change] = []
         for action in plan.changes:
+            guard = self._guard(action)
+            if guard:
+                report.skipped.append(f"{describe(action)}: not done, {guard}")
+            else:
+                todo.append(action)
+        self._stop_processes(todo, now, report)
+        for action in todo:
             line = describe(action)
             try:
-                skipped = self._act(action, now)
+                waiting = self._act(action, now)
             except ReconcilerError as exc:  # one worker's trouble must not stop the pass
                 report.problems.append(f"{line}: {exc.one_line()}")
                 continue
-            if skipped:
-                report.skipped.append(f"{line}: not done, {skipped}")
+            if waiting:
+                report.skipped.append(f"{line}: not done yet, {waiting}")
             else:
                 report.done.append(line)
                 self.progress(line)
         return report
 
+    def _guard(self, action: Change) -> str | None:
+        """Why ``action`` must not be done after all (its guard held), if it must not."""
+        if isinstance(action, ReplaceWorker) and action.unless_heartbeat_after is not None:
+            beat = self.store.worker_heartbeat(action.worker)
+            if beat is not None and beat > action.unless_heartbeat_after:
+                return "it heartbeat since it was observed"
+        return None
+
+    def _stop_processes(self, actions: list[Change], now: float,
+                        report: ExecutionReport) -> None:
+        """Phase one: end the attempts being taken away (a fence: their workers can no
+        longer record a result), kill the live workers being ended, signal every
+        process of those attempts and every stray, then wait once for all of them."""
+        ending = [a for action in actions for a in _ended_attempts(action) if a.signal]
+        first = [a.attempt_id for a in ending if a.signal == "SIGTERM"]
+        if first:
+            self.store.mark_attempts_signalled(first, now=now)
+        for action in actions:
+            instance = _ended_instance(action)
+            if instance is None:
+                continue
+            try:
+                self.ports.runtimes[instance.runtime].remove(action_worker(action), instance,
+                                                             self.spec.worker.stop_grace)
+            except ReconcilerError as exc:  # one worker's trouble must not stop the pass
+                report.problems.append(f"{describe(action)}: {exc.one_line()}")
+        signalled: list[ProcessRef] = []
+        for attempt in ending:
+            assert attempt.signal is not None
+            self.ports.processes.signal(attempt.processes, attempt.signal)
+            signalled += attempt.processes
+        for action in actions:
+            if isinstance(action, KillStrays):
+                self.ports.processes.signal(action.processes, "SIGKILL")
+                signalled += action.processes
+        if signalled:
+            self.ports.processes.wait_gone(tuple(signalled), SETTLE_SECONDS)
+
     def _act(self, action: Change, now: float) -> str | None:
-        """Carry out one action; return why it was skipped, if its guard held."""
+        """Carry out one action; return what it still waits for, if it is not done."""
         match action:
             case StartWorker(worker=worker):
                 self._start(worker, restarted=False, counted=False, reason="",
                             reset_budget="a fresh start", now=now)
-            case ReplaceWorker(worker=worker, unless_heartbeat_after=after):
-                if after is not None:
-                    beat = self.store.worker_heartbeat(worker)
-                    if beat is not None and beat > after:
-                        return "it heartbeat since it was observed"
-                self._end(worker, action.instance, action.attempts, action.reason,
-                          counted=action.counted, now=now)
+            case ReplaceWorker(worker=worker):
+                waiting = self._end(worker, action.instance, action.attempts, action.reason,
+                                    counted=action.counted, now=now)
+                if waiting:
+                    return waiting
                 self._start(worker, restarted=True, counted=action.counted,
                             reason=action.reason, reset_budget=action.reset_budget, now=now)
             case DrainWorker(worker=worker, instance=instance):
@@ -135,12 +193,18 @@ class Executor:
                     self.ports.runtimes[instance.runtime].request_stop(instance)
             case StopWorker(worker=worker) | RemoveWorker(worker=worker):
                 counted = action.counted if isinstance(action, StopWorker) else True
-                self._end(worker, action.instance, action.attempts, action.reason,
-                          counted=counted, now=now)
+                waiting = self._end(worker, action.instance, action.attempts, action.reason,
+                                    counted=counted, now=now)
+                if waiting:
+                    return waiting
                 self.store.mark_worker_removed(worker, action.reason, now=now)
             case ReleaseWorker(worker=worker):
-                self._end(worker, action.instance, action.attempts, action.reason,
-                          counted=True, now=now)
+                return self._end(worker, action.instance, action.attempts, action.reason,
+                                 counted=True, now=now)
+            case KillStrays(processes=processes):
+                left = self.ports.processes.alive(processes)
+                if left:
+                    return f"{len(left)} process(es) still exiting"
             case ResetBudget(worker=worker, reason=reason):
                 self.store.reset_restart_budget(worker, reason, now=now)
             case CleanWorktree(path=path):
@@ -179,21 +243,50 @@ class Executor:
 
     def _end(self, worker_id: str, instance: RuntimeInstance | None,
              attempts: tuple[AttemptRef, ...], reason: str, *, counted: bool,
-             now: float) -> None:
-        """Remove what is left of a worker, kill the agents of its attempts, requeue their
-        tasks (using up a try if ``counted``), then clean their worktrees."""
-        grace = self.spec.worker.stop_grace
-        if instance is not None:
-            self.ports.runtimes[instance.runtime].remove(worker_id, instance, grace)
-            if instance.handle is None:  # no window to clear: only its pid is left to forget
-                self.store.forget_worker_process(worker_id)
-        for attempt in attempts:
-            # the agent outlives its dead worker (it has a session of its own); its start
-            # time tells it apart from an unrelated process that got the same pid since
-            if attempt.agent is not None:
-                self.ports.processes.kill(attempt.agent, grace)
+             now: float) -> str | None:
+        """Phase two for a worker being ended (phase one removed it and signalled its
+        attempts' processes): once every one of them is confirmed gone, requeue their
+        tasks (using up a try if ``counted``) and clean their worktrees.  Until then
+        nothing is requeued, so a task never runs twice at once; return what it waits for.
+        """
+        if instance is not None and instance.handle is None:
+            self.store.forget_worker_process(worker_id)  # no window to clear: only its pid
+        left = [p for a in attempts for p in self.ports.processes.alive(a.processes)]
+        if left:
+            tasks = ", ".join(str(a.task_id) for a in attempts)
+            return (f"waiting for {len(left)} process(es) of task {tasks} to exit "
+                    f"(SIGKILL once stopGrace, {self.spec.worker.stop_grace:g}s, is over)")
         self.store.requeue_attempts_of(worker_id, f"worker {worker_id}: {reason}",
                                        consume=counted, policy=self.spec.retry_policy, now=now)
         for attempt in attempts:
             if attempt.worktree is not None:
                 self.ports.worktrees.clean(Path(attempt.worktree))
+        return None
+
+
+SETTLE_SECONDS = 0.3  # the one wait of a pass for the processes it signalled
+
+
+def _ended_attempts(action: Change) -> tuple[AttemptRef, ...]:
+    match action:
+        case ReplaceWorker(attempts=attempts) | StopWorker(attempts=attempts) | \
+                RemoveWorker(attempts=attempts) | ReleaseWorker(attempts=attempts):
+            return attempts
+    return ()
+
+
+def _ended_instance(action: Change) -> RuntimeInstance | None:
+    """The worker process or window an action takes away (a drain only asks)."""
+    match action:
+        case ReplaceWorker(instance=instance) | StopWorker(instance=instance) | \
+                RemoveWorker(instance=instance) | ReleaseWorker(instance=instance):
+            return instance
+    return None
+
+
+def action_worker(action: Change) -> str:
+    match action:
+        case ReplaceWorker(worker=worker) | StopWorker(worker=worker) | \
+                RemoveWorker(worker=worker) | ReleaseWorker(worker=worker):
+            return worker
+    raise TypeError(f"not a worker-ending action: {action!r}")

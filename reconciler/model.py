@@ -18,6 +18,15 @@ ATTEMPT_STATUSES = ("running", "succeeded", "failed", "lost", "timeout", "cancel
 
 
 @dataclass(frozen=True)
+class ProcessRef:
+    """A process to signal: its pid and start time (None when unknown), so a pid
+    recycled by an unrelated process is never hit."""
+
+    pid: int
+    create_time: float | None
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """What an ended attempt means for its task (from ``spec.tasks``)."""
 
@@ -62,6 +71,7 @@ class AttemptRow:
     pid: int | None = None
     last_output_at: float | None = None
     pid_create_time: float | None = None
+    stop_signalled_at: float | None = None  # when its processes were first sent SIGTERM
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,10 @@ class Observation:
     restart_history: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     controller_alive: bool | None = None  # None: not observed
     controller: ControllerRow | None = None  # the controller's record, if any
+    # live processes carrying each attempt's mark (``reconciler.marks``), by attempt id;
+    # read before ``running``, so a process of an attempt claimed meanwhile is never
+    # mistaken for one no attempt owns
+    attempt_processes: Mapping[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
         return next((a for a in self.running if a.worker_id == worker_id), None)

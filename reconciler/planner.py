@@ -25,8 +25,8 @@ from reconciler.actions import (
     Change,
     CleanWorktree,
     DrainWorker,
+    KillStrays,
     Plan,
-    ProcessRef,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
@@ -44,6 +44,7 @@ from reconciler.health import WorkerFacts, assess
 from reconciler.model import (
     AttemptRow,
     Observation,
+    ProcessRef,
     RuntimeInstance,
     WorkerRow,
     worker_sort_key,
@@ -80,6 +81,7 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
         if action is not None:
             actions.append(action)
     actions += _stranded_attempts(spec, observation, now)
+    actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
     actions += _controller(spec, observation)
     return Plan(spec.name, tuple(actions), tuple(steps), at=now, generation=generation)
@@ -96,6 +98,7 @@ def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
         action = _retire(spec, observation, worker_id, why, now, force=force)
         if action is not None:
             actions.append(action)
+    actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
     return Plan(spec.name, tuple(actions), at=now)
 
@@ -117,7 +120,7 @@ def plan_restart(spec: PoolSpec, observation: Observation, worker_id: str,
         replacement = DrainWorker(worker_id, why, instance, then="replace")
     else:
         replacement = ReplaceWorker(worker_id, why, instance,
-                                    _attempts_of(spec, observation, worker_id))
+                                    _attempts_of(spec, observation, worker_id, now))
     return Plan(spec.name, (ResetBudget(worker_id, "reconcile restart (operator)"), replacement),
                 at=now)
 
@@ -140,16 +143,28 @@ def _idle_first(observation: Observation) -> Callable[[str], tuple[bool, tuple[i
     return key
 
 
-def _attempts_of(spec: PoolSpec, observation: Observation,
-                 worker_id: str) -> tuple[AttemptRef, ...]:
+def _attempts_of(spec: PoolSpec, observation: Observation, worker_id: str,
+                 now: float) -> tuple[AttemptRef, ...]:
     """The running attempts of ``worker_id`` that an action ending it also ends: their
-    agents to kill and, as ``worktrees.cleanup`` says for a lost attempt, worktrees."""
+    live processes, what to signal them now, and (as ``worktrees.cleanup`` says for a
+    lost attempt) their worktrees."""
     drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
-    return tuple(AttemptRef(a.id, a.task_id,
-                            ProcessRef(a.pid, a.pid_create_time) if a.pid else None,
-                            a.worktree if drop else None)
+    return tuple(_attempt_ref(spec, observation, a, now, a.worktree if drop else None)
                  for a in observation.running if a.worker_id == worker_id)
 
+
+def _attempt_ref(spec: PoolSpec, observation: Observation, attempt: AttemptRow, now: float,
+                 worktree: str | None) -> AttemptRef:
+    agent = ProcessRef(attempt.pid, attempt.pid_create_time) if attempt.pid else None
+    processes = observation.attempt_processes.get(attempt.id, ())
+    signal: str | None = None
+    if processes:
+        signalled = attempt.stop_signalled_at
+        if signalled is None:
+            signal = "SIGTERM"
+        elif now - signalled >= spec.worker.stop_grace:
+            signal = "SIGKILL"
+    return AttemptRef(attempt.id, attempt.task_id, agent, worktree, processes, signal)
 
 # --------------------------------------------------------------------------- health
 
@@ -218,14 +233,14 @@ def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
             return DrainWorker(worker_id, "running but unknown to the store", instance,
                                then="replace")
         return ReplaceWorker(worker_id, f"process gone ({instance.exit_description()})",
-                             instance, _attempts_of(spec, observation, worker_id),
+                             instance, _attempts_of(spec, observation, worker_id, now),
                              reset_budget="a worker the store did not know")
     alive = instance is not None and instance.alive
     if row.drain_requested:
         return _finish_drain(spec, observation, row, instance, now, then="replace",
                              done="finished its task; replacing it")
     changed = _changed(spec, row, instance)
-    attempts = _attempts_of(spec, observation, worker_id)
+    attempts = _attempts_of(spec, observation, worker_id, now)
     if health == "failed":
         if changed:  # a new spec deserves a new budget
             return ReplaceWorker(worker_id, f"{changed} changed; retrying a failed worker",
@@ -256,6 +271,12 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     heartbeat since it was observed: the guard the executor checks right
     before killing it.
     """
+    hung = instance is not None and instance.alive
+    if attempts and not hung:
+        # its agent must not work on through the backoff: end the attempt now (once its
+        # processes are gone) so the task can run elsewhere; the slot restarts later
+        return ReleaseWorker(row.id, f"{_death(spec, row, instance, now)}: end its attempt "
+                             "now, restart after the backoff", None, attempts)
     previous = counted_restarts(spec, observation, row, now)
     delay = restart_delay(spec, row.id, len(previous))
     died_at = row.health_since if row.health == "dead" and row.health_since else now
@@ -263,7 +284,6 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     # a worker that had been stable for resetAfter starts a fresh budget with this restart
     stable = bool(row.started_at and row.heartbeat_at
                   and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
-    hung = instance is not None and instance.alive
     restart = ReplaceWorker(
         row.id, _death(spec, row, instance, now), instance, attempts, counted=True,
         reset_budget=f"it had run for resetAfter ({format_duration(spec.restart.reset_after)})"
@@ -280,7 +300,7 @@ def _finish_drain(spec: PoolSpec, observation: Observation, row: WorkerRow,
                   done: str) -> Action:
     """A worker asked to drain: wait for it, replace or remove it once it exited, or
     kill it (its task requeued, not counted) once ``stopGrace`` has passed."""
-    attempts = _attempts_of(spec, observation, row.id)
+    attempts = _attempts_of(spec, observation, row.id, now)
     grace = spec.worker.stop_grace
     requested = row.drain_requested_at or now
     overrun = f"still busy after stopGrace ({format_duration(grace)}); killing it, its task " \
@@ -310,7 +330,7 @@ def _retire(spec: PoolSpec, observation: Observation, worker_id: str, why: str, 
     then forget it; clear what is left of one that already exited."""
     instance = observation.instance(worker_id)
     row = observation.worker(worker_id)
-    attempts = _attempts_of(spec, observation, worker_id)
+    attempts = _attempts_of(spec, observation, worker_id, now)
     alive = instance is not None and instance.alive
     if alive and force:
         return StopWorker(worker_id, f"{why} (--force: its task goes back to the queue)",
@@ -365,8 +385,18 @@ def _stranded_attempts(spec: PoolSpec, observation: Observation, now: float) -> 
                and observation.worker(a.worker_id) is None
                and observation.instance(a.worker_id) is None}
     return [ReleaseWorker(worker_id, "lease expired and no such worker", None,
-                          _attempts_of(spec, observation, worker_id))
+                          _attempts_of(spec, observation, worker_id, now))
             for worker_id in sorted(orphans, key=worker_sort_key)]
+
+
+def _stray_processes(observation: Observation) -> list[Action]:
+    """Processes carrying the mark of an attempt that is no longer running: nothing may
+    outlive its attempt, so they are killed on every pass they are seen."""
+    running = {a.id for a in observation.running}
+    return [KillStrays(attempt_id, processes,
+                       "its attempt has ended; nothing may outlive it")
+            for attempt_id, processes in sorted(observation.attempt_processes.items())
+            if attempt_id not in running and processes]
 
 
 def _orphan_worktrees(spec: PoolSpec, observation: Observation) -> list[Action]:

@@ -15,6 +15,8 @@ import signal
 
 import psutil
 
+from reconciler.model import ProcessRef
+
 
 def descendants(pid: int) -> list[psutil.Process]:
     try:
@@ -46,17 +48,17 @@ def kill_tree(pid: int, grace: float, *, include_group: bool = True) -> int | No
 
 
 def kill_supervised(pid: int, grace: float) -> None:
-    """Kill a worker and the task it supervises, without letting it record anything.
+    """Kill a worker at once, without letting it record anything, and without waiting.
 
-    The worker gets SIGKILL first (a SIGTERM would let it finish and report
-    the attempt it is running as failed); then its former descendants, which
-    were collected beforehand, are terminated with the usual grace.
+    SIGKILL, not SIGTERM: a SIGTERM would let it finish and report the attempt
+    it is running as failed.  Its agent is not waited for here: the kernel
+    sends it SIGTERM as the worker dies (``PR_SET_PDEATHSIG``), and the
+    executor ends the attempt once every process carrying its mark is gone.
+    ``grace`` is accepted for the runtime interface and not used.
     """
-    children = descendants(pid)
+    del grace
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGKILL)
-    for child in children:
-        kill_tree(child.pid, grace)
 
 
 def _safe_children(proc: psutil.Process) -> list[psutil.Process]:
@@ -79,6 +81,44 @@ def _signal_all(pid: int, procs: list[psutil.Process], sig: signal.Signals,
             if grouped and os.getpgid(proc.pid) == pid:
                 continue  # the group signal reached it already
             proc.send_signal(sig)
+
+
+def live_processes(refs: list[ProcessRef] | tuple[ProcessRef, ...]) -> list[psutil.Process]:
+    """The processes of ``refs`` that are still the ones meant (same start time)."""
+    live = []
+    for ref in refs:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(ref.pid)
+            same = ref.create_time is None or abs(proc.create_time() - ref.create_time) < 1.0
+            if same and proc.status() != psutil.STATUS_ZOMBIE:
+                live.append(proc)
+    return live
+
+
+def signal_processes(refs: list[ProcessRef] | tuple[ProcessRef, ...],
+                     sig: signal.Signals) -> int:
+    """Send ``sig`` to each live process of ``refs`` (and to the group each one leads);
+    never waits.  Returns how many were signalled."""
+    procs = live_processes(refs)
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, sig)
+        with contextlib.suppress(psutil.Error, OSError):
+            proc.send_signal(sig)
+    return len(procs)
+
+
+def kill_processes(refs: list[ProcessRef] | tuple[ProcessRef, ...], grace: float) -> None:
+    """SIGTERM all of ``refs`` at once, wait once (up to ``grace``), SIGKILL the rest."""
+    procs = live_processes(refs)
+    if not procs:
+        return
+    signal_processes(refs, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    if alive:
+        signal_processes([ProcessRef(p.pid, None) for p in alive], signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
 
 
 def request_stop(pid: int | None) -> None:

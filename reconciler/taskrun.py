@@ -2,14 +2,25 @@
 
 The command runs in a new session so its whole tree can be signalled; its
 output is copied both to the attempt's log file and to the worker's stdout
-(visible in the tmux window).  Descendants are remembered while it runs so
-that ones that escaped with ``setsid`` are killed too when it ends.
+(visible in the tmux window).  Nothing it starts outlives it:
+
+- it gets ``PR_SET_PDEATHSIG`` (Linux), so it is sent SIGTERM the moment its
+  worker dies, even by SIGKILL, before that worker could record its pid;
+- with an attempt ``mark`` every process it starts carries the mark in its
+  environment, so the ones that double-forked away or left the group with
+  ``setsid`` are found by it and killed when the command ends (without one,
+  descendants are remembered while it runs, the weaker fallback);
+- output is read until the command's processes are gone, not until every
+  copy of the pipe closes: a daemon holding it cannot stall the attempt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -20,11 +31,15 @@ from pathlib import Path
 
 import psutil
 
+from reconciler.marks import MARK_VAR, attempt_mark, kill_marked
 from reconciler.paths import open_private_append
 from reconciler.proctree import kill_tree
 
 POLL_SECONDS = 0.1
 TAIL_BYTES = 2000
+PUMP_IDLE_SECONDS = 0.2  # how often the output reader checks whether to stop
+PUMP_DRAIN_SECONDS = 1.0  # how long it keeps reading once the command's processes are gone
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -32,77 +47,156 @@ class RunResult:
     status: str  # succeeded | failed | timeout | cancelled
     exit_code: int | None
     error: str | None
+    ended_at: float | None = None  # when it exited, timed out or was cancelled (not cleaned)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies.
+
+    ``prctl`` is looked up here, before any fork: the child only makes the
+    call, which is async-signal-safe.  The signal follows the *thread* that
+    forked, so workers run their commands from their main thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: Path,
                 timeout: float, grace: float, should_cancel: Callable[[], bool],
                 echo: bool = True, on_start: Callable[[int], None] | None = None,
-                on_output: Callable[[], None] | None = None) -> RunResult:
+                on_output: Callable[[], None] | None = None,
+                mark: tuple[str, int] | None = None) -> RunResult:
     """Run ``argv`` until it exits, times out or is cancelled.
 
     Never raises for the command's own faults: they become the result.
     ``on_start`` receives the command's pid (also its process group id), so a
     supervisor can record it and kill the tree even if this process dies.
+    ``mark`` is the attempt's ``(pool key, attempt id)``: every process of the
+    command carries it, and whatever still carries it when the command ends
+    is killed.
     """
     log_fd = open_private_append(log)
+    env = dict(env)
+    if mark is not None:
+        env[MARK_VAR] = attempt_mark(*mark)
     try:
         try:
-            child = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+            child = subprocess.Popen(list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True,
+                                     preexec_fn=_die_with_parent())
         except OSError as exc:
             message = f"cannot run {argv[0]!r}: {exc.strerror}"
-            os.write(log_fd, (message + "\n").encode())
+            _write_quietly(log_fd, (message + "\n").encode())
             return RunResult("failed", 127 if isinstance(exc, FileNotFoundError) else 126, message)
-        except ValueError as exc:  # e.g. a NUL byte in an argument or the environment
+        except (ValueError, subprocess.SubprocessError) as exc:  # e.g. a NUL byte in an argument
             message = f"cannot run {argv[0]!r}: {exc}"
-            os.write(log_fd, (message + "\n").encode())
+            _write_quietly(log_fd, (message + "\n").encode())
             return RunResult("failed", 126, message)
         if on_start is not None:
             on_start(child.pid)
-        pump = threading.Thread(target=_pump, args=(child, log_fd, echo, on_output),
-                                daemon=True)
+        stop_reading = threading.Event()
+        pump = threading.Thread(target=_pump, args=(child, log_fd, echo, on_output,
+                                                    stop_reading), daemon=True)
         pump.start()
         seen: dict[int, float] = {}
         deadline = time.monotonic() + timeout
         outcome: str | None = None
-        while child.poll() is None:
-            _remember_descendants(child.pid, seen)
+        while True:
+            if mark is None:
+                _remember_descendants(child.pid, seen)
+            try:  # returns as soon as it exits: the finish is not rounded to a poll
+                child.wait(timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                pass
             if time.monotonic() >= deadline:
                 outcome = "timeout"
             elif should_cancel():
                 outcome = "cancelled"
             if outcome:
+                ended_at = time.time()
                 reaped = kill_tree(child.pid, grace)
                 if reaped is not None:  # psutil reaped it: Popen.wait would see no child
                     child.returncode = reaped
                 break
-            time.sleep(POLL_SECONDS)
+        if outcome is None:
+            ended_at = time.time()
         code = child.wait()
-        _kill_leftovers(seen, grace)
-        pump.join(timeout=5)
+        if mark is not None:
+            kill_marked(*mark, grace)
+        else:
+            _kill_leftovers(seen, grace)
+        stop_reading.set()
+        pump.join(timeout=PUMP_DRAIN_SECONDS + PUMP_IDLE_SECONDS + 1)
         if not pump.is_alive() and child.stdout is not None:
-            # a pump still blocked on an escaped writer keeps the pipe: closing it
-            # under the thread could hand its fd number to an unrelated file
+            # a pump still blocked in a write keeps the pipe: closing it under the
+            # thread could hand its fd number to an unrelated file
             child.stdout.close()
         if outcome == "timeout":
-            return RunResult("timeout", code, f"timed out after {timeout:g}s")
+            return RunResult("timeout", code, f"timed out after {timeout:g}s", ended_at)
         if outcome == "cancelled":
-            return RunResult("cancelled", code, "cancelled by operator")
+            return RunResult("cancelled", code, "cancelled by operator", ended_at)
         if code == 0:
-            return RunResult("succeeded", 0, None)
+            return RunResult("succeeded", 0, None, ended_at)
         reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return RunResult("failed", code, reason)
+        return RunResult("failed", code, reason, ended_at)
     finally:
         os.close(log_fd)
 
 
+def _write_quietly(fd: int, data: bytes) -> bool:
+    """Write to a log; False (never an exception) when the disk is full or failing."""
+    try:
+        os.write(fd, data)
+        return True
+    except OSError:
+        return False
+
+
 def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool,
-          on_output: Callable[[], None] | None) -> None:
+          on_output: Callable[[], None] | None, stop: threading.Event) -> None:
+    """Copy the command's output to the log (and the worker's terminal) until the pipe
+    closes, or until ``stop`` is set and the pipe has been quiet (or drained for
+    ``PUMP_DRAIN_SECONDS``): a daemon that kept the pipe must not hold the attempt.
+
+    A log write that fails (disk full) is reported once on the worker's stderr;
+    reading goes on, so the command is never blocked on a full pipe.
+    """
     assert child.stdout is not None
     fd = child.stdout.fileno()
-    for chunk in iter(lambda: os.read(fd, 65536), b""):
-        os.write(log_fd, chunk)
+    logging = True
+    stop_by: float | None = None
+    while True:
+        if stop.is_set() and stop_by is None:
+            stop_by = time.monotonic() + PUMP_DRAIN_SECONDS
+        if stop_by is not None and time.monotonic() >= stop_by:
+            return
+        ready, _, _ = select.select([fd], [], [], PUMP_IDLE_SECONDS)
+        if not ready:
+            if stop.is_set():
+                return
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        if logging and not _write_quietly(log_fd, chunk):
+            logging = False
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write("reconciler: cannot write the task log (disk full?); "
+                                 "its further output is not kept\n")
         if on_output is not None:
             on_output()
         if echo:

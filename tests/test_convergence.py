@@ -28,8 +28,8 @@ from reconciler.actions import (
     AttemptRef,
     CleanWorktree,
     DrainWorker,
+    KillStrays,
     Plan,
-    ProcessRef,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
@@ -41,7 +41,7 @@ from reconciler.actions import (
     Wait,
 )
 from reconciler.executor import Executor, Ports
-from reconciler.model import Observation, RuntimeInstance
+from reconciler.model import Observation, ProcessRef, RuntimeInstance
 from reconciler.paths import PoolPaths
 from reconciler.planner import plan, plan_delete, plan_restart
 from reconciler.report import render
@@ -111,6 +111,16 @@ class FakeProcesses:
     def request_stop(self, process: ProcessRef) -> None:
         self.host.alive[process.pid] = False
 
+    def signal(self, processes: tuple[ProcessRef, ...], signal: str) -> None:
+        for process in processes:  # fake agents obey SIGTERM at once
+            self.host.alive[process.pid] = False
+
+    def wait_gone(self, processes: tuple[ProcessRef, ...], timeout: float) -> None:
+        return None
+
+    def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
+        return tuple(p for p in processes if self.host.is_alive(p.pid))
+
 
 @dataclass
 class FakeClock:
@@ -138,7 +148,7 @@ class World:
     ports: Ports
     executor: Executor
     clock: FakeClock
-    agents: list[int] = field(default_factory=list)  # pids of agents of running attempts
+    agents: dict[int, int] = field(default_factory=dict)  # agent pid -> its attempt id
     tasks: int = 0  # tasks made so far: each new one outranks the others, so it is claimed
 
     def new_task(self, title: str, now: float) -> int:
@@ -159,10 +169,12 @@ class World:
         controller_alive = bool(record and not record.stop_requested
                                 and self.host.is_alive(record.pid)
                                 and record.pid not in self.host.hung)
+        marked = {attempt: (ProcessRef(pid, None),) for pid, attempt in self.agents.items()
+                  if self.host.is_alive(pid)}
         return Observation("p", now, tuple(instances), tuple(rows), self.store.queue_counts(),
                            paths, self.store.attempt_worktrees(paths),
                            tuple(self.store.running_attempts()), self.store.restart_history(),
-                           controller_alive, record)
+                           controller_alive, record, attempt_processes=marked)
 
     def heartbeat(self, now: float) -> None:
         """Every live worker that is not hung heartbeats between passes."""
@@ -296,7 +308,7 @@ def _add_attempt(world: World, worker_id: str, *, now: float) -> None:
     world.store.update_attempt(claim, branch=f"b{task_id}", worktree=path, log_path="log")
     agent = world.host.spawn()
     world.store.set_attempt_pid(claim, agent, None)
-    world.agents.append(agent)
+    world.agents[agent] = claim.attempt_id
     world.worktrees.paths.add(path)
 
 
@@ -380,7 +392,8 @@ def _check_converged(world: World, after: Observation) -> None:
 
 def _samples() -> dict[type, Action]:
     instance = RuntimeInstance("w-1", "tmux", 1001, True, handle="@1")
-    attempts = (AttemptRef(1, 1, ProcessRef(1002, None), "/wt/task-1-a1"),)
+    attempts = (AttemptRef(1, 1, ProcessRef(1002, None), "/wt/task-1-a1",
+                           (ProcessRef(1002, None),), "SIGTERM"),)
     start = StartWorker("w-1", "not running")
     return {
         StartWorker: start,
@@ -390,6 +403,7 @@ def _samples() -> dict[type, Action]:
         StopWorker: StopWorker("w-1", "scale down", instance, attempts),
         RemoveWorker: RemoveWorker("w-1", "exited", replace(instance, alive=False)),
         ReleaseWorker: ReleaseWorker("w-1", "failed", instance, attempts),
+        KillStrays: KillStrays(7, (ProcessRef(1005, None),), "its attempt has ended"),
         ResetBudget: ResetBudget("w-1", "operator"),
         CleanWorktree: CleanWorktree("/wt/orphan", "no attempt owns it"),
         StartController: StartController("down", hung=ProcessRef(1003, None)),

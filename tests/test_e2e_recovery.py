@@ -46,9 +46,9 @@ def test_agent_of_a_killed_worker_is_killed_and_its_task_requeued(host: Path,
     task_id = add_task(spec, "[hang]")
     agent = running_attempt(spec, task_id)["pid"]
     kill_worker(spec, "w-1")
-    assert not gone(agent), "the agent survives its worker until the executor acts"
+    # PR_SET_PDEATHSIG: the kernel sends the agent SIGTERM as its worker dies
+    wait_for(lambda: gone(agent), timeout=10, message="the agent to die with its worker")
     apply(spec)
-    wait_for(lambda: gone(agent), timeout=30, message="the orphaned agent to be killed")
     second = running_attempt(spec, task_id)
     attempts = show_task(spec, task_id)["attempt_details"]
     assert [a["status"] for a in attempts] == ["lost", "running"]

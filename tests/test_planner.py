@@ -22,6 +22,7 @@ import pytest
 from reconciler.actions import (
     CleanWorktree,
     DrainWorker,
+    KillStrays,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
@@ -31,7 +32,7 @@ from reconciler.actions import (
     Wait,
     target,
 )
-from reconciler.model import AttemptRow, Observation, RuntimeInstance, WorkerRow
+from reconciler.model import AttemptRow, Observation, ProcessRef, RuntimeInstance, WorkerRow
 from reconciler.planner import plan, plan_delete, plan_restart
 from reconciler.report.plan import describe
 from reconciler.spec import parse_spec
@@ -225,17 +226,50 @@ class TestScriptedPlans:
         obs = healthy(make_spec(6, command="x"), [f"w-{i}" for i in range(1, 7)])
         assert plan(spec, obs, NOW) == plan(spec, obs, NOW)
 
-    def test_restart_of_a_dead_worker_carries_what_to_kill_and_clean(self) -> None:
+    def test_a_dead_workers_attempt_is_ended_first_with_what_to_kill_and_clean(self) -> None:
+        """Issue 7 item 2: the attempt is ended at once, whatever the backoff; the slot
+        (its exited window kept, for its exit status) is restarted afterwards."""
         spec = make_spec(1)
         dead = RuntimeInstance("w-1", "tmux", 100, False, exit_status=1, handle="@1")
-        obs = replace(observation([dead], [row("w-1", spec, health="dead",
-                                                  health_since=NOW - 10)]),
-                      running=(attempt("w-1"),))
-        (restart,) = plan(spec, obs, NOW).actions
-        assert isinstance(restart, ReplaceWorker)
-        (ended,) = restart.attempts
-        assert ended.agent is not None and ended.agent.pid == 4242
-        assert ended.worktree == "/wt/task-7-a1"  # cleaned in the same pass, no second pass
+        agent = ProcessRef(4242, NOW - 5)
+        for since in (NOW - 10, NOW - 0.01):  # backoff over, or just begun
+            obs = replace(observation([dead], [row("w-1", spec, health="dead",
+                                                      health_since=since)]),
+                          running=(attempt("w-1"),), attempt_processes={7: (agent,)})
+            (release,) = plan(spec, obs, NOW).actions
+            assert isinstance(release, ReleaseWorker) and release.instance is None
+            (ended,) = release.attempts
+            assert ended.processes == (agent,) and ended.signal == "SIGTERM"
+            assert ended.worktree == "/wt/task-7-a1"
+
+    def test_an_attempts_processes_get_sigterm_once_then_sigkill_after_stop_grace(
+            self) -> None:
+        spec = make_spec(1)  # stopGrace 30s by default
+        grace = spec.worker.stop_grace
+        dead = RuntimeInstance("w-1", "tmux", 100, False, exit_status=1, handle="@1")
+        agent = ProcessRef(4242, NOW - 5)
+        signals = []
+        for signalled in (NOW - 1, NOW - grace):
+            obs = replace(observation([dead], [row("w-1", spec, health="dead",
+                                                      health_since=NOW - 10)]),
+                          running=(attempt("w-1", stop_signalled_at=signalled),),
+                          attempt_processes={7: (agent,)})
+            (release,) = plan(spec, obs, NOW).actions
+            assert isinstance(release, ReleaseWorker)
+            signals.append(release.attempts[0].signal)
+        assert signals == [None, "SIGKILL"]
+
+    def test_processes_of_an_ended_attempt_are_killed_and_a_running_ones_are_not(
+            self) -> None:
+        spec = make_spec(1)
+        live = row("w-1", spec)
+        stray, working = ProcessRef(5001, NOW - 100), ProcessRef(5002, NOW - 4)
+        obs = replace(observation([alive("w-1")], [live]), running=(attempt("w-1"),),
+                      attempt_processes={3: (stray,), 7: (working,)})
+        (kill,) = plan(spec, obs, NOW).actions
+        assert isinstance(kill, KillStrays)
+        assert (kill.attempt_id, kill.processes) == (3, (stray,))
+        assert describe(kill).startswith("- kill attempt 3: its attempt has ended")
 
 
 @pytest.mark.usefixtures("no_io")

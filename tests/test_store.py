@@ -235,7 +235,7 @@ def test_opening_a_current_store_writes_nothing(store: Store, db_path: Path) -> 
     before = store.data_version()
     Store(db_path).close()
     assert store.data_version() == before
-    assert user_version(db_path) == base.SCHEMA_VERSION == 2
+    assert user_version(db_path) == base.SCHEMA_VERSION == 3
 
 
 def _version_1_store(db_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_version_1_store_is_migrated_once(db_path: Path) -> None:
     _version_1_store(db_path)
 
     with Store(db_path) as store:
-        assert user_version(db_path) == 2
+        assert user_version(db_path) == base.SCHEMA_VERSION
         store.add_event("new.event", "v2", fields={"n": 1})
         assert [(e.kind, e.fields) for e in store.events()] == [
             ("old.event", {}), ("new.event", {"n": 1})]

@@ -69,7 +69,8 @@ def tree(tmp_path: Path) -> Iterator[tuple[list[str], Path]]:
 def test_success_records_output_in_the_log(tmp_path: Path) -> None:
     result = run(py("print('hello from the task'); import sys; print('err', file=sys.stderr)"),
                  tmp_path)
-    assert result == RunResult("succeeded", 0, None)
+    assert (result.status, result.exit_code, result.error) == ("succeeded", 0, None)
+    assert result.ended_at is not None
     log = (tmp_path / "task.log").read_text()
     assert "hello from the task" in log
     assert "err" in log

@@ -8,11 +8,20 @@ worker, and a few store reads.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from reconciler.lock import is_locked
-from reconciler.model import ControllerRow, Observation, QueueCounts, RuntimeInstance, WorkerRow
+from reconciler.marks import marked_processes, pool_key
+from reconciler.model import (
+    AttemptRow,
+    ControllerRow,
+    Observation,
+    ProcessRef,
+    QueueCounts,
+    RuntimeInstance,
+    WorkerRow,
+)
 from reconciler.observe.git import task_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
@@ -25,6 +34,9 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
             repo: Path | None = None, worktree_root: Path | None = None,
             controller_lock: Path | None = None, now: float | None = None) -> Observation:
     """Snapshot one pool.  ``store`` is None for a pool that was never applied."""
+    # processes first, the store after: a marked process seen here belongs to an
+    # attempt that is already in the store, so it is never taken for a stray
+    marked = marked_processes(pool_key(paths.root)) if store is not None else {}
     rows = store.workers() if store is not None else []
     in_use = {s for s in sockets if s} | {r.tmux_socket for r in rows if r.tmux_socket}
     instances = [i for socket in sorted(in_use)
@@ -33,6 +45,7 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
     instances += process_instances(rows)
     worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()
     controller = store.controller() if store is not None else None
+    running = tuple(store.running_attempts()) if store is not None else ()
     return Observation(
         pool=paths.name, observed_at=time.time() if now is None else now,
         instances=tuple(instances), workers=tuple(rows),
@@ -40,11 +53,24 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         worktrees=worktrees,
         attempt_worktrees=store.attempt_worktrees(worktrees)
         if store is not None and worktrees else {},
-        running=tuple(store.running_attempts()) if store is not None else (),
+        running=running, attempt_processes=_with_recorded_agents(marked, running),
         restart_history=store.restart_history() if store is not None else {},
         controller_alive=_controller_alive(controller_lock, controller, time.time())
         if controller_lock else None,
         controller=controller)
+
+
+def _with_recorded_agents(marked: Mapping[int, tuple[ProcessRef, ...]],
+                          running: Iterable[AttemptRow]) -> dict[int, tuple[ProcessRef, ...]]:
+    """Marked processes plus each running attempt's recorded agent, if it still runs
+    (an agent that replaced its own environment no longer carries the mark)."""
+    found = dict(marked)
+    for attempt in running:
+        if attempt.pid and process_matches(attempt.pid, attempt.pid_create_time):
+            have = found.get(attempt.id, ())
+            if all(p.pid != attempt.pid for p in have):
+                found[attempt.id] = (*have, ProcessRef(attempt.pid, attempt.pid_create_time))
+    return found
 
 
 def _unseen_tmux_workers(rows: Iterable[WorkerRow], seen: set[str]) -> list[RuntimeInstance]:

@@ -16,6 +16,7 @@ from reconciler.actions import (
     Change,
     CleanWorktree,
     DrainWorker,
+    KillStrays,
     Plan,
     ReleaseWorker,
     RemoveWorker,
@@ -55,6 +56,9 @@ def detail(action: Action) -> str:
         case StopWorker(attempts=attempts) | RemoveWorker(attempts=attempts) | \
                 ReleaseWorker(attempts=attempts):
             return f"({_requeues(attempts)})" if attempts else ""
+        case KillStrays(processes=processes):
+            pids = ", ".join(str(p.pid) for p in processes)
+            return f"(SIGKILL pid{'s' * (len(processes) != 1)} {pids})"
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
                 StopController():
             return ""
@@ -63,7 +67,14 @@ def detail(action: Action) -> str:
 
 def _requeues(attempts: tuple[AttemptRef, ...]) -> str:
     tasks = ", ".join(str(a.task_id) for a in attempts)
-    return f"requeues task{'s' * (len(attempts) != 1)} {tasks}"
+    words = f"requeues task{'s' * (len(attempts) != 1)} {tasks}"
+    live = sum(len(a.processes) for a in attempts)
+    if not live:
+        return words
+    signals = {a.signal for a in attempts if a.signal}
+    how = "SIGKILL now" if "SIGKILL" in signals else "SIGTERM now" if signals \
+        else "SIGKILL once stopGrace is over"
+    return f"{words} once its {live} process{'es' * (live != 1)} exit ({how})"
 
 
 def describe(action: Action) -> str:
@@ -97,6 +108,8 @@ def action_document(action: Action) -> dict[str, Any]:
             doc.update(counted=action.counted, requeues=[a.task_id for a in action.attempts])
         case RemoveWorker() | ReleaseWorker():
             doc.update(counted=True, requeues=[a.task_id for a in action.attempts])
+        case KillStrays():
+            doc.update(attempt=action.attempt_id, pids=[p.pid for p in action.processes])
         case DrainWorker():
             doc.update(then=action.then)
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \

@@ -43,7 +43,7 @@ from loguru import logger
 
 from reconciler.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 15_000
 
 # Transient faults are retried this long (seconds) in all, with backoff from
@@ -121,7 +121,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     output_tail TEXT,
     pid INTEGER,
     pid_create_time REAL,
-    last_output_at REAL
+    last_output_at REAL,
+    stop_signalled_at REAL
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
@@ -178,6 +179,7 @@ CREATE TABLE IF NOT EXISTS events (
 # Schema version -> the columns a store of the version before it lacks: (table, column, decl).
 _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     2: (("events", "fields", "TEXT"),),
+    3: (("attempts", "stop_signalled_at", "REAL"),),
 }
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:

@@ -177,6 +177,11 @@ class StorePort(Protocol):
         """Note the worker alive and extend ``claim``'s lease; returns ``(drain_requested,
         cancel_requested)``, the latter also True when the lease was taken away."""
 
+    def mark_attempts_signalled(self, attempt_ids: Collection[int],
+                                now: float | None = None) -> None:
+        """Record when running attempts' processes were first sent SIGTERM; from then on
+        their workers' results are rejected."""
+
     def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> bool:
         """Record the task command's process; False (nothing written) on a lost lease."""
 

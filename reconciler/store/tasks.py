@@ -216,7 +216,8 @@ class TaskQueue(Database):
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET status = ?, ended_at = ?, exit_code = ?, error = ?,"
-                " output_tail = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
+                " output_tail = ? WHERE id = ? AND lease_token = ? AND status = 'running'"
+                " AND stop_signalled_at IS NULL",
                 (status, now, exit_code, error, output_tail, claim.attempt_id, claim.lease_token))
             if cur.rowcount != 1:
                 return None
@@ -326,6 +327,17 @@ class TaskQueue(Database):
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
 
+    def mark_attempts_signalled(self, attempt_ids: Collection[int],
+                                now: float | None = None) -> None:
+        """Record that the processes of running attempts were sent SIGTERM (the first
+        time only), so a later pass knows when ``stopGrace`` is over.  It is also a
+        fence: the worker of such an attempt can no longer record its result."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.executemany("UPDATE attempts SET stop_signalled_at = ? WHERE id = ?"
+                           " AND status = 'running' AND stop_signalled_at IS NULL",
+                           [(now, attempt_id) for attempt_id in attempt_ids])
+
     def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> bool:
         """Record the task command's pid (its process group) and start time, so it can
         be killed later without hitting a recycled pid.
@@ -362,4 +374,5 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
     return AttemptRow(r["id"], r["task_id"], r["number"], r["worker_id"], r["status"],
                       r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
-                      r["pid"], r["last_output_at"], r["pid_create_time"])
+                      r["pid"], r["last_output_at"], r["pid_create_time"],
+                      r["stop_signalled_at"])
