@@ -23,12 +23,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.actions import DrainWorker, Plan, ProcessRef
+from reconciler import pending
+from reconciler.actions import DrainWorker, Plan
 from reconciler.effects import host_ports
 from reconciler.errors import LockHeldError, PoolError
 from reconciler.executor import ExecutionReport, Executor, Ports
 from reconciler.lock import is_locked, pool_lock, take_lock
-from reconciler.model import Observation
+from reconciler.model import Observation, ProcessRef
 from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_controller, worker_ids
 from reconciler.pool import Pool, observe_pool, preflight, resolve_pool, spec_git_commit
 from reconciler.scale import rewrite_replicas
@@ -74,6 +75,9 @@ def run_pass(pool: Pool, store: StorePort, generation: int, make_plan: PlanMaker
     spec = _spec_of(pool)
     executor = Executor(spec, generation, pool.paths,
                         ports or host_ports(spec, pool.paths, store), progress=progress)
+    # results a worker kept while the store refused writes go in before anything is
+    # judged lost: the attempt they finish is then no longer running
+    pending.flush(pool.paths.root, store, spec.retry_policy)
     observation = observe_pool(pool, store)
     the_plan = make_plan(observation, observation.observed_at)
     on_plan(the_plan)

@@ -18,7 +18,10 @@ from types import FrameType
 
 from loguru import logger
 
+from reconciler import pending
+from reconciler.crashlog import enable_crash_log
 from reconciler.errors import ReconcilerError
+from reconciler.marks import pool_key
 from reconciler.model import Claim
 from reconciler.naming import branch_for
 from reconciler.paths import PoolPaths, open_private_append, write_private
@@ -66,6 +69,7 @@ class Worker:
         self._last_output: float | None = None  # when the running task last printed
         self._claim: Claim | None = None
         self._claim_lock = threading.Lock()
+        self._pool_key = pool_key(paths.root)  # marks every process of its attempts
 
     @property
     def lease_seconds(self) -> float:
@@ -80,6 +84,9 @@ class Worker:
         beat.start()
         try:
             while not self.stop.is_set():
+                if pending.flush(self.paths.root, self.store, self.spec.retry_policy):
+                    self.stop.wait(1.0)  # a kept result first: no new task before it is in
+                    continue
                 try:
                     claim = self.store.claim_task(self.worker_id, self.lease_seconds)
                 except ReconcilerError as exc:  # e.g. the store locked by a stuck process
@@ -101,7 +108,11 @@ class Worker:
         finally:
             self._exited.set()
         logger.info("{} stopping: no new tasks will be claimed", self.worker_id)
-        self.store.mark_worker_exited(self.worker_id, 0)
+        try:
+            pending.flush(self.paths.root, self.store, self.spec.retry_policy)
+            self.store.mark_worker_exited(self.worker_id, 0)
+        except ReconcilerError as exc:  # the controller will see the exit from outside
+            logger.error("{} could not record its exit: {}", self.worker_id, exc.one_line())
         return 0
 
     def _heartbeat_loop(self) -> None:
@@ -120,8 +131,11 @@ class Worker:
                     drain = cancel = False
                 if drain:
                     self.stop.set()
-                if cancel:
-                    self.cancel.set()
+                with self._claim_lock:
+                    # the answer is about the claim it was asked for: a late "lease lost"
+                    # for a finished attempt must not cancel the next one
+                    if cancel and claim is not None and self._claim is claim:
+                        self.cancel.set()
                 if self._exited.wait(self.spec.health.heartbeat_interval):
                     return
         finally:
@@ -160,9 +174,20 @@ class Worker:
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
-        new_status = self.store.finish_attempt(
-            claim, result.status, exit_code=result.exit_code, error=result.error,
-            output_tail=tail, policy=spec.retry_policy, resume_at=resume_at)
+        try:  # the store retries transient faults itself for a while
+            new_status = self.store.finish_attempt(
+                claim, result.status, exit_code=result.exit_code, error=result.error,
+                output_tail=tail, policy=spec.retry_policy, resume_at=resume_at,
+                now=result.ended_at)
+        except ReconcilerError as exc:  # still refused: keep the result, never lose it
+            kept = pending.save(self.paths.root, claim, status=result.status,
+                                exit_code=result.exit_code, error=result.error,
+                                output_tail=tail, resume_at=resume_at,
+                                ended_at=result.ended_at)
+            logger.error("task {}: cannot record its result ({}): {}; kept in {} and "
+                         "recorded once the store takes writes again", task.id,
+                         result.status, exc.one_line(), kept)
+            return
         if new_status is None:
             logger.warning("task {}: lease lost, result ({}) rejected", task.id, result.status)
         else:
@@ -211,7 +236,8 @@ class Worker:
                                timeout=timeout, grace=grace,
                                should_cancel=self.cancel.is_set if cancellable else lambda: False,
                                on_start=lambda pid: self._record_agent(claim, pid),
-                               on_output=self._saw_output)
+                               on_output=self._saw_output,
+                               mark=(self._pool_key, claim.attempt_id))
 
         for argv in spec.worktrees.setup:
             setup = run(argv)
@@ -240,9 +266,10 @@ def main(paths: PoolPaths, worker_id: str, spec_id: int) -> int:
     logger.remove()
     logger.add(sys.stderr, format="{time:HH:mm:ss} " + worker_id + " {level} {message}",
                level="INFO")
-    fd = os.open(paths.logs / f"{worker_id}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    logger.add(os.fdopen(fd, "a", buffering=1), format="{time:YYYY-MM-DD HH:mm:ss.SSS} "
-               "{level} {message}", level="DEBUG")
+    # a fatal signal (SIGBUS on a store's mapped -shm) or an uncaught error leaves its
+    # report in the worker's log, not only on a terminal nobody watches
+    log = enable_crash_log(paths.logs / f"{worker_id}.log", who=worker_id)
+    logger.add(log, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message}", level="DEBUG")
     worker = Worker(paths, worker_id, spec, store)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
