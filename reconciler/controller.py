@@ -23,6 +23,7 @@ from types import FrameType
 
 from loguru import logger
 
+from reconciler.actions import Plan, target, verb
 from reconciler.errors import LockHeldError, ReconcilerError
 from reconciler.lock import take_lock
 from reconciler.operations import MIN_PASS_GAP, apply, controller_pass
@@ -125,10 +126,22 @@ class Controller:
 
     def _pass(self, store: StorePort) -> bool:
         """One pass; False when another command held the pool lock (retried next time)."""
+        busy = False
+
+        def announce(plan: Plan) -> None:
+            nonlocal busy
+            if plan.changes:
+                busy = True
+                store.set_controller_busy("; ".join(f"{verb(a)} {target(a)}"
+                                                    for a in plan.changes))
+
         try:
-            result = controller_pass(self.pool, store)
+            result = controller_pass(self.pool, store, on_plan=announce)
         except LockHeldError:
             return False
+        finally:
+            if busy:
+                store.set_controller_busy(None)
         if result is None:
             return True
         self.interval = result.spec.controller_interval  # the newest generation's

@@ -120,6 +120,8 @@ class ControllerRow:
     started_at: float | None
     heartbeat_at: float | None
     stop_requested: bool
+    busy_with: str | None = None  # what the pass under way is doing, if it acts
+    busy_since: float | None = None
 
 
 @dataclass(frozen=True)

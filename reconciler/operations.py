@@ -348,7 +348,8 @@ def scale(path: Path, replicas: int, *, state_dir: Path, wait: bool, timeout: fl
 # --------------------------------------------------------------------------- the controller
 
 
-def controller_pass(pool: Pool, store: StorePort) -> PassResult | None:
+def controller_pass(pool: Pool, store: StorePort, *,
+                    on_plan: Callable[[Plan], None] = lambda _p: None) -> PassResult | None:
     """One controller pass toward the newest generation, read under the pool lock, so a
     pass can never act on an older spec than one applied while it waited for the lock.
     Raises ``LockHeldError`` if another command holds the lock; None before any apply."""
@@ -357,4 +358,5 @@ def controller_pass(pool: Pool, store: StorePort) -> PassResult | None:
         if latest is None:
             return None
         generation, spec = latest
-        return run_pass(Pool(pool.paths, spec), store, generation, desired(spec, generation))
+        return run_pass(Pool(pool.paths, spec), store, generation, desired(spec, generation),
+                        on_plan=on_plan)

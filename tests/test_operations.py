@@ -7,18 +7,23 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from reconciler.actions import DrainWorker, Plan, StartWorker, StopWorker, Wait
 from reconciler.errors import LockHeldError
-from reconciler.lock import pool_lock
+from reconciler.lock import pool_lock, take_lock
+from reconciler.model import Observation
+from reconciler.observe import CONTROLLER_STALE_AFTER, _controller_alive
 from reconciler.operations import apply, controller_pass
 from reconciler.paths import pool_paths
 from reconciler.pool import Pool
+from reconciler.proctree import create_time_of
 from reconciler.report import render
 from reconciler.report.plan import plan_document
+from reconciler.report.status import status_document
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
 from tests.e2e import (
@@ -247,3 +252,30 @@ def test_plan_renderings_include_waits() -> None:
     assert "[in 3s (restart backoff)]" in captured.get()
     assert plan_document(the_plan)["actions"][0]["waiting"] == {
         "until": 10.0, "why": "in 3s (restart backoff)"}
+
+
+def test_a_controller_in_a_long_pass_is_shown_busy_not_down(tmp_path: Path) -> None:
+    """Issue 7 item 5: a controller whose pass ran past the heartbeat's staleness (it
+    waited out agents one after another) was reported down, with ``apply`` failing on
+    the lock.  Now it records what the pass does, and is shown busy with it."""
+    lock = tmp_path / "controller.lock"
+    fd = take_lock(lock, 1.0)
+    assert fd is not None
+    now = time.time()
+    try:
+        with Store(tmp_path / "store.db") as store:
+            store.register_controller(os.getpid(), create_time_of(os.getpid()),
+                                      now=now - CONTROLLER_STALE_AFTER - 5)
+            assert _controller_alive(lock, store.controller(), now) is False  # stale: down
+            store.set_controller_busy("restart w-1; release w-2", now=now - 70)
+            info = store.controller()
+            assert info is not None and info.busy_with == "restart w-1; release w-2"
+            assert _controller_alive(lock, info, now) is True
+            observed = Observation("testpool", now, controller_alive=True, controller=info)
+            document = status_document(observed, now, None, controller=info)
+            assert document["controller"]["busy"] == {"with": "restart w-1; release w-2",
+                                                      "since": now - 70}
+            store.set_controller_busy(None)
+            assert _controller_alive(lock, store.controller(), now) is False
+    finally:
+        os.close(fd)

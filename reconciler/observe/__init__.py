@@ -99,7 +99,8 @@ def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> boo
         if info is not None and info.pid and not process_matches(info.pid,
                                                                  info.pid_create_time):
             return False
-        return info is None or info.heartbeat_at is None or \
-            now - info.heartbeat_at < CONTROLLER_STALE_AFTER
+        # a controller in a long pass has not heartbeat since it began: busy, not down
+        return info is None or info.heartbeat_at is None or info.busy_since is not None \
+            or now - info.heartbeat_at < CONTROLLER_STALE_AFTER
     return bool(info and not info.stop_requested
                 and process_matches(info.pid, info.pid_create_time))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
@@ -115,8 +116,12 @@ def render_status(document: dict[str, Any]) -> None:
     console.print(table if workers else f"pool {document['pool']}: no workers")
     controller = document["controller"]
     if controller["enabled"] is not None:
+        busy = controller.get("busy")
         state = "running" if controller["running"] else (
             "[red]down[/red]" if controller["enabled"] else "disabled (pool changes on apply)")
+        if busy:
+            state += f", busy for {format_duration(time.time() - busy['since'])}: " \
+                     f"{escape(printable(busy['with']))}"
         console.print(f"controller: {state}")
     if document.get("deleting"):
         console.print(f"[yellow]delete {document['deleting']['state']}[/yellow] (since "

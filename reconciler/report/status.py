@@ -92,6 +92,9 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
         "controller": {"running": observation.controller_alive,
                        "enabled": spec.controller_enabled if spec else None,
                        "pid": controller.pid if controller and observation.controller_alive
+                       else None,
+                       "busy": {"with": controller.busy_with, "since": controller.busy_since}
+                       if controller and controller.busy_with and observation.controller_alive
                        else None},
         "claiming_paused_until": paused_until if paused_until > now else None,
         "deleting": None if deleting is None else

@@ -163,7 +163,9 @@ CREATE TABLE IF NOT EXISTS controller (
     pid_create_time REAL,
     started_at REAL,
     heartbeat_at REAL,
-    stop_requested INTEGER NOT NULL DEFAULT 0
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    busy_with TEXT,
+    busy_since REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
@@ -179,7 +181,8 @@ CREATE TABLE IF NOT EXISTS events (
 # Schema version -> the columns a store of the version before it lacks: (table, column, decl).
 _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     2: (("events", "fields", "TEXT"),),
-    3: (("attempts", "stop_signalled_at", "REAL"),),
+    3: (("attempts", "stop_signalled_at", "REAL"), ("controller", "busy_with", "TEXT"),
+        ("controller", "busy_since", "REAL")),
 }
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:

@@ -275,5 +275,8 @@ class StorePort(Protocol):
     def request_controller_stop(self, now: float | None = None) -> None:
         """Ask the controller to stop (``delete``)."""
 
+    def set_controller_busy(self, what: str | None, now: float | None = None) -> None:
+        """Record what the controller's pass is doing (None: nothing)."""
+
     def controller(self) -> ControllerRow | None:
         """The controller's record; None before one ever registered."""

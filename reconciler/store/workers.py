@@ -218,7 +218,15 @@ class WorkerRegistry(Database):
             return None
         r = rows[0]
         return ControllerRow(r["pid"], r["pid_create_time"], r["started_at"], r["heartbeat_at"],
-                             bool(r["stop_requested"]))
+                             bool(r["stop_requested"]), r["busy_with"], r["busy_since"])
+
+    def set_controller_busy(self, what: str | None, now: float | None = None) -> None:
+        """What the controller's pass is doing (None once it is done), so ``status`` shows
+        a controller in a long pass as busy with it, not as down."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("UPDATE controller SET busy_with = ?, busy_since = ? WHERE id = 1",
+                       (what, now if what is not None else None))
 
 
 def _worker(r: sqlite3.Row) -> WorkerRow:
