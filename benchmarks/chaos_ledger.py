@@ -90,6 +90,15 @@ class Config:
     verbose: bool = False
 
 
+def sigkill(pid: int) -> bool:
+    """SIGKILL a process this run started; False if it is already gone."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @dataclass
 class Figures:
     tasks: int = 0
@@ -381,9 +390,7 @@ class Chaos:
         victim = self.rng.choice(alive)
         running = self.pool.running_attempts(victim["id"])
         at = time.time()
-        try:
-            os.kill(victim["pid"], signal.SIGKILL)
-        except ProcessLookupError:
+        if not sigkill(victim["pid"]):
             return False
         self.figures.kills_worker += 1
         self.pool.log(f"killed worker {victim['id']} (pid {victim['pid']}) at {at:.3f}, "
@@ -397,9 +404,7 @@ class Chaos:
             return False
         pid = self.rng.choice(sorted(agents))
         at = time.time()
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if not sigkill(pid):
             return False
         self.figures.kills_agent += 1
         self.pool.log(f"killed agent {pid} of task {agents[pid]}")
@@ -410,9 +415,7 @@ class Chaos:
         pid = self.pool.status().get("controller", {}).get("pid")
         if not pid:
             return False
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+        if not sigkill(pid):
             return False
         self.figures.kills_controller += 1
         self.pool.log(f"killed the controller (pid {pid})")

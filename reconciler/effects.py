@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from reconciler.executor import Ports
+from reconciler.marks import marked_processes, pool_key
 from reconciler.model import ProcessRef
 from reconciler.paths import PoolPaths
 from reconciler.proctree import (
@@ -33,7 +34,11 @@ from reconciler.worktrees import commit_wip, remove_worktree, repo_lock
 
 class HostProcesses:
     """Signals real processes, and only the ones we mean: a pid whose start time no
-    longer matches was recycled by another process and is left alone."""
+    longer matches was recycled by another process and is left alone.  ``pool_key``
+    names the pool whose attempt marks it looks for."""
+
+    def __init__(self, pool_key: str) -> None:
+        self.pool_key = pool_key
 
     def kill(self, process: ProcessRef, grace: float) -> None:
         if process_matches(process.pid, process.create_time):
@@ -51,6 +56,10 @@ class HostProcesses:
 
     def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
         return tuple(p for p in processes if process_matches(p.pid, p.create_time))
+
+    def of_attempts(self, attempt_ids: tuple[int, ...]) -> tuple[ProcessRef, ...]:
+        marked = marked_processes(self.pool_key)
+        return tuple(p for attempt_id in attempt_ids for p in marked.get(attempt_id, ()))
 
 
 def signal_by_name(name: str) -> signals.Signals:
@@ -81,5 +90,6 @@ def host_runtimes(spec: PoolSpec, paths: PoolPaths) -> dict[str, Runtime]:
 
 
 def host_ports(spec: PoolSpec, paths: PoolPaths, store: StorePort) -> Ports:
-    return Ports(store=store, runtimes=host_runtimes(spec, paths), processes=HostProcesses(),
+    return Ports(store=store, runtimes=host_runtimes(spec, paths),
+                 processes=HostProcesses(pool_key(paths.root)),
                  worktrees=GitWorktrees(spec.repo, paths.repo_locks), clock=time.time)

@@ -60,6 +60,10 @@ class ProcessPort(Protocol):
     def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
         """Those of ``processes`` that still run."""
 
+    def of_attempts(self, attempt_ids: tuple[int, ...]) -> tuple[ProcessRef, ...]:
+        """The live processes carrying these attempts' marks, looked for now (one that a
+        dying agent forked after the pass observed the host is among them)."""
+
 
 class WorktreePort(Protocol):
     def clean(self, path: Path) -> None:
@@ -252,12 +256,15 @@ class Executor:
         if instance is not None and instance.handle is None:
             self.store.forget_worker_process(worker_id)  # no window to clear: only its pid
         left = [p for a in attempts for p in self.ports.processes.alive(a.processes)]
+        if attempts and not left:
+            left = list(self.ports.processes.of_attempts(tuple(a.attempt_id for a in attempts)))
         if left:
             tasks = ", ".join(str(a.task_id) for a in attempts)
             return (f"waiting for {len(left)} process(es) of task {tasks} to exit "
                     f"(SIGKILL once stopGrace, {self.spec.worker.stop_grace:g}s, is over)")
         self.store.requeue_attempts_of(worker_id, f"worker {worker_id}: {reason}",
-                                       consume=counted, policy=self.spec.retry_policy, now=now)
+                                       consume=counted, policy=self.spec.retry_policy, now=now,
+                                       only=[a.attempt_id for a in attempts])
         for attempt in attempts:
             if attempt.worktree is not None:
                 self.ports.worktrees.clean(Path(attempt.worktree))

@@ -121,6 +121,9 @@ class FakeProcesses:
     def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:
         return tuple(p for p in processes if self.host.is_alive(p.pid))
 
+    def of_attempts(self, attempt_ids: tuple[int, ...]) -> tuple[ProcessRef, ...]:
+        return ()  # fake agents fork nothing
+
 
 @dataclass
 class FakeClock:

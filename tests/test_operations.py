@@ -275,6 +275,7 @@ def test_a_controller_in_a_long_pass_is_shown_busy_not_down(tmp_path: Path) -> N
             document = status_document(observed, now, None, controller=info)
             assert document["controller"]["busy"] == {"with": "restart w-1; release w-2",
                                                       "since": now - 70}
+            assert _controller_alive(lock, info, now + 600) is False  # stuck: hung
             store.set_controller_busy(None)
             assert _controller_alive(lock, store.controller(), now) is False
     finally:

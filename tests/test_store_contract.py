@@ -171,6 +171,25 @@ def _stale_and_live(store: StorePort) -> tuple[Claim, Claim]:
     return stale, live
 
 
+def test_requeue_ends_only_the_attempts_it_names(store: StorePort) -> None:
+    """An attempt claimed after the pass looked (not among those seen gone) stays."""
+    store.add_tasks([("t", "p", 0)], now=0.0)
+    held = claim(store, "w-1", now=1.0)
+    assert store.requeue_attempts_of("w-1", "gone", consume=False, now=2.0,
+                                     only=[held.attempt_id + 1]) == []
+    assert [a.status for a in store.attempts(held.task.id)] == ["running"]
+
+
+def test_a_signalled_attempt_no_longer_takes_its_workers_result(store: StorePort) -> None:
+    """From the first SIGTERM to its processes on, an attempt is being taken away."""
+    store.add_tasks([("t", "p", 0)], now=0.0)
+    held = claim(store, "w-1", now=1.0)
+    store.mark_attempts_signalled([held.attempt_id], now=2.0)
+    (running,) = store.running_attempts()
+    assert running.stop_signalled_at == 2.0
+    assert store.finish_attempt(held, "succeeded", exit_code=0, now=3.0) is None
+
+
 STALE_WRITES: dict[str, Callable[[StorePort, Claim], object]] = {
     "finish": lambda s, c: s.finish_attempt(c, "succeeded", exit_code=0, now=4.0),
     "update": lambda s, c: s.update_attempt(c, branch="late", worktree="/w", log_path="/l"),

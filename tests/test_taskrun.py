@@ -138,3 +138,16 @@ def test_cancel_kills_the_whole_tree(tmp_path: Path, tree: tuple[list[str], Path
     pids = read_pids(pids_file)
     wait_for(lambda: all(gone(p) for p in pids), timeout=GRACE + 1, interval=0.05,
              message=f"processes {pids} to die")
+
+
+def test_a_full_disk_under_the_log_neither_kills_the_reader_nor_stalls_the_task(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Issue 7 item 9: a log write failing with ENOSPC killed the output reader with a
+    traceback; the task then blocked on its full pipe.  /dev/full fails every write."""
+    result = run_command(py("import sys; sys.stdout.write('x' * 300_000); print('done')"),
+                         cwd=tmp_path, env=dict(os.environ), log=Path("/dev/full"),
+                         timeout=20, grace=GRACE, should_cancel=lambda: False, echo=False)
+    assert (result.status, result.exit_code) == ("succeeded", 0)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert err.count("cannot write the task log") == 1

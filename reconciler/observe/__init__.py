@@ -89,6 +89,7 @@ def _unseen_tmux_workers(rows: Iterable[WorkerRow], seen: set[str]) -> list[Runt
 
 
 CONTROLLER_STALE_AFTER = 60.0
+CONTROLLER_BUSY_LIMIT = 600.0  # no pass waits out grace periods: ten minutes is a hang
 
 
 def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> bool:
@@ -100,7 +101,10 @@ def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> boo
                                                                  info.pid_create_time):
             return False
         # a controller in a long pass has not heartbeat since it began: busy, not down
-        return info is None or info.heartbeat_at is None or info.busy_since is not None \
+        # (but a pass stuck for CONTROLLER_BUSY_LIMIT is a hung controller)
+        busy = info is not None and info.busy_since is not None \
+            and now - info.busy_since < CONTROLLER_BUSY_LIMIT
+        return info is None or info.heartbeat_at is None or busy \
             or now - info.heartbeat_at < CONTROLLER_STALE_AFTER
     return bool(info and not info.stop_requested
                 and process_matches(info.pid, info.pid_create_time))

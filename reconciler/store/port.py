@@ -193,8 +193,8 @@ class StorePort(Protocol):
         lease was lost (the result is rejected and nothing changes)."""
 
     def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
-                            policy: RetryPolicy | None = None,
-                            now: float | None = None) -> list[int]:
+                            policy: RetryPolicy | None = None, now: float | None = None,
+                            only: Collection[int] | None = None) -> list[int]:
         """End a gone worker's running attempts as ``lost`` and settle their tasks
         (see Requeue above); returns the affected task ids."""
 

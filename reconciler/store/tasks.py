@@ -274,18 +274,21 @@ class TaskQueue(Database):
         return outcome.status
 
     def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
-                            policy: RetryPolicy | None = None,
-                            now: float | None = None) -> list[int]:
+                            policy: RetryPolicy | None = None, now: float | None = None,
+                            only: Collection[int] | None = None) -> list[int]:
         """End a gone worker's running attempts as ``lost`` and settle their tasks.
 
         ``consume``: whether the lost attempt uses up one of ``max_attempts``
         (a crash does, so a poison task cannot kill workers forever; an
-        operator's stop or a roll does not).
+        operator's stop or a roll does not).  ``only``: just these attempts
+        (the ones whose processes were seen gone), never one claimed since.
         """
         now = time.time() if now is None else now
         with self.transaction() as db:
-            rows = db.execute("SELECT id, task_id, number FROM attempts WHERE worker_id = ?"
-                              " AND status = 'running'", (worker_id,)).fetchall()
+            rows = [r for r in db.execute(
+                "SELECT id, task_id, number FROM attempts WHERE worker_id = ?"
+                " AND status = 'running'", (worker_id,)).fetchall()
+                if only is None or r["id"] in only]
             effective = requeue_policy(policy or RetryPolicy(), consume)
             for row in rows:
                 db.execute("UPDATE attempts SET status = 'lost', ended_at = ?, error = ?"
