@@ -13,7 +13,7 @@ from tests.helpers import one_error_line, reconcile, reconcile_background, write
 
 COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
             "controller", "restart", "scale", "task", "task add", "task import", "task list",
-            "task show", "task cancel", "task retry", "task wait"]
+            "task show", "task cancel", "task retry", "task wait", "backup"]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c.replace(" ", "-") for c in COMMANDS])
