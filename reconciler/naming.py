@@ -44,9 +44,16 @@ def check_branch_name(name: str) -> str:
 
 
 def slugify(title: str, limit: int = 40) -> str:
-    """A branch-safe slug of a task title: ``Fix the login bug!`` -> ``fix-the-login-bug``."""
+    """A branch-safe slug of a task title: ``Fix the login bug!`` -> ``fix-the-login-bug``.
+
+    At most ``limit`` characters, cut at a word boundary (``refactor-the-auth`` never
+    becomes ``refactor-the-au``); only a first word longer than ``limit`` is cut inside.
+    """
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-    return slug[:limit].rstrip("-") or "task"
+    if len(slug) > limit:
+        boundary = slug.rfind("-", 0, limit + 1)  # a dash right after the limit counts
+        slug = slug[:boundary] if boundary > 0 else slug[:limit]
+    return slug or "task"
 
 
 def branch_for(template: str, *, pool: str, task_id: int, title: str, attempt: int) -> str:
