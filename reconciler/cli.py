@@ -7,6 +7,7 @@ Exit codes: 0 success (``diff``: in sync), 2 changes pending (``diff`` only),
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +59,26 @@ def _task_id(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"task id {text} is out of range: ids run from 1 to {SQLITE_MAX_INT}")
     return value
+
+
+_EVENT_KIND = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+_WORKER_ID = re.compile(r"w-[1-9][0-9]{0,5}")
+
+
+def _event_kind(text: str) -> str:
+    """An argparse type: the start of an event kind (``attempt``, ``worker.health``)."""
+    if not _EVENT_KIND.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"expected the start of an event kind (lowercase letters, digits, '.' or '_', "
+            f"e.g. attempt or worker.health), got {text!r}")
+    return text
+
+
+def _worker_id(text: str) -> str:
+    """An argparse type: a worker id, ``w-N``."""
+    if not _WORKER_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected a worker id like w-2, got {text!r}")
+    return text
 
 
 def _priority(text: str) -> int:
@@ -141,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, default=50,
                    help="show the last N events (default 50)")
     p.add_argument("--follow", action="store_true", help="keep printing new events (Ctrl-C ends)")
+    p.add_argument("--kind", type=_event_kind, metavar="KIND",
+                   help="only events whose kind starts with KIND (e.g. attempt, worker.health)")
+    p.add_argument("--worker", type=_worker_id, metavar="WORKER",
+                   help="only events of this worker, e.g. w-2")
+    p.add_argument("--task", type=_task_id, metavar="ID", help="only events of this task")
 
     p = sub.add_parser("backup", help="copy the pool's store to a file, safely while it runs",
                        description="Write a consistent copy of the pool's task store "

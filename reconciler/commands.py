@@ -236,8 +236,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    where = {"kind": args.kind, "worker_id": args.worker, "task_id": args.task}
     with _open_store(args) as (_, store):
-        events = store.events(last=args.limit)
+        events = store.find_events(**where, last=args.limit)  # filtered by the store
         if not args.follow:
             if args.output == "json":
                 print_json([asdict(e) for e in events])
@@ -253,7 +254,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                     render.render_events([event], empty_note=False)
                 last = event.id
             time.sleep(POLL_SECONDS)
-            events = store.events(after_id=last)
+            events = store.find_events(**where, after_id=last)
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

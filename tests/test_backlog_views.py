@@ -4,9 +4,14 @@ boundary, commits per task branch in ``task list``, ``prune --empty-branches``,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from reconciler.naming import slugify
+from reconciler.store.sqlite import Store
+from tests.e2e import pool_dir, reconcile_json
+from tests.helpers import one_error_line, reconcile, write_spec
 
 
 class TestSlugWordBoundary:
@@ -26,3 +31,71 @@ class TestSlugWordBoundary:
         for n in range(1, 60):
             title = " ".join(["word"] * 20)
             assert len(slugify(title, n)) <= n
+
+
+# --------------------------------------------------------------------------- events filters
+
+
+def _pool_with_events(host: Path) -> Path:
+    """Pool ``p`` (never applied) with three queued tasks (task.queued events) and some
+    worker events written straight into its store."""
+    spec = write_spec(host, name="p")
+    for title in ("one", "two", "three"):
+        reconcile("task", "add", "-f", str(spec), "--title", title, check=True)
+    store_path = pool_dir(host, "p") / "store.db"
+    with Store(store_path) as store:
+        store.add_event("worker.health", "w-1 healthy", worker_id="w-1")
+        store.add_event("worker.health", "w-2 dead", worker_id="w-2")
+        store.add_event("worker.restarted", "w-2 restarted", worker_id="w-2")
+        store.add_event("attempt.started", "attempt 1 started", worker_id="w-2", task_id=2)
+        store.add_event("attempt.succeeded", "attempt 1 succeeded", worker_id="w-2", task_id=2)
+        store.add_event("attempts_x", "not an attempt.* event", worker_id="w-1")
+    return store_path
+
+
+def _kinds(*args: str) -> list[tuple[str, str | None, int | None]]:
+    events = reconcile_json("events", "--pool", "p", *args)
+    return [(e["kind"], e["worker_id"], e["task_id"]) for e in events]
+
+
+class TestEventFilters:
+    def test_filters_combine(self, host: Path) -> None:
+        _pool_with_events(host)
+        assert _kinds("--kind", "worker.health") == [("worker.health", "w-1", None),
+                                                     ("worker.health", "w-2", None)]
+        assert _kinds("--kind", "attempt.") == [("attempt.started", "w-2", 2),
+                                                ("attempt.succeeded", "w-2", 2)]
+        assert _kinds("--task", "2") == [("task.queued", None, 2), ("attempt.started", "w-2", 2),
+                                         ("attempt.succeeded", "w-2", 2)]
+        assert _kinds("--worker", "w-2", "--kind", "worker") == [
+            ("worker.health", "w-2", None), ("worker.restarted", "w-2", None)]
+        assert _kinds("--worker", "w-2", "--task", "2", "--kind", "attempt.s",
+                      "--limit", "1") == [("attempt.succeeded", "w-2", 2)]
+        assert _kinds("--worker", "w-9") == []
+        text = reconcile("events", "--pool", "p", "--kind", "task", check=True).stdout
+        assert text.count("task.queued") == 3 and "worker" not in text
+
+    def test_the_store_filters_in_sql(self, host: Path) -> None:
+        store_path = _pool_with_events(host)
+        with Store(store_path) as store:
+            for i in range(2000):
+                store.add_event("worker.health", f"noise {i}", worker_id="w-1")
+            statements: list[str] = []
+            store._db.set_trace_callback(statements.append)
+            found = store.find_events(worker_id="w-2", kind="attempt", last=50)
+            store._db.set_trace_callback(None)
+        assert [e.kind for e in found] == ["attempt.started", "attempt.succeeded"]
+        assert len(statements) == 1 and "worker_id = 'w-2'" in statements[0]
+
+    @pytest.mark.parametrize("args", [
+        pytest.param(["--kind", "Worker Health"], id="kind-with-space"),
+        pytest.param(["--kind", ""], id="empty-kind"),
+        pytest.param(["--worker", "worker-1"], id="not-a-worker-id"),
+        pytest.param(["--worker", "w-0"], id="worker-zero"),
+        pytest.param(["--task", "abc"], id="task-not-a-number"),
+        pytest.param(["--task", "0"], id="task-zero"),
+    ])
+    def test_bad_filters_are_one_line(self, host: Path, args: list[str]) -> None:
+        _pool_with_events(host)
+        line = one_error_line(reconcile("events", "--pool", "p", *args))
+        assert args[0] in line

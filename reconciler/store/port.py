@@ -123,6 +123,13 @@ class StorePort(Protocol):
     def events(self, after_id: int = 0, last: int | None = None) -> list[EventRow]:
         """Events after ``after_id`` in order; only the ``last`` N if given."""
 
+    def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
+                    task_id: int | None = None, after_id: int = 0,
+                    last: int | None = None) -> list[EventRow]:
+        """Events after ``after_id`` in order whose kind starts with ``kind``, of
+        ``worker_id`` and of ``task_id`` (each only if given); only the ``last`` N
+        matching ones if given.  Filtered by the store, not by the caller."""
+
     def paused_until(self) -> float:
         """Until when nobody may claim (a rate limit); 0 when claiming is allowed."""
 

@@ -7,6 +7,7 @@ the outcome of the attempt that replaced it.
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from reconciler.model import (
     FINAL_TASK_STATUSES,
     AttemptRow,
     Claim,
+    EventRow,
     QueueCounts,
     RetryPolicy,
     TaskRow,
@@ -30,6 +32,13 @@ MAX_PRIORITY = 1_000_000_000
 QUEUE_COUNTS_SQL = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"
 LATEST_ATTEMPT_AT_SQL = "SELECT status FROM attempts WHERE worktree = ? ORDER BY id DESC LIMIT 1"
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
+# ``reconcile events`` filters: a kind prefix compared exactly (LIKE would take ``_`` as a
+# wildcard), newest first down the rowid, stopping at the limit; a NULL filter is off
+EVENTS_MATCHING_SQL = (
+    "SELECT * FROM (SELECT * FROM events WHERE id > ?1"
+    " AND (?2 IS NULL OR substr(kind, 1, length(?2)) = ?2)"
+    " AND (?3 IS NULL OR worker_id = ?3) AND (?4 IS NULL OR task_id = ?4)"
+    " ORDER BY id DESC LIMIT ?5) ORDER BY id")
 
 
 def check_task_fields(title: str, prompt: str, priority: int) -> None:
@@ -78,6 +87,20 @@ class TaskQueue(Database):
             rows = self._query("SELECT * FROM attempts WHERE task_id = ? ORDER BY number",
                                (task_id,))
         return [_attempt(r) for r in rows]
+
+    def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
+                    task_id: int | None = None, after_id: int = 0,
+                    last: int | None = None) -> list[EventRow]:
+        """Events after ``after_id`` whose kind starts with ``kind``, of ``worker_id``
+        and of ``task_id`` (each only if given), in order; only the ``last`` N if given.
+
+        The filter runs in SQL (``EVENTS_MATCHING_SQL``), newest first, stopping at the
+        ``last`` N matches: rows that do not match are never read into Python."""
+        rows = self._query(EVENTS_MATCHING_SQL, (after_id, kind, worker_id, task_id,
+                                                 -1 if last is None else last))
+        return [EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"],
+                         r["message"], json.loads(r["fields"]) if r["fields"] else {})
+                for r in rows]
 
     def queue_counts(self) -> QueueCounts:
         """Tasks per status: a GROUP BY over the covering index ``tasks_by_claim_order``
