@@ -194,12 +194,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
         with Store(pool.paths.store, readonly=True) as store:
             observation = pools.observe_pool(pool, store)
+            titles = store.task_titles([w.current_task for w in observation.workers
+                                        if w.current_task is not None])
             info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
     else:
         observation = pools.observe_pool(pool)
+        titles = {}
     document = status_document(observation, time.time(), pool.spec, info, paused,
                                deleting=deleting,
-                               delete_running=deleting is not None and is_locked(pool.paths.lock))
+                               delete_running=deleting is not None and is_locked(pool.paths.lock),
+                               titles=titles)
     if args.output == "json":
         print_json(document)
     else:

@@ -10,8 +10,8 @@ import pytest
 
 from reconciler.naming import slugify
 from reconciler.store.sqlite import Store
-from tests.e2e import pool_dir, reconcile_json
-from tests.helpers import one_error_line, reconcile, write_spec
+from tests.e2e import add_task, apply, pool_dir, reconcile_json, workers
+from tests.helpers import FAKE_AGENT, one_error_line, reconcile, wait_for, write_spec
 
 
 class TestSlugWordBoundary:
@@ -99,3 +99,29 @@ class TestEventFilters:
         _pool_with_events(host)
         line = one_error_line(reconcile("events", "--pool", "p", *args))
         assert args[0] in line
+
+
+# --------------------------------------------------------------------------- titles in status
+
+HOSTILE_TITLE = "Fix [bold red]login[/bold red] \x1b]0;pwned\x07 bug in the session middleware"
+
+
+class TestStatusTitles:
+    def test_status_names_the_current_task_by_title(self, host: Path, git_repo: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: one row per worker
+        spec = write_spec(host, replicas=1, runtime="process", command=[
+            str(FAKE_AGENT), "--prompt-file", "{task.prompt_file}", "--seconds", "30"])
+        task_id = int(add_task(spec, title=HOSTILE_TITLE))
+        apply(spec)
+        working = wait_for(lambda: next((w for w in workers(spec).values()
+                                         if w["current_task"] == task_id), None),
+                           message="the worker to take the task")
+        assert working["task_title"] == HOSTILE_TITLE
+        text = reconcile("status", "-f", str(spec), "--output", "text").stdout
+        assert "\x1b" not in text and "\x07" not in text
+        # markup shown as written, ESC and BEL made visible, the title cut short with "…"
+        # (-o json and `task show` have all of it)
+        assert f"│ {task_id} Fix [bold red]login[/bold red] \\x1b]0;pwne… │" in text
+        idle = [w for w in workers(spec).values() if w["current_task"] is None]
+        assert all(w["task_title"] is None for w in idle)

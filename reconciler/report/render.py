@@ -110,7 +110,7 @@ def render_status(document: dict[str, Any]) -> None:
         restarts = str(w["restarts"]) + (f" ({w['recent_restarts']} recent)"
                                          if w["recent_restarts"] else "")
         table.add_row(w["id"], f"[{style}]{w['health']}[/{style}]" if style else w["health"],
-                      str(w["pid"] or "-"), str(w["current_task"] or "-"),
+                      str(w["pid"] or "-"), _task_cell(w),
                       age(w["heartbeat_age"]) + (" ago" if w["heartbeat_age"] is not None
                                                  else ""), age(w["uptime"]), restarts)
     console.print(table if workers else f"pool {document['pool']}: no workers")
@@ -132,6 +132,20 @@ def render_status(document: dict[str, Any]) -> None:
                       "[/yellow] (the agent hit its rate limit)")
     for problem in document["problems"]:
         console.print(f"[red]problem:[/red] {shown(problem)}")
+
+
+TITLE_WIDTH = 40  # status shows a title's start; -o json and `task show` have all of it
+
+
+def _task_cell(worker: dict[str, Any]) -> str:
+    """``12 Fix the login bug`` (escaped, shortened) for a worker's current task."""
+    if worker["current_task"] is None:
+        return "-"
+    title = worker.get("task_title")
+    if not title:
+        return str(worker["current_task"])
+    short = title if len(title) <= TITLE_WIDTH else title[:TITLE_WIDTH - 1] + "…"
+    return f"{worker['current_task']} {shown(short)}"
 
 
 def queue_line(queue: QueueCounts) -> str:

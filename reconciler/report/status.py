@@ -6,6 +6,7 @@ same observation, so ``status`` is right even while no controller runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,14 +26,16 @@ class WorkerStatus:
     runtime: str
     pid: int | None
     current_task: int | None
+    task_title: str | None  # of current_task, as written (renderers escape it)
     heartbeat_age: float | None
     uptime: float | None
     restarts: int
     recent_restarts: int  # counted against restartPolicy.maxRestarts
 
 
-def worker_statuses(observation: Observation, now: float,
-                    spec: PoolSpec | None) -> list[WorkerStatus]:
+def worker_statuses(observation: Observation, now: float, spec: PoolSpec | None,
+                    titles: Mapping[int, str] | None = None) -> list[WorkerStatus]:
+    """``titles``: task titles by id, for the tasks workers are on (missing: None)."""
     out = []
     ids = {w.id for w in observation.workers} | {i.worker_id for i in observation.instances}
     for worker_id in sorted(ids, key=worker_sort_key):
@@ -53,6 +56,8 @@ def worker_statuses(observation: Observation, now: float,
             runtime=inst.runtime if inst else (row.runtime if row else "?"),
             pid=inst.pid if alive and inst else None,
             current_task=row.current_task if row and alive else None,
+            task_title=(titles or {}).get(row.current_task) if row and alive and
+            row.current_task is not None else None,
             heartbeat_age=round(now - row.heartbeat_at, 3) if row and row.heartbeat_at else None,
             uptime=round(now - row.started_at, 3) if row and row.started_at and alive else None,
             restarts=row.restarts if row else 0, recent_restarts=recent))
@@ -76,10 +81,12 @@ def verdict(observation: Observation, workers: list[WorkerStatus], spec: PoolSpe
 def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     controller: ControllerRow | None = None,
                     paused_until: float = 0.0, *, deleting: float | None = None,
-                    delete_running: bool = False) -> dict[str, Any]:
+                    delete_running: bool = False,
+                    titles: Mapping[int, str] | None = None) -> dict[str, Any]:
     """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
-    whether it still holds the pool lock (else it was interrupted)."""
-    workers = worker_statuses(observation, now, spec)
+    whether it still holds the pool lock (else it was interrupted); ``titles``: the
+    titles of the tasks workers are on (``task_title`` of each worker row)."""
+    workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
     if deleting is not None and not delete_running:
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "

@@ -156,6 +156,9 @@ class StorePort(Protocol):
     def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
         """Every attempt (of ``task_id`` only, if given, by attempt number)."""
 
+    def task_titles(self, task_ids: Collection[int]) -> dict[int, str]:
+        """The titles of these tasks, by id; unknown ids are left out."""
+
     def queue_counts(self) -> QueueCounts:
         """Tasks per status, read without visiting every task row."""
 

@@ -102,6 +102,16 @@ class TaskQueue(Database):
                          r["message"], json.loads(r["fields"]) if r["fields"] else {})
                 for r in rows]
 
+    def task_titles(self, task_ids: Collection[int]) -> dict[int, str]:
+        """The titles of ``task_ids`` (unknown ids left out): one primary-key lookup each,
+        reading no prompt."""
+        found: dict[int, str] = {}
+        for task_id in dict.fromkeys(task_ids):
+            rows = self._query("SELECT title FROM tasks WHERE id = ?", (task_id,))
+            if rows:
+                found[task_id] = str(rows[0]["title"])
+        return found
+
     def queue_counts(self) -> QueueCounts:
         """Tasks per status: a GROUP BY over the covering index ``tasks_by_claim_order``
         (never the table's rows, whose prompts can be large)."""
