@@ -179,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p)
     p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
 
+    p = sub.add_parser("prune", help="delete task branches that got no commits",
+                       description="With --empty-branches: delete the pool's task branches "
+                       "(named by its worktrees.branch template and recorded by one of its "
+                       "attempts) that have no commit beyond the spec's baseRef. A branch whose "
+                       "attempt is running, or that any worktree has checked out, is kept. "
+                       "It asks nothing: every ref deleted is printed (--dry-run: would be). "
+                       "Branches with commits are never touched.")
+    _pool_options(p)
+    p.add_argument("--empty-branches", action="store_true",
+                   help="delete task branches with no commits beyond baseRef")
+    p.add_argument("--dry-run", action="store_true",
+                   help="only print what would be deleted")
+
     p = sub.add_parser("controller", help="run the pool's controller in the foreground",
                        description="Keep the pool converged: observe, plan and act on every "
                        "change and at least every controller.interval. With -f, apply that "

@@ -18,11 +18,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from reconciler import controller, demo, operations, worker
 from reconciler import pool as pools
 from reconciler.actions import Plan
+from reconciler.branches import known_counts, prune_empty_branches
 from reconciler.crashlog import enable_crash_log
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
-from reconciler.model import FINAL_TASK_STATUSES
+from reconciler.model import FINAL_TASK_STATUSES, TaskRow
+from reconciler.naming import branch_directory, branch_pattern
 from reconciler.paths import pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
@@ -33,6 +35,7 @@ from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, check_prompt, check_title, read_prompt_file, read_task_file
+from reconciler.worktrees import check_repo, repo_lock
 
 POLL_SECONDS = 0.25
 MAX_REPLICAS = 256
@@ -44,6 +47,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
         "worker": cmd_worker, "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
+        "prune": cmd_prune,
     }
     return handlers[args.command](args)
 
@@ -275,6 +279,40 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Delete the pool's empty task branches; asks nothing (--dry-run shows them first)."""
+    if not args.empty_branches:
+        raise ReconcilerError("prune: say what to prune", hint="reconcile prune "
+                              "--empty-branches [--dry-run] deletes task branches with no commits")
+    with _open_store(args) as (pool, store):  # read-only: branches are git's, not the store's
+        spec = pool.spec
+        if spec is None:
+            raise PoolError(f"pool {pool.name!r} was never applied, so its branch naming and "
+                            "baseRef are unknown", hint="pass -f workers.yaml")
+        check_repo(spec.repo, spec.base_ref)
+        # under the lock every worker takes to add a worktree: no attempt starts meanwhile
+        with repo_lock(pool.paths.repo_locks, spec.repo):
+            result = prune_empty_branches(
+                spec.repo, spec.base_ref, dry_run=args.dry_run,
+                naming=branch_pattern(spec.worktrees.branch, pool=pool.name),
+                directory=branch_directory(spec.worktrees.branch, pool=pool.name),
+                recorded=store.attempt_branches())
+    document = {"pool": pool.name, "repo": str(spec.repo), "base_ref": spec.base_ref,
+                "dry_run": args.dry_run, "deleted": result.deleted,
+                "kept": [{"branch": b, "reason": r} for b, r in result.kept.items()],
+                "with_commits": result.with_commits,
+                "failed": [{"branch": b, "reason": r} for b, r in result.failed.items()]}
+    if args.output == "json":
+        print_json(document)
+    else:
+        render.render_prune(document)
+    if result.failed:
+        print(f"error: {len(result.failed)} branch(es) could not be deleted (listed above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_scale(args: argparse.Namespace) -> int:
     path = Path(args.file)
     wait_timeout = _duration_arg(args.timeout, "--timeout")
@@ -344,13 +382,27 @@ def task_import(args: argparse.Namespace) -> int:
 
 
 def task_list(args: argparse.Namespace) -> int:
-    with _open_store(args) as (_, store):
+    with _open_store(args) as (pool, store):
         tasks = store.tasks(args.status)
-        if args.output == "json":
-            print_json([render.task_document(t) for t in tasks])
-        else:
-            render.render_tasks(tasks)
-        return 0
+    commits = _commit_counts(pool, tasks)
+    if args.output == "json":
+        print_json([{**render.task_document(t),
+                     "commits": commits.get(t.branch) if t.branch else None} for t in tasks])
+    else:
+        render.render_tasks(tasks, commits)
+    return 0
+
+
+def _commit_counts(pool: Pool, tasks: list[TaskRow]) -> dict[str, int | None]:
+    """Commits beyond the spec's baseRef of each task's branch: a few git calls for all of
+    them; unknown (None) without an applied spec or when git cannot tell."""
+    branches = [t.branch for t in tasks if t.branch]
+    if pool.spec is None or not branches:
+        return {}
+    directory = branch_directory(pool.spec.worktrees.branch, pool=pool.name)
+    if not all(b.startswith(directory) for b in branches):  # from an earlier template
+        directory = ""
+    return known_counts(pool.spec.repo, pool.spec.base_ref, directory, branches)
 
 
 def task_show(args: argparse.Namespace) -> int:

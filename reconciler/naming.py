@@ -60,3 +60,28 @@ def branch_for(template: str, *, pool: str, task_id: int, title: str, attempt: i
     values = {"pool": pool, "task.id": str(task_id), "task.slug": slugify(title),
               "attempt": str(attempt)}
     return check_branch_name(render(template, values))
+
+
+# What each placeholder of a branch template can have become, for recognising the
+# branches a pool's template made; -a<attempt>[-n] is what ``unique_branch`` appends.
+_PLACEHOLDER_PATTERNS = {"task.id": "[0-9]+", "task.slug": "[a-z0-9-]+", "attempt": "[0-9]+"}
+_UNIQUE_SUFFIX = "(?:-a[0-9]+(?:-[0-9]+)?)?"
+
+
+def branch_pattern(template: str, *, pool: str) -> re.Pattern[str]:
+    """A pattern that matches exactly the branch names ``template`` gives for ``pool``
+    (any task, slug and attempt), including ``unique_branch``'s ``-a<attempt>`` suffix."""
+    marks = {name: f"\x00{name}\x00" for name in _PLACEHOLDER_PATTERNS}
+    filled = render(template, {"pool": pool, **marks})
+    parts = re.split("\x00([a-z.]+)\x00", filled)  # literal, placeholder, literal, ...
+    regex = "".join(_PLACEHOLDER_PATTERNS[part] if i % 2 else re.escape(part)
+                    for i, part in enumerate(parts))
+    return re.compile(regex + _UNIQUE_SUFFIX)
+
+
+def branch_directory(template: str, *, pool: str) -> str:
+    """The directory part every branch of ``template`` shares (``reconciler/p/`` for
+    ``reconciler/{pool}/{task.id}-{task.slug}``), so git can list just those; may be ''."""
+    marks = {name: "\x00" for name in _PLACEHOLDER_PATTERNS}
+    literal = render(template, {"pool": pool, **marks}).split("\x00", 1)[0]
+    return literal[:literal.rfind("/") + 1]

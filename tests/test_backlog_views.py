@@ -4,14 +4,25 @@ boundary, commits per task branch in ``task list``, ``prune --empty-branches``,
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from reconciler.branches import known_counts
 from reconciler.naming import slugify
 from reconciler.store.sqlite import Store
 from tests.e2e import add_task, apply, pool_dir, reconcile_json, workers
-from tests.helpers import FAKE_AGENT, one_error_line, reconcile, wait_for, write_spec
+from tests.helpers import (
+    FAKE_AGENT,
+    GIT_IDENTITY,
+    git,
+    one_error_line,
+    reconcile,
+    wait_for,
+    write_spec,
+)
 
 
 class TestSlugWordBoundary:
@@ -125,3 +136,124 @@ class TestStatusTitles:
         assert f"│ {task_id} Fix [bold red]login[/bold red] \\x1b]0;pwne… │" in text
         idle = [w for w in workers(spec).values() if w["current_task"] is None]
         assert all(w["task_title"] is None for w in idle)
+
+
+# --------------------------------------------------------------------------- commits, prune
+
+# commit*: one commit on the branch; empty*: nothing; sleep*: runs until the test ends
+AGENT = ["sh", "-c", 'case "$1" in commit*) echo "$2" > "f-$2" && git add -A && '
+         'git -c user.name=t -c user.email=t@localhost commit -q -m "$1";; '
+         'sleep*) sleep 120;; esac', "agent", "{task.title}", "{task.id}"]
+
+
+def _run_backlog(host: Path) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """A pool that ran 3 tasks that committed, 3 that did not, and one still running;
+    returns the spec and ``task list -o json`` by title."""
+    spec = write_spec(host, replicas=2, runtime="process", command=AGENT,
+                      extra={"tasks": {"maxAttempts": 1}})
+    titles = ["commit one", "empty one", "commit two", "empty two", "commit three",
+              "empty three", "sleep forever"]
+    for title in titles:
+        add_task(spec, title=title)
+    apply(spec)
+
+    def settled() -> dict[str, dict[str, Any]] | None:
+        tasks = {t["title"]: t for t in reconcile_json("task", "list", "-f", str(spec))}
+        done = sum(t["status"] == "succeeded" for t in tasks.values())
+        running = tasks["sleep forever"]["status"] == "running" and \
+            tasks["sleep forever"]["branch"]
+        return tasks if done == 6 and running else None
+    return spec, wait_for(settled, message="six tasks done, one running")
+
+
+class TestCommitsAndPrune:
+    def test_task_list_counts_commits_and_prune_deletes_only_empty_branches(
+            self, host: Path, git_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: one line per task
+        spec, tasks = _run_backlog(host)
+        assert {title: t["commits"] for title, t in tasks.items()} == {
+            "commit one": 1, "commit two": 1, "commit three": 1, "empty one": 0,
+            "empty two": 0, "empty three": 0, "sleep forever": 0}
+        text = reconcile("task", "list", "-f", str(spec), check=True).stdout
+        header = text.splitlines()[1].split("┃")
+        assert header[5].strip() == "commits"
+        row = next(line for line in text.splitlines() if "commit two" in line)
+        assert row.split("│")[5].strip() == "1"
+        # an operator works in an empty task branch; another branch fits the naming only
+        held = tasks["empty two"]["branch"]
+        git(git_repo, "worktree", "add", "-q", str(host / "operator-wt"), held)
+        git(git_repo, "branch", "reconciler/testpool/99-not-an-attempt", "main")
+        before = set(git(git_repo, "for-each-ref", "--format=%(refname:short)",
+                         "refs/heads/").split())
+
+        dry = reconcile_json("prune", "--empty-branches", "--dry-run", "-f", str(spec))
+        empty = sorted([tasks["empty one"]["branch"], tasks["empty three"]["branch"]])
+        assert dry["dry_run"] and sorted(dry["deleted"]) == empty
+        assert {k["branch"]: k["reason"] for k in dry["kept"]} == {
+            held: "checked out in a worktree",
+            tasks["sleep forever"]["branch"]: "its attempt is running"}
+        assert dry["with_commits"] == 3 and dry["failed"] == []
+        assert set(git(git_repo, "for-each-ref", "--format=%(refname:short)",
+                       "refs/heads/").split()) == before  # a dry run deletes nothing
+
+        done = reconcile("prune", "--empty-branches", "-f", str(spec), check=True).stdout
+        for branch in empty:
+            assert f"deleted refs/heads/{branch}\n" in done
+        assert "deleted 2 empty branch(es); kept 2 empty, 3 with commits untouched" in done
+        after = set(git(git_repo, "for-each-ref", "--format=%(refname:short)",
+                        "refs/heads/").split())
+        assert after == before - set(empty)
+        listed = {t["title"]: t["commits"] for t in
+                  reconcile_json("task", "list", "-f", str(spec))}
+        assert listed["empty one"] is None and listed["commit one"] == 1
+        text = reconcile("task", "list", "-f", str(spec), "--status", "succeeded").stdout
+        row = next(line for line in text.splitlines() if "empty one" in line)
+        assert row.split("│")[5].strip() == "-"  # the commits column of a pruned branch
+
+    def test_prune_needs_to_be_told_what(self, host: Path, git_repo: Path) -> None:
+        spec = write_spec(host)
+        add_task(spec, title="t")
+        line = one_error_line(reconcile("prune", "-f", str(spec)))
+        assert "--empty-branches" in line
+        line = one_error_line(reconcile("prune", "--empty-branches", "--pool", "nope"))
+        assert "nope" in line
+
+    def test_prune_without_a_spec_or_repo_is_one_line(self, host: Path,
+                                                      git_repo: Path) -> None:
+        spec = write_spec(host, repo="missing")
+        add_task(spec, title="t")
+        line = one_error_line(reconcile("prune", "--empty-branches", "-f", str(spec)))
+        assert "missing" in line
+        assert reconcile_json("task", "list", "-f", str(spec))[0]["commits"] is None
+
+
+def test_counting_commits_takes_two_git_calls_for_200_branches(
+        git_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = git(git_repo, "rev-parse", "main").strip()
+    tree = git(git_repo, "rev-parse", "main^{tree}").strip()
+    commands = []
+    for i in range(200):
+        tip = base
+        for n in range(i % 3):  # 0, 1 or 2 commits beyond main
+            tip = _commit(git_repo, tip, tree, f"{i}.{n}")
+        commands.append(f"create refs/heads/reconciler/p/{i}-task {tip}\n")
+    subprocess.run(["git", "-C", str(git_repo), "update-ref", "--stdin"], check=True,
+                   input="".join(commands), text=True)
+    calls: list[list[str]] = []
+    real_run = subprocess.run
+
+    def counting_run(argv: list[str], *args: Any, **kwargs: Any) -> Any:
+        calls.append(argv)
+        return real_run(argv, *args, **kwargs)
+    monkeypatch.setattr(subprocess, "run", counting_run)
+    names = [f"reconciler/p/{i}-task" for i in range(200)] + ["reconciler/p/gone"]
+    counts = known_counts(git_repo, "main", "reconciler/p/", names)
+    assert len(calls) == 2
+    assert counts == {**{f"reconciler/p/{i}-task": i % 3 for i in range(200)},
+                      "reconciler/p/gone": None}
+
+
+def _commit(repo: Path, parent: str, tree: str, message: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *GIT_IDENTITY, "commit-tree", "-p", parent,
+                           "-m", message, tree], check=True, capture_output=True,
+                          text=True).stdout.strip()

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -161,12 +161,19 @@ def task_document(task: TaskRow, attempts: Iterable[AttemptRow] | None = None,
     return doc
 
 
-def render_tasks(tasks: list[TaskRow]) -> None:
+def render_tasks(tasks: list[TaskRow], commits: Mapping[str, int | None] | None = None,
+                 ) -> None:
+    """``commits``: how many commits each branch has beyond the spec's baseRef (``-``:
+    no branch, or git cannot tell)."""
     table = Table()
-    for column in ("id", "status", "prio", "tries", "title", "branch", "last error"):
-        table.add_column(column, overflow="fold")
+    for column in ("id", "status", "prio", "tries", "commits", "title", "branch",
+                   "last error"):
+        table.add_column(column, overflow="fold", justify="right" if column == "commits"
+                         else "left")
     for t in tasks:
-        table.add_row(str(t.id), t.status, str(t.priority), str(t.attempts), shown(t.title),
+        count = (commits or {}).get(t.branch) if t.branch else None
+        table.add_row(str(t.id), t.status, str(t.priority), str(t.attempts),
+                      "-" if count is None else str(count), shown(t.title),
                       shown(t.branch or "-"), shown((t.last_error or "")[:60]))
     console.print(table if tasks else "no tasks")
 
@@ -189,6 +196,21 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
             tail = "\n".join(a.output_tail.rstrip().splitlines()[-5:])
             console.print("    output tail:\n" + "\n".join("      " + shown(line)
                                                            for line in tail.splitlines()))
+
+
+def render_prune(document: dict[str, Any]) -> None:
+    """What ``prune --empty-branches`` deleted (or would), kept, and could not delete."""
+    verb = "would delete" if document["dry_run"] else "deleted"
+    for branch in document["deleted"]:
+        console.print(f"{verb} refs/heads/{shown(branch)}")
+    for kept in document["kept"]:
+        console.print(f"[dim]kept refs/heads/{shown(kept['branch'])}: {kept['reason']}[/dim]")
+    for failed in document["failed"]:
+        console.print(f"[red]not deleted[/red] refs/heads/{shown(failed['branch'])}: "
+                      f"{shown(failed['reason'])}")
+    console.print(f"pool {shown(document['pool'])}: {verb} {len(document['deleted'])} empty "
+                  f"branch(es); kept {len(document['kept'])} empty, "
+                  f"{document['with_commits']} with commits untouched")
 
 
 def render_history(history: list[AppliedSpec]) -> None:

@@ -159,6 +159,9 @@ class StorePort(Protocol):
     def task_titles(self, task_ids: Collection[int]) -> dict[int, str]:
         """The titles of these tasks, by id; unknown ids are left out."""
 
+    def attempt_branches(self) -> dict[str, bool]:
+        """Every branch some attempt recorded, and whether an attempt on it is running."""
+
     def queue_counts(self) -> QueueCounts:
         """Tasks per status, read without visiting every task row."""
 

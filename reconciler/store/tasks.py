@@ -112,6 +112,12 @@ class TaskQueue(Database):
                 found[task_id] = str(rows[0]["title"])
         return found
 
+    def attempt_branches(self) -> dict[str, bool]:
+        """Every branch an attempt recorded, and whether an attempt on it is running."""
+        rows = self._query("SELECT branch, MAX(status = 'running') AS running FROM attempts"
+                           " WHERE branch IS NOT NULL GROUP BY branch")
+        return {str(r["branch"]): bool(r["running"]) for r in rows}
+
     def queue_counts(self) -> QueueCounts:
         """Tasks per status: a GROUP BY over the covering index ``tasks_by_claim_order``
         (never the table's rows, whose prompts can be large)."""
