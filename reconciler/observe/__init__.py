@@ -28,6 +28,7 @@ from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths
 from reconciler.proctree import process_matches
 from reconciler.store.port import StorePort
+from reconciler.tmuxcli import pool_socket
 
 
 def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | None, *,
@@ -39,8 +40,11 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
     marked = marked_processes(pool_key(paths.root)) if store is not None else {}
     rows = store.workers() if store is not None else []
     in_use = {s for s in sockets if s} | {r.tmux_socket for r in rows if r.tmux_socket}
+    # each socket name by the absolute path of the pool's server: the caller's
+    # TMUX_TMPDIR does not matter (reconciler.tmuxcli)
     instances = [i for socket in sorted(in_use)
-                 for i in tmux_instances(socket, paths.name, str(paths.root))]
+                 for i in tmux_instances(pool_socket(paths.root, socket, paths.tmux_conf),
+                                         paths.name, str(paths.root), socket)]
     instances += _unseen_tmux_workers(rows, {i.worker_id for i in instances})
     instances += process_instances(rows)
     worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()

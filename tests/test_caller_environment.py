@@ -1,0 +1,151 @@
+"""One pool, whatever the caller's environment (issue 8 item 4).
+
+A pool is applied from one shell; ``status``, ``diff`` and ``apply`` then run
+from shells with another ``TMUX_TMPDIR`` (or none), and from a directory that
+holds a ``reconciler/`` folder of its own.  The pool stays the same: the same
+worker processes, no restart, no second tmux server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e import apply, diff, events, pool_dir, state_dir, status, tmux_windows, workers
+from tests.helpers import processes_mentioning, wait_for, write_spec
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def other_tmux_dir() -> Iterator[Path]:
+    """A second ``TMUX_TMPDIR``, as another shell would have; servers there are killed."""
+    directory = Path(tempfile.mkdtemp(prefix="rt-other-"))
+    try:
+        yield directory
+    finally:
+        for socket in directory.glob("tmux-*/*"):
+            subprocess.run(["tmux", "-S", str(socket), "kill-server"], capture_output=True,
+                           check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def pool_name() -> Iterator[str]:
+    """A pool name no other test uses: with ``TMUX_TMPDIR`` unset, tmux would otherwise
+    share ``/tmp/tmux-<uid>/`` with every other test run on the host."""
+    name = f"ce-{uuid.uuid4().hex[:10]}"
+    yield name
+    # a server the bug would have started in the default directory: only ours, by path
+    default = Path("/tmp") / f"tmux-{os.getuid()}" / f"rt-{name}"
+    if default.exists():
+        subprocess.run(["tmux", "-S", str(default), "kill-server"], capture_output=True,
+                       check=False)
+
+
+def _servers_named(socket: str) -> list[Path]:
+    """Every socket file named ``socket`` under the usual tmux directories we used."""
+    roots = [Path("/tmp")] + [Path(p) for p in Path("/tmp").glob("rt-*")]
+    return sorted(p for root in roots for p in root.glob(f"tmux-{os.getuid()}/{socket}")
+                  if p.is_socket())
+
+
+def _worker_processes(state: Path) -> list[int]:
+    """The pids of live ``reconcile worker`` processes of this state directory (not the
+    tmux server, whose command line is that of the client that started it)."""
+    return sorted(p.pid for p in processes_mentioning(str(state))
+                  if "worker" in (p.cmdline() or []) and not p.name().startswith("tmux")
+                  and p.status() != psutil.STATUS_ZOMBIE)
+
+
+@pytest.mark.parametrize("caller_tmpdir", [pytest.param("unset", id="TMUX_TMPDIR-unset"),
+                                           pytest.param("other", id="TMUX_TMPDIR-other")])
+def test_commands_from_another_environment_see_the_same_pool(
+        host: Path, git_repo: Path, pool_name: str, other_tmux_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, caller_tmpdir: str) -> None:
+    spec = write_spec(host, name=pool_name, replicas=2)
+    apply(spec)
+    socket = f"rt-{pool_name}"
+    before = {w: row["pid"] for w, row in workers(spec).items()}
+    assert all(before.values()), before
+    servers = _servers_named(socket)
+    assert len(servers) == 1, servers
+
+    if caller_tmpdir == "unset":
+        monkeypatch.delenv("TMUX_TMPDIR")
+    else:
+        monkeypatch.setenv("TMUX_TMPDIR", str(other_tmux_dir))
+
+    seen = status(spec)
+    assert {w["id"]: w["pid"] for w in seen["workers"]} == before, seen
+    assert all(w["health"] in ("healthy", "working") for w in seen["workers"]), seen
+    assert seen["ok"], seen["problems"]
+    pending = diff(spec)
+    assert pending.returncode == 0, pending.stdout + pending.stderr
+    applied = apply(spec)
+    assert "Nothing to do" in applied.stdout or "0 change(s)" in applied.stdout, applied.stdout
+
+    after = workers(spec)
+    assert {w: row["pid"] for w, row in after.items()} == before
+    assert [row["restarts"] for row in after.values()] == [0, 0]
+    assert _servers_named(socket) == servers, "a second tmux server was started"
+    assert len(_worker_processes(state_dir(host))) == 2
+    assert not events(spec, "worker_restarted")
+
+
+def test_apply_from_another_environment_starts_workers_on_the_pool_server(
+        host: Path, git_repo: Path, pool_name: str, other_tmux_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart and a scale-up done from another shell land on the pool's own server."""
+    spec = write_spec(host, name=pool_name, replicas=2)
+    apply(spec)
+    socket = f"rt-{pool_name}"
+    servers = _servers_named(socket)
+    assert len(servers) == 1, servers
+    w1 = workers(spec)["w-1"]["pid"]
+    os.kill(workers(spec)["w-2"]["pid"], 9)
+    wait_for(lambda: not workers(spec)["w-2"]["pid"], message="w-2 to die")
+
+    applied_from = os.environ["TMUX_TMPDIR"]
+    monkeypatch.setenv("TMUX_TMPDIR", str(other_tmux_dir))
+    write_spec(host, name=pool_name, replicas=3)
+    apply(spec)
+    after = workers(spec)
+    assert after["w-1"]["pid"] == w1
+    assert after["w-2"]["pid"] and after["w-3"]["pid"], after
+    assert _servers_named(socket) == servers, "a second tmux server was started"
+    assert not list(other_tmux_dir.glob("tmux-*/*"))
+    assert len(_worker_processes(state_dir(host))) == 3
+    monkeypatch.setenv("TMUX_TMPDIR", applied_from)  # that shell sees all three windows
+    assert tmux_windows(socket) == ["w-1", "w-2", "w-3"]
+
+
+def test_a_pool_applied_before_socket_paths_were_pinned_is_found_from_anywhere(
+        host: Path, git_repo: Path, pool_name: str, other_tmux_dir: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool applied by an earlier version has no pinned path: its running server is
+    found by the pool's own tmux.conf on its command line, and pinned by the next start."""
+    spec = write_spec(host, name=pool_name, replicas=1)
+    apply(spec)
+    pin = pool_dir(host, pool_name) / "tmux-sockets.json"
+    servers = _servers_named(f"rt-{pool_name}")
+    assert json.loads(pin.read_text()) == {f"rt-{pool_name}": str(servers[0])}
+    pin.unlink()
+    before = workers(spec)["w-1"]["pid"]
+
+    monkeypatch.setenv("TMUX_TMPDIR", str(other_tmux_dir))
+    assert diff(spec).returncode == 0
+    write_spec(host, name=pool_name, replicas=2)
+    apply(spec)
+    assert workers(spec)["w-1"]["pid"] == before
+    assert _servers_named(f"rt-{pool_name}") == servers
+    assert json.loads(pin.read_text()) == {f"rt-{pool_name}": str(servers[0])}
