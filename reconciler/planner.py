@@ -177,7 +177,8 @@ def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: Work
     fresh_heartbeat = row.heartbeat_at is not None and row.heartbeat_at >= started
     restarts = counted_restarts(spec, observation, row, now)
     return WorkerFacts(
-        process_alive=instance is not None and instance.alive,
+        process_alive=(instance is not None and instance.alive)
+        or unseen_but_beating(spec, row, instance, now),
         exit_description=_exit_description(row, instance),
         heartbeat_age=now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None,
         since_start=now - started,
@@ -264,6 +265,9 @@ def _has_remains(instance: RuntimeInstance | None) -> bool:
 
 def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
                   instance: RuntimeInstance | None, attempts: tuple[AttemptRef, ...],
+    if unseen_but_beating(spec, row, instance, now):
+        return _not_while_beating(spec, row, ReplaceWorker(
+            worker_id, "no tmux window of it can be seen", None, (), counted=True), now)
                   now: float) -> Action:
     """A counted restart, once the backoff since the death (or the last restart) is over.
 
@@ -284,6 +288,32 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     # a worker that had been stable for resetAfter starts a fresh budget with this restart
     stable = bool(row.started_at and row.heartbeat_at
                   and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
+def unseen_but_beating(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None,
+                       now: float) -> bool:
+    """A tmux worker whose window cannot be seen (nor its process confirmed) while its
+    heartbeat is fresh.  Heartbeats outrank missing windows: such a worker is never
+    restarted (a second copy would take tasks too); it is reported until the two agree."""
+    return (row.runtime == "tmux" and instance is None and not row.removed
+            and row.heartbeat_at is not None and row.started_at is not None
+            and row.heartbeat_at >= row.started_at
+            and now - row.heartbeat_at < spec.health.unresponsive_after)
+
+
+def heartbeat_disagreements(spec: PoolSpec, observation: Observation, now: float) -> list[str]:
+    """``status``'s words for each worker that heartbeats but has no window to be seen."""
+    return [f"{row.id} heartbeats ({format_duration(now - (row.heartbeat_at or now))} ago) "
+            f"but no tmux window of it can be seen on socket {row.tmux_socket}: left alone "
+            "while it heartbeats (was its tmux server moved or killed?)"
+            for row in observation.workers
+            if unseen_but_beating(spec, row, observation.instance(row.id), now)]
+
+
+def _not_while_beating(spec: PoolSpec, row: WorkerRow, then: Change, now: float) -> Wait:
+    until = (row.heartbeat_at or now) + spec.health.unresponsive_after
+    return Wait(then, f"not while it heartbeats ({format_duration(now - (row.heartbeat_at or now))}"
+                " ago) though no window of it can be seen", until=until)
+
+
     restart = ReplaceWorker(
         row.id, _death(spec, row, instance, now), instance, attempts, counted=True,
         reset_budget=f"it had run for resetAfter ({format_duration(spec.restart.reset_after)})"
@@ -360,6 +390,12 @@ def _exit_description(row: WorkerRow, instance: RuntimeInstance | None) -> str:
     if instance is not None:
         return instance.exit_description()
     where = "tmux window" if row.runtime == "tmux" else "process"
+    if row is not None and unseen_but_beating(spec, row, instance, now):
+        if not row.drain_requested:  # asked through the store: it needs no window to hear
+            return DrainWorker(worker_id, f"{why} (no window of it can be seen)", None,
+                               then="stop")
+        return _not_while_beating(spec, row, RemoveWorker(
+            worker_id, f"{why}; forget it once it stops heartbeating", None, attempts), now)
     last = f", last exit {row.exit_code}" if row.exit_code is not None else ""
     return f"{where} gone{last}"
 

@@ -15,11 +15,18 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from reconciler.actions import ReplaceWorker, StartWorker
+from reconciler.model import Observation, WorkerRow
+from reconciler.planner import plan
+from reconciler.report.status import status_document
+from reconciler.spec import load_spec
 from tests.e2e import apply, diff, events, pool_dir, state_dir, status, tmux_windows, workers
 from tests.helpers import processes_mentioning, wait_for, write_spec
 
@@ -149,3 +156,45 @@ def test_a_pool_applied_before_socket_paths_were_pinned_is_found_from_anywhere(
     assert workers(spec)["w-1"]["pid"] == before
     assert _servers_named(f"rt-{pool_name}") == servers
     assert json.loads(pin.read_text()) == {f"rt-{pool_name}": str(servers[0])}
+
+
+# --------------------------------------------------------------------------- heartbeats
+
+
+def _beating_row(now: float, **changes: Any) -> WorkerRow:
+    row = WorkerRow(id="w-1", runtime="tmux", tmux_socket="rt-testpool", pid=None,
+                    pid_create_time=None, spec_id=1, template_hash=None, template_digests={},
+                    state="idle", current_task=None, started_at=now - 100,
+                    heartbeat_at=now - 0.6, restarts=0, drain_requested=False,
+                    exited_at=None, exit_code=None, removed=False, health="healthy")
+    return replace(row, **changes)
+
+
+def test_a_worker_that_heartbeats_is_never_restarted_for_a_window_nobody_sees(
+        tmp_path: Path) -> None:
+    """No window and no confirmed process, but a heartbeat 0.6s old: no restart, a
+    problem in ``status`` and a wait in ``diff``; once the heartbeat is stale, a restart."""
+    spec = load_spec(write_spec(tmp_path, replicas=1))
+    now = 1_000_000.0
+    row = _beating_row(now, template_hash=spec.template_hash())
+    seen = Observation(pool="testpool", observed_at=now, workers=(row,))
+    decided = plan(spec, seen, now)
+    assert not [a for a in decided.changes if isinstance(a, ReplaceWorker | StartWorker)], \
+        decided.actions
+    assert [type(a.then).__name__ for a in decided.waiting] == ["ReplaceWorker"]
+    assert "not while it heartbeats" in decided.waiting[0].why
+    # even one an older version already took for dead (its backoff long over)
+    believed_dead = replace(seen, workers=(replace(row, health="dead", health_since=now - 30),))
+    assert not plan(spec, believed_dead, now).changes
+    document = status_document(seen, now, spec)
+    assert document["workers"][0]["health"] != "dead"
+    assert any("w-1 heartbeats" in p and "no tmux window" in p
+               for p in document["problems"]), document["problems"]
+
+    scale_down = plan(replace(spec, replicas=0), seen, now)
+    assert [type(a).__name__ for a in scale_down.changes] == ["DrainWorker"]
+
+    later = now + spec.health.unresponsive_after + 30  # it stopped heartbeating long ago
+    stale = plan(spec, replace(seen, observed_at=later), later)
+    assert [type(getattr(a, "then", a)).__name__ for a in stale.actions] == ["ReplaceWorker"]
+    assert all("heartbeats" not in getattr(a, "why", "") for a in stale.actions), stale.actions

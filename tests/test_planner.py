@@ -133,7 +133,7 @@ class TestScriptedPlans:
                                                         reason: str) -> None:
         spec = make_spec(2)
         obs = observation([alive("w-1")] + ([instance] if instance else []),
-                          [row("w-1", spec), row("w-2", spec)])
+                          [row("w-1", spec), row("w-2", spec, heartbeat_at=NOW - 600)])
         (wait,) = plan(spec, obs, NOW).actions
         # the first restart waits restartPolicy.backoff (1s, jittered) after the death
         assert isinstance(wait, Wait) and wait.why.endswith("(restart backoff)")
@@ -144,7 +144,8 @@ class TestScriptedPlans:
         assert describe(wait).startswith(f"~ restart w-2: {reason} (counted) [in ")
         # once the pass recorded the death, the backoff counts from it
         recorded = replace(obs, workers=(row("w-1", spec),
-                                         row("w-2", spec, health="dead", health_since=NOW)))
+                                         row("w-2", spec, health="dead", health_since=NOW,
+                                             heartbeat_at=NOW - 600)))
         (waiting,) = plan(spec, recorded, NOW).actions
         assert isinstance(waiting, Wait) and waiting.until is not None
         (now,) = plan(spec, recorded, waiting.until).actions
@@ -198,7 +199,7 @@ class TestScriptedPlans:
         spec = make_spec(1)
         dead = RuntimeInstance("w-2", "tmux", 100, False, exit_status=0, handle="@2")
         obs = observation([alive("w-1"), dead], [row("w-1", spec), row("w-2", spec),
-                                                 row("w-3", spec)])
+                                                 row("w-3", spec, heartbeat_at=NOW - 600)])
         result = plan(spec, obs, NOW)
         assert [(type(a), target(a)) for a in result.actions] == [
             (RemoveWorker, "w-3"), (RemoveWorker, "w-2")]

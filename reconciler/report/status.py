@@ -12,7 +12,7 @@ from typing import Any
 
 from reconciler.health import assess
 from reconciler.model import ControllerRow, Observation, worker_sort_key
-from reconciler.planner import counted_restarts, facts_of
+from reconciler.planner import counted_restarts, facts_of, heartbeat_disagreements
 from reconciler.specmodel import PoolSpec
 
 UNHEALTHY_EXIT = 3
@@ -89,6 +89,8 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
     workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
     if deleting is not None and not delete_running:
+    if spec is not None:  # heartbeats and windows disagree: reported, never acted on
+        problems += heartbeat_disagreements(spec, observation, now)
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "
                         "(or `reconcile apply` to keep the pool)")
     return {
