@@ -237,6 +237,9 @@ def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
                              instance, _attempts_of(spec, observation, worker_id, now),
                              reset_budget="a worker the store did not know")
     alive = instance is not None and instance.alive
+    if unseen_but_beating(spec, row, instance, now):
+        return _not_while_beating(spec, row, ReplaceWorker(
+            worker_id, "no tmux window of it can be seen", None, (), counted=True), now)
     if row.drain_requested:
         return _finish_drain(spec, observation, row, instance, now, then="replace",
                              done="finished its task; replacing it")
@@ -257,37 +260,6 @@ def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
     return None
 
 
-def _has_remains(instance: RuntimeInstance | None) -> bool:
-    """Something of the worker is still on the host: a live process, or an exited tmux
-    window (a process-runtime worker that exited leaves nothing behind)."""
-    return instance is not None and (instance.alive or instance.handle is not None)
-
-
-def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
-                  instance: RuntimeInstance | None, attempts: tuple[AttemptRef, ...],
-    if unseen_but_beating(spec, row, instance, now):
-        return _not_while_beating(spec, row, ReplaceWorker(
-            worker_id, "no tmux window of it can be seen", None, (), counted=True), now)
-                  now: float) -> Action:
-    """A counted restart, once the backoff since the death (or the last restart) is over.
-
-    A hung worker (its process still alive) is restarted only if it has not
-    heartbeat since it was observed: the guard the executor checks right
-    before killing it.
-    """
-    hung = instance is not None and instance.alive
-    if attempts and not hung:
-        # its agent must not work on through the backoff: end the attempt now (once its
-        # processes are gone) so the task can run elsewhere; the slot restarts later
-        return ReleaseWorker(row.id, f"{_death(spec, row, instance, now)}: end its attempt "
-                             "now, restart after the backoff", None, attempts)
-    previous = counted_restarts(spec, observation, row, now)
-    delay = restart_delay(spec, row.id, len(previous))
-    died_at = row.health_since if row.health == "dead" and row.health_since else now
-    ready_at = (previous[-1] if previous else died_at) + delay
-    # a worker that had been stable for resetAfter starts a fresh budget with this restart
-    stable = bool(row.started_at and row.heartbeat_at
-                  and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
 def unseen_but_beating(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None,
                        now: float) -> bool:
     """A tmux worker whose window cannot be seen (nor its process confirmed) while its
@@ -314,6 +286,34 @@ def _not_while_beating(spec: PoolSpec, row: WorkerRow, then: Change, now: float)
                 " ago) though no window of it can be seen", until=until)
 
 
+def _has_remains(instance: RuntimeInstance | None) -> bool:
+    """Something of the worker is still on the host: a live process, or an exited tmux
+    window (a process-runtime worker that exited leaves nothing behind)."""
+    return instance is not None and (instance.alive or instance.handle is not None)
+
+
+def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
+                  instance: RuntimeInstance | None, attempts: tuple[AttemptRef, ...],
+                  now: float) -> Action:
+    """A counted restart, once the backoff since the death (or the last restart) is over.
+
+    A hung worker (its process still alive) is restarted only if it has not
+    heartbeat since it was observed: the guard the executor checks right
+    before killing it.
+    """
+    hung = instance is not None and instance.alive
+    if attempts and not hung:
+        # its agent must not work on through the backoff: end the attempt now (once its
+        # processes are gone) so the task can run elsewhere; the slot restarts later
+        return ReleaseWorker(row.id, f"{_death(spec, row, instance, now)}: end its attempt "
+                             "now, restart after the backoff", None, attempts)
+    previous = counted_restarts(spec, observation, row, now)
+    delay = restart_delay(spec, row.id, len(previous))
+    died_at = row.health_since if row.health == "dead" and row.health_since else now
+    ready_at = (previous[-1] if previous else died_at) + delay
+    # a worker that had been stable for resetAfter starts a fresh budget with this restart
+    stable = bool(row.started_at and row.heartbeat_at
+                  and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
     restart = ReplaceWorker(
         row.id, _death(spec, row, instance, now), instance, attempts, counted=True,
         reset_budget=f"it had run for resetAfter ({format_duration(spec.restart.reset_after)})"
@@ -362,6 +362,12 @@ def _retire(spec: PoolSpec, observation: Observation, worker_id: str, why: str, 
     row = observation.worker(worker_id)
     attempts = _attempts_of(spec, observation, worker_id, now)
     alive = instance is not None and instance.alive
+    if row is not None and unseen_but_beating(spec, row, instance, now):
+        if not row.drain_requested:  # asked through the store: it needs no window to hear
+            return DrainWorker(worker_id, f"{why} (no window of it can be seen)", None,
+                               then="stop")
+        return _not_while_beating(spec, row, RemoveWorker(
+            worker_id, f"{why}; forget it once it stops heartbeating", None, attempts), now)
     if alive and force:
         return StopWorker(worker_id, f"{why} (--force: its task goes back to the queue)",
                           instance, attempts)
@@ -390,12 +396,6 @@ def _exit_description(row: WorkerRow, instance: RuntimeInstance | None) -> str:
     if instance is not None:
         return instance.exit_description()
     where = "tmux window" if row.runtime == "tmux" else "process"
-    if row is not None and unseen_but_beating(spec, row, instance, now):
-        if not row.drain_requested:  # asked through the store: it needs no window to hear
-            return DrainWorker(worker_id, f"{why} (no window of it can be seen)", None,
-                               then="stop")
-        return _not_while_beating(spec, row, RemoveWorker(
-            worker_id, f"{why}; forget it once it stops heartbeating", None, attempts), now)
     last = f", last exit {row.exit_code}" if row.exit_code is not None else ""
     return f"{where} gone{last}"
 

@@ -132,6 +132,7 @@ class TestScriptedPlans:
     def test_dead_worker_is_restarted_after_its_backoff(self, instance: RuntimeInstance | None,
                                                         reason: str) -> None:
         spec = make_spec(2)
+        # its heartbeat stopped long ago (a fresh one outranks a window nobody sees)
         obs = observation([alive("w-1")] + ([instance] if instance else []),
                           [row("w-1", spec), row("w-2", spec, heartbeat_at=NOW - 600)])
         (wait,) = plan(spec, obs, NOW).actions

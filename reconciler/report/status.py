@@ -88,9 +88,9 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
     titles of the tasks workers are on (``task_title`` of each worker row)."""
     workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
-    if deleting is not None and not delete_running:
     if spec is not None:  # heartbeats and windows disagree: reported, never acted on
         problems += heartbeat_disagreements(spec, observation, now)
+    if deleting is not None and not delete_running:
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "
                         "(or `reconcile apply` to keep the pool)")
     return {
