@@ -88,14 +88,21 @@ class ExecutionReport:
     problems: list[str] = field(default_factory=list)
 
 
+# ``-P``: the launch directory is never on the import path, so a ``reconciler/`` folder
+# there (the parent of a clone, often ``~``) cannot shadow this package; PYTHONPATH and
+# the user's site-packages still count (``-I`` would drop them).  The runtimes start
+# children in the pool's own directory, whatever the caller's.
+PYTHON = (sys.executable, "-P")
+
+
 def worker_argv(paths: PoolPaths, worker_id: str, generation: int) -> list[str]:
     """How a worker process is started: this Python, this package, argv only."""
-    return [sys.executable, "-m", "reconciler", "--state-dir", str(paths.state_dir), "worker",
-            "--pool", paths.name, "--id", worker_id, "--spec-id", str(generation)]
+    return [*PYTHON, "-m", "reconciler", "--state-dir", str(paths.state_dir.absolute()),
+            "worker", "--pool", paths.name, "--id", worker_id, "--spec-id", str(generation)]
 
 
 def controller_argv(paths: PoolPaths) -> list[str]:
-    return [sys.executable, "-m", "reconciler", "--state-dir", str(paths.state_dir),
+    return [*PYTHON, "-m", "reconciler", "--state-dir", str(paths.state_dir.absolute()),
             "controller", "--pool", paths.name]
 
 

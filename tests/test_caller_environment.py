@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -198,3 +199,31 @@ def test_a_worker_that_heartbeats_is_never_restarted_for_a_window_nobody_sees(
     stale = plan(spec, replace(seen, observed_at=later), later)
     assert [type(getattr(a, "then", a)).__name__ for a in stale.actions] == ["ReplaceWorker"]
     assert all("heartbeats" not in getattr(a, "why", "") for a in stale.actions), stale.actions
+
+
+# --------------------------------------------------------------------------- launch directory
+
+
+@pytest.mark.parametrize("runtime", [pytest.param("tmux", id="tmux"),
+                                     pytest.param("process", id="process")])
+def test_apply_from_a_directory_with_a_reconciler_folder(host: Path, git_repo: Path,
+                                                         runtime: str) -> None:
+    """The parent of a clone (often ``~``) holds a ``reconciler/`` folder: workers and the
+    controller started from there import this package, not that folder, and run in the
+    pool's directory."""
+    elsewhere = host / "home"
+    (elsewhere / "reconciler").mkdir(parents=True)
+    (elsewhere / "reconciler" / "__init__.py").write_text(
+        'raise ImportError("the folder in the launch directory was imported")\n')
+    spec = write_spec(host, replicas=2, runtime=runtime,
+                      extra={"controller": {"enabled": True}})
+    script = Path(sys.executable).parent / "reconcile"
+    proc = subprocess.run([str(script), "apply", "-f", str(spec), "--wait", "--timeout", "60s"],
+                          cwd=elsewhere, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_for(lambda: status(spec)["controller"]["running"], message="the controller")
+    found = workers(spec)
+    assert all(w["pid"] and w["health"] in ("healthy", "working") for w in found.values()), found
+    for pid in [w["pid"] for w in found.values()] + [status(spec)["controller"]["pid"]]:
+        assert psutil.Process(pid).cwd() == str(pool_dir(host)), pid
+    assert len(events(spec, "worker_restarted")) == 0

@@ -26,9 +26,11 @@ class ProcessRuntime:
 
     def start(self, worker_id: str, argv: Sequence[str]) -> Started:
         log = self.log_dir / f"{worker_id}.out"
+        # -P and the pool's directory as cwd: the caller's directory never matters
         proc = subprocess.run(
-            [sys.executable, "-m", "reconciler.runtimes.spawn", str(log), "--", *argv],
-            capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+            [sys.executable, "-P", "-m", "reconciler.runtimes.spawn", str(log), "--", *argv],
+            capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
+            cwd=self.log_dir.parent)
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
             raise RuntimeBackendError(
                 f"could not start {worker_id} as a process: {proc.stderr.strip() or proc.stdout}")

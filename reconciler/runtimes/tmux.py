@@ -82,10 +82,12 @@ class TmuxRuntime:
             self.config.write_text(TMUX_CONF)
             self.config.chmod(0o600)
         server = self._server_for_start()
+        # started in the pool's directory, whatever the caller's (or the server's) is
+        cwd = ["-c", str(self.config.parent.absolute())]
         if self._session_exists(server):
-            args = ["new-window", "-d", "-t", f"={self.session}:", "-n", worker_id]
+            args = ["new-window", "-d", "-t", f"={self.session}:", "-n", worker_id, *cwd]
         else:
-            args = ["new-session", "-d", "-s", self.session, "-n", worker_id, "-x", "200",
+            args = ["new-session", "-d", "-s", self.session, "-n", worker_id, *cwd, "-x", "200",
                     "-y", "50"]
         # one tmux invocation: the window is tagged before any observer can list it
         window = f"={self.session}:={worker_id}"
