@@ -83,7 +83,7 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
     actions += _stranded_attempts(spec, observation, now)
     actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
-    actions += _controller(spec, observation)
+    actions += _controller(spec, observation, now)
     return Plan(spec.name, tuple(actions), tuple(steps), at=now, generation=generation)
 
 
@@ -452,11 +452,25 @@ def _orphan_worktrees(spec: PoolSpec, observation: Observation) -> list[Action]:
     return actions
 
 
-def _controller(spec: PoolSpec, observation: Observation) -> list[Action]:
+CONTROLLER_BACKOFF = 5.0  # no relaunch this soon after a launch that died before beating
+
+
+def _controller(spec: PoolSpec, observation: Observation, now: float) -> list[Action]:
     record = observation.controller
     process = ProcessRef(record.pid, record.pid_create_time) if record and record.pid else None
     if spec.controller_enabled and observation.controller_alive is False:
-        return [StartController("not running (or hung)", hung=process)]
+        start = StartController("not running (or hung)", hung=process)
+        if record is not None and record.started_at is not None \
+                and record.heartbeat_at is not None \
+                and record.heartbeat_at - record.started_at < 1.0 \
+                and now - record.started_at < CONTROLLER_BACKOFF:
+            # the last one died before its first heartbeat (a crash at start): a crash
+            # loop must not relaunch it on every pass
+            until = record.started_at + CONTROLLER_BACKOFF
+            return [Wait(start, f"in {format_duration(until - now)} (controller backoff: the "
+                               "last one died before its first heartbeat; see its log, "
+                               "logs/controller.out)", until=until)]
+        return [start]
     if not spec.controller_enabled and observation.controller_alive:
         return [StopController("controller.enabled is false", process)]
     return []

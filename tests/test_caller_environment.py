@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from reconciler.actions import ReplaceWorker, StartWorker
-from reconciler.model import Observation, WorkerRow
+from reconciler.model import ControllerRow, Observation, WorkerRow
 from reconciler.planner import plan
 from reconciler.report.status import status_document
 from reconciler.spec import load_spec
@@ -227,3 +227,27 @@ def test_apply_from_a_directory_with_a_reconciler_folder(host: Path, git_repo: P
     for pid in [w["pid"] for w in found.values()] + [status(spec)["controller"]["pid"]]:
         assert psutil.Process(pid).cwd() == str(pool_dir(host)), pid
     assert len(events(spec, "worker_restarted")) == 0
+
+
+# --------------------------------------------------------------------------- controller backoff
+
+
+def test_a_controller_that_died_at_start_is_not_relaunched_on_every_pass(
+        tmp_path: Path) -> None:
+    """It used to be relaunched on every pass (208 launches in one ``apply --wait``)."""
+    spec = load_spec(write_spec(tmp_path, replicas=0, extra={"controller": {"enabled": True}}))
+    now = 1_000_000.0
+    crashed = ControllerRow(pid=4_000_000, pid_create_time=1.0, started_at=now - 1,
+                            heartbeat_at=now - 1, stop_requested=False)
+    seen = Observation(pool="testpool", observed_at=now, controller=crashed,
+                       controller_alive=False)
+    decided = plan(spec, seen, now)
+    assert not decided.changes, decided.actions
+    assert [type(a.then).__name__ for a in decided.waiting] == ["StartController"]
+    assert "controller backoff" in decided.waiting[0].why
+    later = now + 5
+    assert [type(a).__name__ for a in plan(spec, seen, later).changes] == ["StartController"]
+    # one that ran (it heartbeat after its launch) is started again at once
+    ran = replace(crashed, started_at=now - 3, heartbeat_at=now - 1)
+    assert [type(a).__name__ for a in plan(spec, replace(seen, controller=ran), now).changes] \
+        == ["StartController"]
