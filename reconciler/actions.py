@@ -39,6 +39,7 @@ class AttemptRef:
     worktree: str | None
     processes: tuple[ProcessRef, ...] = ()
     signal: str | None = None
+    kill_at: float | None = None  # when SIGKILL is due (stopGrace after the SIGTERM)
 
 
 @dataclass(frozen=True)

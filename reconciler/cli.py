@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a consistent copy of the pool's task store "
                        "(tasks, attempts, history, events) to DEST with SQLite's online "
                        "backup API, while workers and the controller keep running. DEST is "
-                       "created with mode 0600; an existing file is refused unless --force. "
-                       "To restore, see the README (stop the pool's controller, put the copy "
-                       "in place of store.db, remove store.db-wal and store.db-shm, apply).")
+                       "created with mode 0600; an existing file is refused unless --force, "
+                       "and so is any path inside the pool's own state directory. To "
+                       "restore, see the README (`reconcile delete` the pool, put the copy in "
+                       "place of store.db, remove store.db-wal and store.db-shm, apply).")
     p.add_argument("dest", type=Path, metavar="DEST", help="the file to write")
     _pool_options(p)
     p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")

@@ -194,20 +194,22 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    info, paused, deleting = None, 0.0, None
+    info, paused, deleting, rescued = None, 0.0, None, {}
     if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
         with Store(pool.paths.store, readonly=True) as store:
             observation = pools.observe_pool(pool, store)
             titles = store.task_titles([w.current_task for w in observation.workers
                                         if w.current_task is not None])
             info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
+            rescued = store.rescued_counts()
     else:
         observation = pools.observe_pool(pool)
         titles = {}
     document = status_document(observation, time.time(), pool.spec, info, paused,
                                deleting=deleting,
                                delete_running=deleting is not None and is_locked(pool.paths.lock),
-                               titles=titles)
+                               titles=titles,
+                               rescued=rescued)
     if args.output == "json":
         print_json(document)
     else:
@@ -267,6 +269,11 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_backup(args: argparse.Namespace) -> int:
     with _open_store(args) as (pool, store):  # read-only: a backup changes nothing
+        inside = args.dest.resolve().is_relative_to(pool.paths.root.resolve())
+        if inside:  # over its own store.db, workers would write on into a deleted file
+            raise ReconcilerError(f"backup destination {args.dest} is inside the pool's own "
+                                  f"state directory {pool.paths.root}",
+                                  hint="write the backup somewhere else, e.g. ~/backups/")
         info = backup_store(store, args.dest, force=args.force)
     if args.output == "json":
         print_json({"pool": pool.name, "source": str(info.source),

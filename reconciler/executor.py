@@ -168,6 +168,10 @@ class Executor:
             instance = _ended_instance(action)
             if instance is None:
                 continue
+            if isinstance(action, StopWorker) and instance.alive:
+                # a planned stop: its health reads stopped, never dead, while its task's
+                # processes are still exiting
+                self.store.request_drain(action.worker, action.reason, now=now)
             try:
                 self.ports.runtimes[instance.runtime].remove(action_worker(action), instance,
                                                              self.spec.worker.stop_grace)
@@ -178,6 +182,12 @@ class Executor:
             assert attempt.signal is not None
             self.ports.processes.signal(attempt.processes, attempt.signal)
             signalled += attempt.processes
+            if attempt.signal == "SIGKILL":
+                self.store.add_event("attempt.killing", f"its {len(attempt.processes)} "
+                                     "process(es) outlived stopGrace after SIGTERM: SIGKILL",
+                                     task_id=attempt.task_id, now=now,
+                                     fields={"attempt_id": attempt.attempt_id,
+                                             "signal": "SIGKILL"})
         for action in actions:
             if isinstance(action, KillStrays):
                 self.ports.processes.signal(action.processes, "SIGKILL")

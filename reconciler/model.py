@@ -72,6 +72,7 @@ class AttemptRow:
     last_output_at: float | None = None
     pid_create_time: float | None = None
     stop_signalled_at: float | None = None  # when its processes were first sent SIGTERM
+    rescued: str | None = None  # uncommitted work it left: "committed" to its branch, "kept"
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,7 @@ class Observation:
     # read before ``running``, so a process of an attempt claimed meanwhile is never
     # mistaken for one no attempt owns
     attempt_processes: Mapping[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
+    worker_worktrees: tuple[str, ...] = ()  # worktrees.reuse: perWorker, one per worker
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
         return next((a for a in self.running if a.worker_id == worker_id), None)

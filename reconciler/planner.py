@@ -83,8 +83,10 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
     actions += _stranded_attempts(spec, observation, now)
     actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
+    actions += _unused_worker_worktrees(spec, observation, set(desired))
     actions += _controller(spec, observation, now)
-    return Plan(spec.name, tuple(actions), tuple(steps), at=now, generation=generation)
+    return Plan(spec.name, tuple(_wait_for_grace(actions, now)), tuple(steps), at=now,
+                generation=generation)
 
 
 def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
@@ -100,7 +102,8 @@ def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
             actions.append(action)
     actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
-    return Plan(spec.name, tuple(actions), at=now)
+    actions += _unused_worker_worktrees(spec, observation, set())
+    return Plan(spec.name, tuple(_wait_for_grace(actions, now)), at=now)
 
 
 def plan_restart(spec: PoolSpec, observation: Observation, worker_id: str,
@@ -158,13 +161,38 @@ def _attempt_ref(spec: PoolSpec, observation: Observation, attempt: AttemptRow, 
     agent = ProcessRef(attempt.pid, attempt.pid_create_time) if attempt.pid else None
     processes = observation.attempt_processes.get(attempt.id, ())
     signal: str | None = None
+    kill_at: float | None = None
     if processes:
         signalled = attempt.stop_signalled_at
         if signalled is None:
             signal = "SIGTERM"
         elif now - signalled >= spec.worker.stop_grace:
             signal = "SIGKILL"
-    return AttemptRef(attempt.id, attempt.task_id, agent, worktree, processes, signal)
+        else:
+            kill_at = signalled + spec.worker.stop_grace
+    return AttemptRef(attempt.id, attempt.task_id, agent, worktree, processes, signal,
+                      kill_at)
+
+
+def _wait_for_grace(actions: list[Action], now: float) -> list[Action]:
+    """An action ending attempts whose processes got SIGTERM and still have stopGrace left
+    has nothing to do now: it waits, and ``diff`` says until when SIGKILL is due."""
+    out: list[Action] = []
+    for action in actions:
+        match action:
+            case ReplaceWorker(attempts=attempts) | StopWorker(attempts=attempts) | \
+                    RemoveWorker(attempts=attempts) | ReleaseWorker(attempts=attempts):
+                pass
+            case _:
+                attempts = ()
+        due = [a.kill_at for a in attempts if a.kill_at is not None]
+        if due and not any(a.signal for a in attempts) and not isinstance(action, Wait):
+            until = min(due)
+            count = sum(len(a.processes) for a in attempts)
+            action = Wait(action, f"{count} process(es) of its task got SIGTERM; SIGKILL in "
+                          f"{format_duration(until - now)} (stopGrace)", until=until)
+        out.append(action)
+    return out
 
 # --------------------------------------------------------------------------- health
 
@@ -453,6 +481,24 @@ def _orphan_worktrees(spec: PoolSpec, observation: Observation) -> list[Action]:
 
 
 CONTROLLER_BACKOFF = 5.0  # no relaunch this soon after a launch that died before beating
+
+
+def _unused_worker_worktrees(spec: PoolSpec, observation: Observation,
+                             wanted: set[str]) -> list[Action]:
+    """Per-worker worktrees (``worktrees.reuse: perWorker``) that no worker will use again:
+    their worker is gone and not wanted, or the pool went back to ``reuse: fresh``;
+    never one a running attempt is in."""
+    slots = wanted | _known_ids(observation)
+    in_use = {a.worktree for a in observation.running}
+    actions: list[Action] = []
+    for path in observation.worker_worktrees:
+        worker_id = path.rsplit("/", 1)[-1].removeprefix("worker-")
+        if path in in_use or (spec.worktrees.reuse == "perWorker" and worker_id in slots):
+            continue
+        why = f"its worker {worker_id} is gone" if worker_id not in slots \
+            else "worktrees.reuse is fresh now"
+        actions.append(CleanWorktree(path, why))
+    return actions
 
 
 def _controller(spec: PoolSpec, observation: Observation, now: float) -> list[Action]:

@@ -26,7 +26,7 @@ def keeps_worktree(cleanup: str, attempt_status: str | None) -> bool:
     only a succeeded attempt's worktree (a failed, timed-out, cancelled or
     rate-limited one is kept for a look).
     """
-    if attempt_status == "running":
+    if attempt_status in ("running", "kept"):  # kept: uncommitted work, worktrees.onDirty
         return True
     if attempt_status is None or attempt_status == "lost":
         return False

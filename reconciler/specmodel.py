@@ -34,6 +34,9 @@ class WorktreeSpec:
     branch: str
     cleanup: str
     setup: tuple[tuple[str, ...], ...]
+    on_dirty: str = "commit"  # uncommitted work an attempt leaves: commit | keep | fail
+    reuse: str = "fresh"  # fresh | perWorker (one worktree per worker, reset between tasks)
+    setup_when: tuple[str, ...] = ()  # files whose content decides when setup runs again
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,9 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
                           parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit"))),
         worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
-                               wt["cleanup"], tuple(tuple(a) for a in wt["setup"])),
+                               wt["cleanup"], tuple(tuple(a) for a in wt["setup"]),
+                               wt.get("onDirty", "commit"), wt.get("reuse", "fresh"),
+                               tuple(wt.get("setupWhen", ()))),
         tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
                          parse_duration(t["retryBackoff"]), frozenset(t["retryOn"]),
                          frozenset(t["noRetryExitCodes"])),

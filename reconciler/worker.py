@@ -34,9 +34,16 @@ from reconciler.templates import render_argv
 from reconciler.worktrees import (
     add_worktree,
     commit_wip,
+    current_branch,
+    exclude_setup_output,
+    has_uncommitted,
+    move_worktree,
     path_under,
     remove_worktree,
     repo_lock,
+    reuse_worktree,
+    setup_digest,
+    setup_stamp,
     unique_branch,
 )
 
@@ -162,14 +169,20 @@ class Worker:
                                        tail, time.time())
         if resume_at is not None:
             until = time.strftime("%H:%M:%S", time.localtime(resume_at))
-            result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}")
-        # clean up before finishing, so a finished attempt never leaves a worktree behind
-        if worktree_path is not None and not keeps_worktree(spec.worktrees.cleanup,
-                                                            result.status):
+            result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}",
+                               result.ended_at)
+        rescued: str | None = None
+        if worktree_path is not None and worktree_path.exists():
+            rescued, result = self._keep_the_work(claim, worktree_path, result, log)
+        reused = spec.worktrees.reuse == "perWorker"
+        if worktree_path is not None and reused and rescued == "kept":
+            worktree_path = self._move_aside(claim, worktree_path, log)
+        # clean up before finishing, so a finished attempt never leaves a worktree behind;
+        # never one that still holds work which is not on its branch (a worker's own
+        # worktree stays for its next task)
+        if worktree_path is not None and rescued != "kept" and not reused \
+                and not keeps_worktree(spec.worktrees.cleanup, result.status):
             try:
-                if result.status != "succeeded" and worktree_path.exists():
-                    commit_wip(worktree_path, f"WIP: task {task.id} attempt "
-                               f"{claim.attempt_number} ({result.status}), kept by reconciler")
                 with repo_lock(self.paths.repo_locks, spec.repo):
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
@@ -194,6 +207,56 @@ class Worker:
             logger.info("task {} attempt {} {}: task {}", task.id, claim.attempt_number,
                         result.status, new_status)
 
+    def _move_aside(self, claim: Claim, worktree: Path, log: Path) -> Path:
+        """A worker's own worktree kept for its uncommitted work (``onDirty: keep``) moves to
+        the attempt's name, so the worker's next task gets a clean one."""
+        aside = path_under(worktree.parent, f"task-{claim.task.id}-a{claim.attempt_number}")
+        try:
+            with repo_lock(self.paths.repo_locks, self.spec.repo):
+                move_worktree(self.spec.repo, worktree, aside)
+            self.store.update_attempt(claim, branch=current_branch(aside),
+                                      worktree=str(aside), log_path=str(log))
+        except ReconcilerError as exc:
+            logger.error("could not move the kept worktree {} aside: {}", worktree,
+                         exc.one_line())
+            return worktree
+        write_log_line(log, f"reconciler: kept worktree moved to {aside}")
+        return aside
+
+    def _keep_the_work(self, claim: Claim, worktree: Path, result: RunResult,
+                       log: Path) -> tuple[str | None, RunResult]:
+        """Whatever the outcome, work the attempt left uncommitted is not lost: it is
+        committed to the branch (``worktrees.onDirty: commit``, the default, and
+        ``fail``, which also fails the attempt) or its worktree is kept (``keep``).
+        Returns how (``committed``, ``kept`` or None: nothing was left) and the result."""
+        on_dirty, task = self.spec.worktrees.on_dirty, claim.task
+        try:
+            if not has_uncommitted(worktree):
+                return None, result
+            if on_dirty == "keep":
+                how = "kept"
+                write_log_line(log, f"reconciler: uncommitted work kept in {worktree} "
+                               "(worktrees.onDirty: keep)")
+            else:
+                how = "committed"
+                commit_wip(worktree, f"reconciler: uncommitted work of task {task.id} attempt "
+                           f"{claim.attempt_number} ({result.status}), rescued")
+                write_log_line(log, "reconciler: uncommitted work rescued: committed to the "
+                               "branch (--no-verify)")
+        except ReconcilerError as exc:  # it could not be committed: keep it where it is
+            how = "kept"
+            write_log_line(log, f"reconciler: could not commit the uncommitted work "
+                           f"({exc.one_line()}); worktree kept: {worktree}")
+        self.store.set_attempt_rescued(claim, how)
+        logger.info("task {}: uncommitted work {}", task.id,
+                    "rescued to its branch" if how == "committed" else f"kept in {worktree}")
+        if on_dirty == "fail" and result.status == "succeeded":
+            result = RunResult("failed", result.exit_code, "left uncommitted work "
+                               "(worktrees.onDirty: fail); it was committed to the branch"
+                               if how == "committed" else "left uncommitted work "
+                               "(worktrees.onDirty: fail)", result.ended_at)
+        return how, result
+
     def _prepare_and_run(self, claim: Claim, log: Path) -> tuple[Path | None, RunResult]:
         """Create the worktree (its path recorded first), then run setup, command, hooks."""
         task, spec = claim.task, self.spec
@@ -201,13 +264,19 @@ class Worker:
                             title=task.title, attempt=claim.attempt_number)
         root = spec.worktrees.dir or self.paths.default_worktrees
         root.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing dir keeps its mode
-        path = path_under(root, f"task-{task.id}-a{claim.attempt_number}")
+        reuse = spec.worktrees.reuse == "perWorker"
+        path = path_under(root, f"worker-{self.worker_id}" if reuse
+                          else f"task-{task.id}-a{claim.attempt_number}")
         with repo_lock(self.paths.repo_locks, spec.repo):
             branch = unique_branch(spec.repo, wanted, claim.attempt_number)
             if not self.store.update_attempt(claim, branch=branch, worktree=str(path),
                                              log_path=str(log)):
                 return None, RunResult("failed", None, "lease lost before the task started")
-            add_worktree(spec.repo, root, path.name, branch, spec.base_ref)
+            if reuse:
+                fresh = reuse_worktree(spec.repo, root, path.name, branch, spec.base_ref)
+            else:
+                add_worktree(spec.repo, root, path.name, branch, spec.base_ref)
+                fresh = True
         prompt_file = self.paths.prompts / f"task-{task.id}.txt"
         write_private(prompt_file, task.prompt.encode())
         values = {"task.id": str(task.id), "task.title": task.title,
@@ -215,7 +284,7 @@ class Worker:
                   "task.branch": branch, "worktree": str(path),
                   "attempt": str(claim.attempt_number), "pool": spec.name}
         return path, self._run_steps(claim, values, agent_env(spec.worker.env, values), path,
-                                     log)
+                                     log, fresh=fresh)
 
     def _record_agent(self, claim: Claim, pid: int) -> None:
         """Record the agent's pid and start time, so it can be killed if this worker dies."""
@@ -227,7 +296,7 @@ class Worker:
         self._last_output = time.time()
 
     def _run_steps(self, claim: Claim, values: dict[str, str], env: dict[str, str],
-                   cwd: Path, log: Path) -> RunResult:
+                   cwd: Path, log: Path, *, fresh: bool = True) -> RunResult:
         spec = self.spec
         timeout, grace = spec.tasks.timeout, spec.worker.stop_grace
 
@@ -239,14 +308,34 @@ class Worker:
                                on_output=self._saw_output,
                                mark=(self._pool_key, claim.attempt_id))
 
-        for argv in spec.worktrees.setup:
+        digest = setup_digest(cwd, spec.worktrees.setup, spec.worktrees.setup_when)
+        stamp = setup_stamp(cwd) if spec.worktrees.reuse == "perWorker" else None
+        warm = stamp is not None and not fresh and stamp.is_file() \
+            and stamp.read_text() == digest
+        if warm and spec.worktrees.setup:
+            write_log_line(log, "=== reconciler: setup skipped (reused worktree, inputs "
+                           "unchanged) ===")
+        for argv in () if warm else spec.worktrees.setup:
+            write_log_line(log, f"=== reconciler: setup {argv[0]} ===")
             setup = run(argv)
             if setup.status != "succeeded":
+                if stamp is not None:
+                    stamp.unlink(missing_ok=True)
                 return RunResult(setup.status, setup.exit_code,
                                  f"setup {argv[0]!r} failed: {setup.error}")
+        if stamp is not None and not warm:
+            stamp.write_text(digest)
+        if spec.worktrees.setup and not warm:
+            with repo_lock(self.paths.repo_locks, spec.repo):  # it may write the repo's config
+                created = exclude_setup_output(cwd)
+            if created:
+                write_log_line(log, "reconciler: setup output kept out of commits: "
+                               + ", ".join(created[:10]) + (" …" if len(created) > 10 else ""))
+        write_log_line(log, "=== reconciler: agent ===")
         result = run(spec.worker.command)
         for argv in spec.hooks.on_success if result.status == "succeeded" \
                 else spec.hooks.on_failure:
+            write_log_line(log, f"=== reconciler: hook {argv[0]} ===")
             run(argv, cancellable=False)
         return result
 

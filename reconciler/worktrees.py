@@ -170,16 +170,157 @@ def _git_running_in(lock: Path) -> bool:
 def commit_wip(worktree: Path, message: str) -> bool:
     """Commit whatever the agent left uncommitted in ``worktree`` to its branch.
 
-    Used before a failed or lost attempt's worktree is removed, so partial
-    work survives on the branch.  Returns whether a commit was made.
+    Run after every attempt, whatever its outcome, and before any worktree is
+    removed, so no work is lost with it.  ``--no-verify``: a failing
+    ``pre-commit`` hook must not block a rescue; ignored files and the
+    worktree's setup output (``exclude_setup_output``) are left out.
+    Returns whether a commit was made.
     """
-    status = git(worktree, ["status", "--porcelain"], check=False)
-    if status.returncode != 0 or not status.stdout.strip():
+    if not has_uncommitted(worktree):
         return False
     git(worktree, ["add", "-A", "--", "."])
     git(worktree, ["-c", "user.name=reconciler", "-c", "user.email=reconciler@localhost",
-                   "commit", "--quiet", "--no-verify", "-m", message])
+                   "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify",
+                   "-m", message])
     return True
+
+
+def has_uncommitted(worktree: Path) -> bool:
+    """Whether ``worktree`` holds work that is not on its branch: changes, or untracked
+    files that are neither ignored nor setup output."""
+    status = git(worktree, ["status", "--porcelain", "--untracked-files=normal"])
+    return bool(status.stdout.strip())
+
+
+SETUP_EXCLUDES = "reconciler-setup-excludes"
+SETUP_OUTPUT = "reconciler-setup-output"  # one path per line: what setup created
+SETUP_STAMP = "reconciler-setup-stamp"
+_SETUP_MARKER = "# setup output (reconciler)"
+
+
+def exclude_setup_output(worktree: Path) -> list[str]:
+    """Keep what setup created (untracked now, e.g. a ``.venv``) out of every commit made
+    in ``worktree``, the agent's own ``git add -A`` included; return the new paths.
+
+    Each path becomes an anchored pattern in a file of the worktree's own git
+    directory, named by ``core.excludesFile`` in the worktree's own config
+    (``extensions.worktreeConfig``, set once on the repository: other
+    worktrees and the main checkout are not affected).  The user's global
+    excludes file is copied in first, since this setting replaces it here.
+    Paths recorded by an earlier setup in the same worktree stay excluded.
+    """
+    status = git(worktree, ["status", "--porcelain", "-z", "--untracked-files=normal"])
+    created = [entry[3:] for entry in status.stdout.split("\0") if entry.startswith("?? ")]
+    if not created:
+        return []
+    git_dir = _git_dir(worktree)
+    known = setup_output(worktree)
+    everything = known + [path for path in created if path not in known]
+    previous = git(worktree, ["config", "--path", "--get", "core.excludesFile"], check=False)
+    source = Path(previous.stdout.strip()) if previous.stdout.strip() else \
+        _default_global_excludes()
+    text = _read_text(source)
+    # ours already (an earlier setup here): keep only what it had inherited
+    inherited = text.split(_SETUP_MARKER)[0] if source == git_dir / SETUP_EXCLUDES else text
+    patterns = "".join(f"{pattern}\n" for pattern in _anchored(everything))
+    (git_dir / SETUP_OUTPUT).write_text("".join(f"{path}\n" for path in everything))
+    (git_dir / SETUP_EXCLUDES).write_text(
+        f"{inherited.rstrip()}\n{_SETUP_MARKER}\n{patterns}".lstrip("\n"))
+    git(worktree, ["config", "extensions.worktreeConfig", "true"])
+    git(worktree, ["config", "--worktree", "core.excludesFile", str(git_dir / SETUP_EXCLUDES)])
+    return created
+
+
+def setup_output(worktree: Path) -> list[str]:
+    """The paths setup created in ``worktree`` (as ``exclude_setup_output`` recorded them)."""
+    text = _read_text(_git_dir(worktree) / SETUP_OUTPUT)
+    return [line for line in text.splitlines() if line]
+
+
+def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) -> bool:
+    """Make ``root/name`` a clean checkout of the new ``branch`` at ``base_ref``, reusing
+    the worktree if it is there; return True if it had to be created anew.
+
+    Reuse resets everything an earlier task left (changes, untracked and ignored
+    files) except the setup output, then starts the branch from ``base_ref``:
+    a few milliseconds, against a whole checkout for a new worktree.  A
+    worktree that cannot be reset is removed and made anew.
+    """
+    path = path_under(root, name)
+    if path.is_dir() and _registered(repo, path):
+        spared = [arg for pattern in _anchored(setup_output(path)) for arg in ("-e", pattern)]
+        try:
+            git(path, ["reset", "--quiet", "--hard"])
+            git(path, ["clean", "-ffdxq", *spared])
+            base = git(path, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                              f"{base_ref}^{{commit}}"]).stdout.strip()
+            git(path, ["checkout", "--quiet", "-b", branch, base, "--"])
+            return False
+        except GitError:
+            remove_worktree(repo, path)
+    add_worktree(repo, root, name, branch, base_ref)
+    return True
+
+
+def setup_digest(worktree: Path, setup: Sequence[Sequence[str]], inputs: Sequence[str]) -> str:
+    """What decides whether setup must run again in a reused worktree: its commands and
+    the content of its declared input files (a missing file counts as missing)."""
+    digest = hashlib.sha256(repr([list(argv) for argv in setup]).encode())
+    for name in inputs:
+        digest.update(b"\0" + name.encode() + b"\0")
+        try:
+            digest.update(path_under_tree(worktree, name).read_bytes())
+        except (OSError, GitError):
+            digest.update(b"<missing>")
+    return digest.hexdigest()
+
+
+def path_under_tree(worktree: Path, name: str) -> Path:
+    """``worktree / name`` for a relative file name, refusing one that leaves the tree."""
+    candidate = (worktree / name).resolve()
+    if not candidate.is_relative_to(worktree.resolve()):
+        raise GitError(f"{name!r} is outside the worktree")
+    return candidate
+
+
+def setup_stamp(worktree: Path) -> Path:
+    """Where a reused worktree remembers the ``setup_digest`` its setup last succeeded at."""
+    return _git_dir(worktree) / SETUP_STAMP
+
+
+def current_branch(worktree: Path) -> str:
+    return git(worktree, ["symbolic-ref", "--quiet", "--short", "HEAD"]).stdout.strip()
+
+
+def move_worktree(repo: Path, path: Path, new_path: Path) -> None:
+    """Move a worktree (kept for its uncommitted work) out of a worker's way."""
+    git(repo, ["worktree", "move", "--", str(path), str(new_path)])
+
+
+def _anchored(paths: Sequence[str]) -> list[str]:
+    return [f"/{_escape_pattern(path)}" for path in paths]
+
+
+def _git_dir(worktree: Path) -> Path:
+    return Path(git(worktree, ["rev-parse", "--absolute-git-dir"]).stdout.strip())
+
+
+def _escape_pattern(path: str) -> str:
+    """A path as a gitignore pattern that matches exactly it."""
+    escaped = re.sub(r"([\\*?\[\]!#])", r"\\\1", path)
+    return escaped[:-1] + "\\ " if escaped.endswith(" ") else escaped
+
+
+def _default_global_excludes() -> Path:
+    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config_home) / "git" / "ignore"
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def _registered(repo: Path, path: Path) -> bool:

@@ -24,7 +24,7 @@ import pytest
 from reconciler.marks import MARK_VAR, attempt_mark, pool_key
 from reconciler.paths import pool_paths
 from reconciler.taskrun import run_command
-from tests.e2e import add_task, show_task, state_dir, status, wait_tasks, workers
+from tests.e2e import add_task, events, show_task, state_dir, status, wait_tasks, workers
 from tests.helpers import gone, reconcile, wait_for, write_spec
 
 pytestmark = pytest.mark.e2e
@@ -156,11 +156,21 @@ def test_delete_force_waits_once_for_all_agents_that_ignore_sigterm(
                       if len([x for x in _ledger(ledger) if x["kind"] == "start"]) == 3
                       else None, timeout=30, message="three agents to start")
     started = time.monotonic()
-    reconcile("delete", "-f", str(spec), "--force", check=True)
+    deleting = subprocess.Popen([sys.executable, "-m", "reconciler", "delete", "-f", str(spec),
+                                 "--force"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    seen: set[str] = set()
+    while deleting.poll() is None:  # a planned stop reads stopping/stopped, never dead
+        seen |= {w["health"] for w in status(spec)["workers"]}
+        time.sleep(0.3)
     took = time.monotonic() - started
+    assert deleting.returncode == 0
     assert took < grace + 4, f"delete --force took {took:.1f}s"
+    assert "dead" not in seen, seen
     for agent in agents:
         assert gone(agent["pid"])
+    kinds = [e["kind"] for e in events(spec)]
+    assert kinds.count("attempt.stopping") == 3 and kinds.count("attempt.killing") == 3
 
 
 def _leave_daemon(tmp_path: Path, *, then: str) -> list[str]:

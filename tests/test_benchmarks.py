@@ -37,8 +37,13 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^alias bomb .* rejected by the alias cap in {FIGURE} ms",
         rf"^alias bomb .* rejected by the expansion cap in {FIGURE} ms",
     ]),
+    "bench_worktrees.py": (["--tasks", "2", "--workers", "1", "--files", "10",
+                            "--setup-files", "5", "--setup-seconds", "0"], [
+        rf"^setup dominates +fresh {FIGURE} tasks/s +perWorker {FIGURE} tasks/s +{FIGURE}x$",
+        rf"^no setup +fresh {FIGURE} tasks/s +perWorker {FIGURE} tasks/s +{FIGURE}x$",
+    ]),
 }
-E2E = {"bench_observe.py"}  # drives real tmux
+E2E = {"bench_observe.py", "bench_worktrees.py"}  # real tmux; real workers and git
 
 
 def test_every_benchmark_has_a_tiny_size() -> None:

@@ -256,9 +256,13 @@ class TestScriptedPlans:
                                                       health_since=NOW - 10)]),
                           running=(attempt("w-1", stop_signalled_at=signalled),),
                           attempt_processes={7: (agent,)})
-            (release,) = plan(spec, obs, NOW).actions
+            (action,) = plan(spec, obs, NOW).actions
+            release = action.then if isinstance(action, Wait) else action
             assert isinstance(release, ReleaseWorker)
             signals.append(release.attempts[0].signal)
+            if isinstance(action, Wait):  # within stopGrace: nothing to send, says when
+                assert action.until == signalled + grace
+                assert "SIGKILL in 29s (stopGrace)" in describe(action)
         assert signals == [None, "SIGKILL"]
 
     def test_processes_of_an_ended_attempt_are_killed_and_a_running_ones_are_not(

@@ -177,6 +177,16 @@ class TestBackup:
         assert dest.stat().st_mode & 0o777 == 0o600
         assert sqlite3.connect(dest).execute("SELECT title FROM tasks").fetchall() == [("one",)]
 
+    def test_the_pools_own_store_is_never_a_destination(self, host: Path) -> None:
+        """A newcomer's --force over store.db replaced it under running workers, which
+        wrote on into the deleted file (issue 7 walk-through)."""
+        add_task(write_spec(host), title="one")
+        store = host / "state" / "pools" / "testpool" / "store.db"
+        inode = store.stat().st_ino
+        line = one_error_line(reconcile("backup", "--pool", "testpool", str(store), "--force"))
+        assert "inside the pool's own state directory" in line
+        assert store.stat().st_ino == inode
+
     @pytest.mark.parametrize(("where", "expected"), [
         pytest.param("missing/b.db", "does not exist", id="missing-directory"),
         pytest.param(".", "is a directory", id="a-directory"),

@@ -22,7 +22,7 @@ from reconciler.model import (
     RuntimeInstance,
     WorkerRow,
 )
-from reconciler.observe.git import task_worktrees
+from reconciler.observe.git import pool_worktrees
 from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths
@@ -47,14 +47,15 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
                                          paths.name, str(paths.root), socket)]
     instances += _unseen_tmux_workers(rows, {i.worker_id for i in instances})
     instances += process_instances(rows)
-    worktrees = task_worktrees(repo, worktree_root) if repo and worktree_root else ()
+    worktrees, worker_worktrees = pool_worktrees(repo, worktree_root) \
+        if repo and worktree_root else ((), ())
     controller = store.controller() if store is not None else None
     running = tuple(store.running_attempts()) if store is not None else ()
     return Observation(
         pool=paths.name, observed_at=time.time() if now is None else now,
         instances=tuple(instances), workers=tuple(rows),
         queue=store.queue_counts() if store is not None else QueueCounts(),
-        worktrees=worktrees,
+        worktrees=worktrees, worker_worktrees=worker_worktrees,
         attempt_worktrees=store.attempt_worktrees(worktrees)
         if store is not None and worktrees else {},
         running=running, attempt_processes=_with_recorded_agents(marked, running),

@@ -7,16 +7,27 @@ from pathlib import Path
 from reconciler.worktrees import list_worktrees
 
 TASK_WORKTREE_PREFIX = "task-"
+WORKER_WORKTREE_PREFIX = "worker-"  # worktrees.reuse: perWorker
 
 
 def task_worktrees(repo: Path, root: Path) -> tuple[str, ...]:
     """Worktrees git knows under ``root`` that a worker created (``task-<id>-a<n>``)."""
+    return pool_worktrees(repo, root)[0]
+
+
+def pool_worktrees(repo: Path, root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The task worktrees (``task-<id>-a<n>``) and the per-worker ones (``worker-<id>``)
+    git knows under ``root``, from one ``git worktree list``."""
     if not repo.is_dir():
-        return ()
+        return (), ()
     root_text = str(root.resolve())
-    found = []
+    tasks, workers = [], []
     for path in list_worktrees(repo):
         candidate = Path(path)
-        if str(candidate.parent) == root_text and candidate.name.startswith(TASK_WORKTREE_PREFIX):
-            found.append(path)
-    return tuple(sorted(found))
+        if str(candidate.parent) != root_text:
+            continue
+        if candidate.name.startswith(TASK_WORKTREE_PREFIX):
+            tasks.append(path)
+        elif candidate.name.startswith(WORKER_WORKTREE_PREFIX):
+            workers.append(path)
+    return tuple(sorted(tasks)), tuple(sorted(workers))

@@ -74,7 +74,8 @@ def _requeues(attempts: tuple[AttemptRef, ...]) -> str:
     signals = {a.signal for a in attempts if a.signal}
     how = "SIGKILL now" if "SIGKILL" in signals else "SIGTERM now" if signals \
         else "SIGKILL once stopGrace is over"
-    return f"{words} once its {live} process{'es' * (live != 1)} exit ({how})"
+    verb_ = "exits" if live == 1 else "exit"
+    return f"{words} once its {live} process{'es' * (live != 1)} {verb_} ({how})"
 
 
 def describe(action: Action) -> str:

@@ -127,6 +127,10 @@ def render_status(document: dict[str, Any]) -> None:
         console.print(f"[yellow]delete {document['deleting']['state']}[/yellow] (since "
                       f"{when(document['deleting']['since'])})")
     console.print(queue_line(QueueCounts(**document["queue"])))
+    left = document.get("uncommitted_work") or {}
+    if left.get("committed") or left.get("kept"):
+        console.print(f"uncommitted work rescued: {left['committed']} attempt(s) committed to "
+                      f"their branch, {left['kept']} worktree(s) kept (worktrees.onDirty: keep)")
     if document["claiming_paused_until"]:
         console.print(f"[yellow]claiming paused until {when(document['claiming_paused_until'])}"
                       "[/yellow] (the agent hit its rate limit)")
@@ -187,11 +191,16 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
     if task.last_error:
         console.print(f"  error:    {shown(task.last_error, multiline=True)}")
     for a in attempts:
-        took = age(a.ended_at - a.started_at) if a.ended_at else "running"
+        took = age(a.ended_at - a.started_at) if a.ended_at else \
+            f"for {age(time.time() - a.started_at)}"
         console.print(f"  attempt {a.number} on {a.worker_id}: {a.status}"
                       f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
         console.print(f"    worktree: {shown(a.worktree or '-')}")
         console.print(f"    log:      {shown(a.log_path or '-')}")
+        if a.rescued:
+            console.print("    uncommitted work rescued: " + (
+                "committed to the branch" if a.rescued == "committed"
+                else "kept in the worktree (worktrees.onDirty: keep)"))
         if a.status not in ("succeeded", "running") and a.output_tail:
             tail = "\n".join(a.output_tail.rstrip().splitlines()[-5:])
             console.print("    output tail:\n" + "\n".join("      " + shown(line)

@@ -82,7 +82,8 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     controller: ControllerRow | None = None,
                     paused_until: float = 0.0, *, deleting: float | None = None,
                     delete_running: bool = False,
-                    titles: Mapping[int, str] | None = None) -> dict[str, Any]:
+                    titles: Mapping[int, str] | None = None,
+                    rescued: Mapping[str, int] | None = None) -> dict[str, Any]:
     """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
     whether it still holds the pool lock (else it was interrupted); ``titles``: the
     titles of the tasks workers are on (``task_title`` of each worker row)."""
@@ -110,4 +111,7 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
         {"since": deleting, "state": "running" if delete_running else "interrupted"},
         "workers": [asdict(w) for w in workers],
         "queue": asdict(observation.queue),
+        # attempts that left uncommitted work: committed to their branch, or kept
+        "uncommitted_work": {"committed": (rescued or {}).get("committed", 0),
+                             "kept": (rescued or {}).get("kept", 0)},
     }

@@ -43,7 +43,7 @@ from loguru import logger
 
 from reconciler.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 15_000
 
 # Transient faults are retried this long (seconds) in all, with backoff from
@@ -122,11 +122,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     pid INTEGER,
     pid_create_time REAL,
     last_output_at REAL,
-    stop_signalled_at REAL
+    stop_signalled_at REAL,
+    rescued TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
 CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
+CREATE INDEX IF NOT EXISTS attempts_rescued ON attempts (rescued) WHERE rescued IS NOT NULL;
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     runtime TEXT NOT NULL,
@@ -183,6 +185,7 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     2: (("events", "fields", "TEXT"),),
     3: (("attempts", "stop_signalled_at", "REAL"), ("controller", "busy_with", "TEXT"),
         ("controller", "busy_since", "REAL")),
+    4: (("attempts", "rescued", "TEXT"),),
 }
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:

@@ -190,6 +190,12 @@ class StorePort(Protocol):
         """Note the worker alive and extend ``claim``'s lease; returns ``(drain_requested,
         cancel_requested)``, the latter also True when the lease was taken away."""
 
+    def rescued_counts(self) -> dict[str, int]:
+        """Attempts that left uncommitted work, by what became of it."""
+
+    def set_attempt_rescued(self, claim: Claim, how: str) -> bool:
+        """Record what became of an attempt's uncommitted work (``committed``, ``kept``)."""
+
     def mark_attempts_signalled(self, attempt_ids: Collection[int],
                                 now: float | None = None) -> None:
         """Record when running attempts' processes were first sent SIGTERM; from then on

@@ -30,7 +30,10 @@ MAX_PRIORITY = 1_000_000_000
 
 # Queries run on every controller pass; named so tests can check their plans use an index.
 QUEUE_COUNTS_SQL = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"
-LATEST_ATTEMPT_AT_SQL = "SELECT status FROM attempts WHERE worktree = ? ORDER BY id DESC LIMIT 1"
+# an ended attempt whose worktree was kept for its uncommitted work reads as "kept"
+LATEST_ATTEMPT_AT_SQL = ("SELECT CASE WHEN rescued = 'kept' AND status != 'running' THEN 'kept'"
+                         " ELSE status END AS status FROM attempts WHERE worktree = ?"
+                         " ORDER BY id DESC LIMIT 1")
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
 # ``reconcile events`` filters: a kind prefix compared exactly (LIKE would take ``_`` as a
 # wildcard), newest first down the rowid, stopping at the limit; a NULL filter is off
@@ -369,6 +372,22 @@ class TaskQueue(Database):
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
 
+    def rescued_counts(self) -> dict[str, int]:
+        """How many attempts left uncommitted work, by what became of it (a partial
+        index: the cost follows those attempts, not the whole history)."""
+        rows = self._query("SELECT rescued, COUNT(*) AS n FROM attempts"
+                           " WHERE rescued IS NOT NULL GROUP BY rescued")
+        return {str(r["rescued"]): int(r["n"]) for r in rows}
+
+    def set_attempt_rescued(self, claim: Claim, how: str) -> bool:
+        """Record what became of the uncommitted work an attempt left: ``committed`` to its
+        branch, or ``kept`` in its worktree (which then stays).  Fenced by the lease."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE attempts SET rescued = ? WHERE id = ? AND lease_token = ?"
+                             " AND status = 'running'", (how, claim.attempt_id,
+                                                         claim.lease_token))
+            return cur.rowcount == 1
+
     def mark_attempts_signalled(self, attempt_ids: Collection[int],
                                 now: float | None = None) -> None:
         """Record that the processes of running attempts were sent SIGTERM (the first
@@ -376,9 +395,18 @@ class TaskQueue(Database):
         fence: the worker of such an attempt can no longer record its result."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            db.executemany("UPDATE attempts SET stop_signalled_at = ? WHERE id = ?"
-                           " AND status = 'running' AND stop_signalled_at IS NULL",
-                           [(now, attempt_id) for attempt_id in attempt_ids])
+            for attempt_id in attempt_ids:
+                cur = db.execute("UPDATE attempts SET stop_signalled_at = ? WHERE id = ?"
+                                 " AND status = 'running' AND stop_signalled_at IS NULL",
+                                 (now, attempt_id))
+                if cur.rowcount != 1:
+                    continue
+                row = db.execute("SELECT task_id, number, worker_id FROM attempts"
+                                 " WHERE id = ?", (attempt_id,)).fetchone()
+                self._event(db, now, "attempt.stopping", row["worker_id"], row["task_id"],
+                            f"attempt {row['number']}: its processes were sent SIGTERM "
+                            "(SIGKILL once stopGrace is over); requeued once they are gone",
+                            {"attempt": int(row["number"]), "signal": "SIGTERM"})
 
     def set_attempt_pid(self, claim: Claim, pid: int, create_time: float | None) -> bool:
         """Record the task command's pid (its process group) and start time, so it can
@@ -417,4 +445,4 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
                       r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
                       r["pid"], r["last_output_at"], r["pid_create_time"],
-                      r["stop_signalled_at"])
+                      r["stop_signalled_at"], r["rescued"])
