@@ -52,17 +52,16 @@ class SmallDisk:
 
     def fill(self) -> None:
         """Write until the disk is full (ENOSPC)."""
-        with self.filler.open("ab") as out:
+        # unbuffered: a write that fails is not retried by close() (which would raise again)
+        with self.filler.open("ab", buffering=0) as out:
             try:
                 while True:
                     out.write(b"\0" * 65536)
-                    out.flush()
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC, exc
-        with contextlib.suppress(OSError), self.filler.open("ab") as out:
+        with contextlib.suppress(OSError), self.filler.open("ab", buffering=0) as out:
             while True:  # the last few bytes too
                 out.write(b"\0" * 512)
-                out.flush()
 
     def free(self) -> None:
         self.filler.unlink(missing_ok=True)
