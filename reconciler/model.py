@@ -73,6 +73,8 @@ class AttemptRow:
     pid_create_time: float | None = None
     stop_signalled_at: float | None = None  # when its processes were first sent SIGTERM
     rescued: str | None = None  # uncommitted work it left: "committed" to its branch, "kept"
+    # seconds spent in each phase: worktree, setup, agent, hooks, finish
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class Worker:
         self._claim: Claim | None = None
         self._claim_lock = threading.Lock()
         self._pool_key = pool_key(paths.root)  # marks every process of its attempts
+        self._phases: dict[str, float] = {}  # seconds per phase of the current attempt
 
     @property
     def lease_seconds(self) -> float:
@@ -107,6 +108,7 @@ class Worker:
                     self._claim = claim
                     self.cancel.clear()
                     self._last_output = None
+                    self._phases = {}
                 try:
                     self._run_attempt(claim)
                 finally:
@@ -171,6 +173,7 @@ class Worker:
             until = time.strftime("%H:%M:%S", time.localtime(resume_at))
             result = RunResult("rate_limited", result.exit_code, f"rate limited until {until}",
                                result.ended_at)
+        finishing = time.monotonic()
         rescued: str | None = None
         if worktree_path is not None and worktree_path.exists():
             rescued, result = self._keep_the_work(claim, worktree_path, result, log)
@@ -187,7 +190,9 @@ class Worker:
                     remove_worktree(spec.repo, worktree_path)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
+        self._phases["finish"] = time.monotonic() - finishing
         try:  # the store retries transient faults itself for a while
+            self.store.set_attempt_phases(claim, self._phases)
             new_status = self.store.finish_attempt(
                 claim, result.status, exit_code=result.exit_code, error=result.error,
                 output_tail=tail, policy=spec.retry_policy, resume_at=resume_at,
@@ -265,6 +270,7 @@ class Worker:
         root = spec.worktrees.dir or self.paths.default_worktrees
         root.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing dir keeps its mode
         reuse = spec.worktrees.reuse == "perWorker"
+        started = time.monotonic()
         path = path_under(root, f"worker-{self.worker_id}" if reuse
                           else f"task-{task.id}-a{claim.attempt_number}")
         with repo_lock(self.paths.repo_locks, spec.repo):
@@ -277,6 +283,7 @@ class Worker:
             else:
                 add_worktree(spec.repo, root, path.name, branch, spec.base_ref)
                 fresh = True
+        self._phases["worktree"] = time.monotonic() - started
         prompt_file = self.paths.prompts / f"task-{task.id}.txt"
         write_private(prompt_file, task.prompt.encode())
         values = {"task.id": str(task.id), "task.title": task.title,
@@ -315,10 +322,12 @@ class Worker:
         if warm and spec.worktrees.setup:
             write_log_line(log, "=== reconciler: setup skipped (reused worktree, inputs "
                            "unchanged) ===")
+        started = time.monotonic()
         for argv in () if warm else spec.worktrees.setup:
             write_log_line(log, f"=== reconciler: setup {argv[0]} ===")
             setup = run(argv)
             if setup.status != "succeeded":
+                self._phases["setup"] = time.monotonic() - started
                 if stamp is not None:
                     stamp.unlink(missing_ok=True)
                 return RunResult(setup.status, setup.exit_code,
@@ -331,12 +340,17 @@ class Worker:
             if created:
                 write_log_line(log, "reconciler: setup output kept out of commits: "
                                + ", ".join(created[:10]) + (" …" if len(created) > 10 else ""))
+        self._phases["setup"] = time.monotonic() - started
         write_log_line(log, "=== reconciler: agent ===")
+        started = time.monotonic()
         result = run(spec.worker.command)
+        self._phases["agent"] = time.monotonic() - started
+        started = time.monotonic()
         for argv in spec.hooks.on_success if result.status == "succeeded" \
                 else spec.hooks.on_failure:
             write_log_line(log, f"=== reconciler: hook {argv[0]} ===")
             run(argv, cancellable=False)
+        self._phases["hooks"] = time.monotonic() - started
         return result
 
 

@@ -202,6 +202,13 @@ def test_a_reused_worktree_shows_the_next_task_nothing_of_the_last_and_setup_run
     assert (b["leak"], b["cache"], b["venv"]) == (False, False, True)
     assert b["readme"] == "# test repo\n"
     assert runs.read_text().count("run") == 1  # setup ran once for both tasks
+    # each attempt records its phases; the warm one's setup took no time
+    (warm,) = show_task(spec, second)["attempt_details"]
+    assert set(warm["phases"]) == {"worktree", "setup", "agent", "hooks", "finish"}
+    assert warm["phases"]["setup"] < 0.05
+    log = Path(warm["log_path"]).read_text()
+    assert "=== reconciler: setup skipped" in log and "=== reconciler: agent ===" in log
+    assert "phases:   worktree" in reconcile("task", "show", second, "-f", str(spec)).stdout
     # task A's work was rescued to A's branch; B's branch starts from main
     a_branch, b_branch = show_task(spec, first)["branch"], show_task(spec, second)["branch"]
     assert "leak.txt" in _files_on(git_repo, a_branch)

@@ -197,6 +197,9 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
                       f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
         console.print(f"    worktree: {shown(a.worktree or '-')}")
         console.print(f"    log:      {shown(a.log_path or '-')}")
+        if a.phases:
+            console.print("    phases:   " + ", ".join(f"{name} {age(seconds)}"
+                                                     for name, seconds in a.phases.items()))
         if a.rescued:
             console.print("    uncommitted work rescued: " + (
                 "committed to the branch" if a.rescued == "committed"

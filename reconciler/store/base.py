@@ -123,7 +123,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     pid_create_time REAL,
     last_output_at REAL,
     stop_signalled_at REAL,
-    rescued TEXT
+    rescued TEXT,
+    phases TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
@@ -185,7 +186,7 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     2: (("events", "fields", "TEXT"),),
     3: (("attempts", "stop_signalled_at", "REAL"), ("controller", "busy_with", "TEXT"),
         ("controller", "busy_since", "REAL")),
-    4: (("attempts", "rescued", "TEXT"),),
+    4: (("attempts", "rescued", "TEXT"), ("attempts", "phases", "TEXT")),
 }
 
 def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:

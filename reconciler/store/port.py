@@ -193,6 +193,9 @@ class StorePort(Protocol):
     def rescued_counts(self) -> dict[str, int]:
         """Attempts that left uncommitted work, by what became of it."""
 
+    def set_attempt_phases(self, claim: Claim, phases: Mapping[str, float]) -> bool:
+        """Record the seconds each phase of an attempt took."""
+
     def set_attempt_rescued(self, claim: Claim, how: str) -> bool:
         """Record what became of an attempt's uncommitted work (``committed``, ``kept``)."""
 

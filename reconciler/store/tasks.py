@@ -11,7 +11,7 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from reconciler.errors import TaskError
 from reconciler.model import (
@@ -379,6 +379,15 @@ class TaskQueue(Database):
                            " WHERE rescued IS NOT NULL GROUP BY rescued")
         return {str(r["rescued"]): int(r["n"]) for r in rows}
 
+    def set_attempt_phases(self, claim: Claim, phases: Mapping[str, float]) -> bool:
+        """Record how long each phase of an attempt took (seconds), fenced by the lease."""
+        with self.transaction() as db:
+            cur = db.execute("UPDATE attempts SET phases = ? WHERE id = ? AND lease_token = ?"
+                             " AND status = 'running'",
+                             (json.dumps({k: round(v, 3) for k, v in phases.items()}),
+                              claim.attempt_id, claim.lease_token))
+            return cur.rowcount == 1
+
     def set_attempt_rescued(self, claim: Claim, how: str) -> bool:
         """Record what became of the uncommitted work an attempt left: ``committed`` to its
         branch, or ``kept`` in its worktree (which then stays).  Fenced by the lease."""
@@ -445,4 +454,5 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
                       r["started_at"], r["ended_at"], r["exit_code"], r["branch"], r["worktree"],
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
                       r["pid"], r["last_output_at"], r["pid_create_time"],
-                      r["stop_signalled_at"], r["rescued"])
+                      r["stop_signalled_at"], r["rescued"],
+                      json.loads(r["phases"]) if r["phases"] else {})
