@@ -20,6 +20,7 @@ from reconciler import pool as pools
 from reconciler.actions import Plan
 from reconciler.branches import known_counts, prune_empty_branches
 from reconciler.crashlog import enable_crash_log
+from reconciler.crashtail import crash_tails
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
@@ -29,7 +30,7 @@ from reconciler.paths import pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.plan import plan_document
-from reconciler.report.render import console, print_json
+from reconciler.report.render import console, print_json, printable
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
@@ -144,8 +145,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if not ready:
         print(f"error: the pool did not converge within {args.timeout} (see `reconcile diff` "
               "and `reconcile status`)", file=sys.stderr)
+        _show_crash_tails(pool)
         return 1
     return 0
+
+
+def _show_crash_tails(pool: Pool) -> None:
+    """What the children that died before their first heartbeat printed last (on stderr,
+    escaped: it is their output, not ours)."""
+    for who, tail in crash_tails(pool.paths, pools.observe_pool(pool)):
+        print(f"{who} exited before its first heartbeat; the last lines it printed:",
+              file=sys.stderr)
+        for line in tail.splitlines():
+            print(f"  | {printable(line)}", file=sys.stderr)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:

@@ -251,3 +251,29 @@ def test_a_controller_that_died_at_start_is_not_relaunched_on_every_pass(
     ran = replace(crashed, started_at=now - 3, heartbeat_at=now - 1)
     assert [type(a).__name__ for a in plan(spec, replace(seen, controller=ran), now).changes] \
         == ["StartController"]
+
+
+@pytest.mark.parametrize("runtime", ["process", "tmux"])
+def test_apply_shows_what_a_worker_that_crashed_at_start_printed(host: Path, git_repo: Path,
+                                                                 runtime: str) -> None:
+    """Issue 8 item 4: a worker that crashed at start left ``apply --wait`` with only "did
+    not converge"; its traceback was in a file or a dead pane nobody pointed to."""
+    broken = host / "broken-site"
+    broken.mkdir()
+    (broken / "sitecustomize.py").write_text(  # site.py survives a raise here: exit hard
+        "import os, sys\n"
+        "if 'worker' in sys.argv and '--' not in sys.argv:\n"  # the worker, not its launcher
+        "    sys.stderr.write('RuntimeError: simulated crash before the first heartbeat\\n')\n"
+        "    sys.stderr.flush()\n"
+        "    os._exit(1)\n")
+    spec = write_spec(host, replicas=1, runtime=runtime,
+                      extra={"restartPolicy": {"backoff": "30s"}})
+    env = {**os.environ, "PYTHONPATH": str(broken)}
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "apply", "-f", str(spec),
+                           "--wait", "--timeout", "4s"], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert "w-1 exited before its first heartbeat; the last lines it printed:" in proc.stderr
+    assert "RuntimeError: simulated crash before the first heartbeat" in proc.stderr
+    subprocess.run([sys.executable, "-m", "reconciler", "delete", "-f", str(spec)],
+                   capture_output=True, check=True, timeout=120)
