@@ -33,6 +33,7 @@ from reconciler.taskrun import RunResult, log_tail, run_command
 from reconciler.templates import render_argv
 from reconciler.worktrees import (
     add_worktree,
+    clear_setup_output,
     commit_wip,
     current_branch,
     exclude_setup_output,
@@ -244,8 +245,9 @@ class Worker:
                                "(worktrees.onDirty: keep)")
             else:
                 how = "committed"
+                status = "failed: onDirty" if on_dirty == "fail" else result.status
                 commit_wip(worktree, f"reconciler: uncommitted work of task {task.id} attempt "
-                           f"{claim.attempt_number} ({result.status}), rescued")
+                           f"{claim.attempt_number} ({status}), rescued")
                 write_log_line(log, "reconciler: uncommitted work rescued: committed to the "
                                "branch (--no-verify)")
         except ReconcilerError as exc:  # it could not be committed: keep it where it is
@@ -323,6 +325,8 @@ class Worker:
             write_log_line(log, "=== reconciler: setup skipped (reused worktree, inputs "
                            "unchanged) ===")
         started = time.monotonic()
+        if stamp is not None and not fresh and not warm and spec.worktrees.setup:
+            clear_setup_output(cwd)  # inputs changed: no stale package survives the rerun
         for argv in () if warm else spec.worktrees.setup:
             write_log_line(log, f"=== reconciler: setup {argv[0]} ===")
             setup = run(argv)

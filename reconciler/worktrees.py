@@ -231,6 +231,13 @@ def exclude_setup_output(worktree: Path) -> list[str]:
     return created
 
 
+def clear_setup_output(worktree: Path) -> None:
+    """Remove what an earlier setup created in a reused worktree (and every other
+    untracked or ignored file), so a setup that runs again starts clean."""
+    git(worktree, ["clean", "-ffdxq"])
+    (_git_dir(worktree) / SETUP_OUTPUT).unlink(missing_ok=True)
+
+
 def setup_output(worktree: Path) -> list[str]:
     """The paths setup created in ``worktree`` (as ``exclude_setup_output`` recorded them)."""
     text = _read_text(_git_dir(worktree) / SETUP_OUTPUT)

@@ -156,8 +156,10 @@ WARM_AGENT = textwrap.dedent("""
         os.makedirs(".cache", exist_ok=True)
         open(".cache/x", "w").write("ignored, left by task A")
         open("README.md", "a").write("changed by task A\\n")
+        open(".venv/from_a", "w").write("an agent's change inside the setup output")
     seen = {"leak": os.path.exists("leak.txt"), "cache": os.path.exists(".cache/x"),
             "readme": open("README.md").read(), "venv": os.path.exists(".venv/marker"),
+            "venv_from_a": os.path.exists(".venv/from_a"),
             "cwd": os.getcwd(), "title": title}
     with open(report, "a") as fh:
         fh.write(json.dumps(seen) + "\\n")
@@ -220,6 +222,10 @@ def test_a_reused_worktree_shows_the_next_task_nothing_of_the_last_and_setup_run
     third = add_task(spec, title="check")
     wait_tasks(spec, third)
     assert runs.read_text().count("run") == 2
+    # the rerun started from a cleared setup output: nothing stale survives it
+    third_seen = _reports(report)[2]
+    assert (b["venv_from_a"], third_seen["venv_from_a"], third_seen["venv"]) == (True, False,
+                                                                                  True)
     reconcile("delete", "-f", str(spec), check=True)
     assert git(git_repo, "worktree", "list", "--porcelain").count("worktree ") == 1
 
