@@ -310,6 +310,11 @@ class Pool:
             return [(int(i), str(s), e) for i, s, e in
                     db.execute("SELECT id, status, last_error FROM tasks ORDER BY id")]
 
+    def first_attempt_tasks(self) -> set[int]:
+        with self.store() as db:
+            return {int(r[0]) for r in db.execute(
+                "SELECT task_id FROM attempts WHERE number = 1")}
+
     def attempt_count(self) -> int:
         with self.store() as db:
             return int(db.execute("SELECT count(*) FROM attempts").fetchone()[0])
@@ -483,6 +488,14 @@ def wait_drained(pool: Pool, timeout: float) -> bool:
     return False
 
 
+def launcher_kills(task_ids: set[int], every: int, early: str) -> int:
+    """How many first attempts killed their worker from the launcher (see LAUNCHER)."""
+    if every <= 0 or early == "none":
+        return 0
+    return sum(1 for task in task_ids if task % every == 0
+               and (early == "all" or (task // every) % 2 == 1))
+
+
 def audit(pool: Pool, figures: Figures, deleted_at: float) -> None:
     """Count what the requirements are about, after the pool was deleted (at
     ``deleted_at``, when ``delete`` returned)."""
@@ -502,8 +515,11 @@ def audit(pool: Pool, figures: Figures, deleted_at: float) -> None:
     duplicates = [line for line in lines if line["event"] == "duplicate"]
     figures.concurrent_duplicates = len(duplicates)
     figures.tasks_run_twice_at_once = len({line["task"] for line in duplicates})
-    figures.workers_killed_by_their_agent = sum(line["event"] == "killed-worker"
-                                                for line in lines)
+    # the launcher's kills are counted from the rule, not the ledger: the kernel's SIGTERM
+    # as the worker dies (PR_SET_PDEATHSIG) may end it before the agent could note one
+    late = sum(line["event"] == "killed-worker" and not line.get("early") for line in lines)
+    figures.workers_killed_by_their_agent = late + launcher_kills(
+        pool.first_attempt_tasks(), pool.config.kill_worker_every, pool.config.early)
     listed = [line.removeprefix("worktree ") for line in
               pool.git("worktree", "list", "--porcelain").splitlines()
               if line.startswith("worktree ")]
@@ -688,6 +704,8 @@ def main(argv: list[str]) -> int:
         print(json.dumps({**asdict(figures), "ok": figures.ok}, indent=2))
     else:
         print(table(figures))
+        if "workdir" in figures.details:
+            print(f"kept: {figures.details['workdir']} (ledger, state, repository)")
     return 0 if figures.ok else 1
 
 

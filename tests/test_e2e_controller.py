@@ -198,11 +198,13 @@ def test_chaos_every_task_succeeds_despite_random_kills(host: Path, git_repo: Pa
     spec = controlled_spec(host, replicas=4, restartPolicy={"maxRestarts": 100},
                            tasks={"maxAttempts": 10})
     apply(spec)
-    count = 100
+    # the store-side view (one success per task, leases never overlapping); the agent-side
+    # ledger at a larger scale is tests/test_chaos_ledger.py
+    count = 50
     enqueue(spec, host, count, prompt="chaos [seconds=0.3]")
     rng = random.Random(7)
     kills = 0
-    end = time.monotonic() + 40  # SIGKILL a random worker every 2s for 40s
+    end = time.monotonic() + 20  # SIGKILL a random worker every 2s for 20s
     while time.monotonic() < end:
         time.sleep(2)
         alive = [w for w in workers(spec).values() if w["pid"]]
