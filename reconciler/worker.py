@@ -254,7 +254,10 @@ class Worker:
             how = "kept"
             write_log_line(log, f"reconciler: could not commit the uncommitted work "
                            f"({exc.one_line()}); worktree kept: {worktree}")
-        self.store.set_attempt_rescued(claim, how)
+        try:
+            self.store.set_attempt_rescued(claim, how)
+        except ReconcilerError as exc:  # the work is safe either way; only the note is lost
+            logger.warning("task {}: could not record the rescue: {}", task.id, exc.one_line())
         logger.info("task {}: uncommitted work {}", task.id,
                     "rescued to its branch" if how == "committed" else f"kept in {worktree}")
         if on_dirty == "fail" and result.status == "succeeded":
