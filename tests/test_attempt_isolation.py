@@ -159,14 +159,10 @@ def test_delete_force_waits_once_for_all_agents_that_ignore_sigterm(
     deleting = subprocess.Popen([sys.executable, "-m", "reconciler", "delete", "-f", str(spec),
                                  "--force"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-    seen: set[str] = set()
-    while deleting.poll() is None:  # a planned stop reads stopping/stopped, never dead
-        seen |= {w["health"] for w in status(spec)["workers"]}
-        time.sleep(0.3)
+    deleting.wait(timeout=60)  # (that it reads stopping, never dead: test_convergence)
     took = time.monotonic() - started
     assert deleting.returncode == 0
     assert took < grace + 5, f"delete --force took {took:.1f}s"
-    assert "dead" not in seen, seen
     for agent in agents:
         assert gone(agent["pid"])
     kinds = [e["kind"] for e in events(spec)]

@@ -46,6 +46,7 @@ from reconciler.paths import PoolPaths
 from reconciler.planner import plan, plan_delete, plan_restart
 from reconciler.report import render
 from reconciler.report.plan import action_document, describe, symbol
+from reconciler.report.status import worker_statuses
 from reconciler.runtimes.base import Started
 from reconciler.specmodel import PoolSpec
 from reconciler.store.sqlite import Store
@@ -61,6 +62,7 @@ class FakeHost:
 
     alive: dict[int, bool] = field(default_factory=dict)
     hung: set[int] = field(default_factory=set)
+    stubborn: set[int] = field(default_factory=set)  # agents that ignore SIGTERM
     next_pid: int = 1000
 
     def spawn(self, *, hung: bool = False) -> int:
@@ -112,8 +114,9 @@ class FakeProcesses:
         self.host.alive[process.pid] = False
 
     def signal(self, processes: tuple[ProcessRef, ...], signal: str) -> None:
-        for process in processes:  # fake agents obey SIGTERM at once
-            self.host.alive[process.pid] = False
+        for process in processes:  # fake agents obey SIGTERM at once, unless stubborn
+            if signal == "SIGKILL" or process.pid not in self.host.stubborn:
+                self.host.alive[process.pid] = False
 
     def wait_gone(self, processes: tuple[ProcessRef, ...], timeout: float) -> None:
         return None
@@ -441,3 +444,19 @@ def test_every_action_type_renders_and_executes(kind: type,
     assert not report.problems, report.problems
     target = CONTROLLER if kind in (StartController, StopController) else document["target"]
     assert target in " ".join(report.done + report.skipped) or kind is Wait
+
+
+def test_a_forced_stop_reads_stopping_then_stopped_never_dead(
+        tmp_store: tuple[Path, Store]) -> None:
+    """Issue 7 walk-through: while a forced stop waited for an agent that ignores SIGTERM,
+    ``status`` showed the worker ``dead`` (its process gone, no drain asked)."""
+    directory, store = tmp_store
+    setup = WorldSetup(1, "agent-a", "tmux", "always", False, "absent",
+                       (WorkerSetup("w-1", "alive", "agent-a", "tmux", True),), 0, ())
+    world = build(setup, directory, store)
+    world.host.stubborn.add(next(iter(world.agents)))  # it ignores SIGTERM and works on
+    world.executor.execute(plan_delete(world.spec, world.observe(T0), T0, force=True))
+    after = world.observe(T0 + 1)
+    (row,) = after.workers
+    (status,) = worker_statuses(after, T0 + 1, world.spec)
+    assert row.drain_requested and status.health in ("stopping", "stopped"), status
