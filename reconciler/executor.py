@@ -2,10 +2,12 @@
 
 The executor decides nothing: the planner said what, why and how (which
 processes to kill, whether a restart counts, whether a budget starts afresh).
-It never waits either: a graceful stop is a drain request (store flag +
-SIGTERM), and a later pass sees the worker exit, or overrun ``stopGrace``.
-The one check it makes is the one an action carries: the guard of a hung
-worker's restart, re-read right before the kill.
+It never waits out a grace period: a graceful stop is a drain request (store
+flag + SIGTERM), and a later pass sees the worker exit, or overrun
+``stopGrace``; what it signals in a pass it waits for once, briefly
+(``SETTLE_SECONDS``), all together.  The checks it makes are the ones an
+action carries: the guard of a hung worker's restart, re-read right before the
+kill, and that an attempt's processes are gone before its task is requeued.
 """
 
 from __future__ import annotations
