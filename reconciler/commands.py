@@ -487,12 +487,21 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
                   disable=not show) as progress:
         bar = progress.add_task("tasks", total=len(ids), detail="")
+        statuses: dict[int, str] = {}
+        seen_version: int | None = None
         while True:
-            statuses = [store.task(i).status for i in ids]
-            done = sum(s in FINAL_TASK_STATUSES for s in statuses)
+            # read again only when another process wrote, and only what is still open:
+            # one query a poll, however many tasks are waited for
+            version = store.data_version()
+            if version != seen_version:
+                seen_version = version
+                open_ids = [i for i in ids if statuses.get(i) not in FINAL_TASK_STATUSES]
+                statuses.update(store.task_statuses(open_ids))
+            values = [statuses.get(i, "queued") for i in ids]
+            done = sum(s in FINAL_TASK_STATUSES for s in values)
             progress.update(bar, completed=done,
-                            detail=f"{statuses.count('running')} running, "
-                                   f"{statuses.count('failed')} failed")
+                            detail=f"{values.count('running')} running, "
+                                   f"{values.count('failed')} failed")
             if done == len(ids):
                 return True
             if deadline is not None and time.monotonic() >= deadline:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.commands import wait_for_tasks
 from reconciler.errors import LockHeldError, PoolError, StoreError, TaskError
 from reconciler.lock import pool_lock
 from reconciler.paths import PoolPaths
@@ -654,3 +655,20 @@ def test_a_new_store_in_a_fresh_pool_is_created(tmp_path: Path) -> None:
     (paths.logs / "worker.log").write_text("a log written before the first task\n")
     with Store(paths.store) as store:  # created now: nothing could have been lost
         assert store.queue_counts().total == 0
+
+
+def test_waiting_for_many_tasks_costs_one_query_per_poll_and_none_when_nothing_changed(
+        store: Store) -> None:
+    """Issue 9: `task wait` read each task with its own query on every poll (a whole core
+    for a large wait); now one query, and only after another process wrote."""
+    ids = store.add_tasks([(f"t{i}", "p", 0) for i in range(1000)])
+    assert store.task_statuses([ids[0], ids[-1], 10**9]) == {ids[0]: "queued",
+                                                              ids[-1]: "queued"}
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        assert wait_for_tasks(store, list(ids), 0.45, show=False) is False
+    finally:
+        store._db.set_trace_callback(None)
+    reads = [s for s in statements if "FROM tasks" in s]
+    assert len(reads) == 1, reads[:3]  # nothing changed after the first look

@@ -190,6 +190,9 @@ class StorePort(Protocol):
         """Note the worker alive and extend ``claim``'s lease; returns ``(drain_requested,
         cancel_requested)``, the latter also True when the lease was taken away."""
 
+    def task_statuses(self, task_ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of ``task_ids`` that exists."""
+
     def rescued_counts(self) -> dict[str, int]:
         """Attempts that left uncommitted work, by what became of it."""
 

@@ -34,6 +34,8 @@ QUEUE_COUNTS_SQL = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"
 LATEST_ATTEMPT_AT_SQL = ("SELECT CASE WHEN rescued = 'kept' AND status != 'running' THEN 'kept'"
                          " ELSE status END AS status FROM attempts WHERE worktree = ?"
                          " ORDER BY id DESC LIMIT 1")
+TASK_STATUSES_SQL = ("SELECT id, status FROM tasks WHERE id IN"
+                     " (SELECT value FROM json_each(?))")
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
 # ``reconcile events`` filters: a kind prefix compared exactly (LIKE would take ``_`` as a
 # wildcard), newest first down the rowid, stopping at the limit; a NULL filter is off
@@ -371,6 +373,12 @@ class TaskQueue(Database):
             return [_attempt(r) for r in self._query(RUNNING_ATTEMPTS_SQL)]
         return [_attempt(r) for r in self._query(
             "SELECT * FROM attempts WHERE worker_id = ? AND status = 'running'", (worker_id,))]
+
+    def task_statuses(self, task_ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of ``task_ids`` (ids that do not exist are left out), in one
+        query whatever their number (the ids travel as one JSON array)."""
+        rows = self._query(TASK_STATUSES_SQL, (json.dumps([int(i) for i in task_ids]),))
+        return {int(r["id"]): str(r["status"]) for r in rows}
 
     def rescued_counts(self) -> dict[str, int]:
         """How many attempts left uncommitted work, by what became of it (a partial
