@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,11 @@ class PoolSpec:
         digests differ from the desired spec's, the planner rolls the worker and
         names the fields that changed (never their values: env holds secrets).
         """
+        return dict(self._template_digests)
+
+    @cached_property
+    def _template_digests(self) -> dict[str, str]:
+        # computed once per spec: the planner asks for every worker on every pass
         spec = self.document["spec"]
         fields: dict[str, Any] = {
             "worker.command": spec["worker"]["command"],
@@ -140,7 +146,11 @@ class PoolSpec:
         return RetryPolicy(t.max_attempts, t.retry_backoff, t.retry_on, t.no_retry_exit_codes)
 
     def template_hash(self) -> str:
-        return digest(self.template_digests())
+        return self._template_hash
+
+    @cached_property
+    def _template_hash(self) -> str:
+        return digest(self._template_digests)
 
 
 def document_hash(document: Any) -> str:
