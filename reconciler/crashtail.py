@@ -14,6 +14,7 @@ from pathlib import Path
 
 from reconciler.model import Observation, RuntimeInstance
 from reconciler.paths import PoolPaths
+from reconciler.taskrun import log_tail
 from reconciler.tmuxcli import pool_socket, run_tmux
 
 TAIL_LINES = 12
@@ -46,14 +47,7 @@ def crash_tails(paths: PoolPaths, observation: Observation) -> list[tuple[str, s
 
 
 def _file_tail(path: Path) -> str:
-    try:
-        with path.open("rb") as fh:
-            fh.seek(0, 2)
-            fh.seek(max(0, fh.tell() - TAIL_BYTES))
-            data = fh.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return _last_lines(data)
+    return _last_lines(log_tail(path, TAIL_BYTES))
 
 
 def _pane_tail(paths: PoolPaths, instance: RuntimeInstance) -> str:
