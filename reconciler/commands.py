@@ -36,6 +36,7 @@ from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
 from reconciler.taskfile import NewTask, check_prompt, check_title, read_prompt_file, read_task_file
+from reconciler.wakeup import ring_workers
 from reconciler.worktrees import check_repo, repo_lock
 
 POLL_SECONDS = 0.25
@@ -380,8 +381,9 @@ def task_add(args: argparse.Namespace) -> int:
         check_prompt(prompt)
     except TaskError as exc:
         raise TaskError(f"{option}: {exc.message}", hint=exc.hint) from exc
-    with _open_store(args, create=True) as (_, store):
+    with _open_store(args, create=True) as (pool, store):
         (task_id,) = store.add_tasks([(title, prompt, args.priority)])
+        ring_workers(pool.paths.root)
         if args.output == "json":
             print_json({"id": task_id})
         else:
@@ -391,8 +393,9 @@ def task_add(args: argparse.Namespace) -> int:
 
 def task_import(args: argparse.Namespace) -> int:
     tasks: list[NewTask] = read_task_file(args.tasks_file, allow_outside=args.allow_outside)
-    with _open_store(args, create=True) as (_, store):
+    with _open_store(args, create=True) as (pool, store):
         ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
+        ring_workers(pool.paths.root)
         if args.output == "json":
             print_json({"ids": ids})
         else:
@@ -436,8 +439,9 @@ def task_show(args: argparse.Namespace) -> int:
 
 
 def task_retry(args: argparse.Namespace) -> int:
-    with _open_store(args, write=True) as (_, store):
+    with _open_store(args, write=True) as (pool, store):
         store.retry_task(args.task_id)
+        ring_workers(pool.paths.root)
         if args.output == "json":
             print_json({"id": args.task_id, "status": "queued"})
         else:

@@ -1,10 +1,23 @@
 """The controller: a loop over ``operations.controller_pass`` that keeps a pool converged.
 
-It runs a pass on every change it notices in the store (``PRAGMA
-data_version``) and at least every ``controller.interval``.  Every pass
-re-observes everything (level-triggered) and works toward the newest applied
-generation, read under the pool lock, so ``apply``, ``delete`` and the
-controller can take turns at the lock without undoing each other.
+It sleeps in one ``select`` and runs a pass when something calls for one:
+
+- a worker process exits: each live worker is watched through a pidfd
+  (``os.pidfd_open`` works on any process, not only children), so a crash
+  is seen the moment it happens, not at the next poll;
+- its bell rings (``reconciler.wakeup``): ``apply``, ``delete``, ``restart``
+  and workers starting or ending a task ring it.  Heartbeats do not: a
+  heartbeat alone never changes what a pass would do before the moment
+  computed below;
+- the earliest moment at which time alone could change a decision
+  (``planner.next_wakeup``): a restart backoff or stop grace ending, a
+  heartbeat, task or output growing old enough to change a worker's health;
+- at least every ``controller.interval``, a full pass (level-triggered: it
+  re-observes everything, so drift nobody announced is still found).
+
+Every pass works toward the newest applied generation, read under the pool
+lock, so ``apply``, ``delete`` and the controller can take turns at the lock
+without undoing each other.
 
 A fault of the store or the disk (busy, full, read-only, I/O errors) never
 ends the controller: the pass fails with one log line, the next one waits
@@ -14,7 +27,9 @@ its lock and resumes as soon as the store works again.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import selectors
 import signal
 import sqlite3
 import threading
@@ -26,15 +41,21 @@ from loguru import logger
 from reconciler.actions import Plan, target, verb
 from reconciler.errors import LockHeldError, ReconcilerError
 from reconciler.lock import take_lock
-from reconciler.operations import MIN_PASS_GAP, apply, controller_pass
+from reconciler.model import Observation
+from reconciler.operations import PassResult, apply, controller_pass
+from reconciler.planner import next_wakeup
 from reconciler.pool import Pool
-from reconciler.proctree import create_time_of
+from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
+from reconciler.wakeup import Bell, controller_bell
 
-WAKE_CHECK_SECONDS = 0.1
 FAULT_BACKOFF_FIRST = 0.5
 FAULT_BACKOFF_MAX = 10.0
+HEARTBEAT_EVERY = 20.0  # the controller's own heartbeat: status calls it down after 60s
+LOCK_RETRY_SECONDS = 0.25  # a pass skipped because apply/delete held the pool lock
+EXIT_RECHECK_SECONDS = 0.05  # a watched exit the observers do not show yet (tmux lags)
+EXIT_RECHECKS = 20
 
 
 class Controller:
@@ -45,6 +66,13 @@ class Controller:
         self.apply_first = apply_first
         self.stop = threading.Event()
         self.interval = pool.spec.controller_interval if pool.spec else 1.0
+        self._bell: Bell | None = None
+
+    def request_stop(self) -> None:
+        """Stop after this pass; safe from a signal handler (it only sets and writes)."""
+        self.stop.set()
+        if self._bell is not None:
+            self._bell.ring()
 
     def run(self) -> int:
         paths = self.pool.paths
@@ -70,9 +98,11 @@ class Controller:
         if not self.apply_first:  # already registered before applying
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
+        self._bell = Bell(controller_bell(paths.root))
         try:
-            self._loop(store)
+            self._loop(store, self._bell)
         finally:
+            self._bell.close()
             store.close()
             os.close(fd)
         logger.info("controller of pool {} stopped", paths.name)
@@ -92,40 +122,82 @@ class Controller:
                 return None
             backoff = min(backoff * 2, FAULT_BACKOFF_MAX)
 
-    def _loop(self, store: StorePort) -> None:
-        last_pass = 0.0
-        seen_version = -1
-        skipped = 0
-        failures = 0
-        while not self.stop.is_set():
-            wait = WAKE_CHECK_SECONDS
-            try:
-                version = store.data_version()
-                due = time.monotonic() - last_pass >= self.interval
-                woken = version != seen_version and time.monotonic() - last_pass >= MIN_PASS_GAP
-                if due or woken:
+    def _loop(self, store: StorePort, bell: Bell) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(bell, selectors.EVENT_READ, None)
+        watch = ExitWatch(selector)
+        next_pass = 0.0  # monotonic: at once
+        next_beat = 0.0
+        skipped = failures = rechecks = 0
+        try:
+            while not self.stop.is_set():
+                woken = False
+                for key, _ in selector.select(max(0.0, min(next_pass, next_beat)
+                                                  - time.monotonic())):
+                    if key.data is None:
+                        bell.clear()
+                    else:
+                        watch.exited(key.data)
+                    woken = True
+                if self.stop.is_set():
+                    return
+                clock = time.monotonic()
+                if not woken and clock < next_pass:
+                    if clock >= next_beat:  # nothing to decide: only say we are alive
+                        next_beat = clock + HEARTBEAT_EVERY
+                        if self._beat(store):
+                            return
+                    continue
+                try:
                     if store.controller_heartbeat():
                         return  # delete asked us to stop
-                    skipped = 0 if self._pass(store) else skipped + 1
-                    if skipped and skipped % 20 == 0:
+                    next_beat = time.monotonic() + HEARTBEAT_EVERY
+                    done, result = self._pass(store)
+                except (ReconcilerError, sqlite3.Error, OSError) as exc:
+                    # the store busy, full, read-only or failing: log, back off, never die
+                    failures += 1
+                    wait = min(FAULT_BACKOFF_FIRST * 2 ** (failures - 1), FAULT_BACKOFF_MAX)
+                    logger.error("pass failed: {}; retrying in {:.1f}s", _one_line(exc), wait)
+                    next_pass = time.monotonic() + wait
+                    continue
+                if failures:
+                    logger.info("store works again after {} failed pass(es); resuming",
+                                failures)
+                    failures = 0
+                if not done:  # another command held the pool lock
+                    skipped += 1
+                    if skipped % 20 == 0:
                         logger.warning("{} passes skipped: the pool lock is held by another "
                                        "command ({})", skipped, self.pool.paths.lock)
-                    last_pass = time.monotonic()
-                    seen_version = store.data_version()
-                    if failures:
-                        logger.info("store works again after {} failed pass(es); resuming",
-                                    failures)
-                        failures = 0
-            except (ReconcilerError, sqlite3.Error, OSError) as exc:
-                # The store busy, full, read-only or failing: log, back off, never die.
-                failures += 1
-                wait = min(FAULT_BACKOFF_FIRST * 2 ** (failures - 1), FAULT_BACKOFF_MAX)
-                logger.error("pass failed: {}; retrying in {:.1f}s", _one_line(exc), wait)
-                last_pass = time.monotonic()
-            self.stop.wait(wait)
+                    next_pass = time.monotonic() + LOCK_RETRY_SECONDS
+                    continue
+                skipped = 0
+                next_pass = time.monotonic() + self.interval
+                if result is not None:
+                    watch.update(result.observation)
+                    wake_at = next_wakeup(result.spec, result.observation, result.remaining,
+                                          time.time())
+                    if wake_at is not None:
+                        next_pass = min(next_pass, time.monotonic() + wake_at - time.time())
+                    lagging = watch.seen_alive_after_exit(result.observation)
+                    rechecks = rechecks + 1 if lagging else 0
+                    if lagging and rechecks <= EXIT_RECHECKS:
+                        next_pass = min(next_pass, time.monotonic() + EXIT_RECHECK_SECONDS)
+        finally:
+            watch.close()
+            selector.close()
 
-    def _pass(self, store: StorePort) -> bool:
-        """One pass; False when another command held the pool lock (retried next time)."""
+    def _beat(self, store: StorePort) -> bool:
+        """The controller's own heartbeat; True when ``delete`` asked it to stop."""
+        try:
+            return store.controller_heartbeat()
+        except (ReconcilerError, sqlite3.Error, OSError) as exc:
+            logger.error("heartbeat failed: {}", _one_line(exc))
+            return False
+
+    def _pass(self, store: StorePort) -> tuple[bool, PassResult | None]:
+        """One pass: (False, None) when another command held the pool lock (retried soon);
+        the result is None before the pool's first apply."""
         busy = False
 
         def announce(plan: Plan) -> None:
@@ -138,12 +210,12 @@ class Controller:
         try:
             result = controller_pass(self.pool, store, on_plan=announce)
         except LockHeldError:
-            return False
+            return False, None
         finally:
             if busy:
                 store.set_controller_busy(None)
         if result is None:
-            return True
+            return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
         for step in result.plan.steps:
             logger.info("{}", step.describe())
@@ -153,7 +225,70 @@ class Controller:
             logger.info("{}", line)
         for problem in result.report.problems:
             logger.warning("{}", problem)
-        return True
+        return True, result
+
+
+class ExitWatch:
+    """Live worker processes watched through pidfds, which read as ready the moment the
+    process exits: a crash wakes the controller at once.
+
+    A pid is watched only once it is confirmed to be the worker recorded (same start
+    time), so a recycled pid is never mistaken for it.  Where pidfds are not available
+    (before Linux 5.3), nothing is watched and exits are seen at the next pass.
+    """
+
+    def __init__(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.fds: dict[tuple[str, int], int] = {}
+        self.exited_pids: set[tuple[str, int]] = set()  # exits seen, until the pid changes
+
+    def update(self, observation: Observation) -> None:
+        """Watch every live worker of ``observation``; forget the ones no longer there."""
+        live = {}
+        for row in observation.workers:
+            instance = observation.instance(row.id)
+            if row.pid and instance is not None and instance.alive:
+                live[(row.id, row.pid)] = row.pid_create_time
+        for key in [k for k in self.fds if k not in live]:
+            self._forget(key)
+        self.exited_pids &= set(live)
+        for key, created in live.items():
+            if key not in self.fds and key not in self.exited_pids:
+                self._watch(key, created)
+
+    def _watch(self, key: tuple[str, int], created: float | None) -> None:
+        try:
+            fd = os.pidfd_open(key[1])
+        except (OSError, AttributeError):  # gone already, or no pidfds here
+            return
+        if not process_matches(key[1], created):  # recycled between the pass and now
+            os.close(fd)
+            return
+        self.fds[key] = fd
+        self.selector.register(fd, selectors.EVENT_READ, key)
+
+    def exited(self, key: tuple[str, int]) -> None:
+        self.exited_pids.add(key)
+        self._forget(key)
+
+    def seen_alive_after_exit(self, observation: Observation) -> bool:
+        """Whether a pass still saw as alive a worker whose exit was watched (tmux
+        notices its pane died a moment later): the caller looks again soon."""
+        return any(row.pid and (row.id, row.pid) in self.exited_pids
+                   and (instance := observation.instance(row.id)) is not None
+                   and instance.alive and instance.pid == row.pid
+                   for row in observation.workers)
+
+    def _forget(self, key: tuple[str, int]) -> None:
+        fd = self.fds.pop(key, None)
+        if fd is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(fd)
+            os.close(fd)
+
+    def close(self) -> None:
+        for key in list(self.fds):
+            self._forget(key)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -171,7 +306,7 @@ def run_controller(pool: Pool, *, apply_first: bool = False) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame
         logger.info("received {}: stopping after this pass", signal.Signals(signum).name)
-        controller.stop.set()
+        controller.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)

@@ -38,6 +38,7 @@ from reconciler.report.render import age, console
 from reconciler.report.status import worker_statuses
 from reconciler.spec import load_spec, with_repo
 from reconciler.store.sqlite import Store
+from reconciler.wakeup import ring_workers
 from reconciler.worktrees import git
 
 DEMO_TIMEOUT = 600.0
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     result = operations.apply(pool, progress=lambda line: console.print(f"  {escape(line)}"))
     store = Store(pool.paths.store)
     ids = store.add_tasks(_tasks(args.tasks))
+    ring_workers(pool.paths.root)
     console.print(f"  enqueued tasks {ids[0]}-{ids[-1]}")
     progress = Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)

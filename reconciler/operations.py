@@ -36,6 +36,7 @@ from reconciler.scale import rewrite_replicas
 from reconciler.specmodel import PoolSpec, document_hash, spec_from_document
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
+from reconciler.wakeup import ring_controller, ring_workers
 
 LOCK_TIMEOUT = 10.0
 PASS_LOCK_TIMEOUT = 2.0
@@ -82,6 +83,8 @@ def run_pass(pool: Pool, store: StorePort, generation: int, make_plan: PlanMaker
     the_plan = make_plan(observation, observation.observed_at)
     on_plan(the_plan)
     report = executor.execute(the_plan)
+    if report.done:  # tasks may have been requeued: idle workers look again
+        ring_workers(pool.paths.root)
     if not report.done and not report.problems:
         return PassResult(the_plan, report, the_plan, observation, spec)
     after = observe_pool(pool, store)
@@ -158,6 +161,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
         generation, recorded = _record_spec(store, spec, first.summary())
         result = run_pass(pool, store, generation, desired(spec, generation),
                           progress=progress, on_plan=on_plan)
+    ring_controller(pool.paths.root)  # a new generation: the controller takes it up now
     return ApplyResult(result.plan, result.report, generation, recorded, result.remaining)
 
 
@@ -323,6 +327,7 @@ def restart(pool: Pool, worker_id: str, *, lock_timeout: float = LOCK_TIMEOUT,
         result = run_pass(current, store, generation,
                           lambda o, now: plan_restart(spec, o, worker_id, now),
                           progress=progress)
+    ring_controller(pool.paths.root)
     return RestartResult(worker_id, result.plan, result.report)
 
 

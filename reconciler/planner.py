@@ -89,6 +89,33 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
                 generation=generation)
 
 
+def next_wakeup(spec: PoolSpec, observation: Observation, remaining: Plan,
+                now: float) -> float | None:
+    """The earliest future moment at which a pass could decide something new, if nothing
+    else happens before: a wait's end (restart backoff, stop grace), or a worker's
+    heartbeat, task or output growing old enough to change its health.
+
+    A controller sleeps until then (or until a worker dies or a bell rings) instead of
+    polling; a moment already past is not a reason to wake, since the pass that produced
+    ``remaining`` has already seen it.
+    """
+    health = spec.health
+    moments = [w.until for w in remaining.waiting if w.until is not None]
+    for row in observation.workers:
+        if row.removed or row.health in ("dead", "failed", "stopped"):
+            continue
+        started = row.started_at or now
+        fresh = row.heartbeat_at is not None and row.heartbeat_at >= started
+        silent_since = row.heartbeat_at if fresh and row.heartbeat_at else started
+        moments += [silent_since + health.unresponsive_after, silent_since + health.dead_after]
+    for attempt in observation.running:
+        moments += [attempt.started_at + health.slow_after,
+                    (attempt.last_output_at or attempt.started_at) + health.stall_after,
+                    attempt.lease_expires_at]
+    future = [t for t in moments if t > now]
+    return min(future) if future else None
+
+
 def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
                 force: bool = False) -> Plan:
     """Stop every worker of the pool and clear what is left of them: after its current
@@ -240,11 +267,14 @@ def counted_restarts(spec: PoolSpec, observation: Observation, row: WorkerRow,
 
 
 def restart_delay(spec: PoolSpec, worker_id: str, previous_restarts: int) -> float:
-    """Backoff before the next restart: ``backoff`` (1s) after the death, then doubling
-    from the previous restart up to 60s, scaled by a jitter in [0.75, 1.25] derived
-    from the worker and the count, so workers that crashed together restart apart
-    (and ``diff`` stays deterministic)."""
-    base = min(BACKOFF_CAP, spec.restart.backoff * 2 ** previous_restarts)
+    """Backoff before the next restart, counted from the death: none for a first crash
+    (as supervisord and pm2 do: a one-off crash costs no wait), then ``backoff`` (1s),
+    doubling with every counted restart in the window up to 60s, scaled by a jitter in
+    [0.75, 1.25] derived from the worker and the count, so workers that crashed
+    together restart apart (and ``diff`` stays deterministic)."""
+    if previous_restarts == 0:
+        return 0.0
+    base = min(BACKOFF_CAP, spec.restart.backoff * 2 ** (previous_restarts - 1))
     digest = hashlib.sha256(f"{worker_id}:{previous_restarts}".encode()).digest()
     return float(base * (0.75 + 0.5 * digest[0] / 255))
 
@@ -338,7 +368,7 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     previous = counted_restarts(spec, observation, row, now)
     delay = restart_delay(spec, row.id, len(previous))
     died_at = row.health_since if row.health == "dead" and row.health_since else now
-    ready_at = (previous[-1] if previous else died_at) + delay
+    ready_at = died_at + delay
     # a worker that had been stable for resetAfter starts a fresh budget with this restart
     stable = bool(row.started_at and row.heartbeat_at
                   and row.heartbeat_at - row.started_at >= spec.restart.reset_after)

@@ -12,6 +12,10 @@ output is copied both to the attempt's log file and to the worker's stdout
   descendants are remembered while it runs, the weaker fallback);
 - output is read until the command's processes are gone, not until every
   copy of the pipe closes: a daemon holding it cannot stall the attempt.
+
+Nothing here polls at a fine grain: the exit is waited for on a pidfd (the
+finish time is the exit's, not a poll's), output on its pipe; only the
+timeout and a cancel request are checked every ``CANCEL_CHECK_SECONDS``.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ from reconciler.marks import MARK_VAR, attempt_mark, kill_marked
 from reconciler.paths import open_private_append
 from reconciler.proctree import kill_tree
 
-POLL_SECONDS = 0.1
+CANCEL_CHECK_SECONDS = 0.5  # a cancel request is noticed this soon (it comes by heartbeat)
 TAIL_BYTES = 2000
-PUMP_IDLE_SECONDS = 0.2  # how often the output reader checks whether to stop
+PUMP_QUIET_SECONDS = 0.2  # once told to stop, the output reader stops after this much quiet
 PUMP_DRAIN_SECONDS = 1.0  # how long it keeps reading once the command's processes are gone
 _PR_SET_PDEATHSIG = 1
 
@@ -107,21 +111,20 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
             return RunResult("failed", 126, message)
         if on_start is not None:
             on_start(child.pid)
-        stop_reading = threading.Event()
-        pump = threading.Thread(target=_pump, args=(child, log_fd, echo, on_output,
-                                                    stop_reading), daemon=True)
+        stop_r, stop_w = os.pipe()
+        pump = threading.Thread(target=_pump, args=(child, log_fd, echo, on_output, stop_r),
+                                daemon=True)
         pump.start()
+        exit_waiter = ExitWaiter(child)
         seen: dict[int, float] = {}
         deadline = time.monotonic() + timeout
         outcome: str | None = None
         while True:
             if mark is None:
                 _remember_descendants(child.pid, seen)
-            try:  # returns as soon as it exits: the finish is not rounded to a poll
-                child.wait(timeout=max(0.0, min(POLL_SECONDS, deadline - time.monotonic())))
-                break
-            except subprocess.TimeoutExpired:
-                pass
+            if exit_waiter.wait(max(0.0, min(CANCEL_CHECK_SECONDS,
+                                             deadline - time.monotonic()))):
+                break  # the moment it exits: the finish is not rounded to a poll
             if time.monotonic() >= deadline:
                 outcome = "timeout"
             elif should_cancel():
@@ -135,16 +138,20 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
         if outcome is None:
             ended_at = time.time()
         code = child.wait()
+        exit_waiter.close()
         if mark is not None:
             kill_marked(*mark, grace)
         else:
             _kill_leftovers(seen, grace)
-        stop_reading.set()
-        pump.join(timeout=PUMP_DRAIN_SECONDS + PUMP_IDLE_SECONDS + 1)
-        if not pump.is_alive() and child.stdout is not None:
+        os.write(stop_w, b"!")
+        pump.join(timeout=PUMP_DRAIN_SECONDS + PUMP_QUIET_SECONDS + 1)
+        if not pump.is_alive():
             # a pump still blocked in a write keeps the pipe: closing it under the
             # thread could hand its fd number to an unrelated file
-            child.stdout.close()
+            if child.stdout is not None:
+                child.stdout.close()
+            os.close(stop_r)
+        os.close(stop_w)
         if outcome == "timeout":
             return RunResult("timeout", code, f"timed out after {timeout:g}s", ended_at)
         if outcome == "cancelled":
@@ -157,6 +164,35 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
         os.close(log_fd)
 
 
+class ExitWaiter:
+    """Waits for a child's exit with a timeout, sleeping on a pidfd until it exits instead
+    of the short sleeps ``Popen.wait(timeout)`` polls with."""
+
+    def __init__(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        try:
+            self.pidfd: int | None = os.pidfd_open(child.pid)
+        except (OSError, AttributeError):  # no pidfds here (before Linux 5.3)
+            self.pidfd = None
+
+    def wait(self, seconds: float) -> bool:
+        """True once the child has exited (and was reaped), False after ``seconds``."""
+        if self.pidfd is None:
+            try:
+                self.child.wait(timeout=seconds)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        if self.child.returncode is None:
+            select.select([self.pidfd], [], [], seconds)
+        return self.child.poll() is not None
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
 def _write_quietly(fd: int, data: bytes) -> bool:
     """Write to a log; False (never an exception) when the disk is full or failing."""
     try:
@@ -167,10 +203,11 @@ def _write_quietly(fd: int, data: bytes) -> bool:
 
 
 def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool,
-          on_output: Callable[[], None] | None, stop: threading.Event) -> None:
+          on_output: Callable[[], None] | None, stop: int) -> None:
     """Copy the command's output to the log (and the worker's terminal) until the pipe
-    closes, or until ``stop`` is set and the pipe has been quiet (or drained for
-    ``PUMP_DRAIN_SECONDS``): a daemon that kept the pipe must not hold the attempt.
+    closes, or until ``stop`` (a pipe) is written to and the output has been quiet for
+    ``PUMP_QUIET_SECONDS`` (or drained for ``PUMP_DRAIN_SECONDS``): a daemon that kept
+    the pipe must not hold the attempt.  Until then it sleeps in ``select``.
 
     A log write that fails (disk full) is reported once on the worker's stderr;
     reading goes on, so the command is never blocked on a full pipe.
@@ -180,15 +217,19 @@ def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool,
     logging = True
     stop_by: float | None = None
     while True:
-        if stop.is_set() and stop_by is None:
-            stop_by = time.monotonic() + PUMP_DRAIN_SECONDS
-        if stop_by is not None and time.monotonic() >= stop_by:
-            return
-        ready, _, _ = select.select([fd], [], [], PUMP_IDLE_SECONDS)
-        if not ready:
-            if stop.is_set():
+        if stop_by is None:
+            ready, _, _ = select.select([fd, stop], [], [])
+            if stop in ready:
+                stop_by = time.monotonic() + PUMP_DRAIN_SECONDS
+            if fd not in ready:
+                continue
+        else:
+            left = stop_by - time.monotonic()
+            if left <= 0:
                 return
-            continue
+            ready, _, _ = select.select([fd], [], [], min(PUMP_QUIET_SECONDS, left))
+            if not ready:
+                return
         chunk = os.read(fd, 65536)
         if not chunk:
             return

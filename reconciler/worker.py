@@ -9,6 +9,7 @@ exit": a graceful stop never abandons work.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import threading
@@ -31,6 +32,7 @@ from reconciler.specmodel import PoolSpec, spec_from_document
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult, log_tail, run_command
 from reconciler.templates import render_argv
+from reconciler.wakeup import Bell, ring_controller, ring_workers, worker_bell
 from reconciler.worktrees import (
     add_worktree,
     clear_setup_output,
@@ -48,7 +50,9 @@ from reconciler.worktrees import (
     unique_branch,
 )
 
-IDLE_POLL_SECONDS = 0.5
+# An idle worker sleeps until its bell rings (tasks added or requeued), a queued task's
+# backoff ends, or this long has passed: a lost ring costs latency, never a task.
+IDLE_RECHECK_SECONDS = 5.0
 # Linux refuses to start a program when any one argument or environment string is
 # over 128 KiB (E2BIG), so a large value never goes into the environment: the whole
 # prompt is always in RECONCILER_TASK_PROMPT_FILE, and RECONCILER_TASK_PROMPT
@@ -79,6 +83,13 @@ class Worker:
         self._claim_lock = threading.Lock()
         self._pool_key = pool_key(paths.root)  # marks every process of its attempts
         self._phases: dict[str, float] = {}  # seconds per phase of the current attempt
+        self._bell: Bell | None = None  # rung when tasks are added, or to stop waiting
+
+    def request_stop(self) -> None:
+        """Claim no new task (finish the current one); safe from a signal handler."""
+        self.stop.set()
+        if self._bell is not None:
+            self._bell.ring()
 
     @property
     def lease_seconds(self) -> float:
@@ -89,6 +100,7 @@ class Worker:
     def run(self) -> int:
         self.store.set_worker_state(self.worker_id, "idle", pid=os.getpid())
         logger.info("{} started (pid {}), pool {}", self.worker_id, os.getpid(), self.spec.name)
+        bell = self._bell = Bell(worker_bell(self.paths.root, self.worker_id))
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         try:
@@ -103,8 +115,9 @@ class Worker:
                     self.stop.wait(1.0)
                     continue
                 if claim is None:
-                    self.stop.wait(min(IDLE_POLL_SECONDS, self.spec.health.heartbeat_interval))
+                    self._wait_for_work(bell)
                     continue
+                ring_controller(self.paths.root)  # its health changes: working
                 with self._claim_lock:
                     self._claim = claim
                     self.cancel.clear()
@@ -115,8 +128,10 @@ class Worker:
                 finally:
                     with self._claim_lock:
                         self._claim = None
+                ring_controller(self.paths.root)  # idle again
         finally:
             self._exited.set()
+            bell.close(unlink=True)
         logger.info("{} stopping: no new tasks will be claimed", self.worker_id)
         try:
             pending.flush(self.paths.root, self.store, self.spec.retry_policy)
@@ -124,6 +139,21 @@ class Worker:
         except ReconcilerError as exc:  # the controller will see the exit from outside
             logger.error("{} could not record its exit: {}", self.worker_id, exc.one_line())
         return 0
+
+    def _wait_for_work(self, bell: Bell) -> None:
+        """Sleep until a ring (tasks added or requeued, or a stop), the moment a queued
+        task becomes claimable, or ``IDLE_RECHECK_SECONDS``: no polling of the queue."""
+        now = time.time()
+        timeout = IDLE_RECHECK_SECONDS
+        try:
+            due = self.store.next_claim_at(now)
+        except ReconcilerError:
+            due = None
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - now))
+        if not self.stop.is_set():
+            select.select([bell], [], [], timeout)
+        bell.clear()
 
     def _heartbeat_loop(self) -> None:
         """Heartbeat every interval until the worker exits (a drain does not stop it:
@@ -140,7 +170,7 @@ class Worker:
                     logger.warning("heartbeat failed: {}; retrying", exc.one_line())
                     drain = cancel = False
                 if drain:
-                    self.stop.set()
+                    self.request_stop()
                 with self._claim_lock:
                     # the answer is about the claim it was asked for: a late "lease lost"
                     # for a finished attempt must not cancel the next one
@@ -207,6 +237,8 @@ class Worker:
                          "recorded once the store takes writes again", task.id,
                          result.status, exc.one_line(), kept)
             return
+        if new_status == "queued":
+            ring_workers(self.paths.root)  # a retry: the others learn when it is due
         if new_status is None:
             logger.warning("task {}: lease lost, result ({}) rejected", task.id, result.status)
         else:
@@ -386,7 +418,7 @@ def main(paths: PoolPaths, worker_id: str, spec_id: int) -> int:
         del frame
         logger.info("{} received {}: finishing the current task, then exiting",
                     worker_id, signal.Signals(signum).name)
-        worker.stop.set()
+        worker.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, on_signal)

@@ -110,8 +110,11 @@ def test_heartbeat_edges_decide_a_hung_restart(spec: PoolSpec, age: float,
 
 
 def test_backoff_grows_with_jitter_and_caps(spec: PoolSpec) -> None:
-    delays = [restart_delay(spec, "w-1", n) for n in range(8)]
-    for n, delay in enumerate(delays):
+    """A first crash is restarted at once (as supervisord and pm2 do); every further
+    counted restart in the window waits ``backoff`` doubling, jittered, capped."""
+    delays = [restart_delay(spec, "w-1", n) for n in range(9)]
+    assert delays[0] == 0.0
+    for n, delay in enumerate(delays[1:]):
         base = min(60.0, 2.0 * 2 ** n)
         assert 0.75 * base <= delay <= 1.25 * base
     assert len({restart_delay(spec, f"w-{i}", 3) for i in range(1, 21)}) > 10
@@ -123,6 +126,8 @@ def test_restart_waits_for_its_backoff(spec: PoolSpec) -> None:
     (action,) = plan(spec, obs, NOW).actions
     assert isinstance(action, Wait) and action.why.startswith("in ")
     assert action.until is not None and NOW < action.until < NOW + 5
+    # the pass records the death; the backoff counts from it
+    obs = replace(obs, workers=(replace(obs.workers[0], health="dead", health_since=NOW),))
     later = plan(spec, obs, NOW + 5).actions[0]
     assert isinstance(later, ReplaceWorker)
 

@@ -207,6 +207,8 @@ def test_waiting_actions_are_shown_in_text_and_json(host: Path, git_repo: Path) 
     spec = write_spec(host, replicas=1, extra={"restartPolicy": {"backoff": "30s"}})
     reconcile("apply", "-f", str(spec), "--wait", check=True)
     _kill(worker_pid(spec, "w-1"))
+    reconcile("apply", "-f", str(spec), "--wait", check=True)  # a first crash: at once
+    _kill(worker_pid(spec, "w-1"))
     reconcile("apply", "-f", str(spec), check=True)  # records the death; the backoff starts
     text = diff(spec)
     assert text.returncode == 2 and "(restart backoff)]" in text.stdout, text.stdout

@@ -129,26 +129,28 @@ class TestScriptedPlans:
                      "process gone (exit 137)", id="exit-status"),
         pytest.param(None, "process gone (tmux window gone)", id="window-gone"),
     ])
-    def test_dead_worker_is_restarted_after_its_backoff(self, instance: RuntimeInstance | None,
-                                                        reason: str) -> None:
+    def test_dead_worker_is_restarted_at_once_then_after_a_backoff(
+            self, instance: RuntimeInstance | None, reason: str) -> None:
         spec = make_spec(2)
         # its heartbeat stopped long ago (a fresh one outranks a window nobody sees)
         obs = observation([alive("w-1")] + ([instance] if instance else []),
                           [row("w-1", spec), row("w-2", spec, heartbeat_at=NOW - 600)])
-        (wait,) = plan(spec, obs, NOW).actions
-        # the first restart waits restartPolicy.backoff (1s, jittered) after the death
-        assert isinstance(wait, Wait) and wait.why.endswith("(restart backoff)")
-        restart = wait.then
+        # a first crash: restarted in the pass that sees it, as supervisord and pm2 do
+        (restart,) = plan(spec, obs, NOW).actions
         assert isinstance(restart, ReplaceWorker)
         assert (restart.worker, restart.reason, restart.counted) == ("w-2", reason, True)
         assert restart.unless_heartbeat_after is None  # gone: nothing to re-check
-        assert describe(wait).startswith(f"~ restart w-2: {reason} (counted) [in ")
-        # once the pass recorded the death, the backoff counts from it
+        assert describe(restart) == f"~ restart w-2: {reason} (counted)"
+        # a second crash in the window waits restartPolicy.backoff (1s, jittered), counted
+        # from the death the pass recorded, not from the restart before it
         recorded = replace(obs, workers=(row("w-1", spec),
                                          row("w-2", spec, health="dead", health_since=NOW,
-                                             heartbeat_at=NOW - 600)))
+                                             heartbeat_at=NOW - 600)),
+                           restart_history={"w-2": (NOW - 30,)})
         (waiting,) = plan(spec, recorded, NOW).actions
-        assert isinstance(waiting, Wait) and waiting.until is not None
+        assert isinstance(waiting, Wait) and waiting.why.endswith("(restart backoff)")
+        assert waiting.until is not None and NOW + 0.75 <= waiting.until <= NOW + 1.25
+        assert describe(waiting).startswith(f"~ restart w-2: {reason} (counted) [in ")
         (now,) = plan(spec, recorded, waiting.until).actions
         assert isinstance(now, ReplaceWorker)
 

@@ -297,6 +297,18 @@ class TaskQueue(Database):
                     f"rate limited: claiming paused for {max(resume_at - now, 0):.0f}s")
         return "queued"
 
+    def next_claim_at(self, now: float | None = None) -> float | None:
+        """When a task that cannot be claimed now becomes claimable (a retry's backoff or
+        a rate-limit pause ending), so an idle worker can sleep until then; None when
+        nothing queued is waiting for a time."""
+        now = time.time() if now is None else now
+        rows = self._query("SELECT MIN(not_before) AS due FROM tasks WHERE status = 'queued'")
+        due = rows[0]["due"] if rows else None
+        if due is None:
+            return None
+        due = max(float(due), self.paused_until())
+        return due if due > now else None
+
     def paused_until(self) -> float:
         """Until when workers must not claim (a rate limit); 0 when they may."""
         rows = self._query("SELECT value FROM meta WHERE key = 'paused_until'")
