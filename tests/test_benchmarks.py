@@ -42,8 +42,14 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^setup dominates +fresh {FIGURE} tasks/s +perWorker {FIGURE} tasks/s +{FIGURE}x$",
         rf"^no setup +fresh {FIGURE} tasks/s +perWorker {FIGURE} tasks/s +{FIGURE}x$",
     ]),
+    "bench_recovery.py": (["--workers", "1", "--rounds", "1", "--hangs", "1",
+                           "--dead-after", "1", "--runtimes", "process", "--no-baselines"], [
+        rf"^crash -> replacement heartbeating, reconciler \(process\): p50 {FIGURE}s +p90 "
+        rf"{FIGURE}s",
+        rf"^hang -> replacement heartbeating, past deadAfter \(1s\): p50 -?{FIGURE}s",
+    ]),
 }
-E2E = {"bench_observe.py", "bench_worktrees.py"}  # real tmux; real workers and git
+E2E = {"bench_observe.py", "bench_worktrees.py", "bench_recovery.py"}  # real workers
 
 
 def test_every_benchmark_has_a_tiny_size() -> None:

@@ -23,6 +23,7 @@ from reconciler.actions import (
     CleanWorktree,
     DrainWorker,
     KillStrays,
+    Plan,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
@@ -33,7 +34,7 @@ from reconciler.actions import (
     target,
 )
 from reconciler.model import AttemptRow, Observation, ProcessRef, RuntimeInstance, WorkerRow
-from reconciler.planner import plan, plan_delete, plan_restart
+from reconciler.planner import next_wakeup, plan, plan_delete, plan_restart
 from reconciler.report.plan import describe
 from reconciler.spec import parse_spec
 from reconciler.specmodel import PoolSpec
@@ -342,3 +343,47 @@ def test_operator_restart_resets_the_budget_and_is_not_counted(health: str, is_a
     assert isinstance(reset, ResetBudget)
     assert isinstance(replacement, kind)
     assert not getattr(replacement, "counted", False)
+
+
+class TestNextWakeup:
+    """The controller sleeps until ``next_wakeup``: the first moment time alone could
+    change a decision.  Too late and a hang or a backoff's end waits for the resync."""
+
+    def test_a_healthy_pool_wakes_when_a_heartbeat_could_grow_too_old(self) -> None:
+        spec = make_spec(2)
+        obs = observation([alive("w-1"), alive("w-2")],
+                          [row("w-1", spec, heartbeat_at=NOW - 4),
+                           row("w-2", spec, heartbeat_at=NOW - 1)])
+        remaining = plan(spec, obs, NOW)
+        assert next_wakeup(spec, obs, remaining, NOW) == \
+            NOW - 4 + spec.health.unresponsive_after
+
+    def test_a_backoff_ending_first_is_the_wakeup(self) -> None:
+        spec = make_spec(1)
+        dead = row("w-1", spec, health="dead", health_since=NOW, heartbeat_at=NOW - 600)
+        obs = replace(observation([], [dead]), restart_history={"w-1": (NOW - 30,)})
+        remaining = plan(spec, obs, NOW)
+        (wait,) = remaining.waiting
+        assert wait.until is not None
+        assert next_wakeup(spec, obs, remaining, NOW) == wait.until
+
+    def test_a_running_task_wakes_when_it_would_turn_slow(self) -> None:
+        spec = make_spec(1)
+        busy = attempt("w-1", started_at=NOW - 5, last_output_at=NOW - 1,
+                       lease_expires_at=NOW + 10_000)
+        obs = replace(observation([alive("w-1")], [row("w-1", spec, heartbeat_at=NOW)]),
+                      running=(busy,))
+        moment = next_wakeup(spec, obs, plan(spec, obs, NOW), NOW)
+        assert moment == min(NOW + spec.health.unresponsive_after,
+                             NOW - 5 + spec.health.slow_after,
+                             NOW - 1 + spec.health.stall_after)
+
+    def test_moments_already_past_are_no_reason_to_wake(self) -> None:
+        spec = make_spec(1)
+        silent = row("w-1", spec, health="unresponsive", heartbeat_at=NOW - 20)
+        obs = observation([alive("w-1")], [silent])
+        moment = next_wakeup(spec, obs, plan(spec, obs, NOW), NOW)
+        # unresponsiveAfter (15s) has passed: only deadAfter (30s) is still ahead
+        assert moment == NOW - 20 + spec.health.dead_after
+        gone = replace(silent, health="dead")
+        assert next_wakeup(spec, observation([], [gone]), Plan("p"), NOW) is None
