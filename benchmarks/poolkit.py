@@ -96,7 +96,9 @@ class ScratchPool:
         self.store = self.state / "pools" / name / "store.db"
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "RECONCILER_STATE_DIR": str(self.state)}
+        # the pool's tmux server keeps its socket in the scratch directory too
+        env = {**os.environ, "RECONCILER_STATE_DIR": str(self.state),
+               "TMUX_TMPDIR": str(self.directory)}
         return subprocess.run([sys.executable, "-m", "reconciler", *args], env=env,
                               check=check, capture_output=True, text=True, timeout=600,
                               cwd=self.directory)

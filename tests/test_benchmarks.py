@@ -48,8 +48,15 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"{FIGURE}s",
         rf"^hang -> replacement heartbeating, past deadAfter \(1s\): p50 -?{FIGURE}s",
     ]),
+    "bench_idle.py": (["--sizes", "process:1", "--busy", "1", "--seconds", "0.5",
+                       "--no-baselines"], [
+        rf"^idle process +1 workers: {FIGURE}% of a core \({FIGURE}% per worker\), "
+        rf"controller {FIGURE} wake-ups/s$",
+        rf"^busy +tmux +1 workers: {FIGURE}% of a core",
+    ]),
 }
-E2E = {"bench_observe.py", "bench_worktrees.py", "bench_recovery.py"}  # real workers
+E2E = {"bench_observe.py", "bench_worktrees.py", "bench_recovery.py",  # real workers
+       "bench_idle.py"}
 
 
 def test_every_benchmark_has_a_tiny_size() -> None:
