@@ -1,4 +1,6 @@
-"""Launcher: ``python -m reconciler.runtimes.spawn LOG -- ARGV...``.
+"""Launcher: ``python -I -S reconciler/runtimes/spawn.py LOG -- ARGV...``.
+
+Standard library only: it runs as a file, without site-packages, to start fast.
 
 Starts ARGV detached (new session, stdin from /dev/null, output appended to
 LOG, 0600), prints its pid and exits, leaving the child to init.
@@ -13,7 +15,7 @@ import sys
 
 def main(args: list[str]) -> int:
     if len(args) < 3 or args[1] != "--":
-        print("usage: python -m reconciler.runtimes.spawn LOG -- ARGV...", file=sys.stderr)
+        print("usage: spawn.py LOG -- ARGV...", file=sys.stderr)
         return 2
     log_path, argv = args[0], args[2:]
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
