@@ -24,7 +24,17 @@ import pytest
 from reconciler.marks import MARK_VAR, attempt_mark, pool_key
 from reconciler.paths import pool_paths
 from reconciler.taskrun import run_command
-from tests.e2e import add_task, events, show_task, state_dir, status, wait_tasks, workers
+from tests.e2e import (
+    add_task,
+    events,
+    replaced,
+    show_task,
+    state_dir,
+    status,
+    wait_tasks,
+    worker_pid,
+    workers,
+)
 from tests.helpers import gone, reconcile, wait_for, write_spec
 
 pytestmark = pytest.mark.e2e
@@ -117,6 +127,13 @@ def test_a_task_is_not_rerun_while_a_process_of_its_dead_attempt_still_works(
     reconcile("delete", "-f", str(spec), check=True)
 
 
+def _crash_and_wait_for_restart(spec: Path, worker: str) -> None:
+    old = worker_pid(spec, worker)
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: replaced(spec, worker, old) and workers(spec)[worker]["health"]
+             == "healthy", timeout=30, message=f"{worker} restarted at once")
+
+
 def test_a_dead_workers_agent_is_ended_at_once_not_when_its_slot_restarts(
         host: Path, git_repo: Path) -> None:
     """Item 2: with a long restart backoff the dead worker's agent (which ignores SIGTERM)
@@ -124,6 +141,8 @@ def test_a_dead_workers_agent_is_ended_at_once_not_when_its_slot_restarts(
     spec, ledger = _ledger_spec(host, replicas=2,
                                 extra=_controller(stop_grace="1s", backoff="60s"))
     reconcile("apply", "-f", str(spec), "--wait", check=True)
+    for worker in ("w-1", "w-2"):  # a first crash restarts at once: use it up
+        _crash_and_wait_for_restart(spec, worker)
     task = add_task(spec, title="kill_worker ignore_term seconds=60")
     first = wait_for(lambda: next((x for x in _ledger(ledger) if x["kind"] == "start"), None),
                      timeout=30, message="the first attempt to start")
@@ -136,7 +155,8 @@ def test_a_dead_workers_agent_is_ended_at_once_not_when_its_slot_restarts(
     attempts = show_task(spec, task)["attempt_details"]
     assert [a["status"] for a in attempts] == ["lost", "succeeded"], attempts
     assert not [x for x in _ledger(ledger) if x["kind"] == "duplicate"]
-    # the dead slot still waits for its backoff: ending the attempt did not restart it
+    # the dead slot (a second crash) still waits for its backoff: ending the attempt
+    # did not restart it
     dead = [w for w in workers(spec).values() if w["health"] in ("dead", "recovering")]
     assert dead, status(spec)
     reconcile("delete", "-f", str(spec), check=True)
