@@ -45,6 +45,18 @@ class Bell:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            self._read, self._keep = self._open_fifo(path)
+            self.shared = True
+        except OSError:
+            # a filesystem without named pipes: a private pipe still wakes this process
+            # (stops, signals); rings from others are lost, and listeners' own
+            # deadlines (an idle worker's recheck, the controller's interval) take over
+            self._read, self._keep = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.shared = False
+
+    @staticmethod
+    def _open_fifo(path: Path) -> tuple[int, int]:
         path.parent.mkdir(mode=0o700, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISFIFO(os.lstat(path).st_mode):
@@ -52,9 +64,9 @@ class Bell:
         with contextlib.suppress(FileExistsError):
             os.mkfifo(path, 0o600)
         flags = os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._read = os.open(path, os.O_RDONLY | flags)
+        read = os.open(path, os.O_RDONLY | flags)
         # our own write end: the pipe never reads as closed between two ringers
-        self._keep = os.open(path, os.O_WRONLY | flags)
+        return read, os.open(path, os.O_WRONLY | flags)
 
     def fileno(self) -> int:
         return self._read
@@ -80,7 +92,8 @@ class Bell:
         """Close; with ``unlink``, also remove the FIFO if it is still the one opened (a
         successor of the same name may have made its own)."""
         with contextlib.suppress(OSError):
-            if unlink and os.lstat(self.path).st_ino == os.fstat(self._read).st_ino:
+            if unlink and self.shared and \
+                    os.lstat(self.path).st_ino == os.fstat(self._read).st_ino:
                 self.path.unlink()
         for fd in (self._read, self._keep):
             with contextlib.suppress(OSError):

@@ -84,6 +84,21 @@ def test_closing_leaves_a_successors_bell_alone(tmp_path: Path) -> None:
     assert not new.path.exists()
 
 
+def test_without_named_pipes_a_bell_still_wakes_its_own_process(tmp_path: Path) -> None:
+    """A filesystem that refuses FIFOs (here: a bell path under a regular file) must not
+    stop a worker from starting: its stops still wake it, others' rings are lost."""
+    (tmp_path / "bells").write_text("not a directory")
+    bell = Bell(worker_bell(tmp_path, "w-1"))
+    try:
+        assert not bell.shared
+        bell.ring()
+        assert readable(bell, 1.0) and bell.clear() == 1
+        assert not ring(bell.path)
+    finally:
+        bell.close(unlink=True)
+    assert (tmp_path / "bells").read_text() == "not a directory"
+
+
 def test_ring_workers_rings_every_worker_and_not_the_controller(tmp_path: Path) -> None:
     bells = [Bell(worker_bell(tmp_path, w)) for w in ("w-1", "w-2")]
     controller = Bell(controller_bell(tmp_path))
