@@ -42,8 +42,8 @@ from typing import Any, ParamSpec, Self, TypeVar
 from loguru import logger
 
 from reconciler.errors import StoreError
+from reconciler.store.schema import SCHEMA_VERSION, create_or_upgrade
 
-SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 15_000
 
 # Transient faults are retried this long (seconds) in all, with backoff from
@@ -72,130 +72,6 @@ _HINT = "check free disk space and that the state directory is writable"
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS applied_specs (
-    id INTEGER PRIMARY KEY,
-    applied_at REAL NOT NULL,
-    source_path TEXT,
-    source_sha256 TEXT NOT NULL,
-    git_commit TEXT,
-    document_hash TEXT NOT NULL,
-    document TEXT NOT NULL,
-    summary TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    id INTEGER PRIMARY KEY,
-    title TEXT NOT NULL,
-    prompt TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    status TEXT NOT NULL
-        CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')),
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0,
-    last_error TEXT,
-    branch TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_by_claim_order ON tasks (status, priority DESC, id);
-CREATE TABLE IF NOT EXISTS attempts (
-    id INTEGER PRIMARY KEY,
-    task_id INTEGER NOT NULL REFERENCES tasks (id),
-    number INTEGER NOT NULL,
-    worker_id TEXT NOT NULL,
-    lease_token TEXT NOT NULL,
-    lease_expires_at REAL NOT NULL,
-    status TEXT NOT NULL
-        CHECK (status IN ('running', 'succeeded', 'failed', 'lost', 'timeout', 'cancelled',
-                          'rate_limited')),
-    started_at REAL NOT NULL,
-    ended_at REAL,
-    exit_code INTEGER,
-    branch TEXT,
-    worktree TEXT,
-    log_path TEXT,
-    error TEXT,
-    output_tail TEXT,
-    pid INTEGER,
-    pid_create_time REAL,
-    last_output_at REAL,
-    stop_signalled_at REAL,
-    rescued TEXT,
-    phases TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
-CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
-CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
-CREATE INDEX IF NOT EXISTS attempts_rescued ON attempts (rescued) WHERE rescued IS NOT NULL;
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    runtime TEXT NOT NULL,
-    tmux_socket TEXT,
-    pid INTEGER,
-    pid_create_time REAL,
-    spec_id INTEGER REFERENCES applied_specs (id),
-    template_hash TEXT,
-    template_digests TEXT NOT NULL DEFAULT '{}',
-    state TEXT NOT NULL DEFAULT 'starting',
-    current_task INTEGER,
-    started_at REAL,
-    heartbeat_at REAL,
-    restarts INTEGER NOT NULL DEFAULT 0,
-    drain_requested INTEGER NOT NULL DEFAULT 0,
-    drain_requested_at REAL,
-    exited_at REAL,
-    exit_code INTEGER,
-    removed INTEGER NOT NULL DEFAULT 0,
-    health TEXT NOT NULL DEFAULT 'recovering',
-    health_since REAL,
-    restart_epoch REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS restarts (
-    id INTEGER PRIMARY KEY,
-    worker_id TEXT NOT NULL,
-    at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS restarts_by_worker ON restarts (worker_id, at);
-CREATE TABLE IF NOT EXISTS controller (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    pid INTEGER,
-    pid_create_time REAL,
-    started_at REAL,
-    heartbeat_at REAL,
-    stop_requested INTEGER NOT NULL DEFAULT 0,
-    busy_with TEXT,
-    busy_since REAL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    worker_id TEXT,
-    task_id INTEGER,
-    message TEXT NOT NULL,
-    fields TEXT
-);
-"""
-
-# Schema version -> the columns a store of the version before it lacks: (table, column, decl).
-_MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
-    2: (("events", "fields", "TEXT"),),
-    3: (("attempts", "stop_signalled_at", "REAL"), ("controller", "busy_with", "TEXT"),
-        ("controller", "busy_since", "REAL")),
-    4: (("attempts", "rescued", "TEXT"), ("attempts", "phases", "TEXT")),
-}
-
-def _add_column(db: sqlite3.Connection, table: str, column: str, decl: str) -> None:
-    """``ALTER TABLE ... ADD COLUMN`` unless the column is there already (a store
-    whose schema was created after the column was introduced)."""
-    columns = {str(r["name"]) for r in db.execute(f"PRAGMA table_info({table})")}
-    if column not in columns:
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-
 
 def _open_error(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"cannot open the task store {path}: {exc}",
@@ -472,13 +348,7 @@ class Database:
                                  f" (schema {version})", hint="upgrade reconciler")
             if version == SCHEMA_VERSION:
                 return
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            for step in range(version + 1, SCHEMA_VERSION + 1):
-                for table, column, decl in _MIGRATIONS.get(step, ()):
-                    _add_column(db, table, column, decl)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            create_or_upgrade(db, version)
 
     def _refuse_a_lost_store(self) -> None:
         """An empty store beside a pool's logs or prompts was truncated or replaced:

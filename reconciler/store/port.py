@@ -55,7 +55,7 @@ in ``last_error``) or ``cancelled``; until then it is ``queued`` or
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from reconciler.model import (
@@ -150,8 +150,15 @@ class StorePort(Protocol):
     def task(self, task_id: int) -> TaskRow:
         """One task; ``TaskError`` when there is no such task."""
 
-    def tasks(self, status: str | None = None) -> list[TaskRow]:
-        """Every task (of ``status`` only, if given), by id."""
+    def tasks(self, status: str | None = None, *, limit: int | None = None) -> list[TaskRow]:
+        """Every task (of ``status`` only, if given), by id; the first ``limit`` if given."""
+
+    def iter_tasks(self, status: str | None = None, *,
+                   limit: int | None = None) -> Iterator[TaskRow]:
+        """What ``tasks`` returns, streamed: memory does not grow with the task count."""
+
+    def open_task_ids(self) -> list[int]:
+        """The ids of queued and running tasks, in order, without reading finished ones."""
 
     def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
         """Every attempt (of ``task_id`` only, if given, by attempt number)."""

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import StoreError
-from reconciler.model import AppliedSpec, EventRow
+from reconciler.model import AppliedSpec
+from reconciler.store.events import EventLog
 from reconciler.store.tasks import TaskQueue
 from reconciler.store.workers import WorkerRegistry
 
 
-class Store(TaskQueue, WorkerRegistry):
+class Store(TaskQueue, WorkerRegistry, EventLog):
     """Everything the pool persists; one instance per thread or process."""
 
     def record_applied_spec(self, *, source_path: str | None, source_sha256: str,
@@ -60,14 +61,6 @@ class Store(TaskQueue, WorkerRegistry):
         now = time.time() if now is None else now
         with self.transaction() as db:
             self._event(db, now, kind, worker_id, task_id, message, fields)
-
-    def events(self, after_id: int = 0, last: int | None = None) -> list[EventRow]:
-        """Events after ``after_id`` in order; only the ``last`` N of them if given."""
-        rows = self._query("SELECT * FROM (SELECT * FROM events WHERE id > ? ORDER BY id DESC"
-                           " LIMIT ?) ORDER BY id", (after_id, -1 if last is None else last))
-        return [EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"], r["message"],
-                         json.loads(r["fields"]) if r["fields"] else {})
-                for r in rows]
 
     # ------------------------------------------------------------------ pool deletion
 

@@ -11,14 +11,13 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
-from reconciler.errors import TaskError
+from reconciler.errors import StoreError, TaskError
 from reconciler.model import (
     FINAL_TASK_STATUSES,
     AttemptRow,
     Claim,
-    EventRow,
     QueueCounts,
     RetryPolicy,
     TaskRow,
@@ -29,21 +28,28 @@ from reconciler.store.base import Database, jitter
 MAX_PRIORITY = 1_000_000_000
 
 # Queries run on every controller pass; named so tests can check their plans use an index.
-QUEUE_COUNTS_SQL = "SELECT status, COUNT(*) AS n FROM tasks GROUP BY status"
+# tasks per status, kept by triggers (reconciler.store.schema): five rows, whatever the history
+QUEUE_COUNTS_SQL = "SELECT status, n FROM task_counts"
 # an ended attempt whose worktree was kept for its uncommitted work reads as "kept"
 LATEST_ATTEMPT_AT_SQL = ("SELECT CASE WHEN rescued = 'kept' AND status != 'running' THEN 'kept'"
                          " ELSE status END AS status FROM attempts WHERE worktree = ?"
                          " ORDER BY id DESC LIMIT 1")
 TASK_STATUSES_SQL = ("SELECT id, status FROM tasks WHERE id IN"
                      " (SELECT value FROM json_each(?))")
+# ``task list``: in id order (rowid, or ``tasks_by_status`` whose entries end with it)
+TASKS_SQL = "SELECT * FROM tasks ORDER BY id LIMIT ?"
+TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
+OPEN_TASK_IDS_SQL = ("SELECT id FROM tasks WHERE status IN ('queued', 'running')"
+                     " ORDER BY id")
+STREAM_CHUNK = 500
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
-# ``reconcile events`` filters: a kind prefix compared exactly (LIKE would take ``_`` as a
-# wildcard), newest first down the rowid, stopping at the limit; a NULL filter is off
-EVENTS_MATCHING_SQL = (
-    "SELECT * FROM (SELECT * FROM events WHERE id > ?1"
-    " AND (?2 IS NULL OR substr(kind, 1, length(?2)) = ?2)"
-    " AND (?3 IS NULL OR worker_id = ?3) AND (?4 IS NULL OR task_id = ?4)"
-    " ORDER BY id DESC LIMIT ?5) ORDER BY id")
+
+
+def _tasks_query(status: str | None, limit: int | None) -> tuple[str, tuple[object, ...]]:
+    """``TASKS_SQL`` or ``TASKS_OF_STATUS_SQL`` (each walks an index in id order and stops
+    at the limit; -1 is none) with its parameters."""
+    limit = -1 if limit is None else limit
+    return (TASKS_OF_STATUS_SQL, (status, limit)) if status else (TASKS_SQL, (limit,))
 
 
 def check_task_fields(title: str, prompt: str, priority: int) -> None:
@@ -79,11 +85,25 @@ class TaskQueue(Database):
             raise TaskError(f"no task with id {task_id}", hint="see `reconcile task list`")
         return _task(rows[0])
 
-    def tasks(self, status: str | None = None) -> list[TaskRow]:
-        if status:
-            return [_task(r) for r in self._query(
-                "SELECT * FROM tasks WHERE status = ? ORDER BY id", (status,))]
-        return [_task(r) for r in self._query("SELECT * FROM tasks ORDER BY id")]
+    def tasks(self, status: str | None = None, *, limit: int | None = None) -> list[TaskRow]:
+        """Tasks (of ``status`` only, if given) by id, the first ``limit`` if given."""
+        return [_task(r) for r in self._query(*_tasks_query(status, limit))]
+
+    def iter_tasks(self, status: str | None = None, *,
+                   limit: int | None = None) -> Iterator[TaskRow]:
+        """``tasks`` streamed from the cursor, ``STREAM_CHUNK`` rows at a time: memory stays
+        flat however many tasks there are (``task list -o json`` of 100,000)."""
+        try:
+            cursor = self._db.execute(*_tasks_query(status, limit))
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                yield from map(_task, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the task store {self.path} failed: {exc}") from exc
+
+    def open_task_ids(self) -> list[int]:
+        """The ids of the queued and running tasks, in order: two ranges of the
+        ``tasks_by_status`` index, never the finished history."""
+        return [int(r["id"]) for r in self._query(OPEN_TASK_IDS_SQL)]
 
     def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
         if task_id is None:
@@ -92,20 +112,6 @@ class TaskQueue(Database):
             rows = self._query("SELECT * FROM attempts WHERE task_id = ? ORDER BY number",
                                (task_id,))
         return [_attempt(r) for r in rows]
-
-    def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
-                    task_id: int | None = None, after_id: int = 0,
-                    last: int | None = None) -> list[EventRow]:
-        """Events after ``after_id`` whose kind starts with ``kind``, of ``worker_id``
-        and of ``task_id`` (each only if given), in order; only the ``last`` N if given.
-
-        The filter runs in SQL (``EVENTS_MATCHING_SQL``), newest first, stopping at the
-        ``last`` N matches: rows that do not match are never read into Python."""
-        rows = self._query(EVENTS_MATCHING_SQL, (after_id, kind, worker_id, task_id,
-                                                 -1 if last is None else last))
-        return [EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"],
-                         r["message"], json.loads(r["fields"]) if r["fields"] else {})
-                for r in rows]
 
     def task_titles(self, task_ids: Collection[int]) -> dict[int, str]:
         """The titles of ``task_ids`` (unknown ids left out): one primary-key lookup each,
@@ -124,8 +130,9 @@ class TaskQueue(Database):
         return {str(r["branch"]): bool(r["running"]) for r in rows}
 
     def queue_counts(self) -> QueueCounts:
-        """Tasks per status: a GROUP BY over the covering index ``tasks_by_claim_order``
-        (never the table's rows, whose prompts can be large)."""
+        """Tasks per status, from the ``task_counts`` table the schema's triggers keep:
+        one row per status read, so a pass costs the same with 100,000 tasks as with none
+        (a GROUP BY, even over an index, reads every task)."""
         counts = {r["status"]: r["n"] for r in self._query(QUEUE_COUNTS_SQL)}
         return QueueCounts(**counts)
 

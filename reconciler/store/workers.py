@@ -10,6 +10,12 @@ from reconciler.model import ControllerRow, WorkerRow, worker_sort_key
 from reconciler.store.base import Database
 
 
+# each worker's restarts since its epoch: a range of ``restarts_by_worker`` per worker
+# (CROSS JOIN keeps workers outside, so the older restarts are never read)
+RESTART_HISTORY_SQL = ("SELECT r.worker_id, r.at FROM workers w CROSS JOIN restarts r"
+                       " ON r.worker_id = w.id AND r.at >= w.restart_epoch ORDER BY r.at")
+
+
 class WorkerRegistry(Database):
     def register_worker(self, worker_id: str, *, runtime: str, pid: int | None,
                         pid_create_time: float | None, spec_id: int, template_hash: str,
@@ -125,9 +131,7 @@ class WorkerRegistry(Database):
 
     def restart_history(self) -> dict[str, tuple[float, ...]]:
         """Counted restarts of each worker since its budget was last reset, oldest first."""
-        rows = self._query(
-            "SELECT r.worker_id, r.at FROM restarts r JOIN workers w ON w.id = r.worker_id"
-            " WHERE r.at >= w.restart_epoch ORDER BY r.at")
+        rows = self._query(RESTART_HISTORY_SQL)
         history: dict[str, list[float]] = {}
         for r in rows:
             history.setdefault(str(r["worker_id"]), []).append(float(r["at"]))

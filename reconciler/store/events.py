@@ -1,0 +1,101 @@
+"""The pool's event log: the latest N events, filtered, read through an index.
+
+A long-lived pool holds millions of events.  ``reconcile events`` shows the last
+50 (of a task, a worker or a kind, if asked), so every query here walks an index
+backwards from the newest entry and stops at the limit:
+
+- no filter: the rowid (``id``), newest first;
+- ``--task``: ``events_by_task``, ``--worker``: ``events_by_worker`` (an index's
+  entries end with the rowid, so each one's events come in ``id`` order); any other
+  filter given with them is checked on those rows only;
+- ``--kind`` alone, a prefix: each kind that starts with it is found by a seek in
+  ``events_by_kind``, its newest events read from there, and the lists merged.
+  (A scan down the rowid that skips other kinds would read the whole log to find a
+  rare kind; one range over all matching kinds would sort all their events.)
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import sqlite3
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any
+
+from reconciler.model import EventRow
+from reconciler.store.base import Database
+
+LATEST_EVENTS_SQL = "SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?"
+EVENTS_OF_TASK_SQL = "SELECT * FROM events WHERE task_id = ? AND id > ? ORDER BY id DESC LIMIT ?"
+EVENTS_OF_WORKER_SQL = ("SELECT * FROM events WHERE worker_id = ? AND id > ?"
+                        " ORDER BY id DESC LIMIT ?")
+EVENTS_OF_KIND_SQL = "SELECT * FROM events WHERE kind = ? AND id > ? ORDER BY id DESC LIMIT ?"
+NEXT_KIND_SQL = "SELECT kind FROM events WHERE kind > ? ORDER BY kind LIMIT 1"
+# a kind prefix compared exactly (LIKE would take ``_`` as a wildcard)
+KIND_PREFIX = "substr(kind, 1, length(?)) = ?"
+
+
+class EventLog(Database):
+    def events(self, after_id: int = 0, last: int | None = None) -> list[EventRow]:
+        """Events after ``after_id`` in order; only the ``last`` N of them if given."""
+        return _in_order(self._query(LATEST_EVENTS_SQL, (after_id, _limit(last))))
+
+    def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
+                    task_id: int | None = None, after_id: int = 0,
+                    last: int | None = None) -> list[EventRow]:
+        """Events after ``after_id`` whose kind starts with ``kind``, of ``worker_id``
+        and of ``task_id`` (each only if given), in order; only the ``last`` N if given.
+        Rows that do not match are never read into Python (see the module docstring)."""
+        limit = _limit(last)
+        if task_id is None and worker_id is None:
+            if not kind:
+                return self.events(after_id, last)
+            return self._events_of_kinds(kind, after_id, last)
+        sql = EVENTS_OF_TASK_SQL if task_id is not None else EVENTS_OF_WORKER_SQL
+        params: list[object] = [task_id if task_id is not None else worker_id]
+        where = []
+        if task_id is not None and worker_id is not None:
+            where.append("worker_id = ?")
+            params.append(worker_id)
+        if kind:
+            where.append(KIND_PREFIX)
+            params += [kind, kind]
+        if where:
+            sql = sql.replace(" AND id > ?", "".join(f" AND {w}" for w in where) + " AND id > ?")
+        return _in_order(self._query(sql, (*params, after_id, limit)))
+
+    def _events_of_kinds(self, prefix: str, after_id: int, last: int | None) -> list[EventRow]:
+        """The newest ``last`` events of every kind starting with ``prefix``: one index
+        seek per kind there is, and at most ``last`` rows read of each."""
+        newest_first = []
+        for kind in self._kinds_starting_with(prefix):
+            newest_first.append(self._query(EVENTS_OF_KIND_SQL, (kind, after_id, _limit(last))))
+        merged = heapq.merge(*newest_first, key=lambda r: r["id"], reverse=True)
+        return _in_order(list(islice(merged, last)))
+
+    def _kinds_starting_with(self, prefix: str) -> list[str]:
+        """The distinct kinds that start with ``prefix``, each found by one seek in
+        ``events_by_kind`` (the kinds are few; the events of each are many)."""
+        kinds = []
+        rows = self._query("SELECT kind FROM events WHERE kind >= ? ORDER BY kind LIMIT 1",
+                           (prefix,))
+        while rows and str(rows[0]["kind"]).startswith(prefix):
+            after = str(rows[0]["kind"])
+            kinds.append(after)
+            rows = self._query(NEXT_KIND_SQL, (after,))
+        return kinds
+
+
+def _limit(last: int | None) -> int:
+    return -1 if last is None else last
+
+
+def _in_order(newest_first: Sequence[sqlite3.Row]) -> list[EventRow]:
+    return [_event(r) for r in reversed(newest_first)]
+
+
+def _event(r: sqlite3.Row) -> EventRow:
+    fields: dict[str, Any] = json.loads(r["fields"]) if r["fields"] else {}
+    return EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"], r["message"],
+                    fields)
