@@ -259,9 +259,13 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="let promptFile name files outside the task file's directory")
     _pool_options(p)
 
-    p = tsub.add_parser("list", help="list tasks")
+    p = tsub.add_parser("list", help="list tasks (a page of 50; -o json: all of them)")
     _pool_options(p)
     p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--limit", type=_positive_int, metavar="N",
+                       help="show the first N tasks (default: 50 as text, all with -o json)")
+    group.add_argument("--all", action="store_true", help="show every task")
 
     p = tsub.add_parser("show", help="one task with its attempts")
     p.add_argument("task_id", type=_task_id, metavar="ID")

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 from rich.markup import escape
@@ -30,7 +32,7 @@ from reconciler.paths import pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.plan import plan_document
-from reconciler.report.render import console, print_json, printable
+from reconciler.report.render import console, print_json, print_json_array, printable
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
@@ -40,6 +42,8 @@ from reconciler.wakeup import ring_workers
 from reconciler.worktrees import check_repo, repo_lock
 
 POLL_SECONDS = 0.25
+TASK_PAGE = 50  # tasks `task list` shows unless --limit or --all says otherwise
+COMMIT_CHUNK = 1000  # tasks per git call for the commit counts of `task list -o json`
 MAX_REPLICAS = 256
 
 
@@ -404,15 +408,33 @@ def task_import(args: argparse.Namespace) -> int:
 
 
 def task_list(args: argparse.Namespace) -> int:
+    """One page (``TASK_PAGE`` tasks, or ``--limit``) as a table; ``-o json`` streams every
+    task (or ``--limit``) straight from the store's cursor: with 100,000 tasks neither
+    reads more than it shows, nor holds them all in memory (issue 9)."""
     with _open_store(args) as (pool, store):
-        tasks = store.tasks(args.status)
-    commits = _commit_counts(pool, tasks)
-    if args.output == "json":
-        print_json([{**render.task_document(t),
-                     "commits": commits.get(t.branch) if t.branch else None} for t in tasks])
-    else:
-        render.render_tasks(tasks, commits)
+        if args.output == "json":
+            print_json_array(_task_documents(pool, store.iter_tasks(
+                args.status, limit=None if args.all else args.limit)))
+            return 0
+        page = store.tasks(args.status, limit=None if args.all else args.limit or TASK_PAGE)
+        counts = store.queue_counts()
+    render.render_tasks(page, _commit_counts(pool, page))
+    total = getattr(counts, args.status) if args.status else counts.total
+    if total > len(page):
+        console.print(f"showing the first {len(page)} of {total} tasks; "
+                      "--limit N shows more, --all shows every one")
     return 0
+
+
+def _task_documents(pool: Pool, tasks: Iterable[TaskRow]) -> Iterator[dict[str, Any]]:
+    """``task list -o json``'s objects, with each branch's commit count: the counts are
+    asked of git per ``COMMIT_CHUNK`` tasks, so memory stays flat."""
+    rows = iter(tasks)
+    while chunk := list(islice(rows, COMMIT_CHUNK)):
+        commits = _commit_counts(pool, chunk)
+        for t in chunk:
+            yield {**render.task_document(t),
+                   "commits": commits.get(t.branch) if t.branch else None}
 
 
 def _commit_counts(pool: Pool, tasks: list[TaskRow]) -> dict[str, int | None]:
@@ -467,8 +489,7 @@ def task_wait(args: argparse.Namespace) -> int:
         if not any(i.alive for i in pools.observe_pool(pool).instances):
             print(f"warning: no worker of pool {pool.name} is running; tasks will not progress "
                   "until `reconcile apply` starts some", file=sys.stderr)
-        ids = list(args.task_ids) or [t.id for t in store.tasks()
-                                      if t.status not in FINAL_TASK_STATUSES]
+        ids = list(args.task_ids) or store.open_task_ids()
         for task_id in ids:
             store.task(task_id)  # unknown ids fail now, not after waiting
         finished = wait_for_tasks(store, ids, timeout, show=args.output == "text")

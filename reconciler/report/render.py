@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
@@ -64,6 +65,17 @@ _STYLE = {"start": "green", "restart": "yellow", "reset": "yellow"}  # any other
 
 def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=False, default=str))
+
+
+def print_json_array(items: Iterable[Any]) -> None:
+    """A JSON array written as ``items`` come, one compact object per line, so a listing of
+    any length needs the memory of one element (``print_json`` builds the whole text)."""
+    out = sys.stdout
+    separator = "[\n"
+    for item in items:
+        out.write(separator + json.dumps(item, default=str))
+        separator = ",\n"
+    out.write("[]\n" if separator == "[\n" else "\n]\n")
 
 
 def when(ts: float | None) -> str:
