@@ -9,7 +9,6 @@ import time
 from reconciler.model import ControllerRow, WorkerRow, worker_sort_key
 from reconciler.store.base import Database
 
-
 # each worker's restarts since its epoch: a range of ``restarts_by_worker`` per worker
 # (CROSS JOIN keeps workers outside, so the older restarts are never read)
 RESTART_HISTORY_SQL = ("SELECT r.worker_id, r.at FROM workers w CROSS JOIN restarts r"
