@@ -9,13 +9,14 @@ import io
 import json
 from collections import Counter
 from contextlib import redirect_stdout
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from reconciler.commands import TASK_PAGE
 from reconciler.paths import pool_paths
-from reconciler.report.render import print_json_array
+from reconciler.report.render import print_json_array, task_document
 from reconciler.store.sqlite import Store
 from tests.e2e import state_dir
 from tests.helpers import reconcile
@@ -76,3 +77,11 @@ def test_limit_and_all_exclude_each_other(big_pool: int) -> None:
     proc = reconcile("task", "list", "--pool", "p", "--limit", "3", "--all")
     assert proc.returncode != 0 and "not allowed with" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_task_document_is_asdict_of_the_task(tmp_path: Path) -> None:
+    """``task_document`` copies the fields shallowly (for speed): still exactly ``asdict``."""
+    with Store(tmp_path / "store.db") as store:
+        store.add_tasks([("t", "p", 3)])
+        task = store.tasks()[0]
+    assert list(task_document(task).items()) == list(asdict(task).items())

