@@ -37,6 +37,17 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^alias bomb .* rejected by the alias cap in {FIGURE} ms",
         rf"^alias bomb .* rejected by the expansion cap in {FIGURE} ms",
     ]),
+    "bench_store.py": (["--tasks", "30", "--attempts", "30", "--events", "200", "--repeat", "1",
+                        "--cli-repeat", "1"], [
+        rf"^pass store reads +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^queue_counts\(\) +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^status +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^task list \(page\) +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^task list -o json +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^task list -o json peak RSS +{FIGURE} MB +{FIGURE} MB +{FIGURE}x$",
+        rf"^events +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^events --kind +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+    ]),
     "bench_worktrees.py": (["--tasks", "2", "--workers", "1", "--files", "10",
                             "--setup-files", "5", "--setup-seconds", "0"], [
         rf"^setup dominates +fresh {FIGURE} tasks/s +perWorker {FIGURE} tasks/s +{FIGURE}x$",
