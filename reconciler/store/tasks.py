@@ -36,6 +36,9 @@ LATEST_ATTEMPT_AT_SQL = ("SELECT CASE WHEN rescued = 'kept' AND status != 'runni
                          " ORDER BY id DESC LIMIT 1")
 TASK_STATUSES_SQL = ("SELECT id, status FROM tasks WHERE id IN"
                      " (SELECT value FROM json_each(?))")
+# the next task to run: the head of ``tasks_by_claim_order`` (not ``tasks_by_status``)
+CLAIM_SQL = ("SELECT * FROM tasks WHERE status = 'queued' AND not_before <= ?"
+             " ORDER BY priority DESC, id LIMIT 1")
 # ``task list``: in id order (rowid, or ``tasks_by_status`` whose entries end with it)
 TASKS_SQL = "SELECT * FROM tasks ORDER BY id LIMIT ?"
 TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
@@ -185,9 +188,7 @@ class TaskQueue(Database):
             paused = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
             if paused is not None and float(paused["value"]) > now:
                 return None  # rate limited: nobody claims until the limit resets
-            row = db.execute(
-                "SELECT * FROM tasks WHERE status = 'queued' AND not_before <= ?"
-                " ORDER BY priority DESC, id LIMIT 1", (now,)).fetchone()
+            row = db.execute(CLAIM_SQL, (now,)).fetchone()
             if row is None:
                 return None
             # ``attempts`` counts the budget used; ``number`` names this run (worktree, log)
