@@ -4,16 +4,17 @@ A pool that has run for months holds 100,000 tasks, 100,000 past attempts and a
 million events.  None of that history should make a controller pass, ``status``,
 a page of ``task list`` or ``events`` slower, and ``task list -o json`` must
 stream every task in bounded memory.  Each figure is measured twice in the same
-run: on an empty store (the baseline: same schema, same workers, no history)
-and on a store at scale, and printed with the ratio.
+run, the samples of the two alternating: on a fresh pool (the baseline: same
+schema, same workers, 100 tasks so every page is as full; ``--baseline-tasks 0``
+makes it empty) and on a store at scale, and printed with the ratio.
 
 The history is written with plain ``executemany`` inserts into a store whose
 schema the real ``Store`` created (so its indexes are the real ones, and no
 ``ANALYZE`` is run: the planner sees what it sees in a user's store).
 
 Run: ``python benchmarks/bench_store.py [--tasks 100000] [--attempts 100000]
-[--events 1000000] [--repeat 20] [--cli-repeat 5]``.  Its state directory is a
-temporary one, removed on the way out.
+[--events 1000000] [--baseline-tasks 100] [--repeat 20] [--cli-repeat 5]``.
+Its state directory is a temporary one, removed on the way out.
 """
 
 from __future__ import annotations
@@ -101,15 +102,6 @@ def pass_reads(store: Store) -> dict[str, Callable[[], object]]:
     }
 
 
-def median_ms(fn: Callable[[], object], repeat: int) -> float:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
-
-
 def run_cli(state_dir: Path, args: list[str]) -> tuple[float, float]:
     """One ``reconcile`` process: its wall time (ms) and its peak RSS (MB)."""
     command = [sys.executable, "-m", "reconciler", "--state-dir", str(state_dir), *args,
@@ -125,11 +117,6 @@ def run_cli(state_dir: Path, args: list[str]) -> tuple[float, float]:
     if proc.returncode not in (0, 3):  # 3: status says a worker is unhealthy
         sys.exit(f"error: {' '.join(args)} exited {proc.returncode}: {errors.strip()}")
     return elapsed, usage.ru_maxrss / 1024
-
-
-def cli_figures(state_dir: Path, args: list[str], repeat: int) -> tuple[float, float]:
-    runs = [run_cli(state_dir, args) for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
 def read_command_reads(store: Store) -> dict[str, Callable[[], object]]:
@@ -156,20 +143,43 @@ COMMANDS = {
 }
 
 
-def measure(state_dir: Path, repeat: int, cli_repeat: int) -> dict[str, float]:
-    figures: dict[str, float] = {}
-    with Store(pool_paths(state_dir, POOL).store) as store:
-        reads = pass_reads(store)
-        for name, read in reads.items():
-            figures[name] = median_ms(read, repeat)
-        figures["pass store reads"] = median_ms(lambda: [r() for r in reads.values()], repeat)
-        for name, read in read_command_reads(store).items():
-            figures[name] = median_ms(read, repeat)
+def measure(baseline: Path, scaled: Path, repeat: int,
+            cli_repeat: int) -> list[tuple[str, str, float, float]]:
+    """``(what, unit, on the baseline, at scale)`` for each figure.  Samples of the two
+    stores alternate, so a change in the machine's load meanwhile hits both alike."""
+    figures = []
+    with Store(pool_paths(baseline, POOL).store) as small, \
+            Store(pool_paths(scaled, POOL).store) as big:
+        reads = [pass_reads(small), pass_reads(big)]
+        for name in reads[0]:
+            figures.append((name, "ms", *alternating(
+                [reads[0][name], reads[1][name]], repeat)))
+        figures.append(("pass store reads", "ms", *alternating(
+            [lambda r=r: [read() for read in r.values()] for r in reads], repeat)))
+        commands = [read_command_reads(small), read_command_reads(big)]
+        for name in commands[0]:
+            figures.append((name, "ms", *alternating(
+                [commands[0][name], commands[1][name]], repeat)))
     for name, args in COMMANDS.items():
-        figures[name], rss = cli_figures(state_dir, args, cli_repeat)
+        runs: list[list[tuple[float, float]]] = [[], []]
+        for _ in range(cli_repeat):
+            for side, state_dir in enumerate((baseline, scaled)):
+                runs[side].append(run_cli(state_dir, args))
+        figures.append((name, "ms", *(statistics.median(t for t, _ in r) for r in runs)))
         if name == "task list -o json":
-            figures[f"{name} peak RSS"] = rss
+            figures.append((f"{name} peak RSS", "MB", *(max(m for _, m in r) for r in runs)))
     return figures
+
+
+def alternating(reads: list[Callable[[], object]], repeat: int) -> tuple[float, float]:
+    """The median time (ms) of each of two reads, sampled in turn."""
+    samples: list[list[float]] = [[], []]
+    for _ in range(repeat):
+        for side, read in enumerate(reads):
+            start = time.perf_counter()
+            read()
+            samples[side].append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def main() -> int:
@@ -177,28 +187,29 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--attempts", type=int, default=100_000)
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--baseline-tasks", type=int, default=100,
+                        help="tasks (and attempts; ten times as many events) of the baseline "
+                        "store: enough to fill a page, so both show as many rows (default 100; "
+                        "0: empty)")
     parser.add_argument("--repeat", type=int, default=20, help="samples per store read")
     parser.add_argument("--cli-repeat", type=int, default=5, help="processes per command")
     args = parser.parse_args()
-    if min(args.tasks, args.attempts, args.events) < 0 or min(args.repeat,
-                                                              args.cli_repeat) < 1:
+    if min(args.tasks, args.attempts, args.events, args.baseline_tasks) < 0 or \
+            min(args.repeat, args.cli_repeat) < 1:
         print("error: sizes must be >= 0 and repeats >= 1", file=sys.stderr)
         return 1
     root = Path(tempfile.mkdtemp(prefix="bench-store-"))
     try:
-        empty, full = root / "empty", root / "full"
-        build_store(empty, 0, 0, 0)
+        small, full = root / "small", root / "full"
+        build_store(small, args.baseline_tasks, args.baseline_tasks, 10 * args.baseline_tasks)
         start = time.perf_counter()
         build_store(full, args.tasks, args.attempts, args.events)
         print(f"store: {args.tasks} tasks, {args.attempts} attempts, {args.events} events "
-              f"(built in {time.perf_counter() - start:.1f} s); baseline: the same pool with "
-              "no history")
-        baseline = measure(empty, args.repeat, args.cli_repeat)
-        scaled = measure(full, args.repeat, args.cli_repeat)
-        print(f"{'what':<26} {'empty':>10} {'at scale':>10} {'ratio':>8}")
-        for name, before in baseline.items():
-            unit = "MB" if name.endswith("RSS") else "ms"
-            after = scaled[name]
+              f"(built in {time.perf_counter() - start:.1f} s); baseline, same run: the same "
+              f"pool with {args.baseline_tasks} tasks and attempts, "
+              f"{10 * args.baseline_tasks} events")
+        print(f"{'what':<26} {'baseline':>10} {'at scale':>10} {'ratio':>8}")
+        for name, unit, before, after in measure(small, full, args.repeat, args.cli_repeat):
             print(f"{name:<26} {before:>7.3f} {unit} {after:>7.3f} {unit} "
                   f"{after / before if before else 0:>7.2f}x")
     finally:
