@@ -40,6 +40,7 @@ def plan_of(store: Store, sql: str) -> str:
 HOT_QUERIES = [
     pytest.param(task_sql.QUEUE_COUNTS_SQL, None, id="queue-counts"),
     pytest.param(task_sql.CLAIM_SQL, "tasks_by_claim_order", id="claim"),
+    pytest.param(task_sql.NEXT_DUE_SQL, "tasks_by_status", id="next-claim-at"),
     pytest.param(task_sql.LATEST_ATTEMPT_AT_SQL, "attempts_by_worktree", id="attempt-worktrees"),
     pytest.param(task_sql.RUNNING_ATTEMPTS_SQL, "attempts_by_status", id="running-attempts"),
     pytest.param(RESTART_HISTORY_SQL, "restarts_by_worker", id="restart-history"),
