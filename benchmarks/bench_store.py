@@ -20,6 +20,7 @@ Its state directory is a temporary one, removed on the way out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -155,7 +156,7 @@ def measure(baseline: Path, scaled: Path, repeat: int,
             figures.append((name, "ms", *alternating(
                 [reads[0][name], reads[1][name]], repeat)))
         figures.append(("pass store reads", "ms", *alternating(
-            [lambda r=r: [read() for read in r.values()] for r in reads], repeat)))
+            [functools.partial(read_all, r) for r in reads], repeat)))
         commands = [read_command_reads(small), read_command_reads(big)]
         for name in commands[0]:
             figures.append((name, "ms", *alternating(
@@ -165,10 +166,18 @@ def measure(baseline: Path, scaled: Path, repeat: int,
         for _ in range(cli_repeat):
             for side, state_dir in enumerate((baseline, scaled)):
                 runs[side].append(run_cli(state_dir, args))
-        figures.append((name, "ms", *(statistics.median(t for t, _ in r) for r in runs)))
+        small_run, big_run = runs
+        figures.append((name, "ms", statistics.median(t for t, _ in small_run),
+                        statistics.median(t for t, _ in big_run)))
         if name == "task list -o json":
-            figures.append((f"{name} peak RSS", "MB", *(max(m for _, m in r) for r in runs)))
+            figures.append((f"{name} peak RSS", "MB", max(m for _, m in small_run),
+                            max(m for _, m in big_run)))
     return figures
+
+
+def read_all(reads: dict[str, Callable[[], object]]) -> None:
+    for read in reads.values():
+        read()
 
 
 def alternating(reads: list[Callable[[], object]], repeat: int) -> tuple[float, float]:

@@ -22,7 +22,6 @@ from reconciler.commands import wait_for_tasks
 from reconciler.errors import LockHeldError, PoolError, StoreError, TaskError
 from reconciler.lock import pool_lock
 from reconciler.paths import PoolPaths
-from reconciler.store import base
 from reconciler.store import schema as store_schema
 from reconciler.store.sqlite import Store
 from reconciler.store.tasks import LATEST_ATTEMPT_AT_SQL, QUEUE_COUNTS_SQL, RUNNING_ATTEMPTS_SQL
@@ -237,7 +236,7 @@ def test_opening_a_current_store_writes_nothing(store: Store, db_path: Path) -> 
     before = store.data_version()
     Store(db_path).close()
     assert store.data_version() == before
-    assert user_version(db_path) == base.SCHEMA_VERSION == 5
+    assert user_version(db_path) == store_schema.SCHEMA_VERSION == 5
 
 
 def _version_1_store(db_path: Path) -> None:
@@ -258,7 +257,7 @@ def test_version_1_store_is_migrated_once(db_path: Path) -> None:
     _version_1_store(db_path)
 
     with Store(db_path) as store:
-        assert user_version(db_path) == base.SCHEMA_VERSION
+        assert user_version(db_path) == store_schema.SCHEMA_VERSION
         store.add_event("new.event", "v2", fields={"n": 1})
         assert [(e.kind, e.fields) for e in store.events()] == [
             ("old.event", {}), ("new.event", {"n": 1})]

@@ -100,7 +100,7 @@ def test_queue_counts_follow_every_change_of_status(store: Store) -> None:
 def _store_of_version(path: Path, version: int) -> None:
     """A store as schema ``version`` left it: v4 had no task_counts, no events or
     tasks_by_status indexes; v3 also no attempts.rescued / phases (nor their index)."""
-    dropped = ("task_counts", "events_by_", "tasks_by_status")
+    dropped: tuple[str, ...] = ("task_counts", "events_by_", "tasks_by_status")
     if version < 4:
         dropped += ("attempts_rescued",)
     kept = [s for s in schema.statements(schema.SCHEMA) if not any(d in s for d in dropped)]
