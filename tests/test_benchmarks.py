@@ -32,6 +32,10 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^ +1 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +3 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
     ]),
+    "bench_planner.py": (["--workers", "2", "5", "--passes", "2"], [
+        rf"^ +2 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+        rf"^ +5 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+    ]),
     "bench_spec.py": (["--repeat", "1", "--number", "1"], [
         rf"^load\+validate demo spec: {FIGURE} ms \(yaml\.safe_load alone: {FIGURE} ms",
         rf"^alias bomb .* rejected by the alias cap in {FIGURE} ms",
