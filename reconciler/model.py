@@ -7,9 +7,12 @@ actions in ``reconciler.actions``, and renderers and the executor consume it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_TASK_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
@@ -221,10 +224,36 @@ class Observation:
     worker_worktrees: tuple[str, ...] = ()  # worktrees.reuse: perWorker, one per worker
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
-        return next((a for a in self.running if a.worker_id == worker_id), None)
+        return self._attempts_by_worker.get(worker_id)
 
     def instance(self, worker_id: str) -> RuntimeInstance | None:
-        return next((i for i in self.instances if i.worker_id == worker_id), None)
+        return self._instances_by_worker.get(worker_id)
 
     def worker(self, worker_id: str) -> WorkerRow | None:
-        return next((w for w in self.workers if w.id == worker_id), None)
+        return self._workers_by_id.get(worker_id)
+
+    # Indexes built on first use (the snapshot is frozen, so they never go stale): the
+    # planner looks every worker up, and a scan per lookup made a pass quadratic in the
+    # pool size.  Each keeps the first entry per worker, as a scan would find it.
+
+    @cached_property
+    def _attempts_by_worker(self) -> dict[str, AttemptRow]:
+        return _first_by(self.running, lambda a: a.worker_id)
+
+    @cached_property
+    def _instances_by_worker(self) -> dict[str, RuntimeInstance]:
+        return _first_by(self.instances, lambda i: i.worker_id)
+
+    @cached_property
+    def _workers_by_id(self) -> dict[str, WorkerRow]:
+        return _first_by(self.workers, lambda w: w.id)
+
+
+def _first_by(items: Iterable[T], key: Callable[[T], str | None]) -> dict[str, T]:
+    """``items`` by ``key``; the first of several with the same key wins."""
+    index: dict[str, T] = {}
+    for item in items:
+        k = key(item)
+        if k is not None:
+            index.setdefault(k, item)
+    return index
