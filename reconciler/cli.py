@@ -13,10 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from loguru import logger
-
 from reconciler import __version__
 from reconciler.errors import ReconcilerError
+from reconciler.log import warnings_to_stderr
 from reconciler.paths import check_state_dir, default_state_dir
 
 EPILOG = """\
@@ -286,6 +285,19 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--timeout", default=None, help="give up after this long (exit 1)")
 
 
+def _run_worker(args: argparse.Namespace) -> int:
+    """``reconcile worker``, without the rest of the CLI: a worker process loads only
+    what it runs (no rich, jsonschema, planner...: issue 9, lean processes)."""
+    from reconciler import worker
+    from reconciler.errors import PoolError
+    from reconciler.paths import pool_paths
+
+    paths = pool_paths(args.state_dir, args.pool)
+    if not paths.exists():
+        raise PoolError(f"pool {args.pool!r} has no store in {args.state_dir}")
+    return worker.main(paths, args.id, args.spec_id)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -298,11 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.state_dir = default_state_dir()
     # Library warnings (e.g. a store write waiting out a full disk) as short lines;
     # the controller and workers set up their own logs.
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING", format="warning: {message}")
-    from reconciler import commands
-
+    warnings_to_stderr()
     try:
+        if args.command == "worker":
+            return _run_worker(args)
+        from reconciler import commands
+
         return commands.dispatch(args)
     except ReconcilerError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)

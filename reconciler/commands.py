@@ -13,11 +13,10 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reconciler import controller, demo, operations, worker
+from reconciler import controller, demo, operations
 from reconciler import pool as pools
 from reconciler.actions import Plan
 from reconciler.branches import known_counts, prune_empty_branches
@@ -26,9 +25,9 @@ from reconciler.crashtail import crash_tails
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
+from reconciler.log import log_to
 from reconciler.model import FINAL_TASK_STATUSES, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
-from reconciler.paths import pool_paths
 from reconciler.pool import Pool
 from reconciler.report import render
 from reconciler.report.plan import plan_document
@@ -51,7 +50,7 @@ def dispatch(args: argparse.Namespace) -> int:
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "validate": cmd_validate, "diff": cmd_diff, "apply": cmd_apply, "delete": cmd_delete,
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
-        "worker": cmd_worker, "demo": cmd_demo, "controller": cmd_controller,
+        "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune,
     }
@@ -185,10 +184,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
     if pool.spec is None:
         raise PoolError(f"pool {pool.name!r} was never applied",
                         hint="pass -f workers.yaml to apply it and keep it converged")
-    logger.remove()
-    logger.add(sys.stderr, format="{time:HH:mm:ss} controller {level} {message}", level="INFO")
+    log_to(sys.stderr, "{time} controller {level} {message}", level="INFO", replace=True)
     log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")
-    logger.add(log, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message}", level="DEBUG")
+    log_to(log, "{time} {level} {message}", time="timestamp")
     # with -f, the file given is applied (once the lock is ours) and kept converged
     return controller.run_controller(pool, apply_first=bool(args.file))
 
@@ -535,13 +533,6 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
 
 
 # ---------------------------------------------------------------------- internal
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    paths = pool_paths(args.state_dir, args.pool)
-    if not paths.exists():
-        raise PoolError(f"pool {args.pool!r} has no store in {args.state_dir}")
-    return worker.main(paths, args.id, args.spec_id)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -36,11 +36,10 @@ import threading
 import time
 from types import FrameType
 
-from loguru import logger
-
 from reconciler.actions import Plan, target, verb
 from reconciler.errors import LockHeldError, ReconcilerError
 from reconciler.lock import take_lock
+from reconciler.log import logger
 from reconciler.model import Observation
 from reconciler.operations import PassResult, apply, controller_pass
 from reconciler.planner import next_wakeup

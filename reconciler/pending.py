@@ -17,9 +17,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from loguru import logger
-
 from reconciler.errors import ReconcilerError
+from reconciler.log import logger
 from reconciler.model import Claim, RetryPolicy
 from reconciler.store.port import StorePort
 

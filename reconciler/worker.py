@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from loguru import logger
-
 from reconciler import pending
 from reconciler.crashlog import enable_crash_log
 from reconciler.errors import ReconcilerError
+from reconciler.log import log_to, logger
 from reconciler.marks import pool_key
 from reconciler.model import Claim
 from reconciler.naming import branch_for
@@ -405,13 +404,12 @@ def main(paths: PoolPaths, worker_id: str, spec_id: int) -> int:
     """Entry point of ``reconcile worker`` (started by the executor, not by hand)."""
     store = Store(paths.store)
     spec = spec_from_document(store.spec_document(spec_id))
-    logger.remove()
-    logger.add(sys.stderr, format="{time:HH:mm:ss} " + worker_id + " {level} {message}",
-               level="INFO")
+    log_to(sys.stderr, "{time} " + worker_id + " {level} {message}", level="INFO",
+           replace=True)
     # a fatal signal (SIGBUS on a store's mapped -shm) or an uncaught error leaves its
     # report in the worker's log, not only on a terminal nobody watches
     log = enable_crash_log(paths.logs / f"{worker_id}.log", who=worker_id)
-    logger.add(log, format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level} {message}", level="DEBUG")
+    log_to(log, "{time} {level} {message}", time="timestamp")
     worker = Worker(paths, worker_id, spec, store)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -73,3 +73,24 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one() -> Non
     assert len(commands) == 2
     assert "reconcile demo" in commands[0]
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+HEAVY_MODULES = ("rich", "jsonschema", "loguru", "yaml", "asyncio", "transitions",
+                 "reconciler.planner", "reconciler.commands")
+
+
+def test_a_worker_process_loads_no_heavy_module(tmp_path: Path) -> None:
+    """What ``python -m reconciler worker`` loads, in a fresh interpreter: the CLI's
+    entry, the worker module and the path a worker's start takes (here to the check
+    that its pool exists).  Every worker paid for rich, jsonschema and loguru (with
+    asyncio) without using them: ~25 MB and ~200 ms each (issue 9)."""
+    probe = ("import json, sys\n"
+             "from reconciler import cli, worker\n"
+             f"code = cli.main(['--state-dir', {str(tmp_path)!r}, 'worker', '--pool', 'p',"
+             " '--id', 'w-1', '--spec-id', '1'])\n"
+             f"print(json.dumps([code, [m for m in {list(HEAVY_MODULES)!r} "
+             "if m in sys.modules]]))")
+    proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[1, []]", proc.stdout + proc.stderr
+    assert "has no store" in proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -25,7 +26,6 @@ from typing import Any
 
 import psutil
 import pytest
-from loguru import logger
 
 from reconciler.errors import StoreError
 from reconciler.store import base
@@ -280,9 +280,15 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     monkeypatch.setattr(base, "BUSY_TIMEOUT_MS", 100)
     monkeypatch.setattr(base, "RETRY_SECONDS", 10.0)
     warnings: list[str] = []
-    sink = logger.add(lambda m: warnings.append(str(m)), level="WARNING", format="{message}")
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    sink = Collect(level=logging.WARNING)
+    logging.getLogger("reconciler").addHandler(sink)
     yield warnings
-    logger.remove(sink)
+    logging.getLogger("reconciler").removeHandler(sink)
 
 
 def hold_exclusive(path: Path, seconds: float) -> threading.Thread:

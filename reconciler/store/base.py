@@ -39,9 +39,8 @@ from pathlib import Path
 from types import FunctionType, TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
-from loguru import logger
-
 from reconciler.errors import StoreError
+from reconciler.log import logger
 from reconciler.store.schema import SCHEMA_VERSION, create_or_upgrade
 
 BUSY_TIMEOUT_MS = 15_000
