@@ -19,10 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from reconciler.durations import parse_duration
 from reconciler.errors import GitError, SpecError
@@ -46,7 +43,14 @@ from reconciler.templates import (
     check_template,
     prefill,
 )
-from reconciler.yamlsafe import MAX_BYTES, LoadedYaml, PathKey, Position, YamlLoadError, load_yaml
+
+# jsonschema and PyYAML cost a process tens of milliseconds and megabytes to import:
+# they are loaded when a file is read, not by every command that handles a spec
+# (``status``, ``diff --pool``, the controller's passes, every worker; issue 9).
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
+
+    from reconciler.yamlsafe import LoadedYaml, PathKey, Position
 
 __all__ = ["HealthSpec", "HooksSpec", "PoolSpec", "RateLimit", "RestartPolicy", "TaskPolicy",
            "WorkerSpec", "WorktreeSpec", "canonical_json", "load_spec", "parse_spec",
@@ -68,6 +72,8 @@ def load_schema() -> dict[str, Any]:
 
 def load_spec(path: str | Path) -> PoolSpec:
     """Read, validate and type the spec at ``path``; raise ``SpecError`` if invalid."""
+    from reconciler.yamlsafe import MAX_BYTES
+
     file = Path(path)
     label = str(path)
     try:
@@ -93,6 +99,8 @@ def load_spec(path: str | Path) -> PoolSpec:
 def parse_spec(text: str, *, label: str, base_dir: Path,
                source_path: Path | None = None) -> PoolSpec:
     """Validate spec ``text``; relative paths are taken from ``base_dir``."""
+    from reconciler.yamlsafe import YamlLoadError, load_yaml
+
     sha = hashlib.sha256(text.encode()).hexdigest()
     try:
         loaded = load_yaml(text)
@@ -248,20 +256,28 @@ def _pattern(_validator: Any, pattern: str, instance: Any,
     if pattern.endswith("$") and not pattern.endswith("\\$"):
         pattern = pattern[:-1] + "\\Z"
     if not re.search(pattern, instance):
+        from jsonschema.exceptions import ValidationError
+
         yield ValidationError(f"{instance!r} does not match {pattern!r}")
 
 
-# JSON Schema counts 1.0 as an integer; a replica count of 1.0 is a typo, not a number
-_Validator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator,
-    validators={"pattern": _pattern},
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)),
-)
+@cache
+def _validator_class() -> Any:
+    """Draft 2020-12 with our ``pattern``, and an integer that is not a float: JSON Schema
+    counts 1.0 as an integer, but a replica count of 1.0 is a typo, not a number."""
+    import jsonschema
+
+    return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        jsonschema.Draft202012Validator,
+        validators={"pattern": _pattern},
+        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+            "integer",
+            lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)),
+    )
 
 
 def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
-    validator = _Validator(load_schema())
+    validator = _validator_class()(load_schema())
     # unknown keys first: a misspelt required key is also reported missing, and the
     # typo ("did you mean") is the line that says how to fix both
     found: list[tuple[tuple[int, int, int], str]] = []
