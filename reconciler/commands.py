@@ -1,4 +1,9 @@
-"""One handler per CLI command: call the operation, render its result, pick the exit code."""
+"""One handler per CLI command: call the operation, render its result, pick the exit code.
+
+A handler imports what only it needs (the planner and executor, the controller, the
+demo, rich's progress bars, PyYAML): every CLI call pays for what this module imports
+at the top, and ``status`` should not pay for ``apply`` (issue 9: lean processes).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from reconciler import controller, demo, operations
 from reconciler import pool as pools
 from reconciler.actions import Plan
 from reconciler.branches import known_counts, prune_empty_branches
@@ -36,7 +39,6 @@ from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
-from reconciler.taskfile import NewTask, check_prompt, check_title, read_prompt_file, read_task_file
 from reconciler.wakeup import ring_workers
 from reconciler.worktrees import check_repo, repo_lock
 
@@ -92,6 +94,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from reconciler import operations
+
     pool = pools.resolve_pool(args.state_dir, args.file, None)
     plan = operations.diff(pool)
     if args.output == "json":
@@ -102,6 +106,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    from reconciler import operations
+
     wait_timeout = _duration_arg(args.timeout, "--timeout")
     lock_timeout = _duration_arg(args.lock_timeout, "--lock-timeout")
     pool = pools.resolve_pool(args.state_dir, args.file, None)
@@ -165,6 +173,8 @@ def _show_crash_tails(pool: Pool) -> None:
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    from reconciler import operations
+
     pool = _pool(args)
     result = operations.delete(
         pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
@@ -180,6 +190,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
+    from reconciler import controller
+
     pool = _pool(args)
     if pool.spec is None:
         raise PoolError(f"pool {pool.name!r} was never applied",
@@ -192,6 +204,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def cmd_restart(args: argparse.Namespace) -> int:
+    from reconciler import operations
+
     pool = _pool(args)
     result = operations.restart(pool, args.worker)
     for problem in result.report.problems:
@@ -336,6 +350,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    from reconciler import operations
+
     path = Path(args.file)
     wait_timeout = _duration_arg(args.timeout, "--timeout")
     if not 0 <= args.replicas <= MAX_REPLICAS:
@@ -368,6 +384,8 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def task_add(args: argparse.Namespace) -> int:
+    from reconciler.taskfile import check_prompt, check_title, read_prompt_file
+
     try:
         title = check_title(args.title)
     except TaskError as exc:
@@ -394,6 +412,8 @@ def task_add(args: argparse.Namespace) -> int:
 
 
 def task_import(args: argparse.Namespace) -> int:
+    from reconciler.taskfile import NewTask, read_task_file
+
     tasks: list[NewTask] = read_task_file(args.tasks_file, allow_outside=args.allow_outside)
     with _open_store(args, create=True) as (pool, store):
         ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
@@ -505,6 +525,14 @@ def task_wait(args: argparse.Namespace) -> int:
 
 
 def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show: bool) -> bool:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
@@ -536,4 +564,6 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from reconciler import demo
+
     return demo.run(args)

@@ -36,6 +36,14 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^ +2 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +5 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
     ]),
+    "bench_processes.py": (["--workers", "2", "--runs", "2"], [
+        rf"^idle worker PSS: {FIGURE} MB median of 2 \(RSS {FIGURE} MB\); "
+        rf"bare python PSS: {FIGURE} MB; ratio {FIGURE}x$",
+        rf"^reconcile status: {FIGURE} ms median, {FIGURE} ms p90 of 2 runs; "
+        rf"python -c pass: {FIGURE} ms; ratio {FIGURE}x$",
+        rf"^reconcile diff: {FIGURE} ms median, {FIGURE} ms p90 of 2 runs; "
+        rf"python -c pass: {FIGURE} ms; ratio {FIGURE}x$",
+    ]),
     "bench_spec.py": (["--repeat", "1", "--number", "1"], [
         rf"^load\+validate demo spec: {FIGURE} ms \(yaml\.safe_load alone: {FIGURE} ms",
         rf"^alias bomb .* rejected by the alias cap in {FIGURE} ms",
@@ -70,7 +78,8 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^busy +tmux +1 workers: {FIGURE}% of a core",
     ]),
 }
-E2E = {"bench_observe.py", "bench_worktrees.py", "bench_recovery.py",  # real workers
+# real tmux; real workers and git
+E2E = {"bench_observe.py", "bench_processes.py", "bench_worktrees.py", "bench_recovery.py",
        "bench_idle.py"}
 
 
