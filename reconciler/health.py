@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-
-from transitions import Machine
+from typing import TYPE_CHECKING
 
 from reconciler.actions import Step
 from reconciler.durations import format_duration
 from reconciler.specmodel import PoolSpec
+
+if TYPE_CHECKING:
+    from transitions import Machine
 
 STATES = ("recovering", "healthy", "working", "slow", "unresponsive", "dead", "failed",
           "stopping", "stopped")
@@ -162,7 +164,11 @@ def _machine() -> Machine:
     """The one machine every worker's assessment runs on: the table is built once per
     process, not once per worker per pass (that cost 83 % of a 256-worker pass).
     Models are not registered with it (``add_model`` binds two dozen methods to each):
-    an assessment fires the table's events on its own model directly."""
+    an assessment fires the table's events on its own model directly.  Built (and
+    ``transitions`` imported) when a worker's health first changes: ``status`` on a
+    steady pool never needs it."""
+    from transitions import Machine
+
     return Machine(model=None, states=list(STATES), initial="recovering",
                    auto_transitions=False,
                    transitions=[{"trigger": rule.trigger, "source": list(rule.sources),
