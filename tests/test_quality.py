@@ -94,3 +94,21 @@ def test_a_worker_process_loads_no_heavy_module(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[1, []]", proc.stdout + proc.stderr
     assert "has no store" in proc.stderr
+
+
+def test_read_commands_load_no_spec_validator_and_no_executor(tmp_path: Path) -> None:
+    """``reconcile status`` in a fresh interpreter (here on an empty state directory, so
+    it stops at "no pool"): the CLI and every handler's module load, yet neither the
+    spec validator and YAML (a file is read only by commands given one) nor what
+    ``apply`` drives.  Every call paid for them (issue 9: status and diff ≤ 100 ms)."""
+    heavy = ["jsonschema", "yaml", "loguru", "asyncio", "rich.progress",
+             "reconciler.operations", "reconciler.executor", "reconciler.controller",
+             "reconciler.demo"]
+    probe = ("import json, sys\n"
+             "from reconciler import cli\n"
+             f"code = cli.main(['--state-dir', {str(tmp_path)!r}, 'status'])\n"
+             f"print(json.dumps([code, 'reconciler.commands' in sys.modules, "
+             f"[m for m in {heavy!r} if m in sys.modules]]))")
+    proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[1, true, []]", proc.stdout + proc.stderr
