@@ -183,7 +183,6 @@ RULES_FROM: dict[str, tuple[Rule, ...]] = {
 
 def assess(worker: str, state: str, facts: WorkerFacts, spec: PoolSpec) -> list[Step]:
     """Every transition the table makes from ``state`` given ``facts``, in order."""
-    machine = _machine()
     model = _Conditions(facts, spec)
     model.state = state if state in STATES else "recovering"
     steps: list[Step] = []
@@ -194,7 +193,7 @@ def assess(worker: str, state: str, facts: WorkerFacts, spec: PoolSpec) -> list[
         if rule is None:
             break
         source = model.state
-        machine.events[rule.trigger].trigger(model)
+        _machine().events[rule.trigger].trigger(model)
         steps.append(Step(worker, source, model.state, rule.trigger,
                           _reason(rule, facts, spec)))
     return steps

@@ -112,3 +112,26 @@ def test_read_commands_load_no_spec_validator_and_no_executor(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[1, true, []]", proc.stdout + proc.stderr
+
+
+def test_health_loads_transitions_only_when_a_worker_changes_state() -> None:
+    """``status`` assesses every worker; on a steady pool nothing fires, so the state
+    machine library is not even imported (it is, once, for the first change)."""
+    probe = ("import json, sys\n"
+             "from pathlib import Path\n"
+             "from reconciler.health import WorkerFacts, assess\n"
+             "from reconciler.spec import parse_spec\n"
+             "from tests.test_health import SPEC_TEXT\n"
+             "spec = parse_spec(SPEC_TEXT, label='t.yaml', base_dir=Path('/srv'))\n"
+             "steady = WorkerFacts(process_alive=True, exit_description='',"
+             " heartbeat_age=1.0, since_start=60.0, busy=False)\n"
+             "seen = [len(assess('w-1', 'healthy', steady, spec)),"
+             " 'transitions' in sys.modules]\n"
+             "gone = WorkerFacts(process_alive=False, exit_description='exit 1',"
+             " heartbeat_age=1.0, since_start=60.0, busy=False)\n"
+             "seen += [[s.dest for s in assess('w-1', 'healthy', gone, spec)],"
+             " 'transitions' in sys.modules]\n"
+             "print(json.dumps(seen))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, check=True)
+    assert proc.stdout.strip() == '[0, false, ["dead"], true]', proc.stdout + proc.stderr
