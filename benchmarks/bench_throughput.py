@@ -7,9 +7,13 @@ side in the same run, on the same generated repository:
 
 - the naive ceiling: ``xargs -P N -n 1 python one_task.py ...`` (no shell),
   each task running ``git worktree add -b``, the agent, ``git worktree remove``;
+  the two git calls under ``flock`` on one lock file, because git cannot run
+  them concurrently: without it, about 2 % of tasks fail with "failed to read
+  .git/worktrees/<other>/commondir" (a ``worktree add`` reads every other
+  worktree's metadata while another one is half written);
 - the no-checkout ceiling: the same, with ``git worktree add --no-checkout``
-  then ``git checkout --force`` (what the pool does to keep its repository lock
-  short);
+  under the lock, then ``git checkout --force`` outside it (what the pool
+  does to keep its repository lock short);
 - the pool: ``runtime: process``, N workers, embedded queue, its own state
   directory, from the enqueue of all tasks (one ``add_tasks`` call) to the last
   task's finish as the store recorded it.
@@ -54,16 +58,16 @@ ONE_TASK = textwrap.dedent("""
     import subprocess, sys
     mode, repo, root, agent, out, prefix, n = sys.argv[1:]
     path, branch = f"{root}/{prefix}-{n}", f"{prefix}-{n}"
-    git = ["git", "-C", repo]
+    locked = ["flock", f"{root}/repo.lock", "git", "-C", repo]
     if mode == "naive":
-        subprocess.run([*git, "worktree", "add", "--quiet", "-b", branch, "--", path, "main"],
+        subprocess.run([*locked, "worktree", "add", "--quiet", "-b", branch, "--", path, "main"],
                        check=True)
     else:
-        subprocess.run([*git, "worktree", "add", "--quiet", "--no-checkout", "-b", branch,
+        subprocess.run([*locked, "worktree", "add", "--quiet", "--no-checkout", "-b", branch,
                         "--", path, "main"], check=True)
         subprocess.run(["git", "-C", path, "checkout", "--force", "--quiet"], check=True)
     subprocess.run([sys.executable, "-S", agent, out, f"{prefix}-{n}"], cwd=path, check=True)
-    subprocess.run([*git, "worktree", "remove", "--force", "--", path], check=True)
+    subprocess.run([*locked, "worktree", "remove", "--force", "--", path], check=True)
 """)
 
 
