@@ -33,20 +33,18 @@ from reconciler.taskrun import RunResult, log_tail, run_command
 from reconciler.templates import render_argv
 from reconciler.wakeup import Bell, ring_controller, ring_workers, worker_bell
 from reconciler.worktrees import (
-    add_worktree,
     clear_setup_output,
     commit_wip,
     current_branch,
     exclude_setup_output,
     has_uncommitted,
+    make_task_worktree,
     move_worktree,
     path_under,
     remove_worktree,
     repo_lock,
-    reuse_worktree,
     setup_digest,
     setup_stamp,
-    unique_branch,
 )
 
 # An idle worker sleeps until its bell rings (tasks added or requeued), a queued task's
@@ -215,9 +213,8 @@ class Worker:
         # worktree stays for its next task)
         if worktree_path is not None and rescued != "kept" and not reused \
                 and not keeps_worktree(spec.worktrees.cleanup, result.status):
-            try:
-                with repo_lock(self.paths.repo_locks, spec.repo):
-                    remove_worktree(spec.repo, worktree_path)
+            try:  # only git's metadata update holds the repository lock
+                remove_worktree(spec.repo, worktree_path, lock_dir=self.paths.repo_locks)
             except ReconcilerError as exc:
                 logger.error("could not remove worktree {}: {}", worktree_path, exc.one_line())
         self._phases["finish"] = time.monotonic() - finishing
@@ -309,16 +306,14 @@ class Worker:
         started = time.monotonic()
         path = path_under(root, f"worker-{self.worker_id}" if reuse
                           else f"task-{task.id}-a{claim.attempt_number}")
-        with repo_lock(self.paths.repo_locks, spec.repo):
-            branch = unique_branch(spec.repo, wanted, claim.attempt_number)
-            if not self.store.update_attempt(claim, branch=branch, worktree=str(path),
-                                             log_path=str(log)):
-                return None, RunResult("failed", None, "lease lost before the task started")
-            if reuse:
-                fresh = reuse_worktree(spec.repo, root, path.name, branch, spec.base_ref)
-            else:
-                add_worktree(spec.repo, root, path.name, branch, spec.base_ref)
-                fresh = True
+        made = make_task_worktree(
+            spec.repo, root, path.name, wanted, claim.attempt_number, spec.base_ref,
+            reuse=reuse, lock_dir=self.paths.repo_locks,
+            record=lambda branch: self.store.update_attempt(
+                claim, branch=branch, worktree=str(path), log_path=str(log)))
+        if made is None:
+            return None, RunResult("failed", None, "lease lost before the task started")
+        branch, fresh = made
         self._phases["worktree"] = time.monotonic() - started
         prompt_file = self.paths.prompts / f"task-{task.id}.txt"
         write_private(prompt_file, task.prompt.encode())

@@ -9,6 +9,7 @@ paths, and nothing here ever resets or cleans the operator's own checkout.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -16,9 +17,10 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import psutil
@@ -27,6 +29,7 @@ from reconciler.errors import GitError
 from reconciler.naming import branch_for, check_branch_name, slugify
 
 GIT_TIMEOUT = 120.0
+BRANCH_TRIES = 20  # choices of a branch name: each lost race means another worker got one
 
 __all__ = ["branch_for", "check_branch_name", "slugify"]  # re-exported: naming is pure
 
@@ -101,33 +104,102 @@ class Worktree:
     branch: str
 
 
-def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) -> Worktree:
+class BranchTaken(GitError):
+    """The branch name was free when it was chosen, but another worker created it first.
+
+    Names are chosen outside the repository lock (``unique_branch`` only reads), and
+    git creates a branch only if it does not exist yet (a ref update that must find
+    no old value), so of two workers that chose the same name exactly one gets it;
+    the other chooses again."""
+
+
+def make_task_worktree(repo: Path, root: Path, name: str, wanted: str, attempt: int,
+                       base_ref: str, *, reuse: bool, lock_dir: Path,
+                       record: Callable[[str], bool]) -> tuple[str, bool] | None:
+    """Give an attempt its worktree ``root/name`` on a branch of its own; return the branch
+    and whether the worktree is new, or None if ``record`` refused (the lease is lost).
+
+    The branch name is chosen outside the repository lock (``unique_branch`` only
+    reads refs) and recorded (``record``, before the branch or the worktree exists,
+    so no cleanup or prune takes them for an orphan's); git then creates the
+    branch only if it does not exist.  Of workers that chose the same name, one
+    gets it and the others (``BranchTaken``) choose again: each lost race means
+    another worker got a name, so ``BRANCH_TRIES`` bounds only a pathological case.
+    ``reuse``: the worker's own worktree, reset (``reuse_worktree``).
+    """
+    for _ in range(BRANCH_TRIES):
+        branch = unique_branch(repo, wanted, attempt)
+        if not record(branch):
+            return None
+        try:
+            if reuse:
+                return branch, reuse_worktree(repo, root, name, branch, base_ref,
+                                              lock_dir=lock_dir)
+            add_worktree(repo, root, name, branch, base_ref, lock_dir=lock_dir)
+            return branch, True
+        except BranchTaken:
+            continue
+    raise GitError(f"no free branch name for {wanted!r} after {BRANCH_TRIES} tries",
+                   hint="other workers keep taking it; check worktrees.branch")
+
+
+def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str, *,
+                 lock_dir: Path | None = None) -> Worktree:
     """Create a worktree at ``root/name`` on the new ``branch`` from ``base_ref``.
 
-    Concurrent workers share the repository's ref and config locks, so a
+    Only git's metadata updates hold the repository lock (``repo_lock(lock_dir)``;
+    without ``lock_dir`` the caller serialises): ``git worktree add --no-checkout``
+    creates the branch and registers the worktree in a few milliseconds.  The
+    checkout of its files, the slow part, runs after the lock is released: the new
+    worktree's index and files are nobody else's, and once its ``.git`` file is
+    written no prune can take it.  Raises ``BranchTaken`` if ``branch`` exists.
+
+    Concurrent git commands share the repository's ref and config locks, so a
     failure that names a ``.lock`` file is retried briefly; a lock left behind
     by a git process that died (old, and no git process running) is removed.
     """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     check_worktree_root(root)
     path = path_under(root, name)
-    registered = _registered(repo, path)
-    if path.exists() and not registered:
-        raise GitError(f"{path} already exists and is not a worktree of {repo}; reconciler "
-                       "never deletes what it did not create",
-                       hint="move it away, or set worktrees.dir to a directory of its own")
-    if registered:  # a worktree of an attempt that died half-way: ours to clear
-        remove_worktree(repo, path)
+    registered = _registered(repo, path)  # the path is this attempt's (or worker's) alone
+    with _locked(lock_dir, repo):
+        if (path.exists() or path.is_symlink()) and not registered:
+            raise GitError(f"{path} already exists and is not a worktree of {repo}; "
+                           "reconciler never deletes what it did not create",
+                           hint="move it away, or set worktrees.dir to a directory of its own")
+        if registered:  # a worktree of an attempt that died half-way: ours to clear
+            remove_worktree(repo, path)
+        _register_worktree(repo, path, branch, base_ref)
+    check_out(path)
+    return Worktree(path, branch)
+
+
+def _register_worktree(repo: Path, path: Path, branch: str, base_ref: str) -> None:
+    """``git worktree add --no-checkout``: the branch, the worktree's metadata, its HEAD."""
     for attempt in range(5):
-        proc = git(repo, ["worktree", "add", "--quiet", "-b", branch, "--", str(path),
-                          base_ref], check=False)
+        proc = git(repo, ["worktree", "add", "--quiet", "--no-checkout", "-b", branch, "--",
+                          str(path), base_ref], check=False)
         if proc.returncode == 0:
-            return Worktree(path, branch)
-        if ".lock" not in proc.stderr or attempt == 4:
-            raise GitError(f"git worktree add for {branch!r} failed: {last_line(proc)}")
-        if not remove_stale_lock(proc.stderr):
-            time.sleep(0.2 * (attempt + 1))
+            return
+        if ".lock" in proc.stderr and attempt < 4:
+            if not remove_stale_lock(proc.stderr):
+                time.sleep(0.2 * (attempt + 1))
+            continue
+        if not path.exists() and branch_exists(repo, branch):  # git refused before anything
+            raise BranchTaken(f"branch {branch!r} already exists")
+        raise GitError(f"git worktree add for {branch!r} failed: {last_line(proc)}")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_out(worktree: Path) -> None:
+    """Fill a worktree made with ``--no-checkout``: index and files at its HEAD.
+
+    ``checkout --force`` with no other argument does in one call what ``worktree
+    add`` would have done (git runs ``reset --hard`` there), and also runs the
+    ``post-checkout`` hook (with HEAD as both the old and the new commit, where
+    ``worktree add`` passes the null commit as the old one).
+    """
+    git(worktree, ["checkout", "--force", "--quiet", "--ignore-other-worktrees"])
 
 
 STALE_LOCK_SECONDS = 30.0
@@ -244,14 +316,17 @@ def setup_output(worktree: Path) -> list[str]:
     return [line for line in text.splitlines() if line]
 
 
-def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str) -> bool:
+def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str, *,
+                   lock_dir: Path | None = None) -> bool:
     """Make ``root/name`` a clean checkout of the new ``branch`` at ``base_ref``, reusing
     the worktree if it is there; return True if it had to be created anew.
 
     Reuse resets everything an earlier task left (changes, untracked and ignored
     files) except the setup output, then starts the branch from ``base_ref``:
-    a few milliseconds, against a whole checkout for a new worktree.  A
-    worktree that cannot be reset is removed and made anew.
+    a few milliseconds, against a whole checkout for a new worktree.  None of it
+    needs the repository lock: the worktree is this worker's alone, and the new
+    branch is created by git only if it does not exist (``BranchTaken`` if it
+    does).  A worktree that cannot be reset is removed and made anew.
     """
     path = path_under(root, name)
     if path.is_dir() and _registered(repo, path):
@@ -261,11 +336,17 @@ def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str
             git(path, ["clean", "-ffdxq", *spared])
             base = git(path, ["rev-parse", "--verify", "--quiet", "--end-of-options",
                               f"{base_ref}^{{commit}}"]).stdout.strip()
-            git(path, ["checkout", "--quiet", "-b", branch, base, "--"])
-            return False
+            proc = git(path, ["checkout", "--quiet", "-b", branch, base, "--"], check=False)
+            if proc.returncode == 0:
+                return False
+            if branch_exists(repo, branch):
+                raise BranchTaken(f"branch {branch!r} already exists")
+            raise GitError(f"git checkout -b {branch!r} failed: {last_line(proc)}")
+        except BranchTaken:
+            raise
         except GitError:
-            remove_worktree(repo, path)
-    add_worktree(repo, root, name, branch, base_ref)
+            remove_worktree(repo, path, lock_dir=lock_dir)
+    add_worktree(repo, root, name, branch, base_ref, lock_dir=lock_dir)
     return True
 
 
@@ -331,7 +412,27 @@ def _read_text(path: Path) -> str:
 
 
 def _registered(repo: Path, path: Path) -> bool:
-    return str(path) in list_worktrees(repo)
+    """Whether git knows ``path`` as a worktree of ``repo``, read from the worktrees'
+    metadata (``$GIT_COMMON_DIR/worktrees/<id>/gitdir`` points back at each one's
+    ``.git``, gitrepository-layout(5)) rather than ``git worktree list``: no git
+    process, and nothing to fail while another worktree's metadata is half written."""
+    wanted = path / ".git"
+    try:
+        entries = list(os.scandir(_common_dir(repo) / "worktrees"))
+    except OSError:
+        return False
+    for entry in entries:
+        text = _read_text(Path(entry.path) / "gitdir").strip()
+        if text and (Path(text) == wanted or Path(text).resolve() == wanted.resolve()):
+            return True
+    return False
+
+
+@lru_cache(maxsize=64)
+def _common_dir(repo: Path) -> Path:
+    """The repository's common git directory (where every worktree's metadata lives)."""
+    return Path(git(repo, ["rev-parse", "--path-format=absolute",
+                           "--git-common-dir"]).stdout.strip())
 
 
 def list_worktrees(repo: Path) -> list[str]:
@@ -341,20 +442,45 @@ def list_worktrees(repo: Path) -> list[str]:
             if line.startswith("worktree ")]
 
 
-def remove_worktree(repo: Path, path: Path) -> None:
+def remove_worktree(repo: Path, path: Path, *, lock_dir: Path | None = None) -> None:
     """Remove a task's worktree (never the main checkout); its branch stays.
 
+    With ``lock_dir``, the worktree's files are deleted first, outside the
+    repository lock (they are this worker's alone, and the work on them was
+    committed or kept before a removal is asked for), and only the removal of
+    git's metadata holds the lock; without it the caller holds the lock.
     ``git worktree prune`` runs only when ``remove`` failed: pruning while
     another worker is half-way through ``worktree add`` deletes that worker's
-    administrative directory (call this under ``repo_lock``).
+    administrative directory.
     """
     if path.resolve() == repo.resolve():
         raise GitError(f"refusing to remove the repository's own checkout {repo}")
-    proc = git(repo, ["worktree", "remove", "--force", "--", str(path)], check=False)
-    if proc.returncode != 0:
-        if (path / ".git").is_file():  # a worktree git could not remove: ours, delete it
-            shutil.rmtree(path, ignore_errors=True)
-        git(repo, ["worktree", "prune"], check=False)
+    if lock_dir is not None and (path / ".git").is_file() and _registered(repo, path):
+        _delete_files_of(path)
+    with _locked(lock_dir, repo):
+        proc = git(repo, ["worktree", "remove", "--force", "--", str(path)], check=False)
+        if proc.returncode != 0:
+            if (path / ".git").is_file():  # a worktree git could not remove: ours, delete it
+                shutil.rmtree(path, ignore_errors=True)
+            git(repo, ["worktree", "prune"], check=False)
+
+
+def _delete_files_of(worktree: Path) -> None:
+    """Delete everything in ``worktree`` but its ``.git`` file (which keeps it registered
+    and safe from a prune until ``git worktree remove``); never follows a symlink."""
+    for entry in os.scandir(worktree):
+        if entry.name == ".git":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                Path(entry.path).unlink()
+
+
+def _locked(lock_dir: Path | None, repo: Path) -> AbstractContextManager[None]:
+    """``repo_lock`` if a lock directory is given; else the caller holds the lock."""
+    return repo_lock(lock_dir, repo) if lock_dir is not None else nullcontext()
 
 
 def check_worktree_root(root: Path) -> None:
@@ -370,10 +496,14 @@ def check_worktree_root(root: Path) -> None:
 
 @contextmanager
 def repo_lock(lock_dir: Path, repo: Path) -> Iterator[None]:
-    """Serialise worktree add/remove/prune on one repository across workers and pools.
+    """Serialise changes to git's worktree metadata on one repository, across workers
+    and pools: ``worktree add --no-checkout``, ``worktree remove``, ``prune``, ``move``.
 
-    git locks refs and the index itself, but not the sequence "create the
-    worktree's admin dir, then check out", which a concurrent prune can break.
+    git locks refs and the index itself, but not its worktree metadata: a ``worktree
+    add`` reads every other worktree's metadata and fails ("failed to read
+    .../commondir") while another add or remove is half-way through it, and a
+    prune can delete a worktree that is being added.  Checkouts and file
+    deletions are no metadata and run outside it.
     """
     lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:16]
