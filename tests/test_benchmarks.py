@@ -77,10 +77,22 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"controller {FIGURE} wake-ups/s$",
         rf"^busy +tmux +1 workers: {FIGURE}% of a core",
     ]),
+    "bench_throughput.py": (["--tasks", "2", "--workers", "1", "--files", "5", "--repeat", "1",
+                             "--latency-samples", "2"], [
+        r"^[0-9]+ cores; 2 tasks, 1 workers, a repository of 5 files",
+        rf"^naive ceiling \(xargs\) +{FIGURE} s +{FIGURE} tasks/s$",
+        rf"^no-checkout ceiling \(xargs\) +{FIGURE} s +{FIGURE} tasks/s$",
+        rf"^pool \(1 workers, process\) +{FIGURE} s +{FIGURE} tasks/s$",
+        rf"^pool / naive ceiling: +{FIGURE}x$",
+        rf"^pool / no-checkout ceiling: +{FIGURE}x$",
+        rf"^pool phase worktree +p50 +{FIGURE} ms +p90 +{FIGURE} ms$",
+        rf"^dispatch latency .*: p50 {FIGURE} ms +p90 {FIGURE} ms +"
+        rf"\(of which agent start-up p50 {FIGURE} ms\)$",
+    ]),
 }
 # real tmux; real workers and git
 E2E = {"bench_observe.py", "bench_processes.py", "bench_worktrees.py", "bench_recovery.py",
-       "bench_idle.py"}
+       "bench_idle.py", "bench_throughput.py"}
 
 
 def test_every_benchmark_has_a_tiny_size() -> None:
