@@ -170,7 +170,11 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str, 
         if registered:  # a worktree of an attempt that died half-way: ours to clear
             remove_worktree(repo, path)
         _register_worktree(repo, path, branch, base_ref)
-    check_out(path)
+    try:
+        check_out(path)
+    except GitError:  # as `git worktree add` does when its checkout fails: no half worktree
+        remove_worktree(repo, path, lock_dir=lock_dir)
+        raise
     return Worktree(path, branch)
 
 
@@ -323,10 +327,12 @@ def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str
 
     Reuse resets everything an earlier task left (changes, untracked and ignored
     files) except the setup output, then starts the branch from ``base_ref``:
-    a few milliseconds, against a whole checkout for a new worktree.  None of it
-    needs the repository lock: the worktree is this worker's alone, and the new
-    branch is created by git only if it does not exist (``BranchTaken`` if it
-    does).  A worktree that cannot be reset is removed and made anew.
+    a few milliseconds, against a whole checkout for a new worktree.  Only the
+    creation of the branch holds the repository lock (as every branch creation
+    does, so ``reconcile prune`` never sees a branch whose attempt it has not
+    seen); the reset and the checkout of ``base_ref`` are this worker's alone.
+    ``BranchTaken`` if the branch exists.  A worktree that cannot be reset is
+    removed and made anew.
     """
     path = path_under(root, name)
     if path.is_dir() and _registered(repo, path):
@@ -336,7 +342,9 @@ def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str
             git(path, ["clean", "-ffdxq", *spared])
             base = git(path, ["rev-parse", "--verify", "--quiet", "--end-of-options",
                               f"{base_ref}^{{commit}}"]).stdout.strip()
-            proc = git(path, ["checkout", "--quiet", "-b", branch, base, "--"], check=False)
+            git(path, ["checkout", "--quiet", "--detach", base, "--"])  # the files: unlocked
+            with _locked(lock_dir, repo):  # the branch: as in add_worktree, under the lock
+                proc = git(path, ["checkout", "--quiet", "-b", branch, "--"], check=False)
             if proc.returncode == 0:
                 return False
             if branch_exists(repo, branch):

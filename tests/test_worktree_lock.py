@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.worktrees import add_worktree, list_worktrees, remove_worktree, repo_lock
+from reconciler.errors import GitError
+from reconciler.worktrees import (
+    add_worktree,
+    list_worktrees,
+    remove_worktree,
+    repo_lock,
+    reuse_worktree,
+)
 from tests.helpers import GIT_IDENTITY, ROOT, git, wait_for
 
 # a git hook that records its name and whether the repository lock was held when it ran
@@ -32,8 +39,10 @@ HOOK = textwrap.dedent("""
             held = True
         finally:
             os.close(fd)
+    name = Path(sys.argv[0]).name
+    refs = ",".join(line.split()[2] for line in sys.stdin) if name.startswith("ref") else ""
     with open(os.environ["TEST_HOOK_LOG"], "a") as log:
-        log.write(f"{Path(sys.argv[0]).name} {sys.argv[1] if len(sys.argv) > 1 else ''} "
+        log.write(f"{name} {sys.argv[1] if len(sys.argv) > 1 else ''} {refs} "
                   f"{'locked' if held else 'free'}\\n")
 """)
 
@@ -71,7 +80,7 @@ def test_the_checkout_runs_outside_the_lock_and_ends_like_git_worktree_add(
 
     calls = log.read_text().splitlines()
     # the branch is created under the lock; the checkout (its hook) runs after it
-    assert "reference-transaction prepared locked" in calls
+    assert "reference-transaction prepared refs/heads/task/1 locked" in calls
     checkouts = [c for c in calls if c.startswith("post-checkout")]
     assert len(checkouts) == 1 and checkouts[0].endswith(" free"), calls
     # and the worktree ends as one made by `git worktree add`
@@ -152,3 +161,40 @@ def test_workers_that_choose_the_same_branch_name_end_on_different_branches(
         assert git(root / f"task-{i}-a1", "symbolic-ref", "--short", "HEAD").strip() == branch
     retries = sum(out.count("chose") for out, _ in outputs)  # after the first choice
     assert retries >= count - 1  # every loser chose again
+
+
+def test_a_reused_worktree_creates_its_branch_under_the_lock_and_checks_out_outside(
+        git_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``reconcile prune`` deletes empty task branches under the lock: a branch created
+    outside it could be taken for one whose attempt prune did not see."""
+    add_files(git_repo, 10)
+    locks, log, root = tmp_path / "locks", tmp_path / "hooks.log", tmp_path / "worktrees"
+    assert reuse_worktree(git_repo, root, "worker-w-1", "task/1", "main", lock_dir=locks)
+    (root / "worker-w-1" / "left.txt").write_text("an earlier task's file\n")
+    install_hooks(git_repo, "reference-transaction", "post-checkout")
+    monkeypatch.setenv("TEST_LOCK_DIR", str(locks))
+    monkeypatch.setenv("TEST_HOOK_LOG", str(log))
+
+    assert not reuse_worktree(git_repo, root, "worker-w-1", "task/2", "main", lock_dir=locks)
+
+    calls = log.read_text().splitlines()
+    assert "reference-transaction prepared refs/heads/task/2 locked" in calls
+    assert any(c.startswith("post-checkout") and c.endswith(" free") for c in calls), calls
+    path = root / "worker-w-1"
+    assert git(path, "symbolic-ref", "--short", "HEAD").strip() == "task/2"
+    assert git(path, "status", "--porcelain", "--untracked-files=all") == ""
+
+
+def test_a_checkout_that_fails_leaves_no_half_made_worktree(
+        git_repo: Path, tmp_path: Path) -> None:
+    hook = git_repo / ".git" / "hooks" / "post-checkout"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f"#!{sys.executable}\nraise SystemExit(3)\n")
+    hook.chmod(0o755)
+    root = tmp_path / "worktrees"
+
+    with pytest.raises(GitError, match="checkout"):
+        add_worktree(git_repo, root, "task-5-a1", "task/5", "main", lock_dir=tmp_path / "l")
+
+    assert not (root / "task-5-a1").exists()
+    assert str(root.resolve() / "task-5-a1") not in list_worktrees(git_repo)
