@@ -439,8 +439,8 @@ def _registered(repo: Path, path: Path) -> bool:
 @lru_cache(maxsize=64)
 def _common_dir(repo: Path) -> Path:
     """The repository's common git directory (where every worktree's metadata lives)."""
-    return Path(git(repo, ["rev-parse", "--path-format=absolute",
-                           "--git-common-dir"]).stdout.strip())
+    # relative to ``repo`` unless absolute (``--path-format`` needs git 2.31)
+    return (repo / git(repo, ["rev-parse", "--git-common-dir"]).stdout.strip()).resolve()
 
 
 def list_worktrees(repo: Path) -> list[str]:
