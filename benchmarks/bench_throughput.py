@@ -13,7 +13,9 @@ side in the same run, on the same generated repository:
   worktree's metadata while another one is half written);
 - the no-checkout ceiling: the same, with ``git worktree add --no-checkout``
   under the lock, then ``git checkout --force`` outside it (what the pool
-  does to keep its repository lock short);
+  does to keep its repository lock short; the pool also deletes a finished
+  worktree's files before it takes the lock for ``worktree remove``, which
+  this ceiling does not);
 - the pool: ``runtime: process``, N workers, embedded queue, its own state
   directory, from the enqueue of all tasks (one ``add_tasks`` call) to the last
   task's finish as the store recorded it.
