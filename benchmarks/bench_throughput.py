@@ -21,7 +21,8 @@ side in the same run, on the same generated repository:
   task's finish as the store recorded it.
 
 Then dispatch latency with idle workers: one task enqueued at a time (at a
-random moment), enqueue to the agent's own start time; the agent's
+random moment, with the wake-up ``reconcile task add`` sends), enqueue to
+the agent's own start time; the agent's
 interpreter start-up alone is measured too, since it is part of that figure.
 
 Run: ``python benchmarks/bench_throughput.py [--tasks 200] [--workers 8]
@@ -47,6 +48,7 @@ import yaml
 
 from reconciler.paths import pool_paths
 from reconciler.store.sqlite import Store
+from reconciler.wakeup import ring_workers
 
 POOL = "bench"
 AGENT = textwrap.dedent("""
@@ -120,21 +122,29 @@ def wait_done(store: Store, ids: list[int], timeout: float = 900.0) -> None:
     raise SystemExit("bench_throughput: the pool did not finish its tasks in time")
 
 
-def pool_run(store: Store, tasks: int) -> float:
+def enqueue(store: Store, pool_root: Path, tasks: list[tuple[str, str, int]]) -> list[int]:
+    """What ``reconcile task add`` does: the tasks in one transaction, then a wake-up
+    for the pool's idle workers."""
+    ids = store.add_tasks(tasks)
+    ring_workers(pool_root)
+    return ids
+
+
+def pool_run(store: Store, pool_root: Path, tasks: int) -> float:
     """Seconds from the enqueue of ``tasks`` tasks to the last one's finish in the store."""
     started = time.time()
-    ids = store.add_tasks([(f"t{i}", "p", 0) for i in range(tasks)])
+    ids = enqueue(store, pool_root, [(f"t{i}", "p", 0) for i in range(tasks)])
     wait_done(store, ids)
     return max(row.updated_at for row in store.tasks() if row.id in set(ids)) - started
 
 
-def dispatch_latency(store: Store, out: Path, samples: int) -> list[float]:
+def dispatch_latency(store: Store, pool_root: Path, out: Path, samples: int) -> list[float]:
     """Enqueue to agent start, one task at a time on an idle pool, at random moments."""
     latencies = []
     for _ in range(samples):
         time.sleep(random.uniform(0.05, 0.3))  # no phase lock with the workers' timers
         enqueued = time.time()
-        (task_id,) = store.add_tasks([("latency", "p", 0)])
+        (task_id,) = enqueue(store, pool_root, [("latency", "p", 0)])
         wait_done(store, [task_id])
         latencies.append(float((out / str(task_id)).read_text()) - enqueued)
     return latencies
@@ -191,15 +201,17 @@ def main() -> None:
     times: dict[str, list[float]] = {"naive": [], "no-checkout": [], "pool": []}
     try:
         cli(state, "apply", "-f", str(spec), "--wait")
-        store = Store(pool_paths(state, POOL).store)
+        pool = pool_paths(state, POOL)
+        store = Store(pool.store)
         for run in range(args.repeat):  # interleaved: the machine's load hits each alike
             times["naive"].append(ceiling(directory, repo, "naive", args.tasks, args.workers,
                                           f"naive{run}"))
             times["no-checkout"].append(ceiling(directory, repo, "no-checkout", args.tasks,
                                                 args.workers, f"nocheckout{run}"))
-            times["pool"].append(pool_run(store, args.tasks))
+            times["pool"].append(pool_run(store, pool.root, args.tasks))
         phases = [a.phases for a in store.attempts() if a.phases]
-        latencies = dispatch_latency(store, directory / "out", args.latency_samples)
+        latencies = dispatch_latency(store, pool.root, directory / "out",
+                                     args.latency_samples)
         store.close()
     finally:
         cli(state, "delete", "-f", str(spec), "--force")
