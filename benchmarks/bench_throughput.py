@@ -138,16 +138,20 @@ def pool_run(store: Store, pool_root: Path, tasks: int) -> float:
     return max(row.updated_at for row in store.tasks() if row.id in set(ids)) - started
 
 
-def dispatch_latency(store: Store, pool_root: Path, out: Path, samples: int) -> list[float]:
-    """Enqueue to agent start, one task at a time on an idle pool, at random moments."""
-    latencies = []
+def dispatch_latency(store: Store, pool_root: Path, out: Path,
+                     samples: int) -> tuple[list[float], list[float]]:
+    """Enqueue to agent start, one task at a time on an idle pool, at random moments;
+    and how long each of those attempts took to make its worktree (part of it)."""
+    latencies, worktrees = [], []
     for _ in range(samples):
         time.sleep(random.uniform(0.05, 0.3))  # no phase lock with the workers' timers
         enqueued = time.time()
         (task_id,) = enqueue(store, pool_root, [("latency", "p", 0)])
         wait_done(store, [task_id])
         latencies.append(float((out / str(task_id)).read_text()) - enqueued)
-    return latencies
+        worktrees += [a.phases["worktree"] for a in store.attempts(task_id)
+                      if "worktree" in a.phases]
+    return latencies, worktrees
 
 
 def agent_startup(directory: Path, samples: int) -> list[float]:
@@ -210,8 +214,8 @@ def main() -> None:
                                                 args.workers, f"nocheckout{run}"))
             times["pool"].append(pool_run(store, pool.root, args.tasks))
         phases = [a.phases for a in store.attempts() if a.phases]
-        latencies = dispatch_latency(store, pool.root, directory / "out",
-                                     args.latency_samples)
+        latencies, worktree_times = dispatch_latency(store, pool.root, directory / "out",
+                                                     args.latency_samples)
         store.close()
     finally:
         cli(state, "delete", "-f", str(spec), "--force")
@@ -232,7 +236,8 @@ def main() -> None:
     print(f"dispatch latency (enqueue to agent start, idle workers): "
           f"p50 {1000 * statistics.median(latencies):.1f} ms  "
           f"p90 {1000 * percentile(latencies, 0.9):.1f} ms  "
-          f"(of which agent start-up p50 {1000 * statistics.median(startups):.1f} ms)")
+          f"(of which agent start-up p50 {1000 * statistics.median(startups):.1f} ms, "
+          f"making the worktree p50 {1000 * statistics.median(worktree_times):.1f} ms)")
 
 
 def agent_startup_safe(samples: int) -> list[float]:

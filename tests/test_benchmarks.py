@@ -87,7 +87,7 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^pool / no-checkout ceiling: +{FIGURE}x$",
         rf"^pool phase worktree +p50 +{FIGURE} ms +p90 +{FIGURE} ms$",
         rf"^dispatch latency .*: p50 {FIGURE} ms +p90 {FIGURE} ms +"
-        rf"\(of which agent start-up p50 {FIGURE} ms\)$",
+        rf"\(of which agent start-up p50 {FIGURE} ms, making the worktree p50 {FIGURE} ms\)$",
     ]),
 }
 # real tmux; real workers and git
