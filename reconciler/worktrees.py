@@ -170,11 +170,13 @@ def add_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str, 
         if registered:  # a worktree of an attempt that died half-way: ours to clear
             remove_worktree(repo, path)
         _register_worktree(repo, path, branch, base_ref)
+        mark = _mark_preparing(path)  # before the lock goes: nobody sees it unmarked
     try:
         check_out(path)
     except GitError:  # as `git worktree add` does when its checkout fails: no half worktree
         remove_worktree(repo, path, lock_dir=lock_dir)
         raise
+    _prepared(mark)
     return Worktree(path, branch)
 
 
@@ -247,18 +249,76 @@ def commit_wip(worktree: Path, message: str) -> bool:
     """Commit whatever the agent left uncommitted in ``worktree`` to its branch.
 
     Run after every attempt, whatever its outcome, and before any worktree is
-    removed, so no work is lost with it.  ``--no-verify``: a failing
-    ``pre-commit`` hook must not block a rescue; ignored files and the
-    worktree's setup output (``exclude_setup_output``) are left out.
-    Returns whether a commit was made.
+    removed, so no work is lost with it, and only once every process of the
+    attempt is gone.  ``--no-verify``: a failing ``pre-commit`` hook must not
+    block a rescue; ignored files and the worktree's setup output
+    (``exclude_setup_output``) are left out.  A worktree whose files were still
+    being made (``is_being_prepared``) is never committed: its "changes" are a
+    checkout cut short, not work.  Returns whether a commit was made.
     """
+    if is_being_prepared(worktree):
+        return False  # its files were never all made: no agent ever worked there
     if not has_uncommitted(worktree):
         return False
+    # the attempt's processes are gone when this runs: an index lock in the worktree's
+    # own git dir is a killed agent's (a `git commit` cut short), and would block the
+    # rescue forever
+    own = worktree_git_dir(worktree)
+    if own is not None:
+        (own / "index.lock").unlink(missing_ok=True)
     git(worktree, ["add", "-A", "--", "."])
     git(worktree, ["-c", "user.name=reconciler", "-c", "user.email=reconciler@localhost",
                    "-c", "commit.gpgsign=false", "commit", "--quiet", "--no-verify",
                    "-m", message])
     return True
+
+
+PREPARING = "reconciler-preparing"  # in a worktree's own git dir while its files are made
+
+
+def worktree_git_dir(worktree: Path) -> Path | None:
+    """The worktree's own git dir (``.git/worktrees/<name>``), read from its ``.git`` file
+    without running git; None if it has none."""
+    try:
+        text = (worktree / ".git").read_text()
+    except OSError:
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    own = Path(text.removeprefix("gitdir:").strip())
+    return own if own.is_absolute() else (worktree / own).resolve()
+
+
+def is_being_prepared(worktree: Path) -> bool:
+    """Whether the worktree's files were still being made (checked out, or reset for the
+    next task) when whoever made them stopped."""
+    own = worktree_git_dir(worktree)
+    return own is not None and (own / PREPARING).exists()
+
+
+def _mark_preparing(worktree: Path) -> Path | None:
+    """Mark the worktree as being made (``is_being_prepared``); the mark, to remove once
+    it is made.  A worker killed half-way leaves it, so nothing takes the half-made
+    files for an agent's work."""
+    own = worktree_git_dir(worktree)
+    if own is None:
+        return None
+    mark = own / PREPARING
+    mark.write_text("")
+    return mark
+
+
+def _prepared(mark: Path | None) -> None:
+    if mark is not None:
+        mark.unlink(missing_ok=True)
+
+
+@contextmanager
+def _preparing(worktree: Path) -> Iterator[None]:
+    """Marked as being made until the block ends without an error."""
+    mark = _mark_preparing(worktree)
+    yield
+    _prepared(mark)
 
 
 def has_uncommitted(worktree: Path) -> bool:
@@ -338,13 +398,15 @@ def reuse_worktree(repo: Path, root: Path, name: str, branch: str, base_ref: str
     if path.is_dir() and _registered(repo, path):
         spared = [arg for pattern in _anchored(setup_output(path)) for arg in ("-e", pattern)]
         try:
-            git(path, ["reset", "--quiet", "--hard"])
-            git(path, ["clean", "-ffdxq", *spared])
-            base = git(path, ["rev-parse", "--verify", "--quiet", "--end-of-options",
-                              f"{base_ref}^{{commit}}"]).stdout.strip()
-            git(path, ["checkout", "--quiet", "--detach", base, "--"])  # the files: unlocked
-            with _locked(lock_dir, repo):  # the branch: as in add_worktree, under the lock
-                proc = git(path, ["checkout", "--quiet", "-b", branch, "--"], check=False)
+            with _preparing(path):  # killed half-way, the reset is never taken for work
+                git(path, ["reset", "--quiet", "--hard"])
+                git(path, ["clean", "-ffdxq", *spared])
+                base = git(path, ["rev-parse", "--verify", "--quiet", "--end-of-options",
+                                  f"{base_ref}^{{commit}}"]).stdout.strip()
+                git(path, ["checkout", "--quiet", "--detach", base, "--"])  # files: unlocked
+                with _locked(lock_dir, repo):  # the branch: as in add_worktree, locked
+                    proc = git(path, ["checkout", "--quiet", "-b", branch, "--"],
+                               check=False)
             if proc.returncode == 0:
                 return False
             if branch_exists(repo, branch):

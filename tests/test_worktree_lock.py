@@ -18,11 +18,16 @@ import pytest
 
 from reconciler.errors import GitError
 from reconciler.worktrees import (
+    PREPARING,
     add_worktree,
+    commit_wip,
+    has_uncommitted,
+    is_being_prepared,
     list_worktrees,
     remove_worktree,
     repo_lock,
     reuse_worktree,
+    worktree_git_dir,
 )
 from tests.helpers import GIT_IDENTITY, ROOT, git, wait_for
 
@@ -198,3 +203,41 @@ def test_a_checkout_that_fails_leaves_no_half_made_worktree(
 
     assert not (root / "task-5-a1").exists()
     assert str(root.resolve() / "task-5-a1") not in list_worktrees(git_repo)
+
+
+def test_a_checkout_cut_short_is_never_rescued_as_work(git_repo: Path, tmp_path: Path) -> None:
+    """A worker killed between ``worktree add --no-checkout`` and the end of its checkout
+    leaves a worktree whose files read as "all deleted".  Rescuing that would commit the
+    deletion of the whole tree to the task's branch; nothing ran there, so nothing is
+    committed."""
+    add_files(git_repo, 10)
+    path = tmp_path / "worktrees" / "task-3-a1"
+    path.parent.mkdir()
+    git(git_repo, "worktree", "add", "-q", "--no-checkout", "-b", "task/3", str(path), "main")
+    own = worktree_git_dir(path)
+    assert own is not None
+    (own / PREPARING).write_text("")  # as add_worktree leaves it when killed mid-checkout
+    tip = git(git_repo, "rev-parse", "task/3").strip()
+    assert has_uncommitted(path)  # git sees every file deleted
+    assert commit_wip(path, "rescued") is False
+    assert git(git_repo, "rev-parse", "task/3").strip() == tip
+    # a finished checkout is not marked: the rescue works as before
+    done = add_worktree(git_repo, tmp_path / "worktrees", "task-4-a1", "task/4", "main")
+    assert not is_being_prepared(done.path)
+    (done.path / "work.txt").write_text("agent work\n")
+    assert commit_wip(done.path, "rescued") is True
+
+
+def test_a_killed_agents_index_lock_does_not_block_the_rescue(git_repo: Path,
+                                                             tmp_path: Path) -> None:
+    """An agent SIGKILLed in the middle of ``git commit`` leaves ``index.lock`` in the
+    worktree's git dir; every later ``git add`` failed ("remove the file manually"), so
+    the rescue and the worktree's removal failed on every pass (found by the chaos test)."""
+    wt = add_worktree(git_repo, tmp_path / "worktrees", "task-5-a1", "task/5", "main")
+    (wt.path / "work.txt").write_text("agent work\n")
+    own = worktree_git_dir(wt.path)
+    assert own is not None
+    (own / "index.lock").write_text("")
+    assert commit_wip(wt.path, "rescued") is True
+    assert git(git_repo, "show", "task/5:work.txt") == "agent work\n"
+    assert not (own / "index.lock").exists()
