@@ -29,7 +29,7 @@ from reconciler.runtimes.process import ProcessRuntime
 from reconciler.runtimes.tmux import TmuxRuntime
 from reconciler.specmodel import PoolSpec
 from reconciler.store.port import StorePort
-from reconciler.worktrees import commit_wip, remove_worktree, repo_lock
+from reconciler.worktrees import commit_wip, remove_worktree
 
 
 class HostProcesses:
@@ -80,8 +80,8 @@ class GitWorktrees:
         first, so no work is lost with it."""
         if path.exists():
             commit_wip(path, "WIP: left by a reconciler attempt that did not finish")
-        with repo_lock(self.lock_dir, self.repo):
-            remove_worktree(self.repo, path)
+        # the files go first, unlocked; only git's metadata update takes the lock
+        remove_worktree(self.repo, path, lock_dir=self.lock_dir)
 
 
 def host_runtimes(spec: PoolSpec, paths: PoolPaths) -> dict[str, Runtime]:
