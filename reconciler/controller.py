@@ -12,6 +12,8 @@ It sleeps in one ``select`` and runs a pass when something calls for one:
 - the earliest moment at which time alone could change a decision
   (``planner.next_wakeup``): a restart backoff or stop grace ending, a
   heartbeat, task or output growing old enough to change a worker's health;
+- changes a pass could not finish (a requeue that waits for the processes it
+  just signalled to exit): again 0.2s later, doubling while they stay undone;
 - at least every ``controller.interval``, a full pass (level-triggered: it
   re-observes everything, so drift nobody announced is still found).
 
@@ -55,6 +57,7 @@ HEARTBEAT_EVERY = 20.0  # the controller's own heartbeat: status calls it down a
 LOCK_RETRY_SECONDS = 0.25  # a pass skipped because apply/delete held the pool lock
 EXIT_RECHECK_SECONDS = 0.05  # a watched exit the observers do not show yet (tmux lags)
 EXIT_RECHECKS = 20
+UNFINISHED_RETRY_FIRST = 0.2  # changes a pass left undone: again this soon, doubling
 
 
 class Controller:
@@ -127,7 +130,7 @@ class Controller:
         watch = ExitWatch(selector)
         next_pass = 0.0  # monotonic: at once
         next_beat = 0.0
-        skipped = failures = rechecks = 0
+        skipped = failures = rechecks = unfinished = 0
         try:
             while not self.stop.is_set():
                 woken = False
@@ -182,6 +185,13 @@ class Controller:
                     rechecks = rechecks + 1 if lagging else 0
                     if lagging and rechecks <= EXIT_RECHECKS:
                         next_pass = min(next_pass, time.monotonic() + EXIT_RECHECK_SECONDS)
+                    # changes still due after acting (a requeue waiting for processes that
+                    # were just signalled to exit): look again soon, backing off while
+                    # they stay undone
+                    unfinished = unfinished + 1 if result.remaining.changes else 0
+                    if unfinished:
+                        retry = UNFINISHED_RETRY_FIRST * 2 ** min(unfinished - 1, 8)
+                        next_pass = min(next_pass, time.monotonic() + retry)
         finally:
             watch.close()
             selector.close()
