@@ -26,6 +26,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import poolkit  # the benchmarks' folder is on the path when a script runs
 import yaml
 
 IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
@@ -52,18 +53,9 @@ SETUP = textwrap.dedent("""
 
 
 def make_repo(directory: Path, files: int) -> Path:
-    repo = directory / "repo"
-    for i in range(files):
-        path = repo / f"src/pkg{i % 40}/file{i}.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# file {i}\n" + "def f():\n    return 1\n" * 10)
-    (repo / "pyproject.toml").write_text("[project]\nname = 'bench'\n")
-    git = ["git", "-C", str(repo)]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "-c", "user.name=b", "-c", "user.email=b@l", "commit", "-q", "-m",
-                    "generated"], check=True)
-    return repo
+    """The generated repository, with a ``pyproject.toml`` for the setup step to read."""
+    return poolkit.make_repo(directory, files,
+                             extra={"pyproject.toml": "[project]\nname = 'bench'\n"})
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -67,13 +67,22 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str,
         time.sleep(interval)
 
 
-def make_repo(directory: Path) -> Path:
+def make_repo(directory: Path, files: int = 0, extra: dict[str, str] | None = None) -> Path:
+    """A generated repository ``directory/repo`` on ``main``: ``files`` small Python files
+    in 40 packages, plus ``extra`` (path: text), in one commit."""
     repo = directory / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        path = repo / f"src/pkg{i % 40}/file{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# file {i}\n" + "def f():\n    return 1\n" * 10)
+    for name, text in (extra or {}).items():
+        (repo / name).write_text(text)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "-c", "user.name=b", "-c", "user.email=b@l", "commit", "-q",
-                    "--allow-empty", "-m", "init"], check=True)
+                    "--allow-empty", "-m", "generated"], check=True)
     return repo
 
 
