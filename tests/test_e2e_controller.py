@@ -179,7 +179,7 @@ def test_graceful_scale_down_keeps_the_short_task_and_requeues_the_long_one(
         host: Path, git_repo: Path) -> None:
     spec = controlled_spec(host, replicas=2, worker={"stopGrace": "10s"})
     apply(spec)
-    short = add_task(spec, "[seconds=3]", title="short")
+    short = add_task(spec, "[seconds=5]", title="short")  # long enough to be seen running
     long = add_task(spec, "[hang]", title="long")
     wait_for(lambda: all(t["status"] == "running" for t in tasks(spec)), message="both running")
     set_spec(spec, replicas=0)
@@ -237,7 +237,7 @@ def test_rate_limited_agent_pauses_claiming_without_using_attempts(host: Path,
                            worker={"rateLimit": {"exitCodes": [75],
                                                  "resetPattern": r"resets at (\d+)"}})
     apply(spec)
-    resets = int(time.time()) + 8
+    resets = int(time.time()) + 12  # room for the CLI calls below on a loaded machine
     limited = add_task(spec, f"[rate-limit-until={resets}]", title="limited", priority=5)
     other = add_task(spec, "ok", title="other")
     wait_for(lambda: status(spec)["claiming_paused_until"], message="claiming to pause")
