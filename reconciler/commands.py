@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
+from types import ModuleType
 from typing import Any
-
-from rich.markup import escape
 
 from reconciler import pool as pools
 from reconciler.actions import Plan
@@ -32,15 +31,32 @@ from reconciler.log import log_to
 from reconciler.model import FINAL_TASK_STATUSES, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
 from reconciler.pool import Pool
-from reconciler.report import render
+from reconciler.report.documents import print_json, print_json_array, printable, task_document
 from reconciler.report.plan import plan_document
-from reconciler.report.render import console, print_json, print_json_array, printable
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
 from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_workers
 from reconciler.worktrees import check_repo, repo_lock
+
+
+def _render() -> ModuleType:
+    """The rich renderings, imported only to draw text: ``-o json`` never loads rich."""
+    from reconciler.report import render
+
+    return render
+
+
+def _print(*objects: Any) -> None:
+    """Print rich markup or tables to the terminal (text output only)."""
+    _render().console.print(*objects)
+
+
+def _progress_line(line: str) -> None:
+    """One progress line of apply, delete or scale, escaped: it may carry outside text."""
+    render = _render()
+    render.console.print(f"  {render.escape(line)}")
 
 POLL_SECONDS = 0.25
 TASK_PAGE = 50  # tasks `task list` shows unless --limit or --all says otherwise
@@ -101,7 +117,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.output == "json":
         print_json(plan_document(plan))
     else:
-        render.render_plan(plan, title=f"reconcile apply would change pool {pool.name}:")
+        _render().render_plan(plan, title=f"reconcile apply would change pool {pool.name}:")
     return 0 if plan.empty else 2
 
 
@@ -117,14 +133,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     def show_plan(plan: Plan) -> None:  # called under the lock, with the plan that runs
         if text and not plan.empty:
-            render.render_plan(plan, title=f"Applying to pool {pool.name}:")
+            _render().render_plan(plan, title=f"Applying to pool {pool.name}:")
 
-    say = (lambda line: console.print(f"  {escape(line)}")) if text else (lambda _line: None)
+    say = _progress_line if text else (lambda _line: None)
     result = operations.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
     waited = None
     if args.wait:
         with Progress(TextColumn("converging"), TextColumn("{task.fields[detail]}"),
-                      TimeElapsedColumn(), console=console, disable=not text,
+                      TimeElapsedColumn(), console=_render().console, disable=not text,
                       transient=True) as bar:
             job = bar.add_task("converging", detail="")
             waited = operations.converge(
@@ -139,14 +155,14 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     "remaining": plan_document(result.remaining), "ready": ready,
                     "superseded_by": waited.superseded_by if waited else None})
     elif result.plan.empty and not result.plan.steps:
-        console.print(f"Nothing to do: pool {pool.name} already matches {args.file}"
+        _print(f"Nothing to do: pool {pool.name} already matches {args.file}"
                       f" (generation {result.generation}"
                       f"{', recorded now' if result.recorded else ''}).")
     else:
-        console.print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
+        _print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
                       f"change(s) made; generation {result.generation} in history.")
         if not args.wait and not result.remaining.empty:
-            console.print(f"still in progress: {escape(result.remaining.summary())} "
+            _print(f"still in progress: {_render().escape(result.remaining.summary())} "
                           "(the controller finishes it; `reconcile diff` shows what is left)")
     for problem in result.report.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -178,14 +194,14 @@ def cmd_delete(args: argparse.Namespace) -> int:
     pool = _pool(args)
     result = operations.delete(
         pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
-        progress=lambda line: console.print(f"  {escape(line)}"))
+        progress=_progress_line)
     for problem in result.report.problems:
         print(f"warning: {problem}", file=sys.stderr)
     if not result.done:
         print("error: some workers did not stop in time; run `reconcile delete --force` to "
               "stop them now (their tasks go back to the queue)", file=sys.stderr)
         return 1
-    console.print(f"Pool {pool.name} deleted; the queue, logs and history are kept.")
+    _print(f"Pool {pool.name} deleted; the queue, logs and history are kept.")
     return 1 if result.report.problems else 0
 
 
@@ -242,7 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         print_json(document)
     else:
-        render.render_status(document)
+        _render().render_status(document)
     return 0 if document["ok"] else UNHEALTHY_EXIT
 
 
@@ -270,7 +286,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         if args.output == "json":
             print_json([asdict(h) for h in history])
         else:
-            render.render_history(history)
+            _render().render_history(history)
         return 0
 
 
@@ -282,7 +298,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             if args.output == "json":
                 print_json([asdict(e) for e in events])
             else:
-                render.render_events(events)
+                _render().render_events(events)
             return 0
         last = events[-1].id if events else 0
         while True:  # one JSON object per line with -o json; Ctrl-C ends it
@@ -290,7 +306,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                 if args.output == "json":
                     print(json.dumps(asdict(event)), flush=True)
                 else:
-                    render.render_events([event], empty_note=False)
+                    _render().render_events([event], empty_note=False)
                 last = event.id
             time.sleep(POLL_SECONDS)
             events = store.find_events(**where, after_id=last)
@@ -341,7 +357,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.output == "json":
         print_json(document)
     else:
-        render.render_prune(document)
+        _render().render_prune(document)
     if result.failed:
         print(f"error: {len(result.failed)} branch(es) could not be deleted (listed above)",
               file=sys.stderr)
@@ -358,8 +374,8 @@ def cmd_scale(args: argparse.Namespace) -> int:
         raise ReconcilerError(f"replicas must be from 0 to {MAX_REPLICAS}, got {args.replicas}")
     result = operations.scale(path, args.replicas, state_dir=args.state_dir, wait=args.wait,
                               timeout=wait_timeout,
-                              progress=lambda line: console.print(f"  {escape(line)}"))
-    console.print(f"{path}: replicas {result.before} → {result.after}")
+                              progress=_progress_line)
+    _print(f"{path}: replicas {result.before} → {result.after}")
     if result.converge is not None and result.converge.superseded_by is not None:
         print(f"error: stopped waiting: generation {result.converge.superseded_by} was applied "
               "after this one", file=sys.stderr)
@@ -367,7 +383,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
     if result.converge is not None and not result.converge.ready:
         print(f"error: the pool did not converge within {args.timeout}", file=sys.stderr)
         return 1
-    console.print(f"applied: pool {result.apply.plan.pool} scaled to {args.replicas} "
+    _print(f"applied: pool {result.apply.plan.pool} scaled to {args.replicas} "
                   f"(generation {result.apply.generation})")
     return 0
 
@@ -436,10 +452,10 @@ def task_list(args: argparse.Namespace) -> int:
             return 0
         page = store.tasks(args.status, limit=None if args.all else args.limit or TASK_PAGE)
         counts = store.queue_counts()
-    render.render_tasks(page, _commit_counts(pool, page))
+    _render().render_tasks(page, _commit_counts(pool, page))
     total = getattr(counts, args.status) if args.status else counts.total
     if total > len(page):
-        console.print(f"showing the first {len(page)} of {total} tasks; "
+        _print(f"showing the first {len(page)} of {total} tasks; "
                       "--limit N shows more, --all shows every one")
     return 0
 
@@ -451,7 +467,7 @@ def _task_documents(pool: Pool, tasks: Iterable[TaskRow]) -> Iterator[dict[str, 
     while chunk := list(islice(rows, COMMIT_CHUNK)):
         commits = _commit_counts(pool, chunk)
         for t in chunk:
-            yield {**render.task_document(t),
+            yield {**task_document(t),
                    "commits": commits.get(t.branch) if t.branch else None}
 
 
@@ -472,9 +488,9 @@ def task_show(args: argparse.Namespace) -> int:
         task = store.task(args.task_id)
         attempts = store.attempts(task.id)
         if args.output == "json":
-            print_json(render.task_document(task, attempts))
+            print_json(task_document(task, attempts))
         else:
-            render.render_task(task, attempts)
+            _render().render_task(task, attempts)
         return 0
 
 
@@ -535,8 +551,8 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
 
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console,
-                  disable=not show) as progress:
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                  console=_render().console, disable=not show) as progress:
         bar = progress.add_task("tasks", total=len(ids), detail="")
         statuses: dict[int, str] = {}
         seen_version: int | None = None

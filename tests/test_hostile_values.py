@@ -14,7 +14,7 @@ import pytest
 
 from reconciler.errors import SpecError
 from reconciler.model import EventRow
-from reconciler.report import render
+from reconciler.report import documents, render
 from reconciler.spec import load_spec
 from tests.e2e import add_task, show_task, tasks
 from tests.helpers import error_lines, one_error_line, reconcile, write_spec
@@ -73,11 +73,11 @@ class TestTerminalEscapes:
     pytest.param("naïve → ünïcode", "naïve → ünïcode", id="printable-unicode-kept"),
 ])
 def test_control_characters_are_written_out(text: str, seen: str) -> None:
-    assert render.printable(text) == seen
+    assert documents.printable(text) == seen
 
 
 def test_a_newline_stays_where_the_field_has_lines() -> None:
-    assert render.printable("one\ntwo\x1b", multiline=True) == "one\ntwo\\x1b"
+    assert documents.printable("one\ntwo\x1b", multiline=True) == "one\ntwo\\x1b"
 
 
 def test_an_event_line_shows_escapes_and_markup_literally(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from reconciler.paths import pool_paths
+from reconciler.store.sqlite import Store
 from tests.helpers import ROOT
 
 PACKAGE = ROOT / "reconciler"
@@ -112,6 +117,27 @@ def test_read_commands_load_no_spec_validator_and_no_executor(tmp_path: Path) ->
     proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[1, true, []]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command", [["status"], ["task", "list"], ["task", "show", "1"],
+                                     ["events"]])
+def test_json_output_never_loads_rich(tmp_path: Path, command: list[str]) -> None:
+    """``-o json`` is for scripts: it prints plain data and never pays for rich (issue 9:
+    read commands as whole processes)."""
+    state = str(tmp_path / "state")
+    with Store(pool_paths(tmp_path / "state", "p").create().store) as store:
+        store.add_tasks([("a task", "its prompt", 0)])
+    probe = ("import json, sys\n"
+             "from reconciler import cli\n"
+             f"code = cli.main(['--state-dir', {state!r}, *{command!r}, '--pool', 'p',"
+             " '-o', 'json'])\n"
+             "print(json.dumps([code, [m for m in sys.modules if m.split('.')[0] == 'rich']]),"
+             " file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    code, loaded = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert code in (0, 3) and json.loads(proc.stdout) is not None, proc.stdout + proc.stderr
+    assert loaded == [], loaded
 
 
 def test_health_loads_transitions_only_when_a_worker_changes_state() -> None:

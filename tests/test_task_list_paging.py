@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.commands import TASK_PAGE
 from reconciler.paths import pool_paths
-from reconciler.report.render import print_json_array, task_document
+from reconciler.report.documents import print_json_array, task_document
 from reconciler.store.sqlite import Store
 from tests.e2e import state_dir
 from tests.helpers import reconcile
