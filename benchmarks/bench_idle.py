@@ -36,6 +36,7 @@ from poolkit import (  # the benchmarks' folder is on the path when a script run
     wakeups,
 )
 
+HEARTBEAT_SECONDS = 5.0  # health.heartbeatInterval's default
 SETTLE_SECONDS = 3.0  # after every worker heartbeats: the start's own work is done
 SLEEPING_AGENT = ["sleep", "3600"]
 
@@ -111,6 +112,9 @@ def main() -> int:
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores; measured over {args.seconds:g}s after settling; "
           "default settings")
+    if args.seconds < HEARTBEAT_SECONDS * 2:
+        print(f"(a window under {HEARTBEAT_SECONDS * 2:g}s sees at most one heartbeat per worker, "
+              "and CPU time counts in 10 ms ticks: the figures below are rough)")
     with tempfile.TemporaryDirectory(prefix="rbi-") as scratch:
         directory = Path(scratch)
         for size in args.sizes:

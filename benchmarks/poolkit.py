@@ -269,8 +269,8 @@ def pm2_executable() -> str | None:
 
 INSTALL_HINT = ("install the baselines for benchmarks only: python3 -m venv "
                 "benchmarks/.tools/sv && benchmarks/.tools/sv/bin/pip install supervisor; "
-                "mkdir -p benchmarks/.tools/pm2 && cd benchmarks/.tools/pm2 && "
-                "echo '{}' > package.json && npm install pm2")
+                "mkdir -p benchmarks/.tools/pm2 && (cd benchmarks/.tools/pm2 && "
+                "echo '{}' > package.json && npm install pm2)  # pm2 needs Node.js and npm")
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

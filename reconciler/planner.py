@@ -360,13 +360,14 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     before killing it.
     """
     hung = instance is not None and instance.alive
+    previous = counted_restarts(spec, observation, row, now)
+    delay = restart_delay(spec, row.id, len(previous))
     if attempts and not hung:
         # its agent must not work on through the backoff: end the attempt now (once its
         # processes are gone) so the task can run elsewhere; the slot restarts later
+        then = "restart after the backoff" if delay else "then restart it"
         return ReleaseWorker(row.id, f"{_death(spec, row, instance, now)}: end its attempt "
-                             "now, restart after the backoff", None, attempts)
-    previous = counted_restarts(spec, observation, row, now)
-    delay = restart_delay(spec, row.id, len(previous))
+                             f"now, {then}", None, attempts)
     died_at = row.health_since if row.health == "dead" and row.health_since else now
     ready_at = died_at + delay
     # a worker that had been stable for resetAfter starts a fresh budget with this restart

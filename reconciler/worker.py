@@ -156,6 +156,7 @@ class Worker:
         """Heartbeat every interval until the worker exits (a drain does not stop it:
         the lease of the task being finished must stay alive)."""
         store = Store(self.paths.store)  # its own connection: never shares a cursor
+        announced = False
         try:
             while True:
                 with self._claim_lock:
@@ -163,6 +164,9 @@ class Worker:
                 try:
                     drain, cancel = store.heartbeat(self.worker_id, claim, self.lease_seconds,
                                                     last_output_at=self._last_output)
+                    if not announced:  # the first beat: the controller records it is up
+                        announced = True
+                        ring_controller(self.paths.root)
                 except ReconcilerError as exc:  # keep beating: a missed beat is not fatal
                     logger.warning("heartbeat failed: {}; retrying", exc.one_line())
                     drain = cancel = False

@@ -345,6 +345,20 @@ def test_operator_restart_resets_the_budget_and_is_not_counted(health: str, is_a
     assert not getattr(replacement, "counted", False)
 
 
+def test_a_dead_workers_attempt_is_released_with_the_restart_it_leads_to() -> None:
+    """The release says what follows: at once after a first crash, after the backoff
+    after a later one (it said "after the backoff" for both)."""
+    spec = make_spec(1)
+    dead = row("w-1", spec, heartbeat_at=NOW - 600)
+    obs = replace(observation([RuntimeInstance("w-1", "tmux", 100, False, exit_signal=9)],
+                              [dead]), running=(attempt("w-1"),))
+    (first,) = [a for a in plan(spec, obs, NOW).actions if isinstance(a, ReleaseWorker)]
+    assert first.reason.endswith("end its attempt now, then restart it")
+    again = replace(obs, restart_history={"w-1": (NOW - 30,)})
+    (later,) = [a for a in plan(spec, again, NOW).actions if isinstance(a, ReleaseWorker)]
+    assert later.reason.endswith("end its attempt now, restart after the backoff")
+
+
 class TestNextWakeup:
     """The controller sleeps until ``next_wakeup``: the first moment time alone could
     change a decision.  Too late and a hang or a backoff's end waits for the resync."""

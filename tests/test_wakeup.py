@@ -24,7 +24,7 @@ from reconciler.model import Observation, RetryPolicy, RuntimeInstance, WorkerRo
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import Bell, controller_bell, ring, ring_workers, worker_bell
 from tests.e2e import add_task, apply, events, replaced, show_task, worker_pid
-from tests.helpers import wait_for, write_spec
+from tests.helpers import reconcile, wait_for, write_spec
 
 
 def readable(bell: Bell, timeout: float = 0.0) -> bool:
@@ -167,6 +167,28 @@ def test_a_crash_wakes_the_controller_without_any_poll(host: Path, git_repo: Pat
     wait_for(lambda: replaced(spec, "w-1", old), timeout=30, message="w-1 replaced")
     restarts = [e for e in events(spec, "worker.restarted") if e["worker_id"] == "w-1"]
     assert restarts, "the replacement was not the controller's restart"
+
+
+@pytest.mark.e2e
+def test_a_restarted_workers_first_heartbeat_is_recorded_at_once(host: Path,
+                                                                  git_repo: Path) -> None:
+    """An idle worker restarted by ``reconcile restart`` rings on its first heartbeat: the
+    controller records it up then, not at its next resync (it lagged up to 10s)."""
+    spec = write_spec(host, replicas=1, extra={"controller": {"enabled": True,
+                                                              "interval": "1h"}})
+    apply(spec)
+    old = worker_pid(spec, "w-1")
+    reconcile("restart", "w-1", "-f", str(spec), check=True)
+    wait_for(lambda: replaced(spec, "w-1", old), timeout=30, message="w-1 restarted")
+    wait_for(lambda: any(e["worker_id"] == "w-1" and "first heartbeat" in e["message"]
+                         and e["at"] > restarted_at(spec)
+                         for e in events(spec, "worker.health")),
+             timeout=10, message="the controller to record the first heartbeat")
+
+
+def restarted_at(spec: Path) -> float:
+    return max(float(e["at"]) for e in events(spec, "worker.restarted")
+               if e["worker_id"] == "w-1")
 
 
 @pytest.mark.e2e
