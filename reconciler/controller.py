@@ -6,9 +6,10 @@ It sleeps in one ``select`` and runs a pass when something calls for one:
   (``os.pidfd_open`` works on any process, not only children), so a crash
   is seen the moment it happens, not at the next poll;
 - its bell rings (``reconciler.wakeup``): ``apply``, ``delete``, ``restart``
-  and workers starting or ending a task ring it.  Heartbeats do not: a
-  heartbeat alone never changes what a pass would do before the moment
-  computed below;
+  and workers starting or ending a task ring it (rings are taken up at most
+  every ``BELL_PASS_GAP``, so a busy pool does not cost a pass per task).
+  Heartbeats do not ring: a heartbeat alone never changes what a pass would
+  do before the moment computed below;
 - the earliest moment at which time alone could change a decision
   (``planner.next_wakeup``): a restart backoff or stop grace ending, a
   heartbeat, task or output growing old enough to change a worker's health;
@@ -58,6 +59,7 @@ LOCK_RETRY_SECONDS = 0.25  # a pass skipped because apply/delete held the pool l
 EXIT_RECHECK_SECONDS = 0.05  # a watched exit the observers do not show yet (tmux lags)
 EXIT_RECHECKS = 20
 UNFINISHED_RETRY_FIRST = 0.2  # changes a pass left undone: again this soon, doubling
+BELL_PASS_GAP = 0.2  # passes for rings (tasks starting and ending) at most this often
 
 
 class Controller:
@@ -132,15 +134,19 @@ class Controller:
         next_beat = 0.0
         skipped = failures = rechecks = unfinished = 0
         try:
+            last_pass = -BELL_PASS_GAP
             while not self.stop.is_set():
                 woken = False
                 for key, _ in selector.select(max(0.0, min(next_pass, next_beat)
                                                   - time.monotonic())):
                     if key.data is None:
                         bell.clear()
+                        # rings come with every task's start and end: at most one pass
+                        # per gap for them, whatever the throughput (an exit: at once)
+                        next_pass = min(next_pass, last_pass + BELL_PASS_GAP)
                     else:
                         watch.exited(key.data)
-                    woken = True
+                        woken = True
                 if self.stop.is_set():
                     return
                 clock = time.monotonic()
@@ -154,6 +160,7 @@ class Controller:
                     if store.controller_heartbeat():
                         return  # delete asked us to stop
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
+                    last_pass = time.monotonic()
                     done, result = self._pass(store)
                 except (ReconcilerError, sqlite3.Error, OSError) as exc:
                     # the store busy, full, read-only or failing: log, back off, never die

@@ -92,8 +92,12 @@ def test_crash_loop_backs_off_then_fails_and_restart_revives(host: Path,
         time.sleep(0.1)
     restarts = [e["at"] for e in events(spec, "worker.restarted") if e["worker_id"] == "w-1"]
     assert len(restarts) == 3
-    gaps = [b - a for a, b in itertools.pairwise(restarts)]
-    assert gaps[1] > gaps[0], f"restart delays did not grow: {gaps}"
+    deaths = [e["at"] for e in events(spec, "worker.health")
+              if e["worker_id"] == "w-1" and e["fields"]["to"] == "dead"]
+    # each restart's wait, counted from the death before it: none for the first crash,
+    # then backoff (1s) and twice that, each jittered by ±25%
+    waits = [at - max(d for d in deaths if d <= at) for at in restarts]
+    assert waits[0] < 0.5 and 0.7 <= waits[1] < waits[2], f"restart waits: {waits}"
     time.sleep(2)  # no spawn after failed
     assert [e for e in events(spec, "worker.restarted") if e["worker_id"] == "w-1"] \
         == [e for e in events(spec, "worker.restarted") if e["worker_id"] == "w-1"][:3]
