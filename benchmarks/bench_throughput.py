@@ -20,7 +20,8 @@ side in the same run, on the same generated repository:
   directory, from the enqueue of all tasks (one ``add_tasks`` call) to the last
   task's finish as the store recorded it.
 
-Then dispatch latency with idle workers: one task enqueued at a time (at a
+Then dispatch latency with idle workers, with fresh worktrees and again with
+``worktrees.reuse: perWorker``: one task enqueued at a time (at a
 random moment, with the wake-up ``reconcile task add`` sends), enqueue to
 the agent's own start time; the agent's
 interpreter start-up alone is measured too, since it is part of that figure.
@@ -162,7 +163,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def write_spec(directory: Path, repo: Path, workers: int) -> Path:
+def write_spec(directory: Path, repo: Path, workers: int, reuse: str = "fresh") -> Path:
     spec = directory / "pool.yaml"
     spec.write_text(yaml.safe_dump({
         "apiVersion": "reconciler/v1", "kind": "WorkerPool", "metadata": {"name": POOL},
@@ -170,8 +171,21 @@ def write_spec(directory: Path, repo: Path, workers: int) -> Path:
                  "runtime": "process",
                  "worker": {"command": [sys.executable, "-S", str(directory / "agent.py"),
                                         str(directory / "out"), "{task.id}"]},
-                 "worktrees": {"cleanup": "always"}}}))
+                 "worktrees": {"cleanup": "always", "reuse": reuse}}}))
     return spec
+
+
+def reused_dispatch_latency(directory: Path, state: Path, repo: Path, workers: int,
+                            samples: int) -> list[float]:
+    """The dispatch latency again with ``worktrees.reuse: perWorker``, once every worker
+    has made its own worktree (a warm-up of two tasks per worker)."""
+    spec = write_spec(directory, repo, workers, reuse="perWorker")
+    cli(state, "apply", "-f", str(spec), "--wait")
+    pool = pool_paths(state, POOL)
+    with Store(pool.store) as store:
+        wait_done(store, enqueue(store, pool.root, [("warm", "p", 0)] * (2 * workers)))
+        latencies, _ = dispatch_latency(store, pool.root, directory / "out", samples)
+    return latencies
 
 
 def main() -> None:
@@ -209,6 +223,8 @@ def main() -> None:
         latencies, worktree_times = dispatch_latency(store, pool.root, directory / "out",
                                                      args.latency_samples)
         store.close()
+        reused = reused_dispatch_latency(directory, state, repo, args.workers,
+                                         args.latency_samples)
     finally:
         cli(state, "delete", "-f", str(spec), "--force")
         shutil.rmtree(directory, ignore_errors=True)
@@ -230,6 +246,9 @@ def main() -> None:
           f"p90 {1000 * percentile(latencies, 0.9):.1f} ms  "
           f"(of which agent start-up p50 {1000 * statistics.median(startups):.1f} ms, "
           f"making the worktree p50 {1000 * statistics.median(worktree_times):.1f} ms)")
+    print(f"dispatch latency with worktrees.reuse perWorker: "
+          f"p50 {1000 * statistics.median(reused):.1f} ms  "
+          f"p90 {1000 * percentile(reused, 0.9):.1f} ms")
 
 
 def agent_startup_safe(samples: int) -> list[float]:

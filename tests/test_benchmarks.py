@@ -88,6 +88,7 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^pool phase worktree +p50 +{FIGURE} ms +p90 +{FIGURE} ms$",
         rf"^dispatch latency .*: p50 {FIGURE} ms +p90 {FIGURE} ms +"
         rf"\(of which agent start-up p50 {FIGURE} ms, making the worktree p50 {FIGURE} ms\)$",
+        rf"^dispatch latency with worktrees.reuse perWorker: p50 {FIGURE} ms +p90 {FIGURE} ms$",
     ]),
 }
 # real tmux; real workers and git
