@@ -158,11 +158,6 @@ def agent_startup(directory: Path, samples: int) -> list[float]:
     return startups
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def write_spec(directory: Path, repo: Path, workers: int, reuse: str = "fresh") -> Path:
     spec = directory / "pool.yaml"
     spec.write_text(yaml.safe_dump({
@@ -239,16 +234,16 @@ def main() -> None:
         values = [p[phase] for p in phases if phase in p]
         if values:
             print(f"pool phase {phase:9} p50 {1000 * statistics.median(values):7.1f} ms  "
-                  f"p90 {1000 * percentile(values, 0.9):7.1f} ms")
+                  f"p90 {1000 * poolkit.percentile(values, 0.9):7.1f} ms")
     startups = agent_startup_safe(args.latency_samples)
     print(f"dispatch latency (enqueue to agent start, idle workers): "
           f"p50 {1000 * statistics.median(latencies):.1f} ms  "
-          f"p90 {1000 * percentile(latencies, 0.9):.1f} ms  "
+          f"p90 {1000 * poolkit.percentile(latencies, 0.9):.1f} ms  "
           f"(of which agent start-up p50 {1000 * statistics.median(startups):.1f} ms, "
           f"making the worktree p50 {1000 * statistics.median(worktree_times):.1f} ms)")
     print(f"dispatch latency with worktrees.reuse perWorker: "
           f"p50 {1000 * statistics.median(reused):.1f} ms  "
-          f"p90 {1000 * percentile(reused, 0.9):.1f} ms")
+          f"p90 {1000 * poolkit.percentile(reused, 0.9):.1f} ms")
 
 
 def agent_startup_safe(samples: int) -> list[float]:
