@@ -8,6 +8,7 @@ is killed, so a failing test cannot leak workers into the next one.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +18,14 @@ import pytest
 
 from tests.e2e import state_dir
 from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning, kill_tmux_servers_under
+
+# Every process a test starts (each CLI call, worker and controller) imports the
+# package.  Where PYTHONDONTWRITEBYTECODE is set, as on some CI machines, each would
+# compile every module again (about 80 ms a process), so compiled modules are cached
+# outside the tree instead, shared by the pytest-xdist workers (writes are atomic).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+os.environ.setdefault("PYTHONPYCACHEPREFIX", str(
+    Path(tempfile.gettempdir()) / f"reconciler-tests-pycache-{os.getuid()}"))
 
 
 @pytest.fixture
