@@ -26,8 +26,8 @@ from unittest import mock
 from transitions import Machine
 
 from reconciler import health, planner
-from reconciler.actions import Plan, Step
-from reconciler.model import AttemptRow, Observation, RuntimeInstance, WorkerRow
+from reconciler.actions import Plan
+from reconciler.model import AttemptRow, Observation, RuntimeInstance, Step, WorkerRow
 from reconciler.spec import parse_spec
 from reconciler.specmodel import PoolSpec
 

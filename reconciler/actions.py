@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from reconciler.model import ProcessRef, RuntimeInstance
+from reconciler.model import ProcessRef, RuntimeInstance, Step
 
 CONTROLLER = "controller"  # the target shown for the controller's own actions
 
@@ -229,20 +229,6 @@ def target(action: Action) -> str:
                 ResetBudget(worker=worker):
             return worker
     raise TypeError(f"not an action: {action!r}")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One health transition: ``worker`` goes from ``source`` to ``dest`` because ``reason``."""
-
-    worker: str
-    source: str
-    dest: str
-    trigger: str
-    reason: str
-
-    def describe(self) -> str:
-        return f"{self.worker}: {self.source} → {self.dest} ({self.reason})"
 
 
 @dataclass(frozen=True)

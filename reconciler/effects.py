@@ -11,8 +11,6 @@ import signal as signals
 import time
 from pathlib import Path
 
-import psutil
-
 from reconciler.executor import Ports
 from reconciler.marks import marked_processes, pool_key
 from reconciler.model import ProcessRef
@@ -52,6 +50,7 @@ class HostProcesses:
         signal_processes(processes, signal_by_name(signal))
 
     def wait_gone(self, processes: tuple[ProcessRef, ...], timeout: float) -> None:
+        import psutil
         psutil.wait_procs(live_processes(processes), timeout=timeout)
 
     def alive(self, processes: tuple[ProcessRef, ...]) -> tuple[ProcessRef, ...]:

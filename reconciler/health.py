@@ -22,8 +22,8 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from reconciler.actions import Step
 from reconciler.durations import format_duration
+from reconciler.model import AttemptRow, Observation, RuntimeInstance, Step, WorkerRow
 from reconciler.specmodel import PoolSpec
 
 if TYPE_CHECKING:
@@ -197,3 +197,69 @@ def assess(worker: str, state: str, facts: WorkerFacts, spec: PoolSpec) -> list[
         steps.append(Step(worker, source, model.state, rule.trigger,
                           _reason(rule, facts, spec)))
     return steps
+
+
+# --------------------------------------------------------------------------- facts
+# What the table reads about one worker, from an observation: the planner and
+# ``status`` judge from the same facts.
+
+
+def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: WorkerRow,
+             instance: RuntimeInstance | None, now: float) -> WorkerFacts:
+    """The pure facts the health table reads, for one worker at ``now``."""
+    attempt: AttemptRow | None = observation.attempt_of(worker_id)
+    started = row.started_at or now
+    fresh_heartbeat = row.heartbeat_at is not None and row.heartbeat_at >= started
+    restarts = counted_restarts(spec, observation, row, now)
+    return WorkerFacts(
+        process_alive=(instance is not None and instance.alive)
+        or unseen_but_beating(spec, row, instance, now),
+        exit_description=exit_description(row, instance),
+        heartbeat_age=now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None,
+        since_start=now - started,
+        busy=attempt is not None,
+        task_id=attempt.task_id if attempt else None,
+        task_age=now - attempt.started_at if attempt else None,
+        output_age=now - (attempt.last_output_at or attempt.started_at) if attempt else None,
+        draining=row.drain_requested,
+        budget_left=row.drain_requested or len(restarts) < spec.restart.max_restarts,
+        restarts_in_window=len(restarts))
+
+
+def counted_restarts(spec: PoolSpec, observation: Observation, row: WorkerRow,
+                     now: float) -> tuple[float, ...]:
+    """Restarts that count against the budget: inside ``window``, and none at all once
+    the current process has been up for ``resetAfter`` (its last heartbeat says so)."""
+    if row.started_at and row.heartbeat_at and \
+            row.heartbeat_at - row.started_at >= spec.restart.reset_after:
+        return ()
+    return tuple(t for t in observation.restart_history.get(row.id, ())
+                 if t > now - spec.restart.window)
+
+
+def unseen_but_beating(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None,
+                       now: float) -> bool:
+    """A tmux worker whose window cannot be seen (nor its process confirmed) while its
+    heartbeat is fresh.  Heartbeats outrank missing windows: such a worker is never
+    restarted (a second copy would take tasks too); it is reported until the two agree."""
+    return (row.runtime == "tmux" and instance is None and not row.removed
+            and row.heartbeat_at is not None and row.started_at is not None
+            and row.heartbeat_at >= row.started_at
+            and now - row.heartbeat_at < spec.health.unresponsive_after)
+
+
+def heartbeat_disagreements(spec: PoolSpec, observation: Observation, now: float) -> list[str]:
+    """``status``'s words for each worker that heartbeats but has no window to be seen."""
+    return [f"{row.id} heartbeats ({format_duration(now - (row.heartbeat_at or now))} ago) "
+            f"but no tmux window of it can be seen on socket {row.tmux_socket}: left alone "
+            "while it heartbeats (was its tmux server moved or killed?)"
+            for row in observation.workers
+            if unseen_but_beating(spec, row, observation.instance(row.id), now)]
+
+
+def exit_description(row: WorkerRow, instance: RuntimeInstance | None) -> str:
+    if instance is not None:
+        return instance.exit_description()
+    where = "tmux window" if row.runtime == "tmux" else "process"
+    last = f", last exit {row.exit_code}" if row.exit_code is not None else ""
+    return f"{where} gone{last}"

@@ -19,16 +19,17 @@ drops its mark; the agent's recorded pid and process group still cover it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from collections import defaultdict
 from pathlib import Path
-
-import psutil
+from typing import TYPE_CHECKING
 
 from reconciler.model import ProcessRef
-from reconciler.proctree import kill_processes
+from reconciler.proctree import create_time_of, kill_processes
+
+if TYPE_CHECKING:
+    import psutil
 
 MARK_VAR = "RECONCILER_ATTEMPT_MARK"
 _PROC = Path("/proc")
@@ -61,13 +62,16 @@ def marked_processes(key: str) -> dict[int, tuple[ProcessRef, ...]]:
         value = environ[start + len(needle):end if end >= 0 else None]
         if not value.isdigit():
             continue
-        with contextlib.suppress(psutil.Error):
-            found[int(value)].append(ProcessRef(pid, psutil.Process(pid).create_time()))
+        started = create_time_of(pid)
+        if started is not None:
+            found[int(value)].append(ProcessRef(pid, started))
     return {attempt: tuple(refs) for attempt, refs in found.items()}
 
 
 def _environments(skip: int) -> list[tuple[int, bytes]]:
     if not _PROC.is_dir():  # not Linux: psutil reads environments more slowly
+        import psutil
+
         return [(p.pid, _joined(p)) for p in psutil.process_iter() if p.pid != skip]
     out: list[tuple[int, bytes]] = []
     for entry in _PROC.iterdir():
@@ -81,6 +85,7 @@ def _environments(skip: int) -> list[tuple[int, bytes]]:
 
 
 def _joined(proc: psutil.Process) -> bytes:
+    import psutil
     try:
         return b"\0".join(f"{k}={v}".encode() for k, v in proc.environ().items())
     except psutil.Error:

@@ -257,3 +257,17 @@ def _first_by(items: Iterable[T], key: Callable[[T], str | None]) -> dict[str, T
         if k is not None:
             index.setdefault(k, item)
     return index
+
+
+@dataclass(frozen=True)
+class Step:
+    """One health transition: ``worker`` goes from ``source`` to ``dest`` because ``reason``."""
+
+    worker: str
+    source: str
+    dest: str
+    trigger: str
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.worker}: {self.source} → {self.dest} ({self.reason})"

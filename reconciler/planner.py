@@ -33,19 +33,25 @@ from reconciler.actions import (
     ResetBudget,
     StartController,
     StartWorker,
-    Step,
     StopController,
     StopWorker,
     Wait,
 )
 from reconciler.durations import format_duration
 from reconciler.errors import PoolError
-from reconciler.health import WorkerFacts, assess
+from reconciler.health import (
+    assess,
+    counted_restarts,
+    exit_description,
+    facts_of,
+    unseen_but_beating,
+)
 from reconciler.model import (
     AttemptRow,
     Observation,
     ProcessRef,
     RuntimeInstance,
+    Step,
     WorkerRow,
     worker_sort_key,
 )
@@ -224,28 +230,6 @@ def _wait_for_grace(actions: list[Action], now: float) -> list[Action]:
 # --------------------------------------------------------------------------- health
 
 
-def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: WorkerRow,
-             instance: RuntimeInstance | None, now: float) -> WorkerFacts:
-    """The pure facts the health table reads, for one worker at ``now``."""
-    attempt: AttemptRow | None = observation.attempt_of(worker_id)
-    started = row.started_at or now
-    fresh_heartbeat = row.heartbeat_at is not None and row.heartbeat_at >= started
-    restarts = counted_restarts(spec, observation, row, now)
-    return WorkerFacts(
-        process_alive=(instance is not None and instance.alive)
-        or unseen_but_beating(spec, row, instance, now),
-        exit_description=_exit_description(row, instance),
-        heartbeat_age=now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None,
-        since_start=now - started,
-        busy=attempt is not None,
-        task_id=attempt.task_id if attempt else None,
-        task_age=now - attempt.started_at if attempt else None,
-        output_age=now - (attempt.last_output_at or attempt.started_at) if attempt else None,
-        draining=row.drain_requested,
-        budget_left=row.drain_requested or len(restarts) < spec.restart.max_restarts,
-        restarts_in_window=len(restarts))
-
-
 def _health(spec: PoolSpec, observation: Observation, worker_id: str, row: WorkerRow | None,
             instance: RuntimeInstance | None, now: float) -> tuple[list[Step], str]:
     if row is None:
@@ -253,17 +237,6 @@ def _health(spec: PoolSpec, observation: Observation, worker_id: str, row: Worke
     steps = assess(worker_id, row.health,
                    facts_of(spec, observation, worker_id, row, instance, now), spec)
     return steps, steps[-1].dest if steps else row.health
-
-
-def counted_restarts(spec: PoolSpec, observation: Observation, row: WorkerRow,
-                     now: float) -> tuple[float, ...]:
-    """Restarts that count against the budget: inside ``window``, and none at all once
-    the current process has been up for ``resetAfter`` (its last heartbeat says so)."""
-    if row.started_at and row.heartbeat_at and \
-            row.heartbeat_at - row.started_at >= spec.restart.reset_after:
-        return ()
-    return tuple(t for t in observation.restart_history.get(row.id, ())
-                 if t > now - spec.restart.window)
 
 
 def restart_delay(spec: PoolSpec, worker_id: str, previous_restarts: int) -> float:
@@ -316,26 +289,6 @@ def _converge_desired(spec: PoolSpec, observation: Observation, worker_id: str,
     if changed:
         return DrainWorker(worker_id, f"{changed} changed", instance, then="replace")
     return None
-
-
-def unseen_but_beating(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None,
-                       now: float) -> bool:
-    """A tmux worker whose window cannot be seen (nor its process confirmed) while its
-    heartbeat is fresh.  Heartbeats outrank missing windows: such a worker is never
-    restarted (a second copy would take tasks too); it is reported until the two agree."""
-    return (row.runtime == "tmux" and instance is None and not row.removed
-            and row.heartbeat_at is not None and row.started_at is not None
-            and row.heartbeat_at >= row.started_at
-            and now - row.heartbeat_at < spec.health.unresponsive_after)
-
-
-def heartbeat_disagreements(spec: PoolSpec, observation: Observation, now: float) -> list[str]:
-    """``status``'s words for each worker that heartbeats but has no window to be seen."""
-    return [f"{row.id} heartbeats ({format_duration(now - (row.heartbeat_at or now))} ago) "
-            f"but no tmux window of it can be seen on socket {row.tmux_socket}: left alone "
-            "while it heartbeats (was its tmux server moved or killed?)"
-            for row in observation.workers
-            if unseen_but_beating(spec, row, observation.instance(row.id), now)]
 
 
 def _not_while_beating(spec: PoolSpec, row: WorkerRow, then: Change, now: float) -> Wait:
@@ -448,15 +401,7 @@ def _death(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None,
         silence = now - (row.heartbeat_at or row.started_at or now)
         return f"hung: no heartbeat for {format_duration(silence)} (deadAfter " \
                f"{format_duration(spec.health.dead_after)})"
-    return f"process gone ({_exit_description(row, instance)})"
-
-
-def _exit_description(row: WorkerRow, instance: RuntimeInstance | None) -> str:
-    if instance is not None:
-        return instance.exit_description()
-    where = "tmux window" if row.runtime == "tmux" else "process"
-    last = f", last exit {row.exit_code}" if row.exit_code is not None else ""
-    return f"{where} gone{last}"
+    return f"process gone ({exit_description(row, instance)})"
 
 
 def _changed(spec: PoolSpec, row: WorkerRow, instance: RuntimeInstance | None) -> str:

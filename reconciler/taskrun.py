@@ -33,8 +33,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from reconciler.marks import MARK_VAR, attempt_mark, kill_marked
 from reconciler.paths import open_private_append
 from reconciler.proctree import kill_tree
@@ -247,6 +245,7 @@ def _pump(child: subprocess.Popen[bytes], log_fd: int, echo: bool,
 
 
 def _remember_descendants(pid: int, seen: dict[int, float]) -> None:
+    import psutil
     with contextlib.suppress(psutil.Error):
         for proc in psutil.Process(pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
@@ -255,6 +254,7 @@ def _remember_descendants(pid: int, seen: dict[int, float]) -> None:
 
 def _kill_leftovers(seen: Mapping[int, float], grace: float) -> None:
     """Kill remembered descendants that outlived the command (same pid *and* start time)."""
+    import psutil
     for pid, created in seen.items():
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(pid)

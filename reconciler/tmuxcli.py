@@ -24,8 +24,6 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-import psutil
-
 from reconciler.errors import RuntimeBackendError
 
 TMUX_TIMEOUT = 15.0
@@ -133,6 +131,7 @@ def pool_socket(pool_root: Path, name: str, config: Path | None = None) -> str:
 def running_server_socket(config: Path, name: str) -> str | None:
     """The listening socket named ``name`` of a running tmux server whose command line
     names ``config`` (every server a pool starts is given its own config file)."""
+    import psutil
     needle = str(config)
     for proc in psutil.process_iter(["name", "cmdline", "uids"]):
         with contextlib.suppress(psutil.Error):

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import psutil
-
 from reconciler.errors import GitError
 from reconciler.naming import branch_for, check_branch_name, slugify
 
@@ -235,6 +233,7 @@ def remove_stale_lock(stderr: str, now: float | None = None) -> bool:
 
 def _git_running_in(lock: Path) -> bool:
     """Whether a git process works in the repository that holds ``lock``."""
+    import psutil
     git_dir = next((p for p in lock.parents if p.name == ".git"), lock.parent)
     repo = git_dir.parent
     for proc in psutil.process_iter(["name", "cwd"]):

@@ -10,9 +10,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from reconciler.health import assess
+from reconciler.health import assess, counted_restarts, facts_of, heartbeat_disagreements
 from reconciler.model import ControllerRow, Observation, worker_sort_key
-from reconciler.planner import counted_restarts, facts_of, heartbeat_disagreements
 from reconciler.specmodel import PoolSpec
 
 UNHEALTHY_EXIT = 3
