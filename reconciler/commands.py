@@ -20,43 +20,44 @@ from types import ModuleType
 from typing import Any
 
 from reconciler import pool as pools
-from reconciler.actions import Plan
-from reconciler.branches import known_counts, prune_empty_branches
-from reconciler.crashlog import enable_crash_log
-from reconciler.crashtail import crash_tails
+from reconciler.checkedspecs import CheckedSpecs
 from reconciler.durations import parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
-from reconciler.log import log_to
 from reconciler.model import FINAL_TASK_STATUSES, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
 from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
-from reconciler.report.plan import plan_document
 from reconciler.report.status import UNHEALTHY_EXIT, status_document
 from reconciler.spec import load_spec
-from reconciler.store.base import backup_store
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_workers
-from reconciler.worktrees import check_repo, repo_lock
 
 
 def _render() -> ModuleType:
-    """The rich renderings, imported only to draw text: ``-o json`` never loads rich."""
+    """The text renderings, imported only to draw text: ``-o json`` never loads them."""
     from reconciler.report import render
 
     return render
 
 
-def _print(*objects: Any) -> None:
-    """Print rich markup or tables to the terminal (text output only)."""
-    _render().console.print(*objects)
+def _print(text: str, style: str | None = None) -> None:
+    """One line of text output (made safe: it may carry outside text)."""
+    _render().say(text, style)
 
 
 def _progress_line(line: str) -> None:
-    """One progress line of apply, delete or scale, escaped: it may carry outside text."""
-    render = _render()
-    render.console.print(f"  {render.escape(line)}")
+    """One progress line of apply, delete or scale (made safe: it may carry outside text)."""
+    _render().say(f"  {line}")
+
+
+def _progress_console() -> Any:
+    """rich's console for the progress bars of ``apply --wait`` and ``task wait`` (on
+    stdout; their text is ours), imported only when one is drawn."""
+    from rich.console import Console
+
+    return Console(highlight=False)
+
 
 POLL_SECONDS = 0.25
 TASK_PAGE = 50  # tasks `task list` shows unless --limit or --all says otherwise
@@ -111,6 +112,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from reconciler import operations
+    from reconciler.report.plan import plan_document
 
     pool = pools.resolve_pool(args.state_dir, args.file, None)
     plan = operations.diff(pool)
@@ -125,10 +127,13 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
     from reconciler import operations
+    from reconciler.actions import Plan
+    from reconciler.report.plan import plan_document
 
     wait_timeout = _duration_arg(args.timeout, "--timeout")
     lock_timeout = _duration_arg(args.lock_timeout, "--lock-timeout")
-    pool = pools.resolve_pool(args.state_dir, args.file, None)
+    checked = CheckedSpecs(args.state_dir)
+    pool = pools.resolve_pool(args.state_dir, args.file, None, checked=checked)
     text = args.output == "text"
 
     def show_plan(plan: Plan) -> None:  # called under the lock, with the plan that runs
@@ -137,10 +142,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     say = _progress_line if text else (lambda _line: None)
     result = operations.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
+    checked.save()  # applied: the file's next load skips its checks
     waited = None
     if args.wait:
         with Progress(TextColumn("converging"), TextColumn("{task.fields[detail]}"),
-                      TimeElapsedColumn(), console=_render().console, disable=not text,
+                      TimeElapsedColumn(), console=_progress_console(), disable=not text,
                       transient=True) as bar:
             job = bar.add_task("converging", detail="")
             waited = operations.converge(
@@ -159,10 +165,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
                       f" (generation {result.generation}"
                       f"{', recorded now' if result.recorded else ''}).")
     else:
-        _print(f"[bold green]Apply complete![/bold green] {len(result.report.done)} "
-                      f"change(s) made; generation {result.generation} in history.")
+        _print(f"Apply complete! {len(result.report.done)} change(s) made; generation "
+               f"{result.generation} in history.", "bold green")
         if not args.wait and not result.remaining.empty:
-            _print(f"still in progress: {_render().escape(result.remaining.summary())} "
+            _print(f"still in progress: {result.remaining.summary()} "
                           "(the controller finishes it; `reconcile diff` shows what is left)")
     for problem in result.report.problems:
         print(f"warning: {problem}", file=sys.stderr)
@@ -181,6 +187,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def _show_crash_tails(pool: Pool) -> None:
     """What the children that died before their first heartbeat printed last (on stderr,
     escaped: it is their output, not ours)."""
+    from reconciler.crashtail import crash_tails
+
     for who, tail in crash_tails(pool.paths, pools.observe_pool(pool)):
         print(f"{who} exited before its first heartbeat; the last lines it printed:",
               file=sys.stderr)
@@ -207,6 +215,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from reconciler import controller
+    from reconciler.crashlog import enable_crash_log
+    from reconciler.log import log_to
 
     pool = _pool(args)
     if pool.spec is None:
@@ -313,6 +323,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
+    from reconciler.store.base import backup_store
+
     with _open_store(args) as (pool, store):  # read-only: a backup changes nothing
         inside = args.dest.resolve().is_relative_to(pool.paths.root.resolve())
         if inside:  # over its own store.db, workers would write on into a deleted file
@@ -333,6 +345,9 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Delete the pool's empty task branches; asks nothing (--dry-run shows them first)."""
+    from reconciler.branches import prune_empty_branches
+    from reconciler.worktrees import check_repo, repo_lock
+
     if not args.empty_branches:
         raise ReconcilerError("prune: say what to prune", hint="reconcile prune "
                               "--empty-branches [--dry-run] deletes task branches with no commits")
@@ -474,6 +489,8 @@ def _task_documents(pool: Pool, tasks: Iterable[TaskRow]) -> Iterator[dict[str, 
 def _commit_counts(pool: Pool, tasks: list[TaskRow]) -> dict[str, int | None]:
     """Commits beyond the spec's baseRef of each task's branch: a few git calls for all of
     them; unknown (None) without an applied spec or when git cannot tell."""
+    from reconciler.branches import known_counts
+
     branches = [t.branch for t in tasks if t.branch]
     if pool.spec is None or not branches:
         return {}
@@ -552,7 +569,7 @@ def wait_for_tasks(store: Store, ids: list[int], timeout: float | None, *, show:
     deadline = None if timeout is None else time.monotonic() + timeout
     with Progress(TextColumn("tasks"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
-                  console=_render().console, disable=not show) as progress:
+                  console=_progress_console(), disable=not show) as progress:
         bar = progress.add_task("tasks", total=len(ids), detail="")
         statuses: dict[int, str] = {}
         seen_version: int | None = None

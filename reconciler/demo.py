@@ -16,8 +16,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.progress import (
@@ -29,18 +30,30 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from reconciler import operations
 from reconciler.errors import ReconcilerError
 from reconciler.paths import ensure_private_dir, pool_paths
 from reconciler.pool import Pool, observe_pool
-from reconciler.report.render import age, console
+from reconciler.report.documents import printable
+from reconciler.report.render import age
 from reconciler.report.status import worker_statuses
 from reconciler.spec import load_spec, with_repo
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_workers
 from reconciler.worktrees import git
 
+
+class _SafeConsole(Console):
+    """A console that never writes a control character it was given in a string: every
+    string printed, or drawn in a table cell, passes ``render_str``."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(printable(text, multiline=True), **kwargs)
+
+
+console: Console = _SafeConsole(highlight=False, soft_wrap=True)
 DEMO_TIMEOUT = 600.0
 IDENTITY = ["-c", "user.name=reconciler demo", "-c", "user.email=demo@localhost"]
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from reconciler import pending
 from reconciler.actions import DrainWorker, Plan
+from reconciler.checkedspecs import CheckedSpecs
 from reconciler.effects import host_ports
 from reconciler.errors import LockHeldError, PoolError
 from reconciler.executor import ExecutionReport, Executor, Ports
@@ -343,8 +344,10 @@ def scale(path: Path, replicas: int, *, state_dir: Path, wait: bool, timeout: fl
           progress: Say = _quiet) -> ScaleResult:
     """Rewrite ``replicas`` in the spec file (keeping its layout), then apply it."""
     before = rewrite_replicas(path, replicas)
-    pool = resolve_pool(state_dir, str(path), None)
+    checked = CheckedSpecs(state_dir)
+    pool = resolve_pool(state_dir, str(path), None, checked=checked)
     applied = apply(pool, progress=progress)
+    checked.save()
     waited = converge(pool, applied.generation, timeout=timeout, progress=progress) \
         if wait else None
     return ScaleResult(before, replicas, applied, waited)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.checkedspecs import CheckedSpecs
 from reconciler.errors import PoolError, RuntimeBackendError
 from reconciler.model import Observation
 from reconciler.observe import observe
@@ -38,10 +39,13 @@ class Pool:
         return Store(self.paths.store)
 
 
-def resolve_pool(state_dir: Path, spec_file: str | None, pool: str | None) -> Pool:
-    """The pool named by ``-f`` or ``--pool``, or the only pool in the state directory."""
+def resolve_pool(state_dir: Path, spec_file: str | None, pool: str | None, *,
+                 checked: CheckedSpecs | None = None) -> Pool:
+    """The pool named by ``-f`` or ``--pool``, or the only pool in the state directory.
+    A spec file whose text an apply validated before is not validated again (see
+    ``checkedspecs``; ``checked``: the caller's, to save once its apply went through)."""
     if spec_file:
-        spec = load_spec(spec_file)
+        spec = load_spec(spec_file, checked if checked is not None else CheckedSpecs(state_dir))
         if pool and pool != spec.name:
             raise PoolError(f"--pool {pool} does not match {spec_file} (pool {spec.name})")
         return Pool(pool_paths(state_dir, spec.name), spec)

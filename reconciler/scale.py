@@ -14,13 +14,14 @@ from pathlib import Path
 
 from reconciler.errors import SpecError
 from reconciler.spec import load_spec, parse_spec
-from reconciler.yamlsafe import load_yaml
 
 _INTEGER = re.compile(r"[0-9]+")
 
 
 def rewrite_replicas(path: Path, replicas: int) -> int:
     """Set ``spec.replicas`` to ``replicas`` in ``path``; return the previous value."""
+    from reconciler.yamlsafe import load_yaml  # PyYAML: only for the commands that edit
+
     current = load_spec(path)  # the file must be valid before we touch it
     text = path.read_text(encoding="utf-8")
     position = load_yaml(text).positions.get(("spec", "replicas"))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.durations import parse_duration
 from reconciler.errors import GitError, SpecError
+from reconciler.limits import MAX_YAML_BYTES
 from reconciler.naming import branch_for
 from reconciler.specmodel import (
     HealthSpec,
@@ -50,6 +51,7 @@ from reconciler.templates import (
 if TYPE_CHECKING:
     from jsonschema.exceptions import ValidationError
 
+    from reconciler.checkedspecs import CheckedSpecs
     from reconciler.yamlsafe import LoadedYaml, PathKey, Position
 
 __all__ = ["HealthSpec", "HooksSpec", "PoolSpec", "RateLimit", "RestartPolicy", "TaskPolicy",
@@ -70,17 +72,16 @@ def load_schema() -> dict[str, Any]:
 # --------------------------------------------------------------------------- loading
 
 
-def load_spec(path: str | Path) -> PoolSpec:
-    """Read, validate and type the spec at ``path``; raise ``SpecError`` if invalid."""
-    from reconciler.yamlsafe import MAX_BYTES
-
+def load_spec(path: str | Path, checked: CheckedSpecs | None = None) -> PoolSpec:
+    """Read, validate and type the spec at ``path``; raise ``SpecError`` if invalid.
+    ``checked``: texts validated before (by ``apply``), whose checks are not repeated."""
     file = Path(path)
     label = str(path)
     try:
         if file.exists() and not file.is_file():
             raise SpecError(f"{label}: not a regular file", hint="pass the pool spec with -f")
         with file.open("rb") as fh:  # never read more than the cap: /dev/zero must not hang
-            raw = fh.read(MAX_BYTES + 1)
+            raw = fh.read(MAX_YAML_BYTES + 1)
     except FileNotFoundError as exc:
         raise SpecError(f"{label}: no such file", hint="pass the pool spec with -f") from exc
     except OSError as exc:
@@ -93,15 +94,32 @@ def load_spec(path: str | Path) -> PoolSpec:
         line, column = before.count(b"\n") + 1, len(before[line_start:].decode("utf-8")) + 1
         raise SpecError(f"{label}:{line}:{column}: not UTF-8 text (byte {exc.start}; "
                         "save the file as UTF-8)") from exc
-    return parse_spec(text, label=label, base_dir=file.resolve().parent, source_path=file.resolve())
+    return parse_spec(text, label=label, base_dir=file.resolve().parent,
+                      source_path=file.resolve(), checked=checked)
 
 
-def parse_spec(text: str, *, label: str, base_dir: Path,
-               source_path: Path | None = None) -> PoolSpec:
+def parse_spec(text: str, *, label: str, base_dir: Path, source_path: Path | None = None,
+               checked: CheckedSpecs | None = None) -> PoolSpec:
     """Validate spec ``text``; relative paths are taken from ``base_dir``."""
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    document = checked.lookup(sha) if checked is not None else None
+    if document is None:
+        document = _checked_document(text, label)
+        if checked is not None:
+            checked.remember(sha, document)
+    spec = document["spec"]
+    spec["repo"] = str((base_dir / spec["repo"]).resolve())
+    if "dir" in spec["worktrees"]:
+        spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
+    _resolve_spec_dir(spec, base_dir)
+    return spec_from_document(document, source_path=source_path, source_sha256=sha)
+
+
+def _checked_document(text: str, label: str) -> dict[str, Any]:
+    """``text`` parsed, validated and with its defaults filled in (paths as written);
+    ``SpecError`` with every problem found."""
     from reconciler.yamlsafe import YamlLoadError, load_yaml
 
-    sha = hashlib.sha256(text.encode()).hexdigest()
     try:
         loaded = load_yaml(text)
     except YamlLoadError as exc:
@@ -115,13 +133,8 @@ def parse_spec(text: str, *, label: str, base_dir: Path,
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise SpecError(problems[0] + more, problems=tuple(problems))
-    document = _with_defaults(loaded.data, load_schema())
-    spec = document["spec"]
-    spec["repo"] = str((base_dir / spec["repo"]).resolve())
-    if "dir" in spec["worktrees"]:
-        spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
-    _resolve_spec_dir(spec, base_dir)
-    return spec_from_document(document, source_path=source_path, source_sha256=sha)
+    document: dict[str, Any] = _with_defaults(loaded.data, load_schema())
+    return document
 
 
 def _resolve_spec_dir(spec: dict[str, Any], base_dir: Path) -> None:

@@ -17,7 +17,9 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-MAX_BYTES = 1024 * 1024
+from reconciler.limits import MAX_YAML_BYTES
+
+MAX_BYTES = MAX_YAML_BYTES
 MAX_ALIASES = 64
 MAX_EXPANDED_NODES = 20_000
 

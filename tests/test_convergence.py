@@ -419,8 +419,8 @@ def _samples() -> dict[type, Action]:
 
 
 @pytest.mark.parametrize("kind", ACTION_TYPES, ids=[t.__name__ for t in ACTION_TYPES])
-def test_every_action_type_renders_and_executes(kind: type,
-                                                tmp_store: tuple[Path, Store]) -> None:
+def test_every_action_type_renders_and_executes(kind: type, tmp_store: tuple[Path, Store],
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     samples = _samples()
     assert set(samples) == set(ACTION_TYPES), "add a sample for every new action type"
     action = samples[kind]
@@ -432,9 +432,8 @@ def test_every_action_type_renders_and_executes(kind: type,
         assert action.why in line and document["waiting"]["until"] == action.until
     assert {"action", "type", "target", "reason", "waiting"} <= set(document)
     json.dumps(document)
-    with render.console.capture() as captured:
-        render.render_plan(Plan("p", (action,), at=T0), title="t")
-    assert document["target"] in captured.get()
+    render.render_plan(Plan("p", (action,), at=T0), title="t")
+    assert document["target"] in capsys.readouterr().out
 
     directory, store = tmp_store
     setup = WorldSetup(1, "agent-a", "tmux", "always", True, "absent",

@@ -92,13 +92,13 @@ def test_an_event_line_shows_escapes_and_markup_literally(
     assert len(out.splitlines()) == 1
 
 
-def test_any_string_printed_on_the_console_is_made_visible(
-        capsys: pytest.CaptureFixture[str]) -> None:
-    """Other modules print progress lines on the same console: they are covered too."""
-    render.console.print("step: \x1b]52;c;Y3VybCBldmlsCg==\x07 done\n[bold]next[/bold]")
+def test_any_line_said_is_made_visible(capsys: pytest.CaptureFixture[str]) -> None:
+    """Other modules print progress lines through the same ``say``: they are covered too,
+    and markup is just text."""
+    render.say("step: \x1b]52;c;Y3VybCBldmlsCg==\x07 done\n[bold]next[/bold]", "green")
     out = capsys.readouterr().out
     assert_no_raw_controls(out)
-    assert out == "step: \\x1b]52;c;Y3VybCBldmlsCg==\\x07 done\nnext\n"
+    assert out == "step: \\x1b]52;c;Y3VybCBldmlsCg==\\x07 done\n[bold]next[/bold]\n"
 
 
 # --------------------------------------------------------------------------- tmux socket

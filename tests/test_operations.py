@@ -246,12 +246,11 @@ def test_an_interrupted_delete_is_named_by_status_and_finished_by_a_second_delet
     assert finished["deleting"] is None and finished["workers"] == []
 
 
-def test_plan_renderings_include_waits() -> None:
+def test_plan_renderings_include_waits(capsys: pytest.CaptureFixture[str]) -> None:
     wait = Wait(StartWorker("w-1", "not running"), "in 3s (restart backoff)", until=10.0)
     the_plan = Plan("p", (wait,), at=7.0)
-    with render.console.capture() as captured:
-        render.render_plan(the_plan, title="t")
-    assert "[in 3s (restart backoff)]" in captured.get()
+    render.render_plan(the_plan, title="t")
+    assert "[in 3s (restart backoff)]" in capsys.readouterr().out
     assert plan_document(the_plan)["actions"][0]["waiting"] == {
         "until": 10.0, "why": "in 3s (restart backoff)"}
 

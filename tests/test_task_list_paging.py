@@ -45,8 +45,8 @@ def big_pool(host: Path) -> int:
 
 
 def _listed_ids(text: str) -> list[int]:
-    return [int(line.split()[1]) for line in text.splitlines()
-            if line.startswith("│") and line.split()[1].isdigit()]
+    return [int(line.split()[0]) for line in text.splitlines()[1:]
+            if line.split() and line.split()[0].isdigit()]
 
 
 def test_task_list_shows_a_page_and_says_how_to_see_more(big_pool: int) -> None:
