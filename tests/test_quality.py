@@ -108,7 +108,7 @@ def test_read_commands_load_no_spec_validator_and_no_executor(tmp_path: Path) ->
     ``apply`` drives.  Every call paid for them (issue 9: status and diff ≤ 100 ms)."""
     heavy = ["jsonschema", "yaml", "loguru", "asyncio", "rich", "psutil", "logging",
              "reconciler.operations", "reconciler.executor", "reconciler.controller",
-             "reconciler.planner", "reconciler.demo"]
+             "reconciler.planner", "reconciler.actions", "reconciler.demo"]
     probe = ("import json, sys\n"
              "from reconciler import cli\n"
              f"code = cli.main(['--state-dir', {str(tmp_path)!r}, 'status'])\n"
@@ -119,14 +119,19 @@ def test_read_commands_load_no_spec_validator_and_no_executor(tmp_path: Path) ->
     assert proc.stdout.strip() == "[1, true, []]", proc.stdout + proc.stderr
 
 
+# what no read command needs: rich's import and first table alone cost status ~150 ms
+READ_HEAVY = ("rich", "yaml", "jsonschema", "psutil", "logging", "transitions",
+              "reconciler.planner", "reconciler.actions", "reconciler.operations")
+
+
 @pytest.mark.parametrize("output", ["json", "text"])
 @pytest.mark.parametrize("command", [["status"], ["task", "list"], ["task", "show", "1"],
                                      ["events"], ["history"]])
-def test_read_commands_never_load_rich(tmp_path: Path, command: list[str],
-                                       output: str) -> None:
-    """Read commands print plain data or plain columns and never pay for rich, whose
-    import and first table cost ``status`` about 150 ms (issue 9: read commands as
-    whole processes); rich draws only progress bars and the demo."""
+def test_read_commands_load_nothing_heavy(tmp_path: Path, command: list[str],
+                                         output: str) -> None:
+    """Read commands print plain data or plain columns: no rich (it draws only progress
+    bars and the demo), no spec validator, no planner (issue 9: read commands as whole
+    processes)."""
     state = str(tmp_path / "state")
     with Store(pool_paths(tmp_path / "state", "p").create().store) as store:
         store.add_tasks([("a task", "its prompt", 0)])
@@ -134,7 +139,7 @@ def test_read_commands_never_load_rich(tmp_path: Path, command: list[str],
              "from reconciler import cli\n"
              f"code = cli.main(['--state-dir', {state!r}, *{command!r}, '--pool', 'p',"
              f" '-o', {output!r}])\n"
-             "print(json.dumps([code, [m for m in sys.modules if m.split('.')[0] == 'rich']]),"
+             f"print(json.dumps([code, [m for m in {READ_HEAVY!r} if m in sys.modules]]),"
              " file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-P", "-c", probe], cwd=tmp_path,
                           capture_output=True, text=True, check=True)

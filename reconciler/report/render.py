@@ -11,14 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.actions import Plan, verb
 from reconciler.durations import format_duration
 from reconciler.model import AppliedSpec, AttemptRow, EventRow, QueueCounts, TaskRow
 from reconciler.report.documents import printable
-from reconciler.report.plan import describe, symbol
 from reconciler.report.term import cell_text, columns, paint, say
+
+if TYPE_CHECKING:
+    from reconciler.actions import Plan
 
 __all__ = ["printable", "say"]  # re-exported for the commands that print
 
@@ -36,6 +37,9 @@ def age(seconds: float | None) -> str:
 
 
 def render_plan(plan: Plan, *, title: str) -> None:
+    from reconciler.actions import verb  # the actions' 15 classes: only plans need them
+    from reconciler.report.plan import describe, symbol
+
     if plan.steps:
         say("Health transitions this pass records:")
         for step in plan.steps:
