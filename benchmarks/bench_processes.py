@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import poolkit  # the benchmarks' folder is on the path when a script runs
+
 CLI = [sys.executable, "-m", "reconciler"]
 # says it is up, then idles until its stdin closes
 BARE = [sys.executable, "-c", "import sys; print(flush=True); sys.stdin.read()"]
@@ -61,16 +63,10 @@ def make_pool(root: Path, workers: int) -> Path:
     return spec
 
 
-def environment(root: Path) -> dict[str, str]:
-    """Ours, with compiled modules cached (in ``root``) as an installed package has them:
-    with PYTHONDONTWRITEBYTECODE every process would compile every module it imports."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    return env | {"PYTHONPYCACHEPREFIX": str(root / "pycache")}
-
-
 def reconcile(state: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([*CLI, "--state-dir", str(state), *args], capture_output=True,
-                          text=True, check=False, timeout=300, env=environment(state.parent))
+                          text=True, check=False, timeout=300,
+                          env=poolkit.reconciler_env(state.parent))
     if check and proc.returncode not in (0, 2):
         raise SystemExit(f"error: reconcile {' '.join(args)} exited {proc.returncode}: "
                          f"{(proc.stderr or proc.stdout).strip()}")
@@ -80,7 +76,7 @@ def reconcile(state: Path, *args: str, check: bool = True) -> subprocess.Complet
 def wall_ms(argv: list[str], cwd: Path) -> float:
     start = time.perf_counter()
     subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False, env=environment(cwd))
+                   check=False, env=poolkit.reconciler_env(cwd))
     return (time.perf_counter() - start) * 1e3
 
 
@@ -91,7 +87,7 @@ def measure_memory(state: Path, workers: int) -> None:
         raise SystemExit(f"error: {len(pids)} of {workers} workers are running")
     samples = [pss_kb(pid) for pid in pids]
     bare = [subprocess.Popen(BARE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             env=environment(state.parent))
+                             env=poolkit.reconciler_env(state.parent))
             for _ in range(min(workers, 8))]
     try:
         for proc in bare:

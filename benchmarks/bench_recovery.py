@@ -6,7 +6,10 @@ one at a time, and the time from the kill until its replacement's first
 heartbeat is in the store is measured (a first crash: no backoff is due).  The
 same run does the same to supervisord and pm2, each supervising the same
 number of copies of a trivial Python program that writes its pid and the time
-to a file when it starts (its "first heartbeat").  A last kill of an already
+to a file when it starts (its "first heartbeat").  pm2 runs a second time with
+that program first doing what our worker does before its first heartbeat
+(import the worker's modules, open a SQLite store): the difference to ours is
+then the supervisor's own part.  A last kill of an already
 restarted worker shows that repeated crashes still back off (``backoff``, 1s,
 jittered).
 
@@ -172,6 +175,9 @@ def main() -> int:
                 baselines["pm2"] = crash_supervisor(
                     lambda: Pm2(directory / f"pm{time.monotonic_ns()}", args.workers, pm2),
                     args.rounds)
+                baselines["pm2, program with our worker's start-up"] = crash_supervisor(
+                    lambda: Pm2(directory / f"pm{time.monotonic_ns()}", args.workers, pm2,
+                                worker_start=True), args.rounds)
             if not (sv and pm2):
                 print(f"(supervisord or pm2 not found: {INSTALL_HINT})")
         for name, samples in baselines.items():

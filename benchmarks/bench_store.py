@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import poolkit  # the benchmarks' folder is on the path when a script runs
+
 from reconciler.paths import pool_paths
 from reconciler.store.sqlite import Store
 
@@ -108,7 +110,8 @@ def run_cli(state_dir: Path, args: list[str]) -> tuple[float, float]:
     command = [sys.executable, "-m", "reconciler", "--state-dir", str(state_dir), *args,
                "--pool", POOL]
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=poolkit.reconciler_env(state_dir))
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = (time.perf_counter() - start) * 1000
     proc.returncode = os.waitstatus_to_exitcode(status)

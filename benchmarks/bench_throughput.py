@@ -97,7 +97,7 @@ def ceiling(directory: Path, repo: Path, mode: str, tasks: int, workers: int,
 
 
 def cli(state: Path, *args: str) -> None:
-    env = {**os.environ, "RECONCILER_STATE_DIR": str(state)}
+    env = poolkit.reconciler_env(state.parent, RECONCILER_STATE_DIR=str(state))
     subprocess.run([sys.executable, "-m", "reconciler", *args], env=env, check=True,
                    capture_output=True, text=True, timeout=900)
 

@@ -17,7 +17,6 @@ and deletes its pools on the way out.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def make_repo(directory: Path, files: int) -> Path:
 
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RECONCILER_STATE_DIR": str(state)}
+    env = poolkit.reconciler_env(state.parent, RECONCILER_STATE_DIR=str(state))
     return subprocess.run([sys.executable, "-m", "reconciler", *args], env=env, check=True,
                           capture_output=True, text=True, timeout=900)
 
