@@ -20,11 +20,12 @@ expected is ignored, and only the newest few are kept.
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,29 @@ from reconciler.paths import ensure_private_dir
 FOLDER = "checked-specs"
 KEEP = 8  # texts remembered per state directory: the spec files of a few pools, each edited
 
-_CHECKER_SOURCES = ("spec.py", "yamlsafe.py", "schema/workers.schema.json")
+# Every module the checks run, with the schema (tests/test_checked_specs.py proves the
+# list holds every package module spec.py imports, directly or not).
+CHECKER_SOURCES = ("spec.py", "specmodel.py", "yamlsafe.py", "templates.py", "naming.py",
+                   "durations.py", "limits.py", "errors.py", "model.py",
+                   "schema/workers.schema.json")
+_LIBRARIES = ("yaml", "jsonschema")  # their code checks too: an upgrade checks again
 
 
 @functools.cache
 def checker_fingerprint() -> str:
-    """What the checking code is: a hash of its sources and the schema (a fraction of a
-    millisecond to read), so no cached result outlives a change to them."""
+    """What the checking code is: a hash of its sources, the schema, Python's version and
+    the installed PyYAML and jsonschema (found, not imported: their file and its time),
+    so no cached result outlives a change to any of them.  Under a millisecond."""
     package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for name in _CHECKER_SOURCES:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    digest = hashlib.sha256(sys.version.encode())
+    for name in CHECKER_SOURCES:
+        digest.update(b"\0" + name.encode() + b"\0" + (package / name).read_bytes())
+    for library in _LIBRARIES:
+        spec = importlib.util.find_spec(library)
+        origin = spec.origin if spec is not None and spec.origin else ""
+        with contextlib.suppress(OSError):
+            origin += f":{Path(origin).stat().st_mtime_ns}"
+        digest.update(b"\0" + library.encode() + b"\0" + origin.encode())
     return digest.hexdigest()
 
 
@@ -75,8 +88,15 @@ class CheckedSpecs:
         return document
 
     def remember(self, text_sha256: str, document: dict[str, Any]) -> None:
-        """Note that this text checked out as ``document`` (in memory until ``save``)."""
-        self.checked[text_sha256] = copy.deepcopy(document)
+        """Note that this text checked out as ``document`` (in memory until ``save``);
+        only a document that JSON keeps as it is (a key written ``1:`` would come back
+        as ``"1"``, and load differently from a fresh check)."""
+        try:
+            kept = json.loads(json.dumps(document))
+        except (TypeError, ValueError):
+            return
+        if kept == document:
+            self.checked[text_sha256] = kept
 
     def save(self) -> None:
         """Keep what this process validated (an apply that went through); never fails the
@@ -86,16 +106,24 @@ class CheckedSpecs:
         with contextlib.suppress(OSError, ReconcilerError):
             ensure_private_dir(self.folder)
             for text_sha256, document in self.checked.items():
-                path = self._path(text_sha256)
-                partial = path.with_suffix(f".{os.getpid()}.tmp")
-                entry = {"text_sha256": text_sha256, "checker": checker_fingerprint(),
-                         "document": document}
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w", encoding="utf-8") as file:
-                    json.dump(entry, file)
-                partial.replace(path)
+                self._write(self._path(text_sha256), {
+                    "text_sha256": text_sha256, "checker": checker_fingerprint(),
+                    "document": document})
             self.checked.clear()
             self._forget_old()
+
+    def _write(self, path: Path, entry: dict[str, Any]) -> None:
+        """``entry`` to ``path`` atomically (0600); a partial file never stays behind."""
+        import tempfile  # only an apply writes: the loads need not pay for it
+
+        fd, name = tempfile.mkstemp(dir=self.folder, prefix=".partial-")
+        partial = Path(name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(entry, file)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def _forget_old(self) -> None:
         entries = sorted(self.folder.glob("*.json"), key=_mtime, reverse=True)

@@ -317,7 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_worker(args)
         from reconciler import commands
 
-        return commands.dispatch(args)
+        code = commands.dispatch(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+        return code
     except ReconcilerError as exc:
         print(f"error: {exc.one_line()}", file=sys.stderr)
         return 1

@@ -158,7 +158,6 @@ def create_time_of(pid: int) -> float | None:
 
 
 _PROC = Path("/proc")
-_boot_time: float | None = None
 
 
 def _state_and_start(pid: int) -> tuple[str, float] | None:
@@ -167,22 +166,24 @@ def _state_and_start(pid: int) -> tuple[str, float] | None:
 
     On Linux both come from ``/proc/PID/stat`` (field 3, and field 22 in clock ticks
     since boot), so ``status`` and ``diff``, which ask this of every worker and the
-    controller, need not import psutil (about 15 ms); elsewhere psutil answers."""
-    global _boot_time
+    controller, need not import psutil (about 15 ms); elsewhere psutil answers.  The
+    boot time is read every time, as psutil does: after the clock is stepped (NTP's
+    first sync, a resumed VM) both must keep agreeing."""
     try:
         with (_PROC / str(pid) / "stat").open("rb") as file:
             fields = file.read().rpartition(b")")[2].split()
-        if _boot_time is None:
-            with (_PROC / "stat").open("rb") as file:
-                _boot_time = next(float(line.split()[1]) for line in file
-                                  if line.startswith(b"btime"))
-        return fields[0].decode(), int(fields[19]) / os.sysconf("SC_CLK_TCK") + _boot_time
     except FileNotFoundError:
         if _PROC.is_dir():
             return None  # gone
+        return _psutil_state_and_start(pid)
+    except OSError:
+        return _psutil_state_and_start(pid)
+    try:
+        with (_PROC / "stat").open("rb") as file:
+            boot = next(float(line.split()[1]) for line in file if line.startswith(b"btime"))
+        return fields[0].decode(), int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
     except (OSError, ValueError, IndexError, StopIteration):
-        pass
-    return _psutil_state_and_start(pid)
+        return _psutil_state_and_start(pid)
 
 
 def _psutil_state_and_start(pid: int) -> tuple[str, float] | None:

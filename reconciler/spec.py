@@ -102,11 +102,22 @@ def parse_spec(text: str, *, label: str, base_dir: Path, source_path: Path | Non
                checked: CheckedSpecs | None = None) -> PoolSpec:
     """Validate spec ``text``; relative paths are taken from ``base_dir``."""
     sha = hashlib.sha256(text.encode()).hexdigest()
-    document = checked.lookup(sha) if checked is not None else None
-    if document is None:
-        document = _checked_document(text, label)
-        if checked is not None:
-            checked.remember(sha, document)
+    cached = checked.lookup(sha) if checked is not None else None
+    if cached is not None:
+        try:
+            return _typed(cached, base_dir, source_path, sha)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass  # an entry that does not type (damaged, or foreign): check the text in full
+    document = _checked_document(text, label)
+    if checked is not None:
+        checked.remember(sha, document)
+    return _typed(document, base_dir, source_path, sha)
+
+
+def _typed(document: dict[str, Any], base_dir: Path, source_path: Path | None,
+           sha: str) -> PoolSpec:
+    """A checked document with its paths resolved against ``base_dir``, as a ``PoolSpec``
+    (the document is changed in place)."""
     spec = document["spec"]
     spec["repo"] = str((base_dir / spec["repo"]).resolve())
     if "dir" in spec["worktrees"]:

@@ -8,6 +8,7 @@ is killed, so a failing test cannot leak workers into the next one.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -22,10 +23,14 @@ from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning, kill_tmu
 # Every process a test starts (each CLI call, worker and controller) imports the
 # package.  Where PYTHONDONTWRITEBYTECODE is set, as on some CI machines, each would
 # compile every module again (about 80 ms a process), so compiled modules are cached
-# outside the tree instead, shared by the pytest-xdist workers (writes are atomic).
+# outside the tree instead: in a private directory made for this run (a fixed path in
+# /tmp could be made first by another user, who would plant the code we run), which
+# the pytest-xdist workers inherit with the environment.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-os.environ.setdefault("PYTHONPYCACHEPREFIX", str(
-    Path(tempfile.gettempdir()) / f"reconciler-tests-pycache-{os.getuid()}"))
+if "PYTHONPYCACHEPREFIX" not in os.environ:
+    _pycache = tempfile.mkdtemp(prefix="reconciler-tests-pycache-")
+    os.environ["PYTHONPYCACHEPREFIX"] = _pycache
+    atexit.register(shutil.rmtree, _pycache, ignore_errors=True)
 
 
 @pytest.fixture

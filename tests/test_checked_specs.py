@@ -8,6 +8,7 @@ only an apply that went through writes.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from reconciler import checkedspecs
 from reconciler import spec as spec_module
-from reconciler.checkedspecs import FOLDER, KEEP, CheckedSpecs
+from reconciler.checkedspecs import CHECKER_SOURCES, FOLDER, KEEP, CheckedSpecs
 from reconciler.errors import SpecError
 from reconciler.spec import load_spec
 from reconciler.specmodel import PoolSpec
@@ -97,10 +98,47 @@ def test_a_damaged_or_foreign_entry_is_ignored(tmp_path: Path, state: Path) -> N
     path = write_spec(tmp_path)
     expected = saved(path, state)
     [entry] = entries(state)
+    good = json.loads(entry.read_text())
     for damage in ("{not json", json.dumps({"text_sha256": "0" * 64, "document": {}}),
-                   json.dumps([1, 2])):
+                   json.dumps([1, 2]),
+                   # the right key, but a document that does not type
+                   json.dumps({**good, "document": {}}),
+                   json.dumps({**good, "document": {"spec": {"repo": 7}}})):
         entry.write_text(damage)
         assert load_spec(path, CheckedSpecs(state)) == expected
+
+
+def test_a_document_json_would_change_is_not_kept(tmp_path: Path, state: Path) -> None:
+    """A key written ``1:`` is an int to YAML and a string once through JSON: kept, the
+    next load would differ from a fresh check."""
+    path = write_spec(tmp_path, extra={"worker": {"command": ["true"], "env": {1: "x"}}})
+    try:
+        fresh = load_spec(path)
+    except SpecError:
+        pytest.skip("the schema refuses the key: nothing to keep")
+    assert saved(path, state) == fresh
+    assert entries(state) == []
+    assert not list((state / FOLDER).glob(".partial-*"))
+
+
+def test_the_fingerprint_covers_every_module_the_checks_run() -> None:
+    """Every package module spec.py imports, directly or through another, is hashed: an
+    upgrade that changes any of them checks every text again."""
+    package = Path(checkedspecs.__file__).parent
+    seen: set[str] = set()
+    todo = ["spec"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((package / f"{name.replace('.', '/')}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.startswith("reconciler.") and \
+                    node.module != "reconciler.checkedspecs":  # only looks the result up
+                todo.append(node.module.removeprefix("reconciler."))
+    assert {f"{name.replace('.', '/')}.py" for name in seen} <= set(CHECKER_SOURCES)
 
 
 def test_only_the_newest_few_are_kept(tmp_path: Path, state: Path) -> None:

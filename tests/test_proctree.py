@@ -7,8 +7,10 @@ not import psutil; it must agree with psutil to the tick.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 
@@ -40,3 +42,28 @@ def test_a_zombie_or_a_gone_process_does_not_match() -> None:
     child.wait()
     assert not process_matches(child.pid, started) and create_time_of(child.pid) is None
     assert not process_matches(None, None) and not process_matches(0, None)
+
+
+def test_a_process_name_with_parentheses_and_spaces_is_read_right(tmp_path: Path) -> None:
+    """``/proc/PID/stat`` puts the name in parentheses, and a name may hold ``) ``."""
+    odd = tmp_path / "a) b (c) Z 1"
+    odd.symlink_to(shutil.which("sleep") or "/bin/sleep")
+    child = subprocess.Popen([str(odd), "30"])
+    try:
+        assert psutil.Process(child.pid).name() == "a) b (c) Z 1"
+        assert create_time_of(child.pid) == psutil.Process(child.pid).create_time()
+        assert process_matches(child.pid, None)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_psutils_answer_tells_a_zombie_too() -> None:
+    child = subprocess.Popen(["true"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    try:
+        found = proctree._psutil_state_and_start(child.pid)
+        assert found is not None and found[0] == "Z"
+    finally:
+        child.wait()
+    assert proctree._psutil_state_and_start(child.pid) is None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.durations import format_duration
 from reconciler.model import AppliedSpec, AttemptRow, EventRow, QueueCounts, TaskRow
 from reconciler.report.documents import printable
-from reconciler.report.term import cell_text, columns, paint, say
+from reconciler.report.term import cell_text, clip, columns, paint, say
 
 if TYPE_CHECKING:
     from reconciler.actions import Plan
@@ -105,6 +105,7 @@ def render_status(document: dict[str, Any]) -> None:
 
 
 TITLE_WIDTH = 40  # status shows a title's start; -o json and `task show` have all of it
+LIST_TITLE_WIDTH = 60  # `task list` too: one long title would push every row's branch out
 
 
 def _task_cell(worker: dict[str, Any]) -> str:
@@ -114,8 +115,7 @@ def _task_cell(worker: dict[str, Any]) -> str:
     title = worker.get("task_title")
     if not title:
         return str(worker["current_task"])
-    short = title if len(title) <= TITLE_WIDTH else title[:TITLE_WIDTH - 1] + "…"
-    return f"{worker['current_task']} {cell_text(short)}"
+    return f"{worker['current_task']} {clip(cell_text(title), TITLE_WIDTH)}"
 
 
 def queue_line(queue: QueueCounts) -> str:
@@ -135,7 +135,7 @@ def render_tasks(tasks: list[TaskRow], commits: Mapping[str, int | None] | None 
         count = (commits or {}).get(t.branch) if t.branch else None
         rows.append([str(t.id), (t.status, _TASK_STYLE.get(t.status, "")), str(t.priority),
                      str(t.attempts), "-" if count is None else str(count),
-                     cell_text(t.title), cell_text(t.branch or "-"),
+                     clip(cell_text(t.title), LIST_TITLE_WIDTH), cell_text(t.branch or "-"),
                      cell_text((t.last_error or "")[:60]) or "-"])
     for line in columns(("id", "status", "prio", "tries", "commits", "title", "branch",
                          "last error"), rows, right=("id", "commits")):
@@ -146,7 +146,7 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
     print(f"{paint(f'task {task.id}', 'bold')}: {cell_text(task.title)}")
     say(f"  status:   {task.status}  (priority {task.priority}, {task.attempts} attempt(s))")
     say(f"  created:  {when(task.created_at)}")
-    say(f"  branch:   {task.branch or '-'}")
+    say(f"  branch:   {cell_text(task.branch or '-')}")
     if task.last_error:
         say(f"  error:    {task.last_error}")
     for a in attempts:
@@ -154,8 +154,8 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
             f"for {age(time.time() - a.started_at)}"
         say(f"  attempt {a.number} on {a.worker_id}: {a.status}"
             f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
-        say(f"    worktree: {a.worktree or '-'}")
-        say(f"    log:      {a.log_path or '-'}")
+        say(f"    worktree: {cell_text(a.worktree or '-')}")
+        say(f"    log:      {cell_text(a.log_path or '-')}")
         if a.phases:
             say("    phases:   " + ", ".join(f"{name} {age(seconds)}"
                                             for name, seconds in a.phases.items()))

@@ -64,17 +64,34 @@ def cell_text(text: str) -> str:
     return printable(text).replace("\t", " ")
 
 
+_ZERO_WIDTH = ("Mn", "Me", "Cf")  # combining and enclosing marks, format characters
+
+
 def width(text: str) -> int:
-    """Columns ``text`` takes on a terminal: wide (CJK) characters two, combining marks
-    none, so titles in any script line up."""
+    """Columns ``text`` takes on a terminal: wide (CJK) characters two, marks and format
+    characters none, so titles in any script line up."""
     if text.isascii():
         return len(text)
-    total = 0
+    return sum(_char_width(char) for char in text)
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.category(char) in _ZERO_WIDTH:
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def clip(text: str, columns: int) -> str:
+    """``text`` cut to at most ``columns`` terminal columns, ending in "…" when cut."""
+    if width(text) <= columns:
+        return text
+    out, used = [], 0
     for char in text:
-        if unicodedata.combining(char):
-            continue
-        total += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-    return total
+        used += _char_width(char)
+        if used > columns - 1:
+            break
+        out.append(char)
+    return "".join(out) + "…"
 
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]], *,
