@@ -18,6 +18,7 @@ from reconciler import __version__
 from reconciler.errors import ReconcilerError
 from reconciler.log import warnings_to_stderr
 from reconciler.paths import check_state_dir, default_state_dir
+from reconciler.report.documents import printable
 
 EPILOG = """\
 exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error.
@@ -321,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
         return code
     except ReconcilerError as exc:
-        print(f"error: {exc.one_line()}", file=sys.stderr)
+        # made visible: an error may quote git's or tmux's output, or a task's text
+        print(f"error: {printable(exc.one_line())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

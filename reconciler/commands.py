@@ -99,7 +99,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             lines = [exc.one_line()] if len(exc.problems) == 1 else exc.problems
             for problem in lines:
-                print(f"error: {problem}", file=sys.stderr)
+                print(f"error: {printable(problem)}", file=sys.stderr)
         return 1
     if args.output == "json":
         print_json({"file": args.file, "valid": True, "pool": spec.name,
@@ -171,7 +171,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             _print(f"still in progress: {result.remaining.summary()} "
                           "(the controller finishes it; `reconcile diff` shows what is left)")
     for problem in result.report.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem)}", file=sys.stderr)
     if waited is not None and waited.superseded_by is not None:
         print(f"error: stopped waiting: generation {waited.superseded_by} was applied after "
               f"this one ({result.generation}); the pool now converges to that", file=sys.stderr)
@@ -204,7 +204,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
         progress=_progress_line)
     for problem in result.report.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem)}", file=sys.stderr)
     if not result.done:
         print("error: some workers did not stop in time; run `reconcile delete --force` to "
               "stop them now (their tasks go back to the queue)", file=sys.stderr)
@@ -235,7 +235,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     pool = _pool(args)
     result = operations.restart(pool, args.worker)
     for problem in result.report.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"warning: {printable(problem)}", file=sys.stderr)
     if result.report.problems:
         return 1
     message = ("it is replaced after its current task" if result.after_current_task

@@ -101,6 +101,16 @@ def test_any_line_said_is_made_visible(capsys: pytest.CaptureFixture[str]) -> No
     assert out == "step: \\x1b]52;c;Y3VybCBldmlsCg==\\x07 done\n[bold]next[/bold]\n"
 
 
+def test_an_error_line_quoting_outside_text_is_made_visible(tmp_path: Path) -> None:
+    """An error may quote a path, git's or tmux's output: on stderr too, it cannot drive
+    the terminal."""
+    name = tmp_path / "spec\x1b]0;pwned\x07.yaml"
+    proc = reconcile("validate", "-f", str(name))
+    assert proc.returncode == 1
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "spec\\x1b]0;pwned\\x07.yaml: no such file" in proc.stderr
+
+
 # --------------------------------------------------------------------------- tmux socket
 
 
