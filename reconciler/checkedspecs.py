@@ -38,7 +38,7 @@ KEEP = 8  # texts remembered per state directory: the spec files of a few pools,
 # Every module the checks run, with the schema (tests/test_checked_specs.py proves the
 # list holds every package module spec.py imports, directly or not).
 CHECKER_SOURCES = ("spec.py", "specmodel.py", "yamlsafe.py", "templates.py", "naming.py",
-                   "durations.py", "limits.py", "errors.py", "model.py",
+                   "durations.py", "limits.py", "errors.py", "model.py", "agentresult.py",
                    "schema/workers.schema.json")
 _LIBRARIES = ("yaml", "jsonschema")  # their code checks too: an upgrade checks again
 

@@ -56,6 +56,20 @@ class TaskRow:
 
 
 @dataclass(frozen=True)
+class AgentReport:
+    """What the agent reported about its run (``worker.result``); None where it did not
+    say.  ``message``: its own words on what went wrong, when ``is_error``."""
+
+    is_error: bool = False
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    turns: int | None = None
+    session_id: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
 class AttemptRow:
     id: int
     task_id: int
@@ -78,6 +92,7 @@ class AttemptRow:
     rescued: str | None = None  # uncommitted work it left: "committed" to its branch, "kept"
     # seconds spent in each phase: worktree, setup, agent, hooks, finish
     phases: Mapping[str, float] = field(default_factory=dict)
+    report: AgentReport | None = None  # what the agent said of its run (worker.result)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.log import logger
-from reconciler.model import Claim, RetryPolicy
+from reconciler.model import AgentReport, Claim, RetryPolicy
 from reconciler.store.port import StorePort
 
 DIRECTORY = "results"
@@ -37,6 +38,7 @@ class PendingResult:
     output_tail: str
     resume_at: float | None
     ended_at: float | None
+    report: dict[str, Any] | None = None  # the agent's report (worker.result), as its fields
 
 
 def directory(pool_root: Path) -> Path:
@@ -45,13 +47,13 @@ def directory(pool_root: Path) -> Path:
 
 def save(pool_root: Path, claim: Claim, *, status: str, exit_code: int | None,
          error: str | None, output_tail: str, resume_at: float | None,
-         ended_at: float | None) -> Path:
+         ended_at: float | None, report: AgentReport | None = None) -> Path:
     """Keep a result on disk (0600, written whole then renamed: never half a file)."""
     where = directory(pool_root)
     where.mkdir(mode=0o700, exist_ok=True)
     result = PendingResult(claim.attempt_id, claim.task.id, claim.attempt_number,
                            claim.lease_token, status, exit_code, error, output_tail,
-                           resume_at, ended_at)
+                           resume_at, ended_at, asdict(report) if report else None)
     path = where / f"attempt-{claim.attempt_id}.json"
     partial = path.with_suffix(".partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -76,6 +78,7 @@ def flush(pool_root: Path, store: StorePort, policy: RetryPolicy) -> int:
     for path in sorted(where.glob("attempt-*.json")):
         try:
             result = PendingResult(**json.loads(path.read_text()))
+            report = AgentReport(**result.report) if result.report else None
         except (OSError, ValueError, TypeError) as exc:
             logger.error("unreadable kept result {}: {}", path, exc)
             continue
@@ -85,7 +88,7 @@ def flush(pool_root: Path, store: StorePort, policy: RetryPolicy) -> int:
             recorded = store.finish_attempt(
                 claim, result.status, exit_code=result.exit_code, error=result.error,
                 output_tail=result.output_tail, policy=policy, resume_at=result.resume_at,
-                now=result.ended_at)
+                now=result.ended_at, report=report)
         except ReconcilerError as exc:
             logger.warning("kept result of task {} still not recorded: {}", result.task_id,
                            exc.one_line())

@@ -374,6 +374,16 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             path = ("spec", "worker", "rateLimit", key)
             yield _locate(label, loaded.position_of(path), path,
                           f"not a valid regular expression: {exc}")
+    result = full["worker"].get("result")
+    if result is not None and "preset" not in result and not result.get("fields"):
+        path = ("spec", "worker", "result")
+        yield _locate(label, loaded.position_of(path), path,
+                      "says nothing to read: set preset: claude-code, or fields such as "
+                      "costUsd: total_cost_usd")
+    if "maxCostUsd" in full["tasks"] and result is None:
+        path = ("spec", "tasks", "maxCostUsd")
+        yield _locate(label, loaded.position_of(path), path,
+                      "needs the agent's cost: set worker.result (e.g. preset: claude-code)")
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":

@@ -22,11 +22,24 @@ from reconciler.model import RetryPolicy
 
 
 @dataclass(frozen=True)
+class ResultSpec:
+    """How to read the agent's own report of its run (``worker.result``): the figures'
+    dotted paths in the last JSON object it prints."""
+
+    format: str
+    paths: tuple[tuple[str, tuple[str, ...]], ...]  # (figure, paths), e.g. costUsd
+
+    def path_map(self) -> dict[str, tuple[str, ...]]:
+        return dict(self.paths)
+
+
+@dataclass(frozen=True)
 class WorkerSpec:
     command: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
     stop_grace: float
     rate_limit: RateLimit | None = None
+    result: ResultSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class TaskPolicy:
     retry_backoff: float
     retry_on: frozenset[str] = frozenset({"failed", "timeout", "lost"})
     no_retry_exit_codes: frozenset[int] = frozenset()
+    max_cost_usd: float | None = None  # an attempt whose agent reports more fails
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,8 @@ class PoolSpec:
             "health": spec["health"],
             "hooks": spec["hooks"],
         }
+        if "result" in spec["worker"]:  # only when set: a pool without it keeps its hash
+            fields["worker.result"] = spec["worker"]["result"]
         return {k: digest(v) for k, v in fields.items()}
 
     @property
@@ -180,14 +196,15 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         runtime=spec["runtime"],
         tmux_socket=spec["tmux"]["socket"],
         worker=WorkerSpec(tuple(w["command"]), tuple(sorted(w["env"].items())),
-                          parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit"))),
+                          parse_duration(w["stopGrace"]), _rate_limit(w.get("rateLimit")),
+                          _result(w.get("result"))),
         worktrees=WorktreeSpec(Path(wt["dir"]) if "dir" in wt else None, wt["branch"],
                                wt["cleanup"], tuple(tuple(a) for a in wt["setup"]),
                                wt.get("onDirty", "commit"), wt.get("reuse", "fresh"),
                                tuple(wt.get("setupWhen", ()))),
         tasks=TaskPolicy(parse_duration(t["timeout"]), t["maxAttempts"],
                          parse_duration(t["retryBackoff"]), frozenset(t["retryOn"]),
-                         frozenset(t["noRetryExitCodes"])),
+                         frozenset(t["noRetryExitCodes"]), t.get("maxCostUsd")),
         health=HealthSpec(*(parse_duration(h[k]) for k in (
             "heartbeatInterval", "unresponsiveAfter", "deadAfter", "slowAfter", "stallAfter"))),
         restart=RestartPolicy(r["maxRestarts"], parse_duration(r["window"]),
@@ -200,6 +217,17 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         source_path=source_path,
         source_sha256=source_sha256,
     )
+
+
+def _result(section: Mapping[str, Any] | None) -> ResultSpec | None:
+    if not section:
+        return None
+    from reconciler.agentresult import field_paths
+
+    fields = {name: [p] if isinstance(p, str) else p
+              for name, p in section.get("fields", {}).items()}
+    paths = field_paths(section.get("preset"), fields)
+    return ResultSpec(section.get("format", "json"), tuple(sorted(paths.items())))
 
 
 def _rate_limit(section: Mapping[str, Any] | None) -> RateLimit | None:

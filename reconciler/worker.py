@@ -18,11 +18,12 @@ from pathlib import Path
 from types import FrameType
 
 from reconciler import pending
+from reconciler.agentresult import read_report
 from reconciler.crashlog import enable_crash_log
 from reconciler.errors import ReconcilerError
 from reconciler.log import log_to, logger
 from reconciler.marks import pool_key
-from reconciler.model import Claim
+from reconciler.model import AgentReport, Claim
 from reconciler.naming import branch_for
 from reconciler.paths import PoolPaths, open_private_append, write_private
 from reconciler.policies import keeps_worktree, rate_limited_until
@@ -80,6 +81,7 @@ class Worker:
         self._claim_lock = threading.Lock()
         self._pool_key = pool_key(paths.root)  # marks every process of its attempts
         self._phases: dict[str, float] = {}  # seconds per phase of the current attempt
+        self._report: AgentReport | None = None  # what the current attempt's agent reported
         self._bell: Bell | None = None  # rung when tasks are added, or to stop waiting
 
     def request_stop(self) -> None:
@@ -120,6 +122,7 @@ class Worker:
                     self.cancel.clear()
                     self._last_output = None
                     self._phases = {}
+                    self._report = None
                 try:
                     self._run_attempt(claim)
                 finally:
@@ -227,12 +230,12 @@ class Worker:
             new_status = self.store.finish_attempt(
                 claim, result.status, exit_code=result.exit_code, error=result.error,
                 output_tail=tail, policy=spec.retry_policy, resume_at=resume_at,
-                now=result.ended_at)
+                now=result.ended_at, report=self._report)
         except ReconcilerError as exc:  # still refused: keep the result, never lose it
             kept = pending.save(self.paths.root, claim, status=result.status,
                                 exit_code=result.exit_code, error=result.error,
                                 output_tail=tail, resume_at=resume_at,
-                                ended_at=result.ended_at)
+                                ended_at=result.ended_at, report=self._report)
             logger.error("task {}: cannot record its result ({}): {}; kept in {} and "
                          "recorded once the store takes writes again", task.id,
                          result.status, exc.one_line(), kept)
@@ -380,8 +383,13 @@ class Worker:
         self._phases["setup"] = time.monotonic() - started
         write_log_line(log, "=== reconciler: agent ===")
         started = time.monotonic()
+        agent_output_from = log.stat().st_size
         result = run(spec.worker.command)
         self._phases["agent"] = time.monotonic() - started
+        if spec.worker.result is not None:  # before the hooks: onSuccess is for successes
+            self._report = read_report(agent_output(log, agent_output_from),
+                                       spec.worker.result.path_map())
+            result = judge_report(result, self._report, spec.tasks.max_cost_usd, log)
         started = time.monotonic()
         for argv in spec.hooks.on_success if result.status == "succeeded" \
                 else spec.hooks.on_failure:
@@ -389,6 +397,42 @@ class Worker:
             run(argv, cancellable=False)
         self._phases["hooks"] = time.monotonic() - started
         return result
+
+
+REPORT_BYTES = 1024 * 1024  # of the agent's output read for its report: it comes last
+
+
+def agent_output(log: Path, start: int) -> str:
+    """What the agent printed: the log from ``start`` on (its last MiB at most)."""
+    try:
+        with log.open("rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(start, size - REPORT_BYTES))
+            return file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def judge_report(result: RunResult, report: AgentReport | None, max_cost: float | None,
+                 log: Path) -> RunResult:
+    """The attempt's outcome given what its agent reported: an agent that says it failed
+    (``is_error``), or that spent more than ``tasks.maxCostUsd``, fails the attempt even
+    with exit code 0.  No report: the exit code stands (said in the log)."""
+    if report is None:
+        write_log_line(log, "reconciler: no report found at the end of the agent's output "
+                       "(worker.result); the exit code decides")
+        return result
+    if result.status != "succeeded":
+        return result
+    if report.is_error:
+        said = report.message or "is_error"
+        return RunResult("failed", result.exit_code,
+                         f"the agent reported an error: {said}", result.ended_at)
+    if max_cost is not None and report.cost_usd is not None and report.cost_usd > max_cost:
+        return RunResult("failed", result.exit_code,
+                         f"cost ${report.cost_usd:.2f} is over tasks.maxCostUsd "
+                         f"${max_cost:.2f}", result.ended_at)
+    return result
 
 
 def write_log_line(log: Path, line: str) -> None:

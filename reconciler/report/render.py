@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from reconciler.durations import format_duration
-from reconciler.model import AppliedSpec, AttemptRow, EventRow, QueueCounts, TaskRow
+from reconciler.model import (
+    AgentReport,
+    AppliedSpec,
+    AttemptRow,
+    EventRow,
+    QueueCounts,
+    TaskRow,
+)
 from reconciler.report.documents import printable
 from reconciler.report.term import cell_text, clip, columns, paint, say
 
@@ -159,6 +166,8 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
         if a.phases:
             say("    phases:   " + ", ".join(f"{name} {age(seconds)}"
                                             for name, seconds in a.phases.items()))
+        if a.report is not None:
+            say(f"    reported: {report_line(a.report)}")
         if a.rescued:
             say("    uncommitted work rescued: " + (
                 "committed to the branch" if a.rescued == "committed"
@@ -168,6 +177,24 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
             say("    output tail:")
             for line in tail:
                 say("      " + cell_text(line))
+
+
+def report_line(report: AgentReport) -> str:
+    """``cost $0.07, 48,002 tokens in, 1,230 out, 4 turns, session 5f0c…`` (what is known)."""
+    parts = ["an error" if report.is_error else "success"]
+    if report.cost_usd is not None:
+        parts.append(f"cost ${report.cost_usd:.4f}")
+    if report.input_tokens is not None or report.output_tokens is not None:
+        def count(n: int | None) -> str:
+            return "?" if n is None else f"{n:,}"
+
+        parts.append(f"{count(report.input_tokens)} tokens in, "
+                     f"{count(report.output_tokens)} out")
+    if report.turns is not None:
+        parts.append(f"{report.turns} turns")
+    if report.session_id:
+        parts.append(f"session {cell_text(report.session_id)}")
+    return ", ".join(parts)
 
 
 def render_prune(document: dict[str, Any]) -> None:

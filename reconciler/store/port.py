@@ -59,6 +59,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from reconciler.model import (
+    AgentReport,
     AppliedSpec,
     AttemptRow,
     Claim,
@@ -220,9 +221,11 @@ class StorePort(Protocol):
     def finish_attempt(self, claim: Claim, status: str, *, exit_code: int | None = None,
                        error: str | None = None, output_tail: str | None = None,
                        policy: RetryPolicy | None = None, resume_at: float | None = None,
-                       now: float | None = None) -> str | None:
+                       now: float | None = None,
+                       report: AgentReport | None = None) -> str | None:
         """End the attempt and settle its task; the task's new status, or None when the
-        lease was lost (the result is rejected and nothing changes)."""
+        lease was lost (the result is rejected and nothing changes).  ``report``: what
+        the agent said of its run, recorded on the attempt."""
 
     def requeue_attempts_of(self, worker_id: str, reason: str, *, consume: bool,
                             policy: RetryPolicy | None = None, now: float | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,7 +67,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     last_output_at REAL,
     stop_signalled_at REAL,
     rescued TEXT,
-    phases TEXT
+    phases TEXT,
+    report_is_error INTEGER,  -- the agent's report (worker.result): NULL when none was read
+    cost_usd REAL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    turns INTEGER,
+    session_id TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
@@ -150,6 +156,9 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     3: (("attempts", "stop_signalled_at", "REAL"), ("controller", "busy_with", "TEXT"),
         ("controller", "busy_since", "REAL")),
     4: (("attempts", "rescued", "TEXT"), ("attempts", "phases", "TEXT")),
+    6: (("attempts", "report_is_error", "INTEGER"), ("attempts", "cost_usd", "REAL"),
+        ("attempts", "input_tokens", "INTEGER"), ("attempts", "output_tokens", "INTEGER"),
+        ("attempts", "turns", "INTEGER"), ("attempts", "session_id", "TEXT")),
 }
 
 

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from reconciler.errors import StoreError, TaskError
 from reconciler.model import (
     FINAL_TASK_STATUSES,
+    AgentReport,
     AttemptRow,
     Claim,
     QueueCounts,
@@ -260,7 +261,8 @@ class TaskQueue(Database):
     def finish_attempt(self, claim: Claim, status: str, *, exit_code: int | None = None,
                        error: str | None = None, output_tail: str | None = None,
                        policy: RetryPolicy | None = None, resume_at: float | None = None,
-                       now: float | None = None) -> str | None:
+                       now: float | None = None,
+                       report: AgentReport | None = None) -> str | None:
         """End an attempt if ``claim`` still holds its lease; return the task's new status.
 
         Returns ``None`` when the lease was lost (the attempt was already ended
@@ -273,9 +275,12 @@ class TaskQueue(Database):
         with self.transaction() as db:
             cur = db.execute(
                 "UPDATE attempts SET status = ?, ended_at = ?, exit_code = ?, error = ?,"
-                " output_tail = ? WHERE id = ? AND lease_token = ? AND status = 'running'"
+                " output_tail = ?, report_is_error = ?, cost_usd = ?, input_tokens = ?,"
+                " output_tokens = ?, turns = ?, session_id = ?"
+                " WHERE id = ? AND lease_token = ? AND status = 'running'"
                 " AND stop_signalled_at IS NULL",
-                (status, now, exit_code, error, output_tail, claim.attempt_id, claim.lease_token))
+                (status, now, exit_code, error, output_tail,
+                 *(_report_columns(report)), claim.attempt_id, claim.lease_token))
             if cur.rowcount != 1:
                 return None
             if status == "rate_limited":
@@ -488,4 +493,18 @@ def _attempt(r: sqlite3.Row) -> AttemptRow:
                       r["log_path"], r["error"], r["output_tail"], r["lease_expires_at"],
                       r["pid"], r["last_output_at"], r["pid_create_time"],
                       r["stop_signalled_at"], r["rescued"],
-                      json.loads(r["phases"]) if r["phases"] else {})
+                      json.loads(r["phases"]) if r["phases"] else {}, _report(r))
+
+
+def _report(r: sqlite3.Row) -> AgentReport | None:
+    if r["report_is_error"] is None:
+        return None
+    return AgentReport(bool(r["report_is_error"]), r["cost_usd"], r["input_tokens"],
+                       r["output_tokens"], r["turns"], r["session_id"])
+
+
+def _report_columns(report: AgentReport | None) -> tuple[object, ...]:
+    if report is None:
+        return (None,) * 6
+    return (int(report.is_error), report.cost_usd, report.input_tokens, report.output_tokens,
+            report.turns, report.session_id)
