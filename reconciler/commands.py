@@ -318,6 +318,7 @@ def cmd_events(args: argparse.Namespace) -> int:
                 else:
                     _render().render_events([event], empty_note=False)
                 last = event.id
+            sys.stdout.flush()  # each line as it happens, into a pipe too (| grep, | tee)
             time.sleep(POLL_SECONDS)
             events = store.find_events(**where, after_id=last)
 

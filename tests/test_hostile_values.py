@@ -71,6 +71,10 @@ class TestTerminalEscapes:
     pytest.param("fake\nline", "fake\\nline", id="newline-in-one-line-field"),
     pytest.param("tab\there", "tab\there", id="tab-kept"),
     pytest.param("naïve → ünïcode", "naïve → ünïcode", id="printable-unicode-kept"),
+    pytest.param("fix \u202egnp.exe", "fix \\u202egnp.exe", id="bidi-override"),
+    pytest.param("a\u2066b\u2069", "a\\u2066b\\u2069", id="bidi-isolates"),
+    pytest.param("one\u2028two\u2029", "one\\u2028two\\u2029", id="line-separators"),
+    pytest.param("mark\u200f", "mark\\u200f", id="rtl-mark"),
 ])
 def test_control_characters_are_written_out(text: str, seen: str) -> None:
     assert documents.printable(text) == seen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,25 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path, tasks: int)
     finally:
         os.close(write_end)
     assert (proc.returncode, proc.stderr) == (141, "")
+
+
+def test_events_follow_writes_each_line_as_it_happens_into_a_pipe(tmp_path: Path) -> None:
+    """``reconcile events --follow | grep``: a pipe is block-buffered, so each event must
+    be flushed as it is printed, or nothing shows until the follower ends."""
+    state = tmp_path / "state"
+    with Store(pool_paths(state, "p").create().store) as store:
+        store.add_tasks([("first", "p", 0)])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    follower = subprocess.Popen([sys.executable, "-P", "-m", "reconciler", "--state-dir",
+                                 str(state), "events", "--follow"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 20)
+        assert ready, "no line came through the pipe"
+        assert b"task.queued" in follower.stdout.readline()
+    finally:
+        follower.kill()
+        follower.wait()
+        if follower.stdout is not None:
+            follower.stdout.close()

@@ -17,8 +17,12 @@ from typing import Any
 from reconciler.model import AttemptRow, TaskRow
 
 # C0 controls, DEL and the C1 range: ESC starts terminal sequences (retitle the window,
-# clear the screen, rewrite the clipboard...), BEL ends some, C1 CSI/OSC do both at once
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# clear the screen, rewrite the clipboard...), BEL ends some, C1 CSI/OSC do both at once;
+# and the invisible characters that change how a line reads: bidirectional overrides,
+# embeddings, isolates and marks (a title could show its end reversed, "Trojan Source"),
+# and the line and paragraph separators (a new line to some terminals and editors)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
+                      "\u2028\u2029]")
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -30,8 +34,12 @@ def printable(text: str, *, multiline: bool = False) -> str:
     A tab stays, and so does a newline where ``multiline`` (an output tail, an error).
     """
     keep = "\t\n" if multiline else "\t"
-    return _CONTROL.sub(lambda m: m[0] if m[0] in keep else
-                        _NAMED.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+    return _CONTROL.sub(lambda m: m[0] if m[0] in keep else _visible(m[0]), text)
+
+
+def _visible(char: str) -> str:
+    code = ord(char)
+    return _NAMED.get(char, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def print_json(document: Any) -> None:
