@@ -24,10 +24,6 @@ from typing import Any
 
 from reconciler.model import AgentReport
 
-# the figures an agent may report, with the kind of value each must be
-FIELDS = ("isError", "costUsd", "inputTokens", "outputTokens", "turns", "sessionId",
-          "message")
-
 PRESETS: Mapping[str, Mapping[str, Sequence[str]]] = {
     "claude-code": {
         "isError": ("is_error",),
