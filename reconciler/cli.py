@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("worker", metavar="WORKER", help="worker id, e.g. w-2")
     _pool_options(p, output=False)
 
+    p = sub.add_parser("resume", help="lift a pause of claiming (rate limit, day's budget)",
+                       description="Let workers claim tasks again now, where the pool paused "
+                       "because its agent hit a rate limit or the day's budget "
+                       "(budget.perDayUsd) was spent; the budget is not enforced again "
+                       "before midnight.")
+    _pool_options(p)
+
     p = sub.add_parser("scale", help="set replicas in the spec file and apply it",
                        description="Rewrite `replicas` in workers.yaml (keeping its comments "
                        "and layout), then apply, so the file stays the source of truth.")

@@ -21,7 +21,7 @@ from typing import Any
 
 from reconciler import pool as pools
 from reconciler.checkedspecs import CheckedSpecs
-from reconciler.durations import parse_duration
+from reconciler.durations import day_start, parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.lock import is_locked
 from reconciler.model import FINAL_TASK_STATUSES, TaskRow
@@ -71,7 +71,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
         "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
-        "prune": cmd_prune,
+        "prune": cmd_prune, "resume": cmd_resume,
     }
     return handlers[args.command](args)
 
@@ -249,7 +249,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    info, paused, deleting, rescued = None, 0.0, None, {}
+    info, paused, deleting, rescued, reason, spent = None, 0.0, None, {}, None, 0.0
     if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
         with Store(pool.paths.store, readonly=True) as store:
             observation = pools.observe_pool(pool, store)
@@ -257,14 +257,15 @@ def cmd_status(args: argparse.Namespace) -> int:
                                         if w.current_task is not None])
             info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
             rescued = store.rescued_counts()
+            reason, spent = store.paused_reason(), store.spend_since(day_start(time.time()))
     else:
         observation = pools.observe_pool(pool)
         titles = {}
     document = status_document(observation, time.time(), pool.spec, info, paused,
                                deleting=deleting,
                                delete_running=deleting is not None and is_locked(pool.paths.lock),
-                               titles=titles,
-                               rescued=rescued)
+                               titles=titles, rescued=rescued, paused_reason=reason,
+                               spend_today=spent)
     if args.output == "json":
         print_json(document)
     else:
@@ -321,6 +322,26 @@ def cmd_events(args: argparse.Namespace) -> int:
             sys.stdout.flush()  # each line as it happens, into a pipe too (| grep, | tee)
             time.sleep(POLL_SECONDS)
             events = store.find_events(**where, after_id=last)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Lift a pause of claiming; a budget pause is not set again before midnight."""
+    now = time.time()
+    with _open_store(args, write=True) as (pool, store):
+        reason = store.paused_reason()
+        was = store.resume_claiming(hold_until=day_start(now, days=1), now=now)
+    if was:
+        ring_workers(pool.paths.root)  # idle workers claim at once, not at their next check
+    if args.output == "json":
+        print_json({"pool": pool.name, "was_paused_until": was or None,
+                    "reason": reason if was else None})
+    elif was:
+        _print(f"pool {pool.name}: claiming resumed (it was paused until "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(was))}: {reason}); "
+               "the day's budget is not enforced again before midnight")
+    else:
+        _print(f"pool {pool.name}: claiming was not paused; nothing to resume")
+    return 0
 
 
 def cmd_backup(args: argparse.Namespace) -> int:

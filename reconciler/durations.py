@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 _PART = re.compile(r"([0-9]+)(ms|s|m|h)")
@@ -29,3 +30,10 @@ def format_duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def day_start(now: float, *, days: int = 0) -> float:
+    """Local midnight that began the day of ``now`` (``days`` later: the next ones), the
+    day a budget counts (``budget.perDayUsd``)."""
+    day = time.localtime(now)
+    return time.mktime((day.tm_year, day.tm_mon, day.tm_mday + days, 0, 0, 0, 0, 0, -1))

@@ -380,10 +380,11 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
         yield _locate(label, loaded.position_of(path), path,
                       "says nothing to read: set preset: claude-code, or fields such as "
                       "costUsd: total_cost_usd")
-    if "maxCostUsd" in full["tasks"] and result is None:
-        path = ("spec", "tasks", "maxCostUsd")
-        yield _locate(label, loaded.position_of(path), path,
-                      "needs the agent's cost: set worker.result (e.g. preset: claude-code)")
+    for path in (("spec", "tasks", "maxCostUsd"), ("spec", "budget", "perDayUsd")):
+        if path[2] in full.get(path[1], {}) and result is None:
+            yield _locate(label, loaded.position_of(path), path,
+                          "needs the agent's cost: set worker.result (e.g. preset: "
+                          "claude-code)")
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":

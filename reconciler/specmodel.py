@@ -118,6 +118,7 @@ class PoolSpec:
     document: Mapping[str, Any]
     source_path: Path | None
     source_sha256: str
+    budget_per_day_usd: float | None = None  # claiming pauses once the day spent this
 
     @property
     def document_json(self) -> str:
@@ -216,6 +217,7 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         document=copy.deepcopy(dict(document)),
         source_path=source_path,
         source_sha256=source_sha256,
+        budget_per_day_usd=spec.get("budget", {}).get("perDayUsd"),
     )
 
 

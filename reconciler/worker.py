@@ -20,6 +20,7 @@ from types import FrameType
 from reconciler import pending
 from reconciler.agentresult import read_report
 from reconciler.crashlog import enable_crash_log
+from reconciler.durations import day_start
 from reconciler.errors import ReconcilerError
 from reconciler.log import log_to, logger
 from reconciler.marks import pool_key
@@ -240,6 +241,8 @@ class Worker:
                          "recorded once the store takes writes again", task.id,
                          result.status, exc.one_line(), kept)
             return
+        if self._report is not None and self._report.cost_usd:
+            self._check_budget()
         if new_status == "queued":
             ring_workers(self.paths.root)  # a retry: the others learn when it is due
         if new_status is None:
@@ -247,6 +250,29 @@ class Worker:
         else:
             logger.info("task {} attempt {} {}: task {}", task.id, claim.attempt_number,
                         result.status, new_status)
+
+    def _check_budget(self) -> None:
+        """Once the attempts that ended today reported ``budget.perDayUsd``, pause claiming
+        until midnight (local time), unless an operator resumed the pool for today.  The
+        budget is the newest applied spec's: changing it needs no worker restarted."""
+        try:
+            latest = self.store.latest_spec()
+            budget = latest[1]["spec"].get("budget", {}).get("perDayUsd") if latest else None
+            if budget is None:
+                return
+            now = time.time()
+            spent = self.store.spend_since(day_start(now))
+            if spent < budget or self.store.resumed_until() > now:
+                return
+            until = day_start(now, days=1)
+            self.store.pause_claiming(
+                until, f"over budget: ${spent:.2f} spent today of budget.perDayUsd "
+                f"${budget:.2f}", kind="pool.over_budget", now=now)
+        except ReconcilerError as exc:  # the next attempt's end checks again
+            logger.warning("could not check the day's budget: {}", exc.one_line())
+            return
+        logger.warning("over budget: ${:.2f} spent today of ${:.2f}; claiming paused until "
+                       "midnight", spent, budget)
 
     def _move_aside(self, claim: Claim, worktree: Path, log: Path) -> Path:
         """A worker's own worktree kept for its uncommitted work (``onDirty: keep``) moves to

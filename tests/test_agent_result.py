@@ -20,8 +20,8 @@ from reconciler.model import AgentReport, RetryPolicy
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult
 from reconciler.worker import judge_report
-from tests.e2e import add_task, apply, show_task, wait_tasks
-from tests.helpers import reconcile, write_spec
+from tests.e2e import add_task, apply, events, show_task, status, wait_tasks
+from tests.helpers import reconcile, wait_for, write_spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude-code"
 CLAUDE = field_paths("claude-code", {})
@@ -168,3 +168,53 @@ def test_a_report_kept_while_the_store_refused_writes_is_recorded_with_the_resul
         assert pending.flush(root, store, RetryPolicy()) == 0
         (attempt,) = store.attempts(claim.task.id)
         assert attempt.report == report
+
+
+def test_the_days_spend_pauses_and_resumes_in_the_store(tmp_path: Path) -> None:
+    with Store(tmp_path / "store.db") as store:
+        store.add_tasks([("a", "p", 0), ("b", "p", 0), ("c", "p", 0)])
+        for cost, ended in ((0.5, 100.0), (0.25, 200.0), (None, 300.0)):
+            claim = store.claim_task("w-1", 60, now=ended - 1)
+            assert claim is not None
+            store.finish_attempt(claim, "succeeded", now=ended,
+                                 report=AgentReport(cost_usd=cost))
+        assert store.spend_since(150.0) == 0.25 and store.spend_since(0.0) == 0.75
+        store.pause_claiming(1000.0, "over budget", now=400.0)
+        store.pause_claiming(500.0, "a shorter pause", now=400.0)  # the longer one stays
+        assert (store.paused_until(), store.paused_reason()) == (1000.0, "over budget")
+        assert store.resume_claiming(hold_until=2000.0, now=450.0) == 1000.0
+        assert store.paused_until() == 0.0 and store.resumed_until() == 2000.0
+        assert store.resume_claiming(now=460.0) == 0.0  # nothing left to lift
+        kinds = [e.kind for e in store.find_events(kind="pool")]
+        assert kinds == ["pool.paused", "pool.paused", "pool.resumed"]
+
+
+def test_a_pool_pauses_once_the_days_budget_is_spent_until_resumed(
+        host: Path, git_repo: Path) -> None:
+    agent = host / "reporting_agent.py"
+    agent.write_text(REPORTING_AGENT)
+    command = [sys.executable, str(agent), "{task.title}"]
+    spec = write_spec(host, replicas=1, runtime="process", command=command,
+                      extra={"worker": {"command": command, "result": {"preset": "claude-code"}},
+                             "budget": {"perDayUsd": 0.3}})
+    first, second, third = (add_task(spec, title="ok") for _ in range(3))
+    assert apply(spec).returncode == 0
+    wait_tasks(spec, first, second)
+    # the worker pauses the pool right after recording the second result
+    document = wait_for(lambda: (d := status(spec))["claiming_paused_until"] and d,
+                        message="the pool to pause")
+    assert document["spend_today_usd"] == 0.5 and document["budget_per_day_usd"] == 0.3
+    assert document["claiming_paused_reason"] == \
+        "over budget: $0.50 spent today of budget.perDayUsd $0.30"
+    assert show_task(spec, third)["status"] == "queued"
+    text = reconcile("status", "-f", str(spec)).stdout
+    assert "spent today: $0.50 of budget.perDayUsd $0.30" in text
+    assert "over budget: $0.50 spent today" in text and "`reconcile resume` lifts it" in text
+    assert [e["kind"] for e in events(spec, "pool.over_budget")] == ["pool.over_budget"]
+
+    resumed = reconcile("resume", "-f", str(spec), "-o", "json", check=True)
+    assert json.loads(resumed.stdout)["reason"].startswith("over budget")
+    wait_tasks(spec, third)  # resumed for the rest of the day: no new pause
+    assert status(spec)["claiming_paused_until"] is None
+    again = reconcile("resume", "-f", str(spec), check=True).stdout
+    assert "claiming was not paused; nothing to resume" in again

@@ -43,6 +43,7 @@ HOT_QUERIES = [
     pytest.param(task_sql.NEXT_DUE_SQL, "tasks_by_status", id="next-claim-at"),
     pytest.param(task_sql.LATEST_ATTEMPT_AT_SQL, "attempts_by_worktree", id="attempt-worktrees"),
     pytest.param(task_sql.RUNNING_ATTEMPTS_SQL, "attempts_by_status", id="running-attempts"),
+    pytest.param(task_sql.SPEND_SINCE_SQL, "attempts_cost_by_end", id="spend-today"),
     pytest.param(RESTART_HISTORY_SQL, "restarts_by_worker", id="restart-history"),
     pytest.param(task_sql.TASK_STATUSES_SQL, "PRIMARY KEY", id="task-wait"),
     pytest.param(task_sql.OPEN_TASK_IDS_SQL, "tasks_by_status", id="open-task-ids"),

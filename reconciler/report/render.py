@@ -104,9 +104,14 @@ def render_status(document: dict[str, Any]) -> None:
     if left.get("committed") or left.get("kept"):
         say(f"uncommitted work rescued: {left['committed']} attempt(s) committed to "
             f"their branch, {left['kept']} worktree(s) kept (worktrees.onDirty: keep)")
+    budget = document.get("budget_per_day_usd")
+    if budget is not None or document.get("spend_today_usd"):
+        say(f"spent today: ${document.get('spend_today_usd', 0):.2f}"
+            + (f" of budget.perDayUsd ${budget:.2f}" if budget is not None else ""))
     if document["claiming_paused_until"]:
+        reason = document.get("claiming_paused_reason") or "the agent hit its rate limit"
         print(paint(f"claiming paused until {when(document['claiming_paused_until'])}",
-                    "yellow") + " (the agent hit its rate limit)")
+                    "yellow") + f": {cell_text(reason)} (`reconcile resume` lifts it)")
     for problem in document["problems"]:
         print(f"{paint('problem:', 'red')} {printable(problem, multiline=True)}")
 

@@ -82,10 +82,13 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     paused_until: float = 0.0, *, deleting: float | None = None,
                     delete_running: bool = False,
                     titles: Mapping[int, str] | None = None,
-                    rescued: Mapping[str, int] | None = None) -> dict[str, Any]:
+                    rescued: Mapping[str, int] | None = None,
+                    paused_reason: str | None = None,
+                    spend_today: float = 0.0) -> dict[str, Any]:
     """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
     whether it still holds the pool lock (else it was interrupted); ``titles``: the
-    titles of the tasks workers are on (``task_title`` of each worker row)."""
+    titles of the tasks workers are on (``task_title`` of each worker row);
+    ``spend_today``: the cost the attempts that ended today reported."""
     workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
     if spec is not None:  # heartbeats and windows disagree: reported, never acted on
@@ -106,6 +109,9 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                        if controller and controller.busy_with and observation.controller_alive
                        else None},
         "claiming_paused_until": paused_until if paused_until > now else None,
+        "claiming_paused_reason": paused_reason if paused_until > now else None,
+        "spend_today_usd": round(spend_today, 6),
+        "budget_per_day_usd": spec.budget_per_day_usd if spec else None,
         "deleting": None if deleting is None else
         {"since": deleting, "state": "running" if delete_running else "interrupted"},
         "workers": [asdict(w) for w in workers],

@@ -132,7 +132,26 @@ class StorePort(Protocol):
         matching ones if given.  Filtered by the store, not by the caller."""
 
     def paused_until(self) -> float:
-        """Until when nobody may claim (a rate limit); 0 when claiming is allowed."""
+        """Until when nobody may claim (a rate limit, the day's budget); 0 when claiming
+        is allowed."""
+
+    def paused_reason(self) -> str | None:
+        """Why claiming is paused, as the pause said it."""
+
+    def spend_since(self, since: float) -> float:
+        """The reported cost (USD) of the attempts that ended from ``since`` on."""
+
+    def pause_claiming(self, until: float, reason: str, *, kind: str = "pool.paused",
+                       now: float | None = None) -> None:
+        """Stop every claim until ``until`` (a longer pause stays), with an event ``kind``."""
+
+    def resume_claiming(self, *, hold_until: float | None = None,
+                        now: float | None = None) -> float:
+        """Lift a pause; return until when it would have held (0: none).  A budget pause
+        is not set again before ``hold_until``."""
+
+    def resumed_until(self) -> float:
+        """Until when an operator's ``resume`` holds against a new budget pause."""
 
     def set_deleting(self, reason: str | None, now: float | None = None) -> None:
         """Mark a ``delete`` in progress (``reason``) or finished (None), so ``status``

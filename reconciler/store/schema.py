@@ -79,6 +79,8 @@ CREATE INDEX IF NOT EXISTS attempts_by_task ON attempts (task_id, number);
 CREATE INDEX IF NOT EXISTS attempts_by_worktree ON attempts (worktree, id);
 CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
 CREATE INDEX IF NOT EXISTS attempts_rescued ON attempts (rescued) WHERE rescued IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attempts_cost_by_end ON attempts (ended_at, cost_usd)
+    WHERE cost_usd IS NOT NULL;
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     runtime TEXT NOT NULL,

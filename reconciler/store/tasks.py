@@ -51,6 +51,8 @@ TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
 OPEN_TASK_IDS_SQL = ("SELECT id FROM tasks WHERE status IN ('queued', 'running')"
                      " ORDER BY id")
 STREAM_CHUNK = 500
+SPEND_SINCE_SQL = ("SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM attempts"
+                   " WHERE cost_usd IS NOT NULL AND ended_at >= ?")
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
 
 
@@ -308,9 +310,7 @@ class TaskQueue(Database):
         db.execute("UPDATE tasks SET status = 'queued', attempts = MAX(attempts - 1, 0),"
                    " not_before = ?, last_error = ?, updated_at = ? WHERE id = ?",
                    (resume_at, error, now, task_id))
-        db.execute("INSERT INTO meta (key, value) VALUES ('paused_until', ?) ON CONFLICT (key)"
-                   " DO UPDATE SET value = MAX(CAST(value AS REAL), excluded.value)",
-                   (resume_at,))
+        _set_pause(db, resume_at, "the agent hit its rate limit")
         self._event(db, now, "pool.paused", None, task_id,
                     f"rate limited: claiming paused for {max(resume_at - now, 0):.0f}s")
         return "queued"
@@ -328,8 +328,51 @@ class TaskQueue(Database):
         return due if due > now else None
 
     def paused_until(self) -> float:
-        """Until when workers must not claim (a rate limit); 0 when they may."""
+        """Until when workers must not claim (a rate limit, the day's budget); 0 when they
+        may."""
         rows = self._query("SELECT value FROM meta WHERE key = 'paused_until'")
+        return float(rows[0]["value"]) if rows else 0.0
+
+    def paused_reason(self) -> str | None:
+        """Why claiming is paused, as the pause said it; None without a reason."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'paused_reason'")
+        return str(rows[0]["value"]) if rows else None
+
+    def spend_since(self, since: float) -> float:
+        """What the attempts that ended from ``since`` on reported they cost, in USD (an
+        index of the attempts with a cost keeps it cheap over any history)."""
+        rows = self._query(SPEND_SINCE_SQL, (since,))
+        return float(rows[0]["spent"])
+
+    def pause_claiming(self, until: float, reason: str, *, kind: str = "pool.paused",
+                       now: float | None = None) -> None:
+        """Stop every claim until ``until`` (a pause already longer stays), saying why."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            _set_pause(db, until, reason)
+            self._event(db, now, kind, None, None, f"claiming paused: {reason}")
+
+    def resume_claiming(self, *, hold_until: float | None = None,
+                        now: float | None = None) -> float:
+        """Lift a pause now (``reconcile resume``); return until when it would have held
+        (0: there was none).  ``hold_until``: a budget pause is not set again before then."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
+            was = float(row["value"]) if row is not None else 0.0
+            db.execute("DELETE FROM meta WHERE key IN ('paused_until', 'paused_reason')")
+            if hold_until is not None:
+                db.execute("INSERT INTO meta (key, value) VALUES ('resumed_until', ?)"
+                           " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                           (hold_until,))
+            if was > now:
+                self._event(db, now, "pool.resumed", None, None,
+                            "claiming resumed by an operator")
+        return was if was > now else 0.0
+
+    def resumed_until(self) -> float:
+        """Until when an operator's ``resume`` holds against a new budget pause."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'resumed_until'")
         return float(rows[0]["value"]) if rows else 0.0
 
     def _settle_task(self, db: sqlite3.Connection, task_id: int, status: str,
@@ -508,3 +551,14 @@ def _report_columns(report: AgentReport | None) -> tuple[object, ...]:
         return (None,) * 6
     return (int(report.is_error), report.cost_usd, report.input_tokens, report.output_tokens,
             report.turns, report.session_id)
+
+
+def _set_pause(db: sqlite3.Connection, until: float, reason: str) -> None:
+    """Pause claiming until ``until``; a pause that already lasts longer keeps its end and
+    its reason."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
+    if row is not None and float(row["value"]) >= until:
+        return
+    for key, value in (("paused_until", str(until)), ("paused_reason", reason)):
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                   " DO UPDATE SET value = excluded.value", (key, value))
