@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker", type=_worker_id, metavar="WORKER",
                    help="only events of this worker, e.g. w-2")
     p.add_argument("--task", type=_task_id, metavar="ID", help="only events of this task")
+    p.add_argument("--severity", choices=("warning", "critical"),
+                   help="only alerts: warning (warning and critical) or critical")
 
     p = sub.add_parser("backup", help="copy the pool's store to a file, safely while it runs",
                        description="Write a consistent copy of the pool's task store "

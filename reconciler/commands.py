@@ -302,7 +302,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    where = {"kind": args.kind, "worker_id": args.worker, "task_id": args.task}
+    where = {"kind": args.kind, "worker_id": args.worker, "task_id": args.task,
+             "severity": args.severity}
     with _open_store(args) as (_, store):
         events = store.find_events(**where, last=args.limit)  # filtered by the store
         if not args.follow:

@@ -40,6 +40,7 @@ import time
 from types import FrameType
 
 from reconciler.actions import Plan, target, verb
+from reconciler.alerts import Alerts, webhooks_of
 from reconciler.errors import LockHeldError, ReconcilerError
 from reconciler.lock import take_lock
 from reconciler.log import logger
@@ -50,7 +51,7 @@ from reconciler.pool import Pool
 from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
-from reconciler.wakeup import Bell, controller_bell
+from reconciler.wakeup import Bell, controller_bell, ring_controller
 
 FAULT_BACKOFF_FIRST = 0.5
 FAULT_BACKOFF_MAX = 10.0
@@ -71,6 +72,7 @@ class Controller:
         self.stop = threading.Event()
         self.interval = pool.spec.controller_interval if pool.spec else 1.0
         self._bell: Bell | None = None
+        self._alerts: Alerts | None = None
 
     def request_stop(self) -> None:
         """Stop after this pass; safe from a signal handler (it only sets and writes)."""
@@ -103,9 +105,11 @@ class Controller:
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         self._bell = Bell(controller_bell(paths.root))
+        self._alerts = Alerts(paths.name, paths.root, wake=lambda: ring_controller(paths.root))
         try:
             self._loop(store, self._bell)
         finally:
+            self._alerts.close()
             self._bell.close()
             store.close()
             os.close(fd)
@@ -233,6 +237,8 @@ class Controller:
         if result is None:
             return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
+        if self._alerts is not None:  # after acting: this pass's own alerts go out now
+            self._alerts.dispatch(store, webhooks_of(result.spec.document))
         for step in result.plan.steps:
             logger.info("{}", step.describe())
         for line in result.report.done:

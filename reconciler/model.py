@@ -168,6 +168,7 @@ class EventRow:
     task_id: int | None
     message: str
     fields: Mapping[str, Any] = field(default_factory=dict)
+    severity: str | None = None  # warning or critical: an alert; None: info
 
 
 @dataclass(frozen=True)

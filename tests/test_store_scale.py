@@ -53,6 +53,8 @@ HOT_QUERIES = [
     pytest.param(event_sql.EVENTS_OF_WORKER_SQL, "events_by_worker", id="events-worker"),
     pytest.param(event_sql.EVENTS_OF_KIND_SQL, "events_by_kind", id="events-kind"),
     pytest.param(event_sql.NEXT_KIND_SQL, "events_by_kind", id="events-next-kind"),
+    pytest.param(event_sql.ALERTS_NEWEST_SQL, "events_alerts", id="alerts"),
+    pytest.param(event_sql.ALERTS_AFTER_SQL, "events_alerts", id="alerts-to-send"),
 ]
 
 

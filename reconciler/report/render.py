@@ -233,6 +233,9 @@ def render_events(events: list[EventRow], *, empty_note: bool = True) -> None:
     for e in events:
         who = " ".join(x for x in (e.worker_id or "", f"task {e.task_id}" if e.task_id else "")
                        if x)
-        say(f"{when(e.at)}  {cell_text(e.kind):<22} {cell_text(who):<16} {cell_text(e.message)}")
+        mark = {"critical": "CRITICAL ", "warning": "WARNING "}.get(e.severity or "", "")
+        line = f"{when(e.at)}  {cell_text(e.kind):<22} {cell_text(who):<16} "
+        print(line + paint(mark, "red" if e.severity == "critical" else "yellow")
+              + cell_text(e.message))
     if not events and empty_note:
         say("no events")

@@ -41,6 +41,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 from reconciler.errors import StoreError
 from reconciler.log import logger
+from reconciler.severity import severity_of
 from reconciler.store.schema import SCHEMA_VERSION, create_or_upgrade
 
 BUSY_TIMEOUT_MS = 15_000
@@ -439,8 +440,9 @@ class Database:
                fields: Mapping[str, Any] | None = None) -> None:
         """Log an event; ``fields`` keeps its facts machine-readable (NULL when none)."""
         encoded = json.dumps(dict(fields), sort_keys=True) if fields else None
-        db.execute("INSERT INTO events (at, kind, worker_id, task_id, message, fields)"
-                   " VALUES (?, ?, ?, ?, ?, ?)", (now, kind, worker_id, task_id, message, encoded))
+        db.execute("INSERT INTO events (at, kind, worker_id, task_id, message, fields, severity)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", (now, kind, worker_id, task_id, message,
+                                                     encoded, severity_of(kind, fields)))
 
 
 def jitter() -> float:

@@ -8,6 +8,9 @@ backwards from the newest entry and stops at the limit:
 - ``--task``: ``events_by_task``, ``--worker``: ``events_by_worker`` (an index's
   entries end with the rowid, so each one's events come in ``id`` order); any other
   filter given with them is checked on those rows only;
+- ``--severity``: the partial index ``events_alerts`` holds only alerts (warning and
+  critical events, a small part of the log), newest first, in pages; other filters
+  are checked on those rows;
 - ``--kind`` alone, a prefix: each kind that starts with it is found by a seek in
   ``events_by_kind``, its newest events read from there, and the lists merged.
   (A scan down the rowid that skips other kinds would read the whole log to find a
@@ -24,6 +27,7 @@ from itertools import islice
 from typing import Any
 
 from reconciler.model import EventRow
+from reconciler.severity import at_least
 from reconciler.store.base import Database
 
 LATEST_EVENTS_SQL = "SELECT * FROM events WHERE id > ? ORDER BY id DESC LIMIT ?"
@@ -32,6 +36,11 @@ EVENTS_OF_WORKER_SQL = ("SELECT * FROM events WHERE worker_id = ? AND id > ?"
                         " ORDER BY id DESC LIMIT ?")
 EVENTS_OF_KIND_SQL = "SELECT * FROM events WHERE kind = ? AND id > ? ORDER BY id DESC LIMIT ?"
 NEXT_KIND_SQL = "SELECT kind FROM events WHERE kind > ? ORDER BY kind LIMIT 1"
+ALERTS_NEWEST_SQL = ("SELECT * FROM events WHERE severity IS NOT NULL AND id > ?"
+                     " AND id < ? ORDER BY id DESC LIMIT ?")
+ALERTS_AFTER_SQL = ("SELECT * FROM events WHERE severity IS NOT NULL AND id > ?"
+                    " ORDER BY id LIMIT ?")
+ALERT_PAGE = 500
 # a kind prefix compared exactly (LIKE would take ``_`` as a wildcard)
 KIND_PREFIX = "substr(kind, 1, length(?)) = ?"
 
@@ -43,10 +52,13 @@ class EventLog(Database):
 
     def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
                     task_id: int | None = None, after_id: int = 0,
-                    last: int | None = None) -> list[EventRow]:
+                    last: int | None = None, severity: str | None = None) -> list[EventRow]:
         """Events after ``after_id`` whose kind starts with ``kind``, of ``worker_id``
-        and of ``task_id`` (each only if given), in order; only the ``last`` N if given.
-        Rows that do not match are never read into Python (see the module docstring)."""
+        and of ``task_id`` (each only if given), of ``severity`` or above (warning,
+        critical), in order; only the ``last`` N if given.  Rows that match no index
+        are never read into Python (see the module docstring)."""
+        if severity is not None:
+            return self._alerts(at_least(severity), kind, worker_id, task_id, after_id, last)
         limit = _limit(last)
         if task_id is None and worker_id is None:
             if not kind:
@@ -74,6 +86,40 @@ class EventLog(Database):
         merged = heapq.merge(*newest_first, key=lambda r: r["id"], reverse=True)
         return _in_order(list(islice(merged, last)))
 
+    def _alerts(self, severities: Sequence[str], kind: str | None, worker_id: str | None,
+                task_id: int | None, after_id: int, last: int | None) -> list[EventRow]:
+        """The newest ``last`` alerts that pass the filters, read a page at a time."""
+        found: list[sqlite3.Row] = []
+        before = 2 ** 63 - 1
+        while last is None or len(found) < last:
+            page = self._query(ALERTS_NEWEST_SQL, (after_id, before, ALERT_PAGE))
+            for r in page:
+                if r["severity"] in severities and (not kind or r["kind"].startswith(kind)) \
+                        and (worker_id is None or r["worker_id"] == worker_id) \
+                        and (task_id is None or r["task_id"] == task_id):
+                    found.append(r)
+            if len(page) < ALERT_PAGE:
+                break
+            before = page[-1]["id"]
+        return _in_order(found[:last] if last is not None else found)
+
+    def alerts_after(self, after_id: int, limit: int = ALERT_PAGE) -> list[EventRow]:
+        """The alerts logged after ``after_id``, oldest first (the controller sends them)."""
+        return [_event(r) for r in self._query(ALERTS_AFTER_SQL, (after_id, limit))]
+
+    def meta_value(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta_value(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                       " DO UPDATE SET value = excluded.value", (key, value))
+
+    def last_event_id(self) -> int:
+        rows = self._query("SELECT MAX(id) AS id FROM events")
+        return int(rows[0]["id"] or 0)
+
     def _kinds_starting_with(self, prefix: str) -> list[str]:
         """The distinct kinds that start with ``prefix``, each found by one seek in
         ``events_by_kind`` (the kinds are few; the events of each are many)."""
@@ -98,4 +144,4 @@ def _in_order(newest_first: Sequence[sqlite3.Row]) -> list[EventRow]:
 def _event(r: sqlite3.Row) -> EventRow:
     fields: dict[str, Any] = json.loads(r["fields"]) if r["fields"] else {}
     return EventRow(r["id"], r["at"], r["kind"], r["worker_id"], r["task_id"], r["message"],
-                    fields)
+                    fields, r["severity"])

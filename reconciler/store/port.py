@@ -126,10 +126,22 @@ class StorePort(Protocol):
 
     def find_events(self, *, kind: str | None = None, worker_id: str | None = None,
                     task_id: int | None = None, after_id: int = 0,
-                    last: int | None = None) -> list[EventRow]:
+                    last: int | None = None, severity: str | None = None) -> list[EventRow]:
         """Events after ``after_id`` in order whose kind starts with ``kind``, of
-        ``worker_id`` and of ``task_id`` (each only if given); only the ``last`` N
-        matching ones if given.  Filtered by the store, not by the caller."""
+        ``worker_id`` and of ``task_id`` (each only if given), of ``severity`` or above;
+        only the ``last`` N matching ones if given.  Filtered by the store."""
+
+    def alerts_after(self, after_id: int, limit: int = 500) -> list[EventRow]:
+        """The alerts (warning and critical events) after ``after_id``, oldest first."""
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0: none yet)."""
+
+    def meta_value(self, key: str) -> str | None:
+        """A value kept for the pool's own bookkeeping (e.g. the alerts' cursor)."""
+
+    def set_meta_value(self, key: str, value: str) -> None:
+        """Keep ``value`` under ``key`` (see ``meta_value``)."""
 
     def paused_until(self) -> float:
         """Until when nobody may claim (a rate limit, the day's budget); 0 when claiming

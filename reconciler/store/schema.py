@@ -128,11 +128,13 @@ CREATE TABLE IF NOT EXISTS events (
     worker_id TEXT,
     task_id INTEGER,
     message TEXT NOT NULL,
-    fields TEXT
+    fields TEXT,
+    severity TEXT  -- warning or critical: an alert (reconciler.severity); NULL: info
 );
 CREATE INDEX IF NOT EXISTS events_by_task ON events (task_id);
 CREATE INDEX IF NOT EXISTS events_by_worker ON events (worker_id);
 CREATE INDEX IF NOT EXISTS events_by_kind ON events (kind);
+CREATE INDEX IF NOT EXISTS events_alerts ON events (id) WHERE severity IS NOT NULL;
 CREATE TABLE IF NOT EXISTS task_counts (
     status TEXT PRIMARY KEY,
     n INTEGER NOT NULL
@@ -160,7 +162,8 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     4: (("attempts", "rescued", "TEXT"), ("attempts", "phases", "TEXT")),
     6: (("attempts", "report_is_error", "INTEGER"), ("attempts", "cost_usd", "REAL"),
         ("attempts", "input_tokens", "INTEGER"), ("attempts", "output_tokens", "INTEGER"),
-        ("attempts", "turns", "INTEGER"), ("attempts", "session_id", "TEXT")),
+        ("attempts", "turns", "INTEGER"), ("attempts", "session_id", "TEXT"),
+        ("events", "severity", "TEXT")),
 }
 
 
@@ -177,6 +180,14 @@ _DATA_STEPS: dict[int, tuple[str, ...]] = {
     5: ("DELETE FROM task_counts",
         "INSERT INTO task_counts (status, n) SELECT status, COUNT(*) FROM tasks"
         " GROUP BY status"),
+    # the severity of the events already logged (reconciler.severity says the same)
+    6: ("UPDATE events SET severity = CASE json_extract(fields, '$.to')"
+        " WHEN 'failed' THEN 'critical' WHEN 'dead' THEN 'warning' END"
+        " WHERE kind = 'worker.health'",
+        "UPDATE events SET severity = 'warning' WHERE kind LIKE 'attempt.%'"
+        " AND json_extract(fields, '$.task_status') = 'failed'",
+        "UPDATE events SET severity = 'warning'"
+        " WHERE kind IN ('pool.paused', 'pool.over_budget', 'alert.delivery_failed')"),
 }
 
 

@@ -1,0 +1,31 @@
+"""How much an event needs an operator: its severity (pure; the store records it).
+
+An event of severity ``warning`` or ``critical`` is an *alert*: the controller appends
+it to the pool's alerts file and sends it to the webhooks of ``alerts.webhooks``, and
+``reconcile events --severity warning`` lists it.  Everything else is ``info`` (None
+in the store, so the index of alerts holds only them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+SEVERITIES = ("info", "warning", "critical")
+
+
+def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
+    """``critical``, ``warning``, or None (info) for an event of ``kind`` with ``fields``."""
+    facts = fields or {}
+    if kind == "worker.health":
+        return {"failed": "critical", "dead": "warning"}.get(str(facts.get("to")))
+    if kind.startswith("attempt.") and facts.get("task_status") == "failed":
+        return "warning"  # the task failed for good: no attempt is left
+    if kind in ("pool.paused", "pool.over_budget", "alert.delivery_failed"):
+        return "warning"
+    return None
+
+
+def at_least(severity: str) -> tuple[str, ...]:
+    """The recorded severities at or above ``severity`` (``warning``: both kinds)."""
+    return tuple(s for s in SEVERITIES[SEVERITIES.index(severity):] if s != "info")

@@ -1,0 +1,233 @@
+"""Alerts: which events are, and how they reach the alerts file and webhooks.
+
+Deliveries go to a real HTTP server on loopback, which fails the first ones; the
+pool test runs a real controller that sends the alert of a task failed for good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.alerts import (
+    CURSOR,
+    FILE,
+    SIGNATURE_HEADER,
+    Alerts,
+    Deliverer,
+    Webhook,
+    alert_document,
+    body_of,
+    webhooks_of,
+)
+from reconciler.model import EventRow
+from reconciler.severity import severity_of
+from reconciler.store.sqlite import Store
+from tests.e2e import add_task, apply, delete, pool_dir, wait_tasks
+from tests.helpers import reconcile, wait_for, write_spec
+
+
+class Receiver:
+    """A webhook receiver on loopback: answers ``fail_first`` POSTs with 500, then 200,
+    and keeps every request's headers and body."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.fail_first = fail_first
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.arrived:
+                    receiver.requests.append((dict(self.headers), body))
+                    failing = len(receiver.requests) <= receiver.fail_first
+                    receiver.arrived.notify_all()
+                self.send_response(500 if failing else 200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait(self, count: int, timeout: float = 30) -> list[tuple[dict[str, str], bytes]]:
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.requests) >= count, timeout), \
+                f"{len(self.requests)} of {count} requests arrived"
+            return list(self.requests)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    made = Receiver(fail_first=2)
+    yield made
+    made.close()
+
+
+EVENT = EventRow(7, 100.0, "worker.health", "w-3", None, "healthy → dead: process gone",
+                 {"from": "healthy", "to": "dead"}, "warning")
+
+
+@pytest.mark.parametrize(("kind", "fields", "severity"), [
+    ("worker.health", {"to": "failed"}, "critical"),
+    ("worker.health", {"to": "dead"}, "warning"),
+    ("worker.health", {"to": "healthy"}, None),
+    ("attempt.failed", {"task_status": "failed"}, "warning"),
+    ("attempt.timeout", {"task_status": "failed"}, "warning"),
+    ("attempt.failed", {"task_status": "queued"}, None),  # retried: not for good
+    ("pool.paused", None, "warning"),
+    ("pool.over_budget", None, "warning"),
+    ("alert.delivery_failed", {}, "warning"),
+    ("task.queued", None, None),
+])
+def test_which_events_are_alerts(kind: str, fields: dict[str, Any] | None,
+                                 severity: str | None) -> None:
+    assert severity_of(kind, fields) == severity
+
+
+def test_a_delivery_is_retried_with_backoff_and_signed(receiver: Receiver) -> None:
+    failures: list[str] = []
+    deliverer = Deliverer(lambda hook, event, problem: failures.append(problem),
+                          delays=(0.05, 0.05, 0.05))
+    hook = Webhook(receiver.url, secret="s3cret")
+    body = body_of(hook, alert_document("p", EVENT))
+    try:
+        deliverer.send(hook, EVENT, body)
+        requests = receiver.wait(3)  # two refused, the third taken
+    finally:
+        deliverer.close()
+    assert failures == [] and len(requests) == 3
+    headers, received = requests[-1]
+    assert received == body
+    assert headers[SIGNATURE_HEADER] == \
+        "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert json.loads(received) == {
+        "pool": "p", "id": 7, "at": 100.0, "kind": "worker.health", "severity": "warning",
+        "worker": "w-3", "task": None, "message": "healthy → dead: process gone",
+        "fields": {"from": "healthy", "to": "dead"}}
+
+
+def test_a_delivery_that_keeps_failing_is_reported_once(receiver: Receiver) -> None:
+    receiver.fail_first = 100
+    reported = threading.Event()
+    failures: list[str] = []
+
+    def failed(hook: Webhook, event: EventRow, problem: str) -> None:
+        failures.append(problem)
+        reported.set()
+
+    deliverer = Deliverer(failed, delays=(0.01, 0.01))
+    try:
+        deliverer.send(Webhook(receiver.url), EVENT, b"{}")
+        assert reported.wait(30)
+    finally:
+        deliverer.close()
+    assert failures == ["HTTP 500"] and len(receiver.requests) == 3
+
+
+def test_a_slack_body_is_one_line_of_text() -> None:
+    body = body_of(Webhook("http://x", format="slack"), alert_document("agents", EVENT))
+    assert json.loads(body) == {
+        "text": "[agents] WARNING worker.health w-3: healthy → dead: process gone"}
+
+
+def test_a_webhook_takes_the_kinds_it_names_and_never_its_own_failures() -> None:
+    hook = Webhook("http://x", events=("attempt", "worker.health"))
+    assert hook.wants(EVENT)
+    assert not hook.wants(EventRow(1, 0.0, "pool.paused", None, None, "m", {}, "warning"))
+    assert not Webhook("http://x").wants(
+        EventRow(1, 0.0, "alert.delivery_failed", None, None, "m", {}, "warning"))
+    assert webhooks_of({"spec": {"alerts": {"webhooks": [
+        {"url": "https://h/x", "secret": "k", "format": "slack"}]}}}) == (
+        Webhook("https://h/x", (), "k", "slack"),)
+
+
+def test_dispatch_writes_each_alert_once_from_where_the_last_controller_stopped(
+        tmp_path: Path, receiver: Receiver) -> None:
+    receiver.fail_first = 0
+    with Store(tmp_path / "store.db") as store:
+        store.add_event("worker.health", "before any controller", worker_id="w-1",
+                        fields={"to": "dead"})
+        first = Alerts("p", tmp_path, wake=lambda: None)
+        assert first.dispatch(store, ()) == 0  # history is not sent
+        store.add_event("worker.health", "w-2 died", worker_id="w-2", fields={"to": "dead"})
+        store.add_event("task.queued", "not an alert")
+        assert first.dispatch(store, (Webhook(receiver.url),)) == 1
+        first.close()
+        second = Alerts("p", tmp_path, wake=lambda: None)  # a restarted controller
+        assert second.dispatch(store, ()) == 0
+        lines = (tmp_path / FILE).read_text().splitlines()
+        assert [json.loads(line)["message"] for line in lines] == ["w-2 died"]
+        assert (tmp_path / FILE).stat().st_mode & 0o777 == 0o600
+        assert int(store.meta_value(CURSOR) or 0) == store.last_event_id() - 1
+        assert json.loads(receiver.wait(1)[0][1])["message"] == "w-2 died"
+
+
+def test_events_severity_lists_alerts_only(tmp_path: Path) -> None:
+    with Store(tmp_path / "store.db") as store:
+        store.add_event("worker.health", "dead", worker_id="w-1", fields={"to": "dead"})
+        store.add_event("worker.health", "failed", worker_id="w-2", fields={"to": "failed"})
+        store.add_event("task.queued", "info")
+        warning = store.find_events(severity="warning")
+        assert [(e.message, e.severity) for e in warning] == [("dead", "warning"),
+                                                              ("failed", "critical")]
+        assert [e.message for e in store.find_events(severity="critical")] == ["failed"]
+        assert [e.message for e in store.find_events(severity="warning", worker_id="w-1")] \
+            == ["dead"]
+        assert [e.message for e in store.find_events(severity="warning", last=1)] == ["failed"]
+
+
+FAILING_AGENT = "import sys; print('it broke'); sys.exit(1)"
+
+
+def test_a_task_failed_for_good_is_sent_to_the_webhook_by_the_controller(
+        host: Path, git_repo: Path, receiver: Receiver) -> None:
+    receiver.fail_first = 1
+    command = [sys.executable, "-c", FAILING_AGENT]
+    spec = write_spec(host, replicas=1, runtime="process", command=command, extra={
+        "worker": {"command": command},
+        "tasks": {"maxAttempts": 1},
+        "controller": {"enabled": True},
+        "alerts": {"webhooks": [{"url": receiver.url, "secret": "k", "events": ["attempt"]}]}})
+    try:
+        assert apply(spec, "--wait").returncode == 0
+        task = add_task(spec, title="doomed")
+        wait_tasks(spec, task)
+        (headers, body), *_ = receiver.wait(2)[1:]  # the first try was refused
+        alert = json.loads(body)
+        assert (alert["kind"], alert["severity"], alert["task"]) == \
+            ("attempt.failed", "warning", int(task))
+        assert headers[SIGNATURE_HEADER] == \
+            "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+        written = wait_for(lambda: (pool_dir(host) / FILE).exists() and
+                           (pool_dir(host) / FILE).read_text().splitlines(),
+                           message="the alerts file")
+        assert json.loads(written[-1])["kind"] == "attempt.failed"
+        listed = json.loads(reconcile("events", "--severity", "warning", "-f", str(spec),
+                                      "-o", "json", check=True).stdout)
+        assert [e["kind"] for e in listed] == ["attempt.failed"]
+        assert receiver.url not in reconcile("events", "-f", str(spec)).stdout
+    finally:
+        delete(spec, "--force")
+
