@@ -210,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("worker", metavar="WORKER", help="worker id, e.g. w-2")
     _pool_options(p, output=False)
 
+    p = sub.add_parser("report", help="how productive the pool was, and what would help",
+                       description="Tasks completed and failed, success and retry rates, "
+                       "run time and queue wait (p50/p90/p99, mean), cost and tokens, each "
+                       "worker's efficiency, throughput per hour and its trend, bottlenecks "
+                       "with their evidence, and how many workers keep the queue wait under "
+                       "a target (an M/M/c estimate, its arithmetic shown).")
+    p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
+    p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
+    p.add_argument("-o", "--output", choices=("text", "json", "markdown"), default="text",
+                   help="output format")
+    p.add_argument("--since", default="24h", metavar="DURATION",
+                   help="the window: the last DURATION (default 24h)")
+    p.add_argument("--target-wait", default="5m", metavar="DURATION",
+                   help="the queue wait the scaling advice aims under (default 5m)")
+
     p = sub.add_parser("resume", help="lift a pause of claiming (rate limit, day's budget)",
                        description="Let workers claim tasks again now, where the pool paused "
                        "because its agent hit a rate limit or the day's budget "

@@ -71,7 +71,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "status": cmd_status, "history": cmd_history, "events": cmd_events, "task": cmd_task,
         "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
-        "prune": cmd_prune, "resume": cmd_resume,
+        "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
     }
     return handlers[args.command](args)
 
@@ -323,6 +323,49 @@ def cmd_events(args: argparse.Namespace) -> int:
             sys.stdout.flush()  # each line as it happens, into a pipe too (| grep, | tee)
             time.sleep(POLL_SECONDS)
             events = store.find_events(**where, after_id=last)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """The pool's productivity over ``--since``, read-only."""
+    from reconciler.report.analysis import analyse
+
+    since = _duration_arg(args.since, "--since")
+    target = _duration_arg(args.target_wait, "--target-wait")
+    now = time.time()
+    with _open_store(args) as (pool, store):
+        attempts, tasks, restarts = store.report_rows(now - since)
+        counts = store.queue_counts()
+        observation = pools.observe_pool(pool, store)
+    per_worker, available = _worker_memory(observation)
+    document = analyse(pool=pool.name, since=now - since, now=now,
+                       replicas=pool.spec.replicas if pool.spec else 0, attempts=attempts,
+                       tasks=tasks, restarts=restarts, queued=counts.queued,
+                       running=counts.running, target_wait=target,
+                       memory_per_worker=per_worker, memory_available=available)
+    if args.output == "json":
+        print_json(document)
+    else:
+        _render().render_report(document, markdown=args.output == "markdown")
+    return 0
+
+
+def _worker_memory(observation: Any) -> tuple[float | None, float | None]:
+    """The mean resident memory of the live workers' process trees (with their agents)
+    and the host's available memory, in bytes; None where unknown."""
+    import psutil
+
+    sizes = []
+    for instance in observation.instances:
+        if not (instance.alive and instance.pid):
+            continue
+        try:
+            root = psutil.Process(instance.pid)
+            sizes.append(sum(p.memory_info().rss
+                             for p in (root, *root.children(recursive=True))))
+        except psutil.Error:
+            continue
+    per_worker = sum(sizes) / len(sizes) if sizes else None
+    return per_worker, float(psutil.virtual_memory().available)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

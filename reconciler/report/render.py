@@ -239,3 +239,74 @@ def render_events(events: list[EventRow], *, empty_note: bool = True) -> None:
               + cell_text(e.message))
     if not events and empty_note:
         say("no events")
+
+
+def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
+    """``reconcile report`` as text, or as markdown (``-o markdown``) for a wiki or a PR."""
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}"
+
+    def usd(value: float | None) -> str:
+        return "-" if value is None else f"${value:.4f}"
+
+    def heading(text: str) -> None:
+        print(f"\n## {text}\n" if markdown else f"\n{paint(text, 'bold')}")
+
+    def table(headers: tuple[str, ...], rows: list[list[str]]) -> None:
+        if markdown:
+            print("| " + " | ".join(headers) + " |")
+            print("|" + " --- |" * len(headers))
+            for row in rows:
+                print("| " + " | ".join(r.replace("|", "\\|") for r in row) + " |")
+        else:
+            for line in columns(headers, rows):
+                print(line)
+
+    t, a, c, sc = document["tasks"], document["attempts"], document["cost"], document["scaling"]
+    title = (f"pool {document['pool']}: the last {age(document['until'] - document['since'])}"
+             f" ({when(document['since'])} to {when(document['until'])})")
+    print(f"# {cell_text(title)}" if markdown else paint(cell_text(title), "bold"))
+    heading("Tasks")
+    table(("what", "value"), [
+        ["completed", str(t["completed"])], ["failed", str(t["failed"])],
+        ["success rate", pct(t["success_rate"])],
+        ["attempts per task", "-" if t["attempts_per_task"] is None
+         else f"{t['attempts_per_task']:.2f}"],
+        ["retried", pct(t["retry_rate"])], ["timeouts", pct(a["timeout_rate"])],
+        ["rate limited", pct(a["rate_limit_rate"])],
+        ["queued now", str(t["queued_now"])], ["running now", str(t["running_now"])]])
+    heading("Time")
+    rows = []
+    for name, key in (("run time", "run_time_seconds"), ("queue wait", "queue_wait_seconds")):
+        s = document[key]
+        rows.append([name, str(s["count"]), *(age(s[k]) for k in ("p50", "p90", "p99", "mean"))])
+    table(("what", "n", "p50", "p90", "p99", "mean"), rows)
+    heading("Cost")
+    table(("what", "value"), [
+        ["total", usd(c["total_usd"]) if c["reported_attempts"] else "- (no agent reported)"],
+        ["per task", usd(c["per_task_usd"])],
+        ["per completed task", usd(c["per_completed_task_usd"])],
+        ["per hour", usd(c["per_hour_usd"])],
+        ["tokens in / out", f"{c['input_tokens']:,} / {c['output_tokens']:,}"]])
+    heading("Workers")
+    table(("worker", "completed", "failed", "efficiency", "restarts"),
+          [[w["worker"], str(w["completed"]), str(w["failed"]), pct(w["efficiency"]),
+            str(w["restarts"])] for w in document["workers"]] or [["-", "0", "0", "-", "0"]])
+    heading("Throughput")
+    hourly = document["throughput_per_hour"]
+    print(f"tasks completed per hour: {' '.join(str(n) for n in hourly)}"
+          + (f" ({document['trend']})" if document["trend"] else ""))
+    heading("Bottlenecks")
+    for line in document["bottlenecks"] or ["none found"]:
+        print(f"- {cell_text(line)}")
+    heading("Scaling")
+    if sc["recommended"] is None:
+        print(sc["why"])
+    else:
+        print(f"workers: {sc['workers_now']} now; {sc['recommended']} recommended to keep "
+              f"the queue wait under {age(sc['target_wait_seconds'])}"
+              + (f" (capped by {sc['capped_by']}: {sc['needed']} would be needed)"
+                 if sc["capped_by"] else ""))
+        print(sc["arithmetic"])
+    if document["eta_seconds"] is not None:
+        print(f"the current queue drains in about {age(document['eta_seconds'])}")

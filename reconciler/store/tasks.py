@@ -116,6 +116,19 @@ class TaskQueue(Database):
         ``tasks_by_status`` index, never the finished history."""
         return [int(r["id"]) for r in self._query(OPEN_TASK_IDS_SQL)]
 
+    def report_rows(self, since: float) -> tuple[list[AttemptRow], dict[int, TaskRow],
+                                                 list[tuple[str, float]]]:
+        """What ``reconcile report`` reads: the attempts that ended from ``since`` on, the
+        tasks they name or created since then, and the restarts since then."""
+        attempts = [_attempt(r) for r in self._query(
+            "SELECT * FROM attempts WHERE ended_at >= ? ORDER BY id", (since,))]
+        tasks = {t.id: t for t in (_task(r) for r in self._query(
+            "SELECT * FROM tasks WHERE created_at >= ? OR id IN"
+            " (SELECT task_id FROM attempts WHERE ended_at >= ?)", (since, since)))}
+        restarts = [(str(r["worker_id"]), float(r["at"])) for r in self._query(
+            "SELECT worker_id, at FROM restarts WHERE at >= ?", (since,))]
+        return attempts, tasks, restarts
+
     def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
         if task_id is None:
             rows = self._query("SELECT * FROM attempts ORDER BY id")

@@ -1,0 +1,166 @@
+"""``reconcile report``: each figure checked against a store whose numbers are worked out
+by hand below, the scaling arithmetic included."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.model import AgentReport, RetryPolicy
+from reconciler.paths import pool_paths
+from reconciler.report.analysis import analyse, erlang_c_wait, percentile
+from reconciler.store.sqlite import Store
+from tests.helpers import reconcile
+
+HOUR = 3600.0
+NOW = 10_000.0
+SINCE = NOW - 2 * HOUR  # 2800
+
+
+def fill(store: Store, shift: float = 0.0) -> None:
+    """Four tasks, all created in the window:
+
+    - 1: created 3000; w-1 runs it 3060-3360 (300 s), succeeded, reports $1.00
+    - 2: created 3000; w-2 fails it 3300-3400 (100 s), retried 3500-3700 (200 s),
+      succeeded, reports $0.50
+    - 3: created 6000; w-1 times out 6600-7200 (600 s); no attempt left: failed
+    - 4: created 9000; still queued
+    """
+    retry, once = RetryPolicy(max_attempts=3, backoff=0), RetryPolicy(max_attempts=1)
+    for created in (3000.0, 3000.0, 6000.0, 9000.0):
+        store.add_tasks([("t", "p", 0)], now=created + shift)
+    runs = [  # worker, start, end, outcome, cost, policy
+        ("w-1", 3060.0, 3360.0, "succeeded", 1.0, retry),
+        ("w-2", 3300.0, 3400.0, "failed", None, retry),
+        ("w-2", 3500.0, 3700.0, "succeeded", 0.5, retry),
+        ("w-1", 6600.0, 7200.0, "timeout", None, once)]
+    for worker, start, end, outcome, cost, policy in runs:
+        claim = store.claim_task(worker, 3600, now=start + shift)
+        assert claim is not None
+        store.finish_attempt(claim, outcome, policy=policy, now=end + shift,
+                             report=AgentReport(cost_usd=cost) if cost else None)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    made = Store(pool_paths(tmp_path / "state", "p").create().store)
+    fill(made)
+    return made
+
+
+def report_of(store: Store, replicas: int = 2, **extra: float) -> dict[str, Any]:
+    attempts, tasks, restarts = store.report_rows(SINCE)
+    return analyse(pool="p", since=SINCE, now=NOW, replicas=replicas, attempts=attempts,
+                   tasks=tasks, restarts=restarts, queued=1, running=0,
+                   target_wait=300.0, **extra)
+
+
+def test_the_figures_match_the_hand_worked_store(store: Store) -> None:
+    doc = report_of(store)
+    assert doc["tasks"] == {"completed": 2, "failed": 1, "success_rate": 2 / 3,
+                            "attempts_per_task": 4 / 3, "retry_rate": 1 / 3,
+                            "queued_now": 1, "running_now": 0}
+    assert doc["attempts"] == {"ended": 4, "by_outcome": {"failed": 1, "succeeded": 2,
+                                                          "timeout": 1},
+                               "timeout_rate": 0.25, "rate_limit_rate": 0.0}
+    # run times 100, 200, 300, 600: nearest rank p50 = 2nd, p90 = p99 = 4th
+    assert doc["run_time_seconds"] == {"count": 4, "p50": 200.0, "p90": 600.0,
+                                       "p99": 600.0, "mean": 300.0}
+    # queue waits (first attempts only): 60, 300, 600
+    assert doc["queue_wait_seconds"] == {"count": 3, "p50": 300.0, "p90": 600.0,
+                                         "p99": 600.0, "mean": 320.0}
+    assert doc["cost"] == {"reported_attempts": 2, "total_usd": 1.5, "per_task_usd": 0.5,
+                           "per_completed_task_usd": 0.75, "per_hour_usd": 0.75,
+                           "input_tokens": 0, "output_tokens": 0}
+    assert doc["workers"] == [
+        {"worker": "w-1", "completed": 1, "failed": 1, "attempts": 2, "busy_seconds": 900.0,
+         "efficiency": 900 / 7200, "restarts": 0},
+        {"worker": "w-2", "completed": 1, "failed": 1, "attempts": 2, "busy_seconds": 300.0,
+         "efficiency": 300 / 7200, "restarts": 0}]
+    assert doc["throughput_per_hour"] == [2, 0] and doc["trend"] == "falling"
+    assert doc["bottlenecks"] == []
+    assert doc["eta_seconds"] == 1 * 300.0 / 2  # one queued task, mean run 300 s, 2 workers
+
+
+def test_the_scaling_arithmetic(store: Store) -> None:
+    scaling = report_of(store)["scaling"]
+    # 4 tasks in 2 h: λ = 2/h; S = 300 s = 1/12 h; a = 1/6.  M/M/1: P(wait) = a, so the
+    # wait is a·S/(1 − a) = (1/6)(300 s)/(5/6) = 60 s, under the 300 s target: 1 worker
+    assert scaling["arrivals_per_hour"] == 2.0 and scaling["load"] == pytest.approx(1 / 6)
+    assert scaling["needed"] == 1 and scaling["recommended"] == 1
+    assert erlang_c_wait(2.0, 1 / 12, 1) == pytest.approx(60.0 / HOUR)
+    assert scaling["arithmetic"] == \
+        "λ = 2.00 tasks/h, S = 5m00s, a = λ·S = 0.17; M/M/1: expected wait 1m00s ≤ 5m00s"
+
+
+def test_erlang_c_against_the_textbook() -> None:
+    # M/M/2 with a = 1: P(wait) = (a²/2!·2/(2−1)) / (1 + a + a²/2!·2/(2−1)) = 1/3; the
+    # wait is P(wait)·S/(c − a) = 1/3 of a service time
+    assert erlang_c_wait(1.0, 1.0, 2) == pytest.approx(1 / 3)
+    assert erlang_c_wait(2.0, 1.0, 2) is None  # load at the workers: no bound
+    assert percentile([1, 2, 3, 4], 0.5) == 2 and percentile([], 0.5) is None
+
+
+def test_the_advice_is_capped_by_memory(store: Store) -> None:
+    """A 1 s target needs 3 workers (M/M/2 waits 2.1 s, M/M/3 0.07 s); memory for one
+    more than the one running caps the advice at 2, and says so."""
+    attempts, tasks, restarts = store.report_rows(SINCE)
+    scaling = analyse(pool="p", since=SINCE, now=NOW, replicas=1, attempts=attempts,
+                      tasks=tasks, restarts=restarts, queued=0, running=0, target_wait=1.0,
+                      memory_per_worker=1e9, memory_available=1.5e9)["scaling"]
+    assert (scaling["needed"], scaling["cap"], scaling["recommended"],
+            scaling["capped_by"]) == (3, 2, 2, "memory")
+    assert erlang_c_wait(2.0, 1 / 12, 2) == pytest.approx(2.098 / HOUR, abs=0.001 / HOUR)
+
+
+def test_no_advice_without_finished_work() -> None:
+    scaling = analyse(pool="p", since=0.0, now=HOUR, replicas=2, attempts=[], tasks={},
+                      restarts=[], queued=0, running=0, target_wait=300.0)["scaling"]
+    assert scaling == {"recommended": None, "why": "not enough finished work in the window"}
+
+
+def test_bottlenecks_are_named_with_their_evidence(tmp_path: Path) -> None:
+    """w-1 fails 3 of 3 while the pool fails 3 of 9; 2 of the 5 bad outcomes are rate
+    limits; queue waits of about an hour against runs of 50 s (the last claim takes the
+    task a rate limit gave back: its second attempt has no queue wait, so 10 waits,
+    3100 s to 4000 s, and p90 is the 9th: 3900 s)."""
+    with Store(tmp_path / "store.db") as store:
+        store.add_tasks([("t", "p", 0)] * 11, now=2900.0)
+        plan = [("w-1", "failed")] * 3 + [("w-2", "succeeded")] * 6 + \
+            [("w-2", "rate_limited")] * 2
+        for i, (worker, outcome) in enumerate(plan):
+            claim = store.claim_task(worker, 3600, now=6000.0 + i * 100)
+            assert claim is not None
+            store.finish_attempt(claim, outcome, policy=RetryPolicy(max_attempts=1),
+                                 now=6050.0 + i * 100, resume_at=6000.0)
+        attempts, tasks, restarts = store.report_rows(SINCE)
+    doc = analyse(pool="p", since=SINCE, now=NOW, replicas=2, attempts=attempts,
+                  tasks=tasks, restarts=restarts, queued=0, running=0, target_wait=300.0)
+    assert doc["bottlenecks"] == [
+        "queue wait p90 1h05m vs run time p90 50s: too few workers",
+        "w-1 fails 100% vs pool 33%: look at its log",
+        "40% of failures are rate limits"]
+
+
+def test_the_command_prints_text_markdown_and_json(tmp_path: Path) -> None:
+    with Store(pool_paths(tmp_path / "state", "p").create().store) as store:
+        fill(store, shift=time.time() - NOW)  # the same store, ending now
+    state = str(tmp_path / "state")
+    text = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "2h",
+                     check=True).stdout
+    assert re.search(r"success rate +67%", text), text
+    assert re.search(r"run time +4 +3m20s +10m00s +10m00s +5m00s", text), text
+    assert re.search(r"w-1 +1 +1 +12%", text), text
+    markdown = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "2h",
+                         "-o", "markdown", check=True).stdout
+    assert markdown.startswith("# pool p: the last 2h") and "| success rate | 67% |" in markdown
+    document = json.loads(reconcile("--state-dir", state, "report", "--pool", "p",
+                                    "--since", "2h", "-o", "json", check=True).stdout)
+    assert document["tasks"]["completed"] == 2 and document["cost"]["total_usd"] == 1.5
+    bad = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "soon")
+    assert bad.returncode == 1 and "--since" in bad.stderr
