@@ -65,7 +65,7 @@ def last_json_object(output: str) -> dict[str, Any] | None:
             continue
         try:
             value = json.loads("\n".join(lines[start:end]))
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting is not a report either
             continue
         return value if isinstance(value, dict) else None
     return None

@@ -15,6 +15,7 @@ printed or logged (Slack's hold their token): only its host.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -38,6 +39,7 @@ FILE = "alerts.jsonl"
 CURSOR = "alerts_cursor"
 TIMEOUT_SECONDS = 5.0
 RETRY_DELAYS = (1.0, 2.0, 4.0)  # after the first try: four tries in all
+QUEUE_LIMIT = 1000  # alerts waiting for one webhook; more are dropped, and said so
 SIGNATURE_HEADER = "X-Reconciler-Signature"
 
 
@@ -86,30 +88,45 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not a delivery: urllib would follow a POST's 302 as a GET with no
+    body (and the signature header), to wherever the receiver points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def post(hook: Webhook, body: bytes, timeout: float = TIMEOUT_SECONDS) -> str | None:
-    """One delivery; None when the receiver took it (2xx), else what went wrong."""
+    """One delivery; None when the receiver took it (2xx), else what went wrong (never
+    the URL: it may hold a token)."""
     if urlsplit(hook.url).scheme not in ("http", "https"):  # the schema says so too
         return "not an http or https URL"
     headers = {"Content-Type": "application/json", "User-Agent": "reconciler-alerts"}
     if hook.secret:
         headers[SIGNATURE_HEADER] = signature(hook.secret, body)
-    request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
-        hook.url, data=body, headers=headers, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+            hook.url, data=body, headers=headers, method="POST")
+        with _OPENER.open(request, timeout=timeout) as response:
             status = int(response.status)
     except urllib.error.HTTPError as exc:
-        return f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{type(reason).__name__}: {reason}"
+        return f"HTTP {exc.code}" + (" (redirects are not followed)"
+                                     if 300 <= exc.code < 400 else "")
+    except urllib.error.URLError as exc:
+        return f"cannot connect: {type(exc.reason).__name__}"
+    except Exception as exc:  # bad status lines, bad URLs: a result, never a dead thread
+        return f"failed: {type(exc).__name__}"
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 class Deliverer:
-    """The background thread that delivers to webhooks, with retries and backoff, so a
-    slow or dead receiver never delays a pass.  ``failed`` is told of each delivery
-    that failed for good (the controller turns it into an event)."""
+    """The background thread that delivers to one webhook, with retries and backoff, so
+    a slow or dead receiver never delays a pass, nor the other webhooks.  ``failed`` is
+    told of each delivery that failed for good, and of alerts dropped because the
+    queue was full (``QUEUE_LIMIT``: a receiver down for long)."""
 
     def __init__(self, failed: Callable[[Webhook, EventRow, str], None], *,
                  delays: Sequence[float] = RETRY_DELAYS,
@@ -117,60 +134,68 @@ class Deliverer:
         self.failed = failed
         self.delays = tuple(delays)
         self.timeout = timeout
-        self._queue: queue.Queue[tuple[Webhook, EventRow, bytes] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Webhook, EventRow, bytes] | None] = \
+            queue.Queue(QUEUE_LIMIT)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-deliveries",
                                         daemon=True)
         self._thread.start()
 
     def send(self, hook: Webhook, event: EventRow, body: bytes) -> None:
-        self._queue.put((hook, event, body))
+        try:
+            self._queue.put_nowait((hook, event, body))
+        except queue.Full:
+            self.failed(hook, event, f"dropped: {QUEUE_LIMIT} alerts already wait for "
+                        "this webhook")
 
     def close(self, wait: float = 2.0) -> None:
         """Stop: deliveries still queued after ``wait`` seconds are dropped (the alerts
         file has them)."""
         self._stop.set()
-        self._queue.put(None)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(None)
         self._thread.join(wait)
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             item = self._queue.get()
             if item is None:
                 return
-            hook, event, body = item
+            try:
+                self._deliver(*item)
+            except Exception:  # the thread must outlive anything one delivery does
+                logger.exception("alert delivery failed unexpectedly")
+
+    def _deliver(self, hook: Webhook, event: EventRow, body: bytes) -> None:
+        problem = post(hook, body, self.timeout)
+        for delay in self.delays:
+            if problem is None or self._stop.wait(delay):
+                break
             problem = post(hook, body, self.timeout)
-            for delay in self.delays:
-                if problem is None or self._stop.wait(delay):
-                    break
-                problem = post(hook, body, self.timeout)
-            if problem is not None:
-                try:
-                    self.failed(hook, event, problem)
-                except Exception:  # the thread must outlive any report
-                    logger.exception("could not report a failed alert delivery")
+        if problem is not None:
+            self.failed(hook, event, problem)
 
 
 class Alerts:
     """The controller's side: write and send what was logged since the last dispatch.
-    ``wake`` is called from the delivery thread when a delivery failed for good, so the
+    ``wake`` is called from a delivery thread when a delivery failed for good, so the
     controller records it soon (its store connection is not the thread's to use)."""
 
     def __init__(self, pool: str, root: Path, wake: Callable[[], object]) -> None:
         self.pool = pool
         self.file = root / FILE
         self._wake = wake
-        self._deliverer: Deliverer | None = None
+        self._deliverers: dict[str, Deliverer] = {}  # one per webhook URL
         self._failures: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
 
     def dispatch(self, store: StorePort, hooks: Sequence[Webhook]) -> int:
-        """Record failed deliveries as events, then write and queue every alert after the
-        cursor (the failures among them); return how many alerts."""
-        with self._lock:
-            failures, self._failures = self._failures, []
-        for message, fields in failures:
-            store.add_event("alert.delivery_failed", message, fields=fields)
+        """Record failed deliveries as events, then write, mark as sent and queue each
+        alert after the cursor; return how many alerts.  The cursor moves alert by alert
+        after its line is written: a controller that dies mid-way writes at most one
+        line again; webhooks get each alert at least once, best effort (a receiver
+        can tell a repeat by its ``id``)."""
+        self._record_failures(store)
         cursor = store.meta_value(CURSOR)
         if cursor is None:  # a first controller: what happened before is history
             store.set_meta_value(CURSOR, str(store.last_event_id()))
@@ -179,24 +204,43 @@ class Alerts:
         after = int(cursor)
         while batch := store.alerts_after(after):
             for event in batch:
-                self._send(event, hooks)
-            after = batch[-1].id
-            store.set_meta_value(CURSOR, str(after))
-            sent += len(batch)
+                self._send(store, event, hooks)
+                after = event.id
+                sent += 1
+        self._forget_removed(hooks)
         return sent
 
-    def _send(self, event: EventRow, hooks: Sequence[Webhook]) -> None:
+    def _record_failures(self, store: StorePort) -> None:
+        with self._lock:
+            failures, self._failures = self._failures, []
+        for i, (message, fields) in enumerate(failures):
+            try:
+                store.add_event("alert.delivery_failed", message, fields=fields)
+            except Exception:  # not recorded now: next time
+                with self._lock:
+                    self._failures[:0] = failures[i:]
+                raise
+
+    def _send(self, store: StorePort, event: EventRow, hooks: Sequence[Webhook]) -> None:
         document = alert_document(self.pool, event)
         fd = open_private_append(self.file)
         try:
             os.write(fd, (json.dumps(document, sort_keys=True) + "\n").encode())
         finally:
             os.close(fd)
+        store.set_meta_value(CURSOR, str(event.id))
         for hook in hooks:
             if hook.wants(event):
-                if self._deliverer is None:
-                    self._deliverer = Deliverer(self._failed)
-                self._deliverer.send(hook, event, body_of(hook, document))
+                deliverer = self._deliverers.get(hook.url)
+                if deliverer is None:
+                    deliverer = self._deliverers[hook.url] = Deliverer(self._failed)
+                deliverer.send(hook, event, body_of(hook, document))
+
+    def _forget_removed(self, hooks: Sequence[Webhook]) -> None:
+        """A webhook the spec no longer names gets nothing more, queued or not."""
+        wanted = {hook.url for hook in hooks}
+        for url in [u for u in self._deliverers if u not in wanted]:
+            self._deliverers.pop(url).close(wait=0.0)
 
     def _failed(self, hook: Webhook, event: EventRow, problem: str) -> None:
         """(Delivery thread.) Remember the failure for the next dispatch, and wake it."""
@@ -210,5 +254,5 @@ class Alerts:
         self._wake()
 
     def close(self) -> None:
-        if self._deliverer is not None:
-            self._deliverer.close()
+        for deliverer in self._deliverers.values():
+            deliverer.close()

@@ -156,6 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="workers and queue counts")
     _pool_options(p)
+    p.add_argument("--watch", action="store_true",
+                   help="print it again every --interval until Ctrl-C (a lighter dashboard)")
+    p.add_argument("--interval", default="2s", metavar="DURATION",
+                   help="how often --watch prints (default 2s)")
+    p = sub.add_parser("dashboard", help="a full-screen live view of the pool (q quits)",
+                       description="Workers (health, task, how long it runs, time since its "
+                       "last output, heartbeat, restarts, CPU and memory of its process "
+                       "tree), the queue, tasks completed over the last hour, the time to "
+                       "drain the queue, today's spend, the controller and the latest "
+                       "events, refreshed every second. Needs a terminal; works over ssh "
+                       "and inside tmux.")
+    p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
+    p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
+    p.add_argument("--interval", default="1s", metavar="DURATION",
+                   help="how often it refreshes (default 1s)")
     p = sub.add_parser("history", help="which specs were applied when")
     _pool_options(p)
     p = sub.add_parser("events", help="the pool's event log (health transitions, restarts...)")
@@ -228,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="lift a pause of claiming (rate limit, day's budget)",
                        description="Let workers claim tasks again now, where the pool paused "
                        "because its agent hit a rate limit or the day's budget "
-                       "(budget.perDayUsd) was spent; the budget is not enforced again "
-                       "before midnight.")
+                       "(budget.perDayUsd) was spent; after a budget pause, the budget is "
+                       "not enforced again before midnight.")
     _pool_options(p)
 
     p = sub.add_parser("scale", help="set replicas in the spec file and apply it",

@@ -72,6 +72,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
+        "dashboard": cmd_dashboard,
     }
     return handlers[args.command](args)
 
@@ -248,6 +249,33 @@ def cmd_restart(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if not args.watch:
+        return _status_once(args)
+    interval = _duration_arg(args.interval, "--interval")
+    terminal = sys.stdout.isatty()
+    while True:  # Ctrl-C ends it
+        if terminal:
+            sys.stdout.write("\x1b[H\x1b[2J")  # home, clear: each print replaces the last
+        else:
+            print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} ---")
+        _status_once(args)
+        sys.stdout.flush()
+        time.sleep(interval)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    interval = _duration_arg(args.interval, "--interval")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise ReconcilerError("reconcile dashboard needs a terminal (its input and output)",
+                              hint="use `reconcile status --watch`, or `status -o json` in "
+                              "scripts")
+    from reconciler.report import dashboard
+
+    with _open_store(args) as (pool, store):
+        return dashboard.run(pool, store, interval)
+
+
+def _status_once(args: argparse.Namespace) -> int:
     pool = _pool(args)
     info, paused, deleting, rescued, reason, spent = None, 0.0, None, {}, None, 0.0
     if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
@@ -331,6 +359,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     since = _duration_arg(args.since, "--since")
     target = _duration_arg(args.target_wait, "--target-wait")
+    for value, option in ((since, "--since"), (target, "--target-wait")):
+        if value <= 0:
+            raise ReconcilerError(f"{option} must be longer than 0", hint=f"e.g. {option} 5m")
     now = time.time()
     with _open_store(args) as (pool, store):
         attempts, tasks, restarts = store.report_rows(now - since)
@@ -374,15 +405,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     with _open_store(args, write=True) as (pool, store):
         reason = store.paused_reason()
         was = store.resume_claiming(hold_until=day_start(now, days=1), now=now)
+        store_resumed = store.resumed_until()
     if was:
         ring_workers(pool.paths.root)  # idle workers claim at once, not at their next check
     if args.output == "json":
         print_json({"pool": pool.name, "was_paused_until": was or None,
-                    "reason": reason if was else None})
+                    "reason": reason if was else None,
+                    "budget_not_enforced_until": store_resumed if store_resumed > now
+                    else None})
     elif was:
+        held = store_resumed > now
         _print(f"pool {pool.name}: claiming resumed (it was paused until "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(was))}: {reason}); "
-               "the day's budget is not enforced again before midnight")
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(was))}: {reason})"
+               + ("; the day's budget is not enforced again before midnight" if held else ""))
     else:
         _print(f"pool {pool.name}: claiming was not paused; nothing to resume")
     return 0

@@ -238,7 +238,10 @@ class Controller:
             return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
         if self._alerts is not None:  # after acting: this pass's own alerts go out now
-            self._alerts.dispatch(store, webhooks_of(result.spec.document))
+            try:
+                self._alerts.dispatch(store, webhooks_of(result.spec.document))
+            except (ReconcilerError, sqlite3.Error, OSError) as exc:  # the pass still counts
+                logger.error("alerts not sent this pass: {}", _one_line(exc))
         for step in result.plan.steps:
             logger.info("{}", step.describe())
         for line in result.report.done:

@@ -325,7 +325,7 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             what = (f"{json.dumps(error.instance)} is not a valid environment variable name "
                     "(letters, digits and _, not starting with a digit)")
             pos = loaded.position_of((*path, str(error.instance)), key=True)
-        elif path[:3] == _ENV:  # values are secrets: say what kind, never what
+        elif path[:3] == _ENV or _is_webhook_secret(path):  # say what kind, never what
             quote = " (quote the value)" if len(path) > 3 and error.validator == "type" else ""
             what = f"expected {_expected(error)}{quote}, got {_kind(error.instance)}"
         else:
@@ -333,6 +333,12 @@ def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
         found.append(((1, *_sort_key(pos)), _locate(label, pos, path, what)))
     found.sort(key=lambda item: item[0])
     return [message for _, message in found]
+
+
+def _is_webhook_secret(path: PathKey) -> bool:
+    """A webhook's URL (it may hold a token, as Slack's do) or secret: never printed."""
+    return path[:3] == ("spec", "alerts", "webhooks") and len(path) > 4 \
+        and path[4] in ("url", "secret")
 
 
 def _sort_key(pos: Position | None) -> tuple[int, int]:

@@ -265,14 +265,15 @@ class Worker:
             if spent < budget or self.store.resumed_until() > now:
                 return
             until = day_start(now, days=1)
-            self.store.pause_claiming(
+            paused = self.store.pause_claiming(
                 until, f"over budget: ${spent:.2f} spent today of budget.perDayUsd "
                 f"${budget:.2f}", kind="pool.over_budget", now=now)
         except ReconcilerError as exc:  # the next attempt's end checks again
             logger.warning("could not check the day's budget: {}", exc.one_line())
             return
-        logger.warning("over budget: ${:.2f} spent today of ${:.2f}; claiming paused until "
-                       "midnight", spent, budget)
+        if paused:
+            logger.warning("over budget: ${:.2f} spent today of ${:.2f}; claiming paused "
+                           "until midnight", spent, budget)
 
     def _move_aside(self, claim: Claim, worktree: Path, log: Path) -> Path:
         """A worker's own worktree kept for its uncommitted work (``onDirty: keep``) moves to

@@ -179,14 +179,22 @@ def test_the_days_spend_pauses_and_resumes_in_the_store(tmp_path: Path) -> None:
             store.finish_attempt(claim, "succeeded", now=ended,
                                  report=AgentReport(cost_usd=cost))
         assert store.spend_since(150.0) == 0.25 and store.spend_since(0.0) == 0.75
-        store.pause_claiming(1000.0, "over budget", now=400.0)
-        store.pause_claiming(500.0, "a shorter pause", now=400.0)  # the longer one stays
+        assert store.pause_claiming(1000.0, "over budget", kind="pool.over_budget",
+                                    now=400.0)
+        # a shorter pause, or the same again (the next worker over budget): no change
+        assert not store.pause_claiming(500.0, "a shorter pause", now=400.0)
+        assert not store.pause_claiming(1000.0, "over budget", kind="pool.over_budget",
+                                        now=410.0)
         assert (store.paused_until(), store.paused_reason()) == (1000.0, "over budget")
         assert store.resume_claiming(hold_until=2000.0, now=450.0) == 1000.0
         assert store.paused_until() == 0.0 and store.resumed_until() == 2000.0
-        assert store.resume_claiming(now=460.0) == 0.0  # nothing left to lift
+        # nothing to lift, or a pause that was not the budget's: the budget still holds
+        assert store.resume_claiming(hold_until=3000.0, now=460.0) == 0.0
+        assert store.pause_claiming(5000.0, "rate limited", now=470.0)
+        assert store.resume_claiming(hold_until=3000.0, now=480.0) == 5000.0
+        assert store.resumed_until() == 2000.0
         kinds = [e.kind for e in store.find_events(kind="pool")]
-        assert kinds == ["pool.paused", "pool.paused", "pool.resumed"]
+        assert kinds == ["pool.over_budget", "pool.resumed", "pool.paused", "pool.resumed"]
 
 
 def test_a_pool_pauses_once_the_days_budget_is_spent_until_resumed(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from reconciler.alerts import (
     Webhook,
     alert_document,
     body_of,
+    post,
     webhooks_of,
 )
 from reconciler.model import EventRow
@@ -144,6 +146,59 @@ def test_a_delivery_that_keeps_failing_is_reported_once(receiver: Receiver) -> N
     finally:
         deliverer.close()
     assert failures == ["HTTP 500"] and len(receiver.requests) == 3
+
+
+def test_a_redirect_is_not_a_delivery() -> None:
+    """urllib would follow a POST's 302 as a GET without the body: never followed."""
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", "http://127.0.0.1:1/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = Webhook(f"http://127.0.0.1:{server.server_address[1]}/hook")
+        assert post(hook, b"{}") == "HTTP 302 (redirects are not followed)"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_receiver_that_is_not_http_never_stops_the_deliveries(receiver: Receiver) -> None:
+    """A webhook pointed at the wrong port (it answers ``SSH-2.0``): the delivery fails,
+    is reported, and the next alert is still delivered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    failures: list[str] = []
+    reported = threading.Event()
+
+    def failed(hook: Webhook, event: EventRow, problem: str) -> None:
+        failures.append(problem)
+        reported.set()
+
+    deliverer = Deliverer(failed, delays=())
+    try:
+        deliverer.send(Webhook(f"http://127.0.0.1:{port}/hook"), EVENT, b"{}")
+        assert reported.wait(30)
+        receiver.fail_first = 0
+        deliverer.send(Webhook(receiver.url), EVENT, b"{}")
+        receiver.wait(1)
+    finally:
+        deliverer.close()
+        listener.close()
+    assert failures == ["failed: BadStatusLine"]
 
 
 def test_a_slack_body_is_one_line_of_text() -> None:

@@ -89,13 +89,16 @@ def test_the_figures_match_the_hand_worked_store(store: Store) -> None:
 
 def test_the_scaling_arithmetic(store: Store) -> None:
     scaling = report_of(store)["scaling"]
-    # 4 tasks in 2 h: λ = 2/h; S = 300 s = 1/12 h; a = 1/6.  M/M/1: P(wait) = a, so the
-    # wait is a·S/(1 − a) = (1/6)(300 s)/(5/6) = 60 s, under the 300 s target: 1 worker
-    assert scaling["arrivals_per_hour"] == 2.0 and scaling["load"] == pytest.approx(1 / 6)
+    # 4 tasks in 2 h: λ = 2/h; a task's work is its attempts' run time, retries
+    # included: 1200 s over 3 finished tasks, S = 400 s; a = 2·400/3600 = 2/9.  M/M/1:
+    # P(wait) = a, so the wait is a·S/(1 − a) = (2/9)(400 s)/(7/9) = 114 s, under the
+    # 300 s target: 1 worker
+    assert scaling["arrivals_per_hour"] == 2.0 and scaling["load"] == pytest.approx(2 / 9)
     assert scaling["needed"] == 1 and scaling["recommended"] == 1
+    assert erlang_c_wait(2.0, 400 / HOUR, 1) == pytest.approx(800 / 7 / HOUR)
     assert erlang_c_wait(2.0, 1 / 12, 1) == pytest.approx(60.0 / HOUR)
     assert scaling["arithmetic"] == \
-        "λ = 2.00 tasks/h, S = 5m00s, a = λ·S = 0.17; M/M/1: expected wait 1m00s ≤ 5m00s"
+        "λ = 2.00 tasks/h, S = 6m40s, a = λ·S = 0.22; M/M/1: expected wait 1m54s ≤ 5m00s"
 
 
 def test_erlang_c_against_the_textbook() -> None:
@@ -103,19 +106,23 @@ def test_erlang_c_against_the_textbook() -> None:
     # wait is P(wait)·S/(c − a) = 1/3 of a service time
     assert erlang_c_wait(1.0, 1.0, 2) == pytest.approx(1 / 3)
     assert erlang_c_wait(2.0, 1.0, 2) is None  # load at the workers: no bound
+    # no factorials: a load of 500 with 600 workers is computed, not an OverflowError
+    assert 0 < (erlang_c_wait(500.0, 1.0, 600) or 0) < 1e-3
     assert percentile([1, 2, 3, 4], 0.5) == 2 and percentile([], 0.5) is None
 
 
 def test_the_advice_is_capped_by_memory(store: Store) -> None:
-    """A 1 s target needs 3 workers (M/M/2 waits 2.1 s, M/M/3 0.07 s); memory for one
-    more than the one running caps the advice at 2, and says so."""
+    """A 1 s target needs 3 workers (with a = 2/9 and S = 400 s, M/M/2 waits 5.0 s and
+    M/M/3 0.23 s); memory for one more than the one running caps the advice at 2, and
+    says so."""
     attempts, tasks, restarts = store.report_rows(SINCE)
     scaling = analyse(pool="p", since=SINCE, now=NOW, replicas=1, attempts=attempts,
                       tasks=tasks, restarts=restarts, queued=0, running=0, target_wait=1.0,
                       memory_per_worker=1e9, memory_available=1.5e9)["scaling"]
     assert (scaling["needed"], scaling["cap"], scaling["recommended"],
             scaling["capped_by"]) == (3, 2, 2, "memory")
-    assert erlang_c_wait(2.0, 1 / 12, 2) == pytest.approx(2.098 / HOUR, abs=0.001 / HOUR)
+    assert erlang_c_wait(2.0, 400 / HOUR, 2) == pytest.approx(5.0 / HOUR, abs=0.01 / HOUR)
+    assert erlang_c_wait(2.0, 400 / HOUR, 3) == pytest.approx(0.228 / HOUR, abs=0.001 / HOUR)
 
 
 def test_no_advice_without_finished_work() -> None:

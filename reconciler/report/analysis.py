@@ -12,7 +12,8 @@ markdown forms are drawn from it).  Definitions, so the figures can be checked:
 - a worker's *efficiency* is its busy time (its attempts' run time in the window)
   over the window: the share of its slot it spent working;
 - the scaling advice is an M/M/c queue: arrivals λ = tasks created per hour, service
-  time S = mean run time, load a = λ·S; the expected queue wait with c workers is
+  time S = the run time of a finished task's attempts (retries included), load
+  a = λ·S; the expected queue wait with c workers is
   Erlang C's P(wait)·S/(c − a); the advice is the least c that keeps it under the
   target, no more than the host's memory holds, and no more than now when rate limits
   were hit (more workers would hit them sooner).
@@ -46,16 +47,21 @@ def spread(values: Sequence[float]) -> dict[str, float | None]:
 
 def erlang_c_wait(arrivals: float, service: float, workers: int) -> float | None:
     """Expected queue wait (in ``service``'s unit) of an M/M/c queue; None when the
-    queue grows without bound (load at or over the workers)."""
+    queue grows without bound (load at or over the workers).  Erlang B by its stable
+    recurrence, then C from B: no factorials, so any number of workers works."""
     load = arrivals * service
     if workers < 1 or load >= workers:
         return None
     if load == 0:
         return 0.0
-    terms = sum(load ** k / math.factorial(k) for k in range(workers))
-    last = load ** workers / math.factorial(workers) * workers / (workers - load)
-    waiting = last / (terms + last)
+    blocking = 1.0
+    for k in range(1, workers + 1):
+        blocking = load * blocking / (k + load * blocking)
+    waiting = workers * blocking / (workers - load * (1 - blocking))
     return waiting * service / (workers - load)
+
+
+MAX_ADVICE = 1000  # workers beyond the load the advice searches before it gives up
 
 
 def analyse(*, pool: str, since: float, now: float, replicas: int,
@@ -84,9 +90,11 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     tokens_in = sum(a.report.input_tokens or 0 for a in ended if a.report)
     tokens_out = sum(a.report.output_tokens or 0 for a in ended if a.report)
     total_cost = sum(cost)
-    workers = _per_worker(ended, restarts, window)
+    workers = _per_worker(ended, restarts, since, window)
     arrivals = sum(1 for t in tasks.values() if since <= t.created_at <= now) / hours
-    service_hours = (sum(run) / len(run) / 3600) if run else None
+    # the work a task brings: all its attempts (retries included), not one attempt's
+    service_hours = (sum(run) / len(finished) / 3600 if finished else
+                     sum(run) / len(run) / 3600) if run else None
     hourly = _hourly(ended, since, now)
     document: dict[str, Any] = {
         "pool": pool, "since": since, "until": now, "hours": round(hours, 4),
@@ -124,12 +132,12 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
 
 
 def _per_worker(ended: Sequence[AttemptRow], restarts: Iterable[tuple[str, float]],
-                window: float) -> list[dict[str, Any]]:
+                since: float, window: float) -> list[dict[str, Any]]:
     busy: dict[str, float] = defaultdict(float)
     done: Counter[str] = Counter()
     failures: Counter[str] = Counter()
-    for a in ended:
-        busy[a.worker_id] += (a.ended_at or 0.0) - a.started_at
+    for a in ended:  # the part of each run inside the window
+        busy[a.worker_id] += (a.ended_at or 0.0) - max(a.started_at, since)
         done[a.worker_id] += a.status == "succeeded"
         failures[a.worker_id] += a.status in FAILED_OUTCOMES
     restarted = Counter(worker for worker, _ in restarts)
@@ -202,7 +210,10 @@ def _scaling(arrivals: float, service_hours: float | None, replicas: int,
         return {"recommended": None, "why": "not enough finished work in the window"}
     load = arrivals * service_hours
     needed = max(1, math.floor(load) + 1)
-    while (erlang_c_wait(arrivals, service_hours, needed) or math.inf) * 3600 > target_wait:
+    while needed < load + MAX_ADVICE:
+        wait = erlang_c_wait(arrivals, service_hours, needed)
+        if wait is not None and wait * 3600 <= target_wait:
+            break
         needed += 1
     caps = []
     if memory_per_worker and memory_available is not None:

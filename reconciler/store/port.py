@@ -154,7 +154,7 @@ class StorePort(Protocol):
         """The reported cost (USD) of the attempts that ended from ``since`` on."""
 
     def pause_claiming(self, until: float, reason: str, *, kind: str = "pool.paused",
-                       now: float | None = None) -> None:
+                       now: float | None = None) -> bool:
         """Stop every claim until ``until`` (a longer pause stays), with an event ``kind``."""
 
     def resume_claiming(self, *, hold_until: float | None = None,

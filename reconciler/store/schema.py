@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,6 +81,7 @@ CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
 CREATE INDEX IF NOT EXISTS attempts_rescued ON attempts (rescued) WHERE rescued IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attempts_cost_by_end ON attempts (ended_at, cost_usd)
     WHERE cost_usd IS NOT NULL;
+CREATE INDEX IF NOT EXISTS attempts_by_status_end ON attempts (status, ended_at);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     runtime TEXT NOT NULL,
@@ -162,8 +163,8 @@ _MIGRATIONS: dict[int, tuple[tuple[str, str, str], ...]] = {
     4: (("attempts", "rescued", "TEXT"), ("attempts", "phases", "TEXT")),
     6: (("attempts", "report_is_error", "INTEGER"), ("attempts", "cost_usd", "REAL"),
         ("attempts", "input_tokens", "INTEGER"), ("attempts", "output_tokens", "INTEGER"),
-        ("attempts", "turns", "INTEGER"), ("attempts", "session_id", "TEXT"),
-        ("events", "severity", "TEXT")),
+        ("attempts", "turns", "INTEGER"), ("attempts", "session_id", "TEXT")),
+    7: (("events", "severity", "TEXT"),),
 }
 
 
@@ -181,10 +182,10 @@ _DATA_STEPS: dict[int, tuple[str, ...]] = {
         "INSERT INTO task_counts (status, n) SELECT status, COUNT(*) FROM tasks"
         " GROUP BY status"),
     # the severity of the events already logged (reconciler.severity says the same)
-    6: ("UPDATE events SET severity = CASE json_extract(fields, '$.to')"
+    7: ("UPDATE events SET severity = CASE json_extract(fields, '$.to')"
         " WHEN 'failed' THEN 'critical' WHEN 'dead' THEN 'warning' END"
         " WHERE kind = 'worker.health'",
-        "UPDATE events SET severity = 'warning' WHERE kind LIKE 'attempt.%'"
+        "UPDATE events SET severity = 'warning' WHERE kind >= 'attempt.' AND kind < 'attempt/'"
         " AND json_extract(fields, '$.task_status') = 'failed'",
         "UPDATE events SET severity = 'warning'"
         " WHERE kind IN ('pool.paused', 'pool.over_budget', 'alert.delivery_failed')"),

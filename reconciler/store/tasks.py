@@ -51,6 +51,10 @@ TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
 OPEN_TASK_IDS_SQL = ("SELECT id FROM tasks WHERE status IN ('queued', 'running')"
                      " ORDER BY id")
 STREAM_CHUNK = 500
+COMPLETED_SINCE_SQL = ("SELECT ended_at FROM attempts WHERE ended_at >= ?"
+                       " AND status = 'succeeded'")
+MEAN_RUN_SINCE_SQL = ("SELECT AVG(ended_at - started_at) AS mean FROM attempts"
+                      " WHERE ended_at >= ? AND status = 'succeeded'")
 SPEND_SINCE_SQL = ("SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM attempts"
                    " WHERE cost_usd IS NOT NULL AND ended_at >= ?")
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
@@ -115,6 +119,16 @@ class TaskQueue(Database):
         """The ids of the queued and running tasks, in order: two ranges of the
         ``tasks_by_status`` index, never the finished history."""
         return [int(r["id"]) for r in self._query(OPEN_TASK_IDS_SQL)]
+
+    def completed_since(self, since: float) -> list[float]:
+        """When each attempt that succeeded from ``since`` on ended (the dashboard's
+        sparkline), read through the index of attempts by status and end."""
+        return [float(r["ended_at"]) for r in self._query(COMPLETED_SINCE_SQL, (since,))]
+
+    def mean_run_time_since(self, since: float) -> float | None:
+        """The mean run time of the attempts that succeeded from ``since`` on."""
+        rows = self._query(MEAN_RUN_SINCE_SQL, (since,))
+        return float(rows[0]["mean"]) if rows and rows[0]["mean"] is not None else None
 
     def report_rows(self, since: float) -> tuple[list[AttemptRow], dict[int, TaskRow],
                                                  list[tuple[str, float]]]:
@@ -323,9 +337,9 @@ class TaskQueue(Database):
         db.execute("UPDATE tasks SET status = 'queued', attempts = MAX(attempts - 1, 0),"
                    " not_before = ?, last_error = ?, updated_at = ? WHERE id = ?",
                    (resume_at, error, now, task_id))
-        _set_pause(db, resume_at, "the agent hit its rate limit")
-        self._event(db, now, "pool.paused", None, task_id,
-                    f"rate limited: claiming paused for {max(resume_at - now, 0):.0f}s")
+        if _set_pause(db, resume_at, "the agent hit its rate limit", "rate_limit"):
+            self._event(db, now, "pool.paused", None, task_id,
+                        f"rate limited: claiming paused for {max(resume_at - now, 0):.0f}s")
         return "queued"
 
     def next_claim_at(self, now: float | None = None) -> float | None:
@@ -358,23 +372,32 @@ class TaskQueue(Database):
         return float(rows[0]["spent"])
 
     def pause_claiming(self, until: float, reason: str, *, kind: str = "pool.paused",
-                       now: float | None = None) -> None:
-        """Stop every claim until ``until`` (a pause already longer stays), saying why."""
+                       now: float | None = None) -> bool:
+        """Stop every claim until ``until`` (a pause already as long stays), saying why;
+        the event ``kind`` only when the pause changed (every worker finishing over the
+        budget would repeat it).  True if it changed."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            _set_pause(db, until, reason)
-            self._event(db, now, kind, None, None, f"claiming paused: {reason}")
+            changed = _set_pause(db, until, reason,
+                                 "budget" if kind == "pool.over_budget" else "other")
+            if changed:
+                self._event(db, now, kind, None, None, f"claiming paused: {reason}")
+        return changed
 
     def resume_claiming(self, *, hold_until: float | None = None,
                         now: float | None = None) -> float:
         """Lift a pause now (``reconcile resume``); return until when it would have held
-        (0: there was none).  ``hold_until``: a budget pause is not set again before then."""
+        (0: there was none).  ``hold_until``: when the pause lifted was the day's budget,
+        it is not set again before then (a rate limit's lift holds nothing)."""
         now = time.time() if now is None else now
         with self.transaction() as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
             was = float(row["value"]) if row is not None else 0.0
-            db.execute("DELETE FROM meta WHERE key IN ('paused_until', 'paused_reason')")
-            if hold_until is not None:
+            kind = db.execute("SELECT value FROM meta WHERE key = 'paused_kind'").fetchone()
+            db.execute("DELETE FROM meta WHERE key IN ('paused_until', 'paused_reason',"
+                       " 'paused_kind')")
+            budget = was > now and kind is not None and kind["value"] == "budget"
+            if hold_until is not None and budget:  # only a lifted budget pause holds
                 db.execute("INSERT INTO meta (key, value) VALUES ('resumed_until', ?)"
                            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                            (hold_until,))
@@ -566,12 +589,14 @@ def _report_columns(report: AgentReport | None) -> tuple[object, ...]:
             report.turns, report.session_id)
 
 
-def _set_pause(db: sqlite3.Connection, until: float, reason: str) -> None:
-    """Pause claiming until ``until``; a pause that already lasts longer keeps its end and
-    its reason."""
+def _set_pause(db: sqlite3.Connection, until: float, reason: str, kind: str) -> bool:
+    """Pause claiming until ``until`` for ``kind`` (``budget`` or ``rate_limit``); a pause
+    that already lasts as long keeps its end, reason and kind.  True if it changed."""
     row = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
     if row is not None and float(row["value"]) >= until:
-        return
-    for key, value in (("paused_until", str(until)), ("paused_reason", reason)):
+        return False
+    for key, value in (("paused_until", str(until)), ("paused_reason", reason),
+                       ("paused_kind", kind)):
         db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
                    " DO UPDATE SET value = excluded.value", (key, value))
+    return True
