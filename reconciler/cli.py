@@ -167,8 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "drain the queue, today's spend, the controller and the latest "
                        "events, refreshed every second. Needs a terminal; works over ssh "
                        "and inside tmux.")
-    p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
-    p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
+    _pool_options(p, output=False)
     p.add_argument("--interval", default="1s", metavar="DURATION",
                    help="how often it refreshes (default 1s)")
     p = sub.add_parser("history", help="which specs were applied when")
@@ -231,8 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "worker's efficiency, throughput per hour and its trend, bottlenecks "
                        "with their evidence, and how many workers keep the queue wait under "
                        "a target (an M/M/c estimate, its arithmetic shown).")
-    p.add_argument("-f", "--file", metavar="WORKERS_YAML", help="the pool spec file")
-    p.add_argument("--pool", metavar="NAME", help="a pool by name (instead of -f)")
+    _pool_options(p, output=False)
     p.add_argument("-o", "--output", choices=("text", "json", "markdown"), default="text",
                    help="output format")
     p.add_argument("--since", default="24h", metavar="DURATION",
