@@ -79,6 +79,8 @@ def body_of(hook: Webhook, document: Mapping[str, Any]) -> bytes:
                                         f"task {document['task']}") if x)
         text = (f"[{document['pool']}] {str(document['severity']).upper()} "
                 f"{document['kind']}{' ' + who if who else ''}: {document['message']}")
+        # Slack reads <...> as links and mentions (<!channel>): only its escapes are text
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
         return json.dumps({"text": text}).encode()
     return json.dumps(document, sort_keys=True).encode()
 

@@ -205,6 +205,12 @@ def test_a_slack_body_is_one_line_of_text() -> None:
     body = body_of(Webhook("http://x", format="slack"), alert_document("agents", EVENT))
     assert json.loads(body) == {
         "text": "[agents] WARNING worker.health w-3: healthy → dead: process gone"}
+    loud = EventRow(8, 0.0, "attempt.failed", None, 3, "<!channel> & <https://x|y>", {},
+                    "warning")
+    text = json.loads(body_of(Webhook("http://x", format="slack"),
+                              alert_document("a", loud)))["text"]
+    assert text == "[a] WARNING attempt.failed task 3: &lt;!channel&gt; &amp; " \
+        "&lt;https://x|y&gt;"  # shown as written: no mention, no link
 
 
 def test_a_webhook_takes_the_kinds_it_names_and_never_its_own_failures() -> None:
