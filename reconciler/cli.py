@@ -238,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-wait", default="5m", metavar="DURATION",
                    help="the queue wait the scaling advice aims under (default 5m)")
 
+    p = sub.add_parser("export", help="tasks, attempts or events as CSV or JSON lines",
+                       description="Write the pool's tasks, attempts (with run time, cost "
+                       "and tokens) or events to standard output, for spreadsheets and "
+                       "other tools: CSV with a header row, or one JSON object per line. "
+                       "Streamed: any number of rows in flat memory. Prompts and agent "
+                       "output are never exported.")
+    _pool_options(p, output=False)
+    p.add_argument("--what", choices=("tasks", "attempts", "events"), required=True,
+                   help="which rows")
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv",
+                   help="csv (default) or jsonl")
+    p.add_argument("--since", metavar="DURATION",
+                   help="only rows from the last DURATION (tasks by creation, attempts by "
+                   "start, events by time); default: all")
+
     p = sub.add_parser("resume", help="lift a pause of claiming (rate limit, day's budget)",
                        description="Let workers claim tasks again now, where the pool paused "
                        "because its agent hit a rate limit or the day's budget "

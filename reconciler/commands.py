@@ -72,7 +72,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
-        "dashboard": cmd_dashboard,
+        "dashboard": cmd_dashboard, "export": cmd_export,
     }
     return handlers[args.command](args)
 
@@ -397,6 +397,35 @@ def _worker_memory(observation: Any) -> tuple[float | None, float | None]:
             continue
     per_worker = sum(sizes) / len(sizes) if sizes else None
     return per_worker, float(psutil.virtual_memory().available)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Stream rows as CSV (spreadsheet-safe) or JSON lines; read-only."""
+    import csv
+
+    from reconciler.store.tasks import EXPORT_COLUMNS
+
+    since = time.time() - _duration_arg(args.since, "--since") if args.since else 0.0
+    with _open_store(args) as (_, store):
+        rows = store.export_rows(args.what, since)
+        if args.format == "jsonl":
+            for row in rows:
+                sys.stdout.write(json.dumps(row) + "\n")
+            return 0
+        writer = csv.DictWriter(sys.stdout, fieldnames=EXPORT_COLUMNS[args.what],
+                                lineterminator="\n")
+        writer.writeheader()  # with no rows too: a reader still learns the columns
+        for row in rows:
+            writer.writerow({k: _spreadsheet_safe(v) for k, v in row.items()})
+    return 0
+
+
+def _spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``, tab,
+    CR first) is kept as text: a leading ``'``.  A task title is outside text."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

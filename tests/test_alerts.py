@@ -178,6 +178,7 @@ def test_a_receiver_that_is_not_http_never_stops_the_deliveries(receiver: Receiv
     def answer() -> None:
         connection, _ = listener.accept()
         with connection:
+            connection.recv(65536)  # the request, then an answer that is not HTTP
             connection.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
 
     threading.Thread(target=answer, daemon=True).start()
@@ -198,7 +199,10 @@ def test_a_receiver_that_is_not_http_never_stops_the_deliveries(receiver: Receiv
     finally:
         deliverer.close()
         listener.close()
-    assert failures == ["failed: BadStatusLine"]
+    # what the client saw depends on timing: a bad status line, or the socket closing
+    assert len(failures) == 1 and failures[0] in (
+        "failed: BadStatusLine", "failed: RemoteDisconnected",
+        "cannot connect: BrokenPipeError", "cannot connect: ConnectionResetError"), failures
 
 
 def test_a_slack_body_is_one_line_of_text() -> None:

@@ -3,6 +3,8 @@ by hand below, the scaling arithmetic included."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import time
@@ -15,6 +17,7 @@ from reconciler.model import AgentReport, RetryPolicy
 from reconciler.paths import pool_paths
 from reconciler.report.analysis import analyse, erlang_c_wait, percentile
 from reconciler.store.sqlite import Store
+from reconciler.store.tasks import EXPORT_COLUMNS, EXPORTS
 from tests.helpers import reconcile
 
 HOUR = 3600.0
@@ -171,3 +174,36 @@ def test_the_command_prints_text_markdown_and_json(tmp_path: Path) -> None:
     assert document["tasks"]["completed"] == 2 and document["cost"]["total_usd"] == 1.5
     bad = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "soon")
     assert bad.returncode == 1 and "--since" in bad.stderr
+
+
+def test_export_writes_csv_and_json_lines_safe_for_spreadsheets(tmp_path: Path) -> None:
+    with Store(pool_paths(tmp_path / "state", "p").create().store) as store:
+        fill(store, shift=time.time() - NOW)
+        store.add_tasks([("=HYPERLINK(\"http://x\")", "secret prompt", 0)])
+    state = str(tmp_path / "state")
+
+    def export(*args: str) -> str:
+        return reconcile("--state-dir", state, "export", "--pool", "p", *args,
+                         check=True).stdout
+
+    tasks = list(csv.DictReader(io.StringIO(export("--what", "tasks"))))
+    assert [t["status"] for t in tasks] == ["succeeded", "succeeded", "failed", "queued",
+                                            "queued"]
+    assert tasks[-1]["title"] == "'=HYPERLINK(\"http://x\")"  # text, not a formula
+    assert "secret prompt" not in export("--what", "tasks")  # prompts are never exported
+    attempts = [json.loads(line) for line in
+                export("--what", "attempts", "--format", "jsonl").splitlines()]
+    assert [(a["worker_id"], a["status"], a["run_seconds"], a["cost_usd"]) for a in attempts] \
+        == [("w-1", "succeeded", 300.0, 1.0), ("w-2", "failed", 100.0, None),
+            ("w-2", "succeeded", 200.0, 0.5), ("w-1", "timeout", 600.0, None)]
+    recent = export("--what", "attempts", "--since", "1h")  # started in the last hour
+    assert len(list(csv.DictReader(io.StringIO(recent)))) == 1
+    events = export("--what", "events", "--since", "1s")
+    assert events.splitlines()[0] == "id,at,kind,severity,worker_id,task_id,message"
+
+
+def test_each_export_names_the_columns_its_query_gives(tmp_path: Path) -> None:
+    with Store(tmp_path / "store.db") as store:
+        for what, sql in EXPORTS.items():
+            cursor = store._db.execute(sql, (0.0,))
+            assert tuple(d[0] for d in cursor.description) == EXPORT_COLUMNS[what]

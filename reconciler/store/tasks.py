@@ -12,6 +12,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
 
 from reconciler.errors import StoreError, TaskError
 from reconciler.model import (
@@ -51,6 +52,26 @@ TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
 OPEN_TASK_IDS_SQL = ("SELECT id FROM tasks WHERE status IN ('queued', 'running')"
                      " ORDER BY id")
 STREAM_CHUNK = 500
+# what ``reconcile export`` writes: the columns a spreadsheet wants (never a prompt, an
+# output tail or a lease), from a time on
+EXPORTS = {
+    "tasks": "SELECT id, title, status, priority, attempts, created_at, updated_at, branch,"
+             " last_error FROM tasks WHERE created_at >= ? ORDER BY id",
+    "attempts": "SELECT id, task_id, number, worker_id, status, started_at, ended_at,"
+                " ended_at - started_at AS run_seconds, exit_code, error, branch, rescued,"
+                " cost_usd, input_tokens, output_tokens, turns, session_id FROM attempts"
+                " WHERE started_at >= ? ORDER BY id",
+    "events": "SELECT id, at, kind, severity, worker_id, task_id, message FROM events"
+              " WHERE at >= ? ORDER BY id",
+}
+EXPORT_COLUMNS = {  # the names of each export's columns, in order (a test holds them equal)
+    "tasks": ("id", "title", "status", "priority", "attempts", "created_at", "updated_at",
+              "branch", "last_error"),
+    "attempts": ("id", "task_id", "number", "worker_id", "status", "started_at", "ended_at",
+                 "run_seconds", "exit_code", "error", "branch", "rescued", "cost_usd",
+                 "input_tokens", "output_tokens", "turns", "session_id"),
+    "events": ("id", "at", "kind", "severity", "worker_id", "task_id", "message"),
+}
 COMPLETED_SINCE_SQL = ("SELECT ended_at FROM attempts WHERE ended_at >= ?"
                        " AND status = 'succeeded'")
 MEAN_RUN_SINCE_SQL = ("SELECT AVG(ended_at - started_at) AS mean FROM attempts"
@@ -112,6 +133,19 @@ class TaskQueue(Database):
             cursor = self._db.execute(*_tasks_query(status, limit))
             while rows := cursor.fetchmany(STREAM_CHUNK):
                 yield from map(_task, rows)
+        except sqlite3.Error as exc:
+            raise StoreError(f"reading the task store {self.path} failed: {exc}") from exc
+
+    def export_rows(self, what: str, since: float = 0.0) -> Iterator[dict[str, Any]]:
+        """``reconcile export``: the rows of ``what`` (``EXPORTS``) from ``since`` on, as
+        plain dicts, streamed from the cursor (memory stays flat at any size)."""
+        sql = EXPORTS[what]
+        try:
+            cursor = self._db.execute(sql, (since,))
+            names = EXPORT_COLUMNS[what]
+            while rows := cursor.fetchmany(STREAM_CHUNK):
+                for row in rows:
+                    yield dict(zip(names, row, strict=True))
         except sqlite3.Error as exc:
             raise StoreError(f"reading the task store {self.path} failed: {exc}") from exc
 
