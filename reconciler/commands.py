@@ -365,14 +365,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     now = time.time()
     with _open_store(args) as (pool, store):
         attempts, tasks, restarts = store.report_rows(now - since)
-        counts = store.queue_counts()
+        counts, oldest = store.queue_counts(), store.oldest_queued_at()
         observation = pools.observe_pool(pool, store)
     per_worker, available = _worker_memory(observation)
     document = analyse(pool=pool.name, since=now - since, now=now,
                        replicas=pool.spec.replicas if pool.spec else 0, attempts=attempts,
                        tasks=tasks, restarts=restarts, queued=counts.queued,
                        running=counts.running, target_wait=target,
-                       memory_per_worker=per_worker, memory_available=available)
+                       memory_per_worker=per_worker, memory_available=available,
+                       oldest_queued_at=oldest)
     if args.output == "json":
         print_json(document)
     else:

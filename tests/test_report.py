@@ -56,7 +56,7 @@ def store(tmp_path: Path) -> Store:
     return made
 
 
-def report_of(store: Store, replicas: int = 2, **extra: float) -> dict[str, Any]:
+def report_of(store: Store, replicas: int = 2, **extra: Any) -> dict[str, Any]:
     attempts, tasks, restarts = store.report_rows(SINCE)
     return analyse(pool="p", since=SINCE, now=NOW, replicas=replicas, attempts=attempts,
                    tasks=tasks, restarts=restarts, queued=1, running=0,
@@ -67,7 +67,8 @@ def test_the_figures_match_the_hand_worked_store(store: Store) -> None:
     doc = report_of(store)
     assert doc["tasks"] == {"completed": 2, "failed": 1, "success_rate": 2 / 3,
                             "attempts_per_task": 4 / 3, "retry_rate": 1 / 3,
-                            "queued_now": 1, "running_now": 0}
+                            "queued_now": 1, "running_now": 0,
+                            "oldest_queued_seconds": None}
     assert doc["attempts"] == {"ended": 4, "by_outcome": {"failed": 1, "succeeded": 2,
                                                           "timeout": 1},
                                "timeout_rate": 0.25, "rate_limit_rate": 0.0}
@@ -126,6 +127,17 @@ def test_the_advice_is_capped_by_memory(store: Store) -> None:
             scaling["capped_by"]) == (3, 2, 2, "memory")
     assert erlang_c_wait(2.0, 400 / HOUR, 2) == pytest.approx(5.0 / HOUR, abs=0.01 / HOUR)
     assert erlang_c_wait(2.0, 400 / HOUR, 3) == pytest.approx(0.228 / HOUR, abs=0.001 / HOUR)
+
+
+def test_a_starved_queue_is_named_by_its_oldest_task(store: Store) -> None:
+    """Task 4 has waited since 9000 and started no attempt, so no queue wait shows it;
+    its age does (1000 s against run time p90 600 s is not yet 2x; 1300 s is)."""
+    assert store.oldest_queued_at() == 9000.0
+    calm = report_of(store, oldest_queued_at=9000.0)
+    assert calm["tasks"]["oldest_queued_seconds"] == 1000.0 and calm["bottlenecks"] == []
+    starved = report_of(store, oldest_queued_at=8700.0)
+    assert starved["bottlenecks"] == ["a queued task has waited 21m40s vs run time p90 "
+                                      "10m00s: too few workers, or claiming is paused"]
 
 
 def test_no_advice_without_finished_work() -> None:

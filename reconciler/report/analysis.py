@@ -68,9 +68,12 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
             attempts: Iterable[AttemptRow], tasks: Mapping[int, TaskRow],
             restarts: Iterable[tuple[str, float]], queued: int, running: int,
             target_wait: float, memory_per_worker: float | None = None,
-            memory_available: float | None = None) -> dict[str, Any]:
+            memory_available: float | None = None,
+            oldest_queued_at: float | None = None) -> dict[str, Any]:
     """The report's document.  ``tasks``: every task an attempt names, and every task
-    created in the window; ``restarts``: (worker, when) in the window."""
+    created in the window; ``restarts``: (worker, when) in the window;
+    ``oldest_queued_at``: when the longest-waiting queued task was created (a starved
+    queue shows there, not in the waits of tasks that started)."""
     window = max(now - since, 1e-9)
     hours = window / 3600
     ended = [a for a in attempts if a.ended_at is not None and since <= a.ended_at <= now]
@@ -105,7 +108,9 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
                                   if per_task_attempts else None),
             "retry_rate": (sum(n > 1 for n in per_task_attempts) / len(per_task_attempts)
                            if per_task_attempts else None),
-            "queued_now": queued, "running_now": running},
+            "queued_now": queued, "running_now": running,
+            "oldest_queued_seconds": (now - oldest_queued_at if oldest_queued_at is not None
+                                      else None)},
         "attempts": {"ended": len(ended), "by_outcome": dict(sorted(outcomes.items())),
                      "timeout_rate": outcomes["timeout"] / len(ended) if ended else None,
                      "rate_limit_rate": (outcomes["rate_limited"] / len(ended)
@@ -178,9 +183,13 @@ def _bottlenecks(document: Mapping[str, Any], ended: Sequence[AttemptRow]) -> li
     """Each bottleneck named with the figures that show it."""
     found = []
     wait, run = document["queue_wait_seconds"], document["run_time_seconds"]
+    oldest = document["tasks"]["oldest_queued_seconds"]
     if wait["p90"] is not None and run["p90"] and wait["p90"] > 2 * run["p90"]:
         found.append(f"queue wait p90 {_human(wait['p90'])} vs run time p90 "
                      f"{_human(run['p90'])}: too few workers")
+    elif oldest is not None and run["p90"] and oldest > 2 * run["p90"]:
+        found.append(f"a queued task has waited {_human(oldest)} vs run time p90 "
+                     f"{_human(run['p90'])}: too few workers, or claiming is paused")
     pool_attempts = sum(w["attempts"] for w in document["workers"])
     pool_failed = sum(w["failed"] for w in document["workers"])
     pool_rate = pool_failed / pool_attempts if pool_attempts else 0.0

@@ -274,7 +274,8 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
          else f"{t['attempts_per_task']:.2f}"],
         ["retried", pct(t["retry_rate"])], ["timeouts", pct(a["timeout_rate"])],
         ["rate limited", pct(a["rate_limit_rate"])],
-        ["queued now", str(t["queued_now"])], ["running now", str(t["running_now"])]])
+        ["queued now", str(t["queued_now"])], ["running now", str(t["running_now"])],
+        ["oldest queued", age(t.get("oldest_queued_seconds"))]])
     heading("Time")
     rows = []
     for name, key in (("run time", "run_time_seconds"), ("queue wait", "queue_wait_seconds")):

@@ -72,6 +72,7 @@ EXPORT_COLUMNS = {  # the names of each export's columns, in order (a test holds
                  "input_tokens", "output_tokens", "turns", "session_id"),
     "events": ("id", "at", "kind", "severity", "worker_id", "task_id", "message"),
 }
+OLDEST_QUEUED_SQL = "SELECT MIN(created_at) AS at FROM tasks WHERE status = 'queued'"
 COMPLETED_SINCE_SQL = ("SELECT ended_at FROM attempts WHERE ended_at >= ?"
                        " AND status = 'succeeded'")
 MEAN_RUN_SINCE_SQL = ("SELECT AVG(ended_at - started_at) AS mean FROM attempts"
@@ -153,6 +154,12 @@ class TaskQueue(Database):
         """The ids of the queued and running tasks, in order: two ranges of the
         ``tasks_by_status`` index, never the finished history."""
         return [int(r["id"]) for r in self._query(OPEN_TASK_IDS_SQL)]
+
+    def oldest_queued_at(self) -> float | None:
+        """When the longest-waiting queued task was created (a starved queue shows here,
+        not in the waits of tasks that started)."""
+        rows = self._query(OLDEST_QUEUED_SQL)
+        return float(rows[0]["at"]) if rows and rows[0]["at"] is not None else None
 
     def completed_since(self, since: float) -> list[float]:
         """When each attempt that succeeded from ``since`` on ended (the dashboard's
