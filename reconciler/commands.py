@@ -23,12 +23,11 @@ from reconciler import pool as pools
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.durations import day_start, parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
-from reconciler.lock import is_locked
 from reconciler.model import FINAL_TASK_STATUSES, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
 from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
-from reconciler.report.status import UNHEALTHY_EXIT, status_document
+from reconciler.report.status import UNHEALTHY_EXIT
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_workers
@@ -277,23 +276,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 def _status_once(args: argparse.Namespace) -> int:
     pool = _pool(args)
-    info, paused, deleting, rescued, reason, spent = None, 0.0, None, {}, None, 0.0
     if pool.paths.exists():  # read-only: works on a full or read-only disk, wakes no one
         with Store(pool.paths.store, readonly=True) as store:
-            observation = pools.observe_pool(pool, store)
-            titles = store.task_titles([w.current_task for w in observation.workers
-                                        if w.current_task is not None])
-            info, paused, deleting = store.controller(), store.paused_until(), store.deleting()
-            rescued = store.rescued_counts()
-            reason, spent = store.paused_reason(), store.spend_since(day_start(time.time()))
+            _, document = pools.status_of(pool, store, time.time())
     else:
-        observation = pools.observe_pool(pool)
-        titles = {}
-    document = status_document(observation, time.time(), pool.spec, info, paused,
-                               deleting=deleting,
-                               delete_running=deleting is not None and is_locked(pool.paths.lock),
-                               titles=titles, rescued=rescued, paused_reason=reason,
-                               spend_today=spent)
+        _, document = pools.status_of(pool, None, time.time())
     if args.output == "json":
         print_json(document)
     else:
@@ -386,16 +373,11 @@ def _worker_memory(observation: Any) -> tuple[float | None, float | None]:
     and the host's available memory, in bytes; None where unknown."""
     import psutil
 
-    sizes = []
-    for instance in observation.instances:
-        if not (instance.alive and instance.pid):
-            continue
-        try:
-            root = psutil.Process(instance.pid)
-            sizes.append(sum(p.memory_info().rss
-                             for p in (root, *root.children(recursive=True))))
-        except psutil.Error:
-            continue
+    from reconciler.report.dashboard import TreeMeter
+
+    meter = TreeMeter()
+    sizes = [size for instance in observation.instances if instance.alive and instance.pid
+             if (size := meter.measure(instance.pid)[1]) is not None]
     per_worker = sum(sizes) / len(sizes) if sizes else None
     return per_worker, float(psutil.virtual_memory().available)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.errors import PoolError, RuntimeBackendError
@@ -89,6 +90,30 @@ def observe_pool(pool: Pool, store: StorePort | None = None) -> Observation:
     finally:
         if store is None and own is not None:
             own.close()
+
+
+def status_of(pool: Pool, store: StorePort | None,
+              now: float) -> tuple[Observation, dict[str, Any]]:
+    """The pool's status document, as ``reconcile status`` and the dashboard show it,
+    with the observation it was judged from; ``store`` None: a pool with no store yet.
+    Only reads."""
+    from reconciler.durations import day_start
+    from reconciler.lock import is_locked
+    from reconciler.report.status import status_document
+
+    observation = observe_pool(pool, store)
+    if store is None:
+        return observation, status_document(observation, now, pool.spec)
+    titles = store.task_titles([w.current_task for w in observation.workers
+                                if w.current_task is not None])
+    deleting = store.deleting()
+    document = status_document(
+        observation, now, pool.spec, store.controller(), store.paused_until(),
+        deleting=deleting,
+        delete_running=deleting is not None and is_locked(pool.paths.lock),
+        titles=titles, rescued=store.rescued_counts(), paused_reason=store.paused_reason(),
+        spend_today=store.spend_since(day_start(now)))
+    return observation, document
 
 
 def preflight(spec: PoolSpec) -> None:

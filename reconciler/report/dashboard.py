@@ -22,9 +22,9 @@ import tty
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from reconciler.durations import day_start, format_duration
+from reconciler.durations import format_duration
 from reconciler.report.documents import printable
-from reconciler.report.status import status_document
+from reconciler.report.term import HEALTH_STYLE
 
 if TYPE_CHECKING:
     import psutil
@@ -35,9 +35,7 @@ if TYPE_CHECKING:
 SPARK = "▁▂▃▄▅▆▇█"
 BUCKETS = 12  # the last hour in 5-minute buckets
 EVENTS_SHOWN = 8
-_HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
-                 "unresponsive": "yellow", "slow": "yellow", "stopping": "yellow",
-                 "stopped": "dim", "recovering": "blue"}
+
 
 
 def sparkline(counts: list[int]) -> str:
@@ -84,15 +82,9 @@ class TreeMeter:
 
 def snapshot(pool: Pool, store: Store, meter: TreeMeter, now: float) -> dict[str, Any]:
     """Everything one refresh shows, as plain data."""
-    from reconciler.pool import observe_pool
+    from reconciler.pool import status_of
 
-    observation = observe_pool(pool, store)
-    titles = store.task_titles([w.current_task for w in observation.workers
-                                if w.current_task is not None])
-    document = status_document(
-        observation, now, pool.spec, store.controller(), store.paused_until(),
-        titles=titles, paused_reason=store.paused_reason(),
-        spend_today=store.spend_since(day_start(now)))
+    observation, document = status_of(pool, store, now)
     rows = []
     for worker in document["workers"]:
         attempt = observation.attempt_of(worker["id"]) if worker["current_task"] else None
@@ -135,7 +127,7 @@ def render(snap: Mapping[str, Any]) -> Any:
         task = "-" if w["current_task"] is None else \
             f"{w['current_task']} {printable(w.get('task_title') or '')}".strip()
         table.add_row(
-            w["id"], Text(w["health"], style=_HEALTH_STYLE.get(w["health"], "")),
+            w["id"], Text(w["health"], style=HEALTH_STYLE.get(w["health"], "")),
             Text(task, overflow="ellipsis"), age(w["task_for"]), age(w["output_age"]),
             age(w["heartbeat_age"]), str(w["restarts"]),
             "-" if w["cpu_percent"] is None else f"{w['cpu_percent']:.0f}%",

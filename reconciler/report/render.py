@@ -23,7 +23,7 @@ from reconciler.model import (
     TaskRow,
 )
 from reconciler.report.documents import printable
-from reconciler.report.term import cell_text, clip, columns, paint, say
+from reconciler.report.term import HEALTH_STYLE, cell_text, clip, columns, paint, say
 
 if TYPE_CHECKING:
     from reconciler.actions import Plan
@@ -65,9 +65,6 @@ def render_plan(plan: Plan, *, title: str) -> None:
 
 
 _TASK_STYLE = {"running": "cyan", "succeeded": "green", "failed": "red", "cancelled": "dim"}
-_HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
-                 "unresponsive": "yellow", "slow": "yellow", "stopping": "yellow",
-                 "stopped": "dim", "recovering": "blue"}
 
 
 def render_status(document: dict[str, Any]) -> None:
@@ -78,7 +75,7 @@ def render_status(document: dict[str, Any]) -> None:
     for w in workers:
         restarts = str(w["restarts"]) + (f" ({w['recent_restarts']} recent)"
                                          if w["recent_restarts"] else "")
-        rows.append([w["id"], (w["health"], _HEALTH_STYLE.get(w["health"], "")),
+        rows.append([w["id"], (w["health"], HEALTH_STYLE.get(w["health"], "")),
                      str(w["pid"] or "-"), _task_cell(w),
                      age(w["heartbeat_age"]) + (" ago" if w["heartbeat_age"] is not None
                                                 else ""), age(w["uptime"]), restarts])

@@ -30,6 +30,11 @@ _SGR = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "bl
 
 Cell = str | tuple[str, str]  # text, or (text, style)
 
+# each worker health's colour, in status and the dashboard alike
+HEALTH_STYLE = {"working": "cyan", "healthy": "green", "dead": "red", "failed": "bold red",
+                "unresponsive": "yellow", "slow": "yellow", "stopping": "yellow",
+                "stopped": "dim", "recovering": "blue"}
+
 
 def colour_wanted(stream: TextIO) -> bool:
     """Colour on a terminal, as most tools decide: ``NO_COLOR`` (any value) turns it off,
