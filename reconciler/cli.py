@@ -253,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only rows from the last DURATION (tasks by creation, attempts by "
                    "start, events by time); default: all")
 
+    p = sub.add_parser("metrics", help="print the pool's Prometheus metrics once",
+                       description="Print the metrics the controller serves at /metrics "
+                       "(spec.metrics.listen), read from the store, in Prometheus's text "
+                       "format: tasks by status, attempts by outcome, run time and queue "
+                       "wait histograms, workers by health, restarts, cost, tokens. The "
+                       "controller's pass durations live in its memory: only its endpoint "
+                       "serves them. For a textfile collector or a quick look; read-only.")
+    _pool_options(p, output=False)
+    p.add_argument("--openmetrics", action="store_true",
+                   help="the OpenMetrics text format instead of Prometheus's")
+
     p = sub.add_parser("resume", help="lift a pause of claiming (rate limit, day's budget)",
                        description="Let workers claim tasks again now, where the pool paused "
                        "because its agent hit a rate limit or the day's budget "

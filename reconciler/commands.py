@@ -71,7 +71,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "demo": cmd_demo, "controller": cmd_controller,
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
-        "dashboard": cmd_dashboard, "export": cmd_export,
+        "dashboard": cmd_dashboard, "export": cmd_export, "metrics": cmd_metrics,
     }
     return handlers[args.command](args)
 
@@ -409,6 +409,16 @@ def _spreadsheet_safe(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    """One scrape's exposition on standard output; read-only."""
+    from reconciler.metrics import gather, write_exposition
+
+    with _open_store(args) as (pool, store):
+        facts = gather(pool, store)
+    sys.stdout.buffer.write(write_exposition(facts, openmetrics=args.openmetrics))
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -47,11 +47,12 @@ from reconciler.log import logger
 from reconciler.model import Observation
 from reconciler.operations import PassResult, apply, controller_pass
 from reconciler.planner import next_wakeup
-from reconciler.pool import Pool
+from reconciler.pool import ENDPOINT_KEY, Pool
 from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import Bell, controller_bell, ring_controller
+from reconciler.web.serving import ServedEndpoint
 
 FAULT_BACKOFF_FIRST = 0.5
 FAULT_BACKOFF_MAX = 10.0
@@ -73,6 +74,7 @@ class Controller:
         self.interval = pool.spec.controller_interval if pool.spec else 1.0
         self._bell: Bell | None = None
         self._alerts: Alerts | None = None
+        self._endpoint = ServedEndpoint(pool)
 
     def request_stop(self) -> None:
         """Stop after this pass; safe from a signal handler (it only sets and writes)."""
@@ -107,8 +109,11 @@ class Controller:
         self._bell = Bell(controller_bell(paths.root))
         self._alerts = Alerts(paths.name, paths.root, wake=lambda: ring_controller(paths.root))
         try:
+            with contextlib.suppress(ReconcilerError, sqlite3.Error, OSError):
+                store.set_meta_value(ENDPOINT_KEY, "")  # a killed one's URL is not ours
             self._loop(store, self._bell)
         finally:
+            self._endpoint.close(store)
             self._alerts.close()
             self._bell.close()
             store.close()
@@ -171,6 +176,7 @@ class Controller:
                     failures += 1
                     wait = min(FAULT_BACKOFF_FIRST * 2 ** (failures - 1), FAULT_BACKOFF_MAX)
                     logger.error("pass failed: {}; retrying in {:.1f}s", _one_line(exc), wait)
+                    self._endpoint.failed(f"pass failed: {_one_line(exc)}")
                     next_pass = time.monotonic() + wait
                     continue
                 if failures:
@@ -227,6 +233,7 @@ class Controller:
                 store.set_controller_busy("; ".join(f"{verb(a)} {target(a)}"
                                                     for a in plan.changes))
 
+        began = time.monotonic()
         try:
             result = controller_pass(self.pool, store, on_plan=announce)
         except LockHeldError:
@@ -237,6 +244,11 @@ class Controller:
         if result is None:
             return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
+        self._endpoint.passed(Pool(self.pool.paths, result.spec), time.monotonic() - began)
+        try:
+            self._endpoint.follow(store)
+        except (ReconcilerError, sqlite3.Error, OSError) as exc:  # the pass still counts
+            logger.error("metrics endpoint not changed this pass: {}", _one_line(exc))
         if self._alerts is not None:  # after acting: this pass's own alerts go out now
             try:
                 self._alerts.dispatch(store, webhooks_of(result.spec.document))

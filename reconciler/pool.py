@@ -21,6 +21,8 @@ from reconciler.store.sqlite import Store
 from reconciler.tmuxcli import tmux_available
 from reconciler.worktrees import check_repo, git
 
+ENDPOINT_KEY = "http_endpoint"  # in the store's meta: the URL the controller serves
+
 
 @dataclass
 class Pool:
@@ -112,7 +114,8 @@ def status_of(pool: Pool, store: StorePort | None,
         deleting=deleting,
         delete_running=deleting is not None and is_locked(pool.paths.lock),
         titles=titles, rescued=store.rescued_counts(), paused_reason=store.paused_reason(),
-        spend_today=store.spend_since(day_start(now)))
+        spend_today=store.spend_since(day_start(now)),
+        endpoint=store.meta_value(ENDPOINT_KEY) or None)
     return observation, document
 
 

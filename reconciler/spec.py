@@ -35,6 +35,8 @@ from reconciler.specmodel import (
     WorkerSpec,
     WorktreeSpec,
     canonical_json,
+    is_loopback,
+    parse_listen,
     spec_from_document,
 )
 from reconciler.templates import (
@@ -122,6 +124,9 @@ def _typed(document: dict[str, Any], base_dir: Path, source_path: Path | None,
     spec["repo"] = str((base_dir / spec["repo"]).resolve())
     if "dir" in spec["worktrees"]:
         spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
+    if "bearerTokenFile" in spec.get("metrics", {}):
+        spec["metrics"]["bearerTokenFile"] = str(
+            (base_dir / spec["metrics"]["bearerTokenFile"]).resolve())
     _resolve_spec_dir(spec, base_dir)
     return spec_from_document(document, source_path=source_path, source_sha256=sha)
 
@@ -391,6 +396,7 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             yield _locate(label, loaded.position_of(path), path,
                           "needs the agent's cost: set worker.result (e.g. preset: "
                           "claude-code)")
+    yield from _metrics_problems(loaded, label, full.get("metrics", {}))
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":
@@ -405,6 +411,26 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             yield _locate(label, loaded.position_of(path), path,
                           f"must be longer than health.{earlier} ({health[earlier]}), "
                           f"got {health[later]}")
+
+
+def _metrics_problems(loaded: LoadedYaml, label: str,
+                      metrics: Mapping[str, Any]) -> Iterable[str]:
+    """A port that exists, and no endpoint beyond this machine without a token."""
+    if "listen" not in metrics:
+        if "bearerTokenFile" in metrics:
+            path = ("spec", "metrics", "bearerTokenFile")
+            yield _locate(label, loaded.position_of(path), path,
+                          "has no effect without metrics.listen (e.g. 127.0.0.1:9464)")
+        return
+    path = ("spec", "metrics", "listen")
+    host, port = parse_listen(metrics["listen"])  # the schema's pattern holds
+    if port > 65535:
+        yield _locate(label, loaded.position_of(path), path,
+                      f"port {port} does not exist: use 1-65535, or 0 for any free port")
+    elif not is_loopback(host) and "bearerTokenFile" not in metrics:
+        yield _locate(label, loaded.position_of(path), path,
+                      f"{host} is reachable from other machines: set "
+                      "metrics.bearerTokenFile, or listen on 127.0.0.1")
 
 
 def _branch_template_problems(loaded: LoadedYaml, label: str,

@@ -97,6 +97,42 @@ class HooksSpec:
 
 
 @dataclass(frozen=True)
+class MetricsSpec:
+    """``spec.metrics``: where the controller serves metrics, health and its status page."""
+
+    host: str  # as written; an IPv6 address without its brackets
+    port: int  # 0: any free port (the one taken is kept in the store)
+    token_file: Path | None = None  # Authorization: Bearer <its first line>
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` as (host, port); ValueError when it is neither."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{listen!r} is not host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine reaches ``host`` (a name other than localhost could
+    resolve anywhere, so it is not)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class PoolSpec:
     """A validated pool spec; ``document`` is its normalised JSON form (defaults
     filled in, paths absolute), which is what the store records and workers load."""
@@ -119,6 +155,8 @@ class PoolSpec:
     source_path: Path | None
     source_sha256: str
     budget_per_day_usd: float | None = None  # claiming pauses once the day spent this
+    metrics: MetricsSpec | None = None  # None: the controller serves no HTTP
+    min_free_disk_percent: float = 5.0  # an alert below this much free disk; 0: never
 
     @property
     def document_json(self) -> str:
@@ -218,7 +256,17 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         source_path=source_path,
         source_sha256=source_sha256,
         budget_per_day_usd=spec.get("budget", {}).get("perDayUsd"),
+        metrics=_metrics(spec.get("metrics")),
+        min_free_disk_percent=spec.get("alerts", {}).get("minFreeDiskPercent", 5.0),
     )
+
+
+def _metrics(section: Mapping[str, Any] | None) -> MetricsSpec | None:
+    if not section or "listen" not in section:
+        return None
+    host, port = parse_listen(section["listen"])
+    token = section.get("bearerTokenFile")
+    return MetricsSpec(host, port, Path(token) if token else None)
 
 
 def _result(section: Mapping[str, Any] | None) -> ResultSpec | None:

@@ -16,7 +16,7 @@ from reconciler.actions import DrainWorker, Plan, StartWorker, StopWorker, Wait
 from reconciler.errors import LockHeldError
 from reconciler.lock import pool_lock, take_lock
 from reconciler.model import Observation
-from reconciler.observe import CONTROLLER_STALE_AFTER, _controller_alive
+from reconciler.observe import CONTROLLER_STALE_AFTER, controller_alive
 from reconciler.operations import apply, controller_pass
 from reconciler.paths import pool_paths
 from reconciler.pool import Pool
@@ -267,17 +267,17 @@ def test_a_controller_in_a_long_pass_is_shown_busy_not_down(tmp_path: Path) -> N
         with Store(tmp_path / "store.db") as store:
             store.register_controller(os.getpid(), create_time_of(os.getpid()),
                                       now=now - CONTROLLER_STALE_AFTER - 5)
-            assert _controller_alive(lock, store.controller(), now) is False  # stale: down
+            assert controller_alive(lock, store.controller(), now) is False  # stale: down
             store.set_controller_busy("restart w-1; release w-2", now=now - 70)
             info = store.controller()
             assert info is not None and info.busy_with == "restart w-1; release w-2"
-            assert _controller_alive(lock, info, now) is True
+            assert controller_alive(lock, info, now) is True
             observed = Observation("testpool", now, controller_alive=True, controller=info)
             document = status_document(observed, now, None, controller=info)
             assert document["controller"]["busy"] == {"with": "restart w-1; release w-2",
                                                       "since": now - 70}
-            assert _controller_alive(lock, info, now + 600) is False  # stuck: hung
+            assert controller_alive(lock, info, now + 600) is False  # stuck: hung
             store.set_controller_busy(None)
-            assert _controller_alive(lock, store.controller(), now) is False
+            assert controller_alive(lock, store.controller(), now) is False
     finally:
         os.close(fd)

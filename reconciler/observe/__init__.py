@@ -60,7 +60,7 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         if store is not None and worktrees else {},
         running=running, attempt_processes=_with_recorded_agents(marked, running),
         restart_history=store.restart_history() if store is not None else {},
-        controller_alive=_controller_alive(controller_lock, controller, time.time())
+        controller_alive=controller_alive(controller_lock, controller, time.time())
         if controller_lock else None,
         controller=controller)
 
@@ -97,7 +97,7 @@ CONTROLLER_STALE_AFTER = 60.0
 CONTROLLER_BUSY_LIMIT = 600.0  # no pass waits out grace periods: ten minutes is a hang
 
 
-def _controller_alive(lock: Path, info: ControllerRow | None, now: float) -> bool:
+def controller_alive(lock: Path, info: ControllerRow | None, now: float) -> bool:
     """Its lock is held and it heartbeats (a hung controller is down), or the controller
     just started has not taken its lock yet.  A lock held while the recorded controller
     process is gone is someone else's: ``delete`` holds it once the controller stopped."""

@@ -107,6 +107,13 @@ def snapshot(pool: Pool, store: Store, meter: TreeMeter, now: float) -> dict[str
             "events": store.find_events(last=EVENTS_SHOWN)}
 
 
+def snapshot_document(snap: Mapping[str, Any]) -> dict[str, Any]:
+    """A snapshot as plain JSON values: what the status page's ``/api/status`` serves."""
+    from dataclasses import asdict
+
+    return {**snap, "events": [asdict(e) for e in snap["events"]]}
+
+
 def render(snap: Mapping[str, Any]) -> Any:
     """The screen for one snapshot (rich renderables; outside text made visible)."""
     from rich.console import Group

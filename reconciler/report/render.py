@@ -92,6 +92,8 @@ def render_status(document: dict[str, Any]) -> None:
         if busy:
             state += f", busy for {format_duration(time.time() - busy['since'])}: " \
                      f"{cell_text(busy['with'])}"
+        if controller.get("endpoint"):
+            state += f", serving {cell_text(controller['endpoint'])}"
         print(f"controller: {state}")
     if document.get("deleting"):
         print(f"{paint('delete ' + document['deleting']['state'], 'yellow')} (since "

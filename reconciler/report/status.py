@@ -84,11 +84,13 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     titles: Mapping[int, str] | None = None,
                     rescued: Mapping[str, int] | None = None,
                     paused_reason: str | None = None,
-                    spend_today: float = 0.0) -> dict[str, Any]:
+                    spend_today: float = 0.0,
+                    endpoint: str | None = None) -> dict[str, Any]:
     """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
     whether it still holds the pool lock (else it was interrupted); ``titles``: the
     titles of the tasks workers are on (``task_title`` of each worker row);
-    ``spend_today``: the cost the attempts that ended today reported."""
+    ``spend_today``: the cost the attempts that ended today reported; ``endpoint``:
+    where the controller serves metrics and its status page, if it does."""
     workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
     if spec is not None:  # heartbeats and windows disagree: reported, never acted on
@@ -107,7 +109,8 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                        else None,
                        "busy": {"with": controller.busy_with, "since": controller.busy_since}
                        if controller and controller.busy_with and observation.controller_alive
-                       else None},
+                       else None,
+                       "endpoint": endpoint if observation.controller_alive else None},
         "claiming_paused_until": paused_until if paused_until > now else None,
         "claiming_paused_reason": paused_reason if paused_until > now else None,
         "spend_today_usd": round(spend_today, 6),

@@ -11,10 +11,11 @@ from reconciler.errors import StoreError
 from reconciler.model import AppliedSpec
 from reconciler.store.events import EventLog
 from reconciler.store.tasks import TaskQueue
+from reconciler.store.totals import TotalReads
 from reconciler.store.workers import WorkerRegistry
 
 
-class Store(TaskQueue, WorkerRegistry, EventLog):
+class Store(TaskQueue, WorkerRegistry, EventLog, TotalReads):
     """Everything the pool persists; one instance per thread or process."""
 
     def record_applied_spec(self, *, source_path: str | None, source_sha256: str,
