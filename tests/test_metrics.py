@@ -80,7 +80,7 @@ def test_reconcile_metrics_speaks_openmetrics_too(filled_state: Path) -> None:
     proc = reconcile("--state-dir", str(filled_state), "metrics", "--pool", "p",
                      "--openmetrics", check=True)
     assert proc.stdout.endswith("# EOF\n")
-    names = {f.name for f in openmetrics(proc.stdout)}
+    names = {f.name for f in openmetrics(proc.stdout)}  # type: ignore[no-untyped-call]
     assert {"reconciler_attempts", "reconciler_attempt_run_time_seconds",
             "reconciler_tasks"} <= names
 
