@@ -41,6 +41,7 @@ from types import FrameType
 
 from reconciler.actions import Plan, target, verb
 from reconciler.alerts import Alerts, webhooks_of
+from reconciler.diskwatch import check_disks
 from reconciler.errors import LockHeldError, ReconcilerError
 from reconciler.lock import take_lock
 from reconciler.log import logger
@@ -105,6 +106,7 @@ class Controller:
             return 0
         if not self.apply_first:  # already registered before applying
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
+        store.controller_back(os.getpid())
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         self._bell = Bell(controller_bell(paths.root))
         self._alerts = Alerts(paths.name, paths.root, wake=lambda: ring_controller(paths.root))
@@ -249,6 +251,10 @@ class Controller:
             self._endpoint.follow(store)
         except (ReconcilerError, sqlite3.Error, OSError) as exc:  # the pass still counts
             logger.error("metrics endpoint not changed this pass: {}", _one_line(exc))
+        try:
+            check_disks(Pool(self.pool.paths, result.spec), store)
+        except (ReconcilerError, sqlite3.Error, OSError, ValueError) as exc:
+            logger.error("disks not checked this pass: {}", _one_line(exc))
         if self._alerts is not None:  # after acting: this pass's own alerts go out now
             try:
                 self._alerts.dispatch(store, webhooks_of(result.spec.document))

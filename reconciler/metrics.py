@@ -14,11 +14,9 @@ durations.  Worker health is the state the controller's state machine recorded.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import Histogram as LiveHistogram
@@ -69,8 +67,9 @@ class PoolFacts:
 
 def gather(pool: Pool, store: Store, now: float | None = None) -> PoolFacts:
     """Read the facts of ``pool`` (read-only: a scrape never writes)."""
+    from reconciler.diskwatch import disk_free
     from reconciler.durations import day_start
-    from reconciler.observe import controller_alive
+    from reconciler.liveness import controller_alive
 
     now = time.time() if now is None else now
     spec = pool.spec
@@ -90,31 +89,6 @@ def gather(pool: Pool, store: Store, now: float | None = None) -> PoolFacts:
         claiming_paused=store.paused_until() > now,
         controller_up=controller_alive(pool.paths.controller_lock, store.controller(), now),
         disk_free=disk_free(pool))
-
-
-def disk_free(pool: Pool) -> dict[str, float]:
-    """The free share (0-1) of the filesystems holding the worktrees and the state."""
-    places = {"state": pool.paths.root}
-    if pool.spec is not None:
-        places["worktrees"] = pool.spec.worktrees.dir or pool.paths.default_worktrees
-    shares = {}
-    for name, path in places.items():
-        share = free_share(path)
-        if share is not None:
-            shares[name] = share
-    return shares
-
-
-def free_share(path: Path) -> float | None:
-    """The share of ``path``'s filesystem an unprivileged user may still fill (None:
-    neither it nor a parent exists)."""
-    for place in (path, *path.parents):
-        try:
-            stats = os.statvfs(place)
-        except OSError:
-            continue
-        return stats.f_bavail / stats.f_blocks if stats.f_blocks else None
-    return None
 
 
 class PoolCollector(Collector):

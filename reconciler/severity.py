@@ -21,7 +21,10 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
         return {"failed": "critical", "dead": "warning"}.get(str(facts.get("to")))
     if kind.startswith("attempt.") and facts.get("task_status") == "failed":
         return "warning"  # the task failed for good: no attempt is left
-    if kind in ("pool.paused", "pool.over_budget", "alert.delivery_failed"):
+    if kind == "controller.down":
+        return "critical"  # nothing heals the pool until it runs again
+    if kind in ("pool.paused", "pool.over_budget", "alert.delivery_failed", "disk.low",
+                "metrics.unavailable"):
         return "warning"
     return None
 

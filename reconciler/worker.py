@@ -19,6 +19,7 @@ from types import FrameType
 
 from reconciler import pending
 from reconciler.agentresult import read_report
+from reconciler.controllerwatch import ControllerWatch
 from reconciler.crashlog import enable_crash_log
 from reconciler.durations import day_start
 from reconciler.errors import ReconcilerError
@@ -161,6 +162,7 @@ class Worker:
         the lease of the task being finished must stay alive)."""
         store = Store(self.paths.store)  # its own connection: never shares a cursor
         announced = False
+        watch = ControllerWatch(self.paths, self.spec)
         try:
             while True:
                 with self._claim_lock:
@@ -176,6 +178,10 @@ class Worker:
                     drain = cancel = False
                 if drain:
                     self.request_stop()
+                try:
+                    watch.check(store)
+                except (ReconcilerError, OSError) as exc:  # the next beat looks again
+                    logger.warning("cannot check the controller: {}", exc)
                 with self._claim_lock:
                     # the answer is about the claim it was asked for: a late "lease lost"
                     # for a finished attempt must not cancel the next one
@@ -184,6 +190,7 @@ class Worker:
                 if self._exited.wait(self.spec.health.heartbeat_interval):
                     return
         finally:
+            watch.close()
             store.close()
 
     # ------------------------------------------------------------------ one attempt

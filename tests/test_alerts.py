@@ -9,9 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,7 +37,7 @@ from reconciler.alerts import (
 from reconciler.model import EventRow
 from reconciler.severity import severity_of
 from reconciler.store.sqlite import Store
-from tests.e2e import add_task, apply, delete, pool_dir, wait_tasks
+from tests.e2e import add_task, apply, delete, events, pool_dir, set_spec, status, wait_tasks
 from tests.helpers import reconcile, wait_for, write_spec
 
 
@@ -101,6 +104,11 @@ EVENT = EventRow(7, 100.0, "worker.health", "w-3", None, "healthy → dead: proc
     ("pool.paused", None, "warning"),
     ("pool.over_budget", None, "warning"),
     ("alert.delivery_failed", {}, "warning"),
+    ("controller.down", {}, "critical"),
+    ("controller.back", {}, None),
+    ("disk.low", {}, "warning"),
+    ("disk.ok", {}, None),
+    ("metrics.unavailable", {}, "warning"),
     ("task.queued", None, None),
 ])
 def test_which_events_are_alerts(kind: str, fields: dict[str, Any] | None,
@@ -296,3 +304,59 @@ def test_a_task_failed_for_good_is_sent_to_the_webhook_by_the_controller(
     finally:
         delete(spec, "--force")
 
+
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_controller_that_stays_down_is_reported_by_one_worker(
+        host: Path, git_repo: Path, receiver: Receiver) -> None:
+    receiver.fail_first = 0
+    spec = write_spec(host, replicas=2, runtime="process", command=SLEEPER, extra={
+        "controller": {"enabled": True, "interval": "300ms"},
+        "alerts": {"webhooks": [{"url": receiver.url, "events": ["controller"]}]}})
+    try:
+        assert apply(spec, "--wait").returncode == 0
+        controller = wait_for(lambda: status(spec)["controller"]["pid"],
+                              message="the controller to run")
+        os.kill(controller, signal.SIGKILL)
+        (_, body), = receiver.wait(1)  # sent by the worker that noticed first
+        alert = json.loads(body)
+        assert (alert["kind"], alert["severity"]) == ("controller.down", "critical")
+        assert f"pid {controller}" in alert["message"]
+        assert "controller.down" in (pool_dir(host) / FILE).read_text()
+        time.sleep(2)  # both workers keep looking: still one event, one delivery
+        downs = [e for e in events(spec) if e["kind"] == "controller.down"]
+        assert len(downs) == 1 and len(receiver.requests) == 1
+        assert apply(spec, "--wait").returncode == 0  # starts a controller again
+        back = wait_for(lambda: [e for e in events(spec) if e["kind"] == "controller.back"],
+                        message="the new controller to say it is back")
+        assert len(back) == 1
+    finally:
+        delete(spec, "--force")
+
+
+def test_a_disk_running_low_is_said_once_and_its_recovery_too(host: Path,
+                                                              git_repo: Path) -> None:
+    # every filesystem has less than 100 % free: "low" at once, on a real statvfs
+    spec = write_spec(host, replicas=0, extra={
+        "controller": {"enabled": True, "interval": "300ms"},
+        "alerts": {"minFreeDiskPercent": 100}})
+    try:
+        assert apply(spec).returncode == 0
+        low = wait_for(lambda: len(found := [e for e in events(spec)
+                                             if e["kind"] == "disk.low"]) == 2 and found,
+                       message="disk.low for the worktrees and the state")
+        assert {e["fields"]["place"] for e in low} == {"worktrees", "state"}
+        assert all("under alerts.minFreeDiskPercent (100%)" in e["message"] for e in low)
+        listed = json.loads(reconcile("events", "--severity", "warning", "-f", str(spec),
+                                      "-o", "json", check=True).stdout)
+        assert [e["kind"] for e in listed] == ["disk.low", "disk.low"]
+        time.sleep(1)  # passes go on: nothing said again
+        assert len([e for e in events(spec) if e["kind"] == "disk.low"]) == 2
+        set_spec(spec, alerts={"minFreeDiskPercent": 0.001})
+        assert apply(spec).returncode == 0
+        wait_for(lambda: len([e for e in events(spec) if e["kind"] == "disk.ok"]) == 2,
+                 message="disk.ok for both places")
+    finally:
+        delete(spec, "--force")

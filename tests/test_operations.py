@@ -14,9 +14,9 @@ import pytest
 
 from reconciler.actions import DrainWorker, Plan, StartWorker, StopWorker, Wait
 from reconciler.errors import LockHeldError
+from reconciler.liveness import CONTROLLER_STALE_AFTER, controller_alive
 from reconciler.lock import pool_lock, take_lock
 from reconciler.model import Observation
-from reconciler.observe import CONTROLLER_STALE_AFTER, controller_alive
 from reconciler.operations import apply, controller_pass
 from reconciler.paths import pool_paths
 from reconciler.pool import Pool

@@ -344,5 +344,12 @@ class StorePort(Protocol):
     def set_controller_busy(self, what: str | None, now: float | None = None) -> None:
         """Record what the controller's pass is doing (None: nothing)."""
 
+    def report_controller_down(self, which: str, message: str,
+                               now: float | None = None) -> bool:
+        """Log ``controller.down`` once for controller ``which``; True if this call did."""
+
+    def controller_back(self, pid: int, now: float | None = None) -> bool:
+        """Log ``controller.back`` if a controller was reported down; True if so."""
+
     def controller(self) -> ControllerRow | None:
         """The controller's record; None before one ever registered."""

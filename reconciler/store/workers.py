@@ -9,6 +9,8 @@ import time
 from reconciler.model import ControllerRow, WorkerRow, worker_sort_key
 from reconciler.store.base import Database
 
+CONTROLLER_DOWN_KEY = "controller_down"  # in meta: the controller reported down, if any
+
 # each worker's restarts since its epoch: a range of ``restarts_by_worker`` per worker
 # (CROSS JOIN keeps workers outside, so the older restarts are never read)
 RESTART_HISTORY_SQL = ("SELECT r.worker_id, r.at FROM workers w CROSS JOIN restarts r"
@@ -214,6 +216,36 @@ class WorkerRegistry(Database):
         with self.transaction() as db:
             db.execute("UPDATE controller SET stop_requested = 1 WHERE id = 1")
             self._event(db, now, "controller.stopping", None, None, "stop requested")
+
+    def report_controller_down(self, which: str, message: str,
+                               now: float | None = None) -> bool:
+        """Log ``controller.down`` (critical) for the controller ``which`` (its pid and
+        start), once however many workers notice; True for the one that logged it."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?",
+                             (CONTROLLER_DOWN_KEY,)).fetchone()
+            if row is not None and row["value"] == which:
+                return False
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key)"
+                       " DO UPDATE SET value = excluded.value", (CONTROLLER_DOWN_KEY, which))
+            self._event(db, now, "controller.down", None, None, message,
+                        {"controller": which})
+        return True
+
+    def controller_back(self, pid: int, now: float | None = None) -> bool:
+        """A controller started after one was reported down: log ``controller.back``
+        (and forget the report); True if there was one."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?",
+                             (CONTROLLER_DOWN_KEY,)).fetchone()
+            if row is None or not row["value"]:
+                return False
+            db.execute("UPDATE meta SET value = '' WHERE key = ?", (CONTROLLER_DOWN_KEY,))
+            self._event(db, now, "controller.back", None, None,
+                        f"a controller runs again (pid {pid})", {"pid": pid})
+        return True
 
     def controller(self) -> ControllerRow | None:
         rows = self._query("SELECT * FROM controller WHERE id = 1")

@@ -109,7 +109,7 @@ class ServedEndpoint:
         from prometheus_client.registry import CollectorRegistry
 
         from reconciler.metrics import pass_histogram
-        from reconciler.web import pool_endpoints
+        from reconciler.web.endpoints import pool_endpoints
         from reconciler.web.server import StatusServer
 
         token = read_token(wanted.token_file) if wanted.token_file else None
