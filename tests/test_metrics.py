@@ -90,6 +90,30 @@ def test_reconcile_metrics_of_no_pool_is_one_line(tmp_path: Path) -> None:
     assert "nope" in line
 
 
+def test_the_grafana_dashboard_and_alert_rules_use_metrics_that_exist(
+        filled_state: Path) -> None:
+    import re
+
+    import yaml
+
+    printed = reconcile("--state-dir", str(filled_state), "metrics", "--pool", "p",
+                        check=True).stdout
+    served = {f"reconciler_controller_pass_duration_seconds{end}" for end in
+              ("_bucket", "_count", "_sum")}  # the controller's own, served by it alone
+    for family in text_string_to_metric_families(printed):  # with no sample yet too
+        served |= {family.name + end for end in {
+            "counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}.get(
+                family.type, ("",))}
+    examples = Path(__file__).parent.parent / "examples" / "grafana"
+    dashboard = json.loads((examples / "reconciler-dashboard.json").read_text())
+    rules = yaml.safe_load((examples / "reconciler-alerts.yml").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + \
+        [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    used = set(re.findall(r"\breconciler_[a-z_]+", " ".join(expressions)))
+    assert len(used) >= 12 and used <= served, used - served
+    assert len(dashboard["panels"]) >= 12
+
+
 @pytest.mark.parametrize(("metrics", "expected"), [
     ({"listen": "0.0.0.0:9464"}, "0.0.0.0 is reachable from other machines: set "
                                  "metrics.bearerTokenFile, or listen on 127.0.0.1"),
