@@ -184,6 +184,41 @@ def test_a_busy_day_stays_well_under_a_megabyte(state: Path, tmp_path: Path) -> 
     assert took < 20, took
 
 
+def test_many_long_worker_ids_stay_under_a_megabyte(state: Path, tmp_path: Path) -> None:
+    """What grows with the workers, at its worst: 600 workers whose 400-character ids
+    escape to 6 bytes a character, and 64 whose ids are 18 letters never drawn before
+    (each a new glyph outline in the timeline), every one a bottleneck.  The tables and
+    lists are cut, and say so."""
+    rng = random.Random(2)
+    letters = [chr(c) for c in [*range(0x391, 0x3A2), *range(0x410, 0x44F),
+                                *range(0x100, 0x17F)]]
+    workers = ["".join(rng.sample(letters, 18)) for _ in range(64)] + \
+        ['"' * 400 + str(i) for i in range(600)]
+    now = time.time()
+    with new_store(state) as store:
+        path = store.path
+    runs = [(w, "failed" if k else "succeeded") for w in workers for k in range(3)] + \
+        [("w-1", "succeeded")] * 2200  # the pool fails 30%: each of those fails 67%
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO tasks (id, title, prompt, status, created_at, updated_at,"
+                   " attempts) VALUES (?, 't', 'p', 'succeeded', ?, ?, 1)",
+                   [(i, now - 3000, now) for i in range(1, len(runs) + 1)])
+    db.executemany("INSERT INTO attempts (task_id, number, worker_id, lease_token,"
+                   " lease_expires_at, status, started_at, ended_at) VALUES"
+                   " (?, 1, ?, 'x', 0, ?, ?, ?)",
+                   [(i, w, outcome, now - 2000 + i % 1000, now - 900 + i % 800)
+                    for i, (w, outcome) in enumerate(runs, 1)])
+    db.execute("COMMIT")
+    db.close()
+    target = tmp_path / "report.html"
+    report_html(state, target, "--since", "1h")
+    page = target.read_text(encoding="utf-8")
+    assert target.stat().st_size < 0.6 * MB, target.stat().st_size
+    assert "… and 614 more" in page and "The first 256 of 665 workers" in page
+    assert "The first 64 of 665 workers are shown" in sections(page)["timeline"]
+
+
 @pytest.mark.parametrize("where", ["directory", "missing directory"])
 def test_a_target_that_cannot_be_a_file_is_one_error_line(state: Path, tmp_path: Path,
                                                            where: str) -> None:

@@ -22,10 +22,11 @@ from reconciler.durations import format_duration
 from reconciler.report.charts import OTHER_COLOUR, OUTCOME_COLOURS, Chart
 from reconciler.report.documents import printable
 
-MAX_WORKER_ROWS = 500
+MAX_WORKER_ROWS = 256  # as many as a pool may have (MAX_REPLICAS)
 MAX_BOTTLENECKS = 50
 MAX_HOURS = 24 * 14  # hourly counts listed as numbers; the chart shows any window
-MAX_TEXT = 300  # characters of one piece of outside text
+MAX_TEXT = 300  # characters of one piece of outside text (escaped: up to 6 bytes each)
+WORKER_CHARS = 40  # of a worker's id in the table
 
 CSS = """
 :root { --ink: #1f2328; --muted: #59636e; --line: #d8dee4; --soft: #f6f8fa;
@@ -185,7 +186,7 @@ def _tables(document: Mapping[str, Any]) -> str:
 
 
 def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
-    rows = [[_clip(w["worker"]), w["completed"], w["failed"], w["attempts"],
+    rows = [[_clip(w["worker"], WORKER_CHARS), w["completed"], w["failed"], w["attempts"],
              _meter(w["efficiency"]), _age(w["busy_seconds"]), w["restarts"]]
             for w in workers[:MAX_WORKER_ROWS]]
     more = (f'<p class="note">The first {MAX_WORKER_ROWS} of {len(workers)} workers; '
@@ -242,8 +243,8 @@ def _text(value: str) -> str:
     return html.escape(printable(_clip(value)), quote=True)
 
 
-def _clip(value: str) -> str:
-    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT - 1] + "…"
+def _clip(value: str, limit: int = MAX_TEXT) -> str:
+    return value if len(value) <= limit else value[:limit - 1] + "…"
 
 
 def _pct(value: float | None) -> str:
