@@ -237,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the window: the last DURATION (default 24h)")
     p.add_argument("--target-wait", default="5m", metavar="DURATION",
                    help="the queue wait the scaling advice aims under (default 5m)")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the report as one self-contained HTML page with charts "
+                   "(worker timeline, throughput, run times, cost) to FILE, under 1 MB; "
+                   "standard output is unchanged. Needs matplotlib: "
+                   "pip install 'reconciler[html]'")
 
     p = sub.add_parser("export", help="tasks, attempts or events as CSV or JSON lines",
                        description="Write the pool's tasks, attempts (with run time, cost "

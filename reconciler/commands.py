@@ -23,7 +23,7 @@ from reconciler import pool as pools
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.durations import day_start, parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
-from reconciler.model import FINAL_TASK_STATUSES, TaskRow
+from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
 from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
@@ -349,6 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for value, option in ((since, "--since"), (target, "--target-wait")):
         if value <= 0:
             raise ReconcilerError(f"{option} must be longer than 0", hint=f"e.g. {option} 5m")
+    html_file = _html_target(args.html) if args.html is not None else None  # before reading
     now = time.time()
     with _open_store(args) as (pool, store):
         attempts, tasks, restarts = store.report_rows(now - since)
@@ -361,11 +362,73 @@ def cmd_report(args: argparse.Namespace) -> int:
                        running=counts.running, target_wait=target,
                        memory_per_worker=per_worker, memory_available=available,
                        oldest_queued_at=oldest)
+    if html_file is not None:
+        _write_html(html_file, document, attempts)
     if args.output == "json":
         print_json(document)
     else:
         _render().render_report(document, markdown=args.output == "markdown")
     return 0
+
+
+def _html_target(name: str) -> Path:
+    """The file ``--html`` names, checked before any work: matplotlib is installed, the
+    name is not a directory, and its directory exists (a typo fails at once, not after
+    reading the store)."""
+    try:
+        import matplotlib  # noqa: F401  # only asked whether it is there
+    except ImportError:
+        raise ReconcilerError("--html draws its charts with matplotlib, which is not "
+                              "installed", hint="pip install 'reconciler[html]'") from None
+    path = Path(name)
+    if path.is_dir():
+        raise ReconcilerError(f"--html {name}: is a directory",
+                              hint="name a file, e.g. --html report.html")
+    if not path.parent.is_dir():
+        raise ReconcilerError(f"--html {name}: directory {path.parent} does not exist",
+                              hint="create it first, or name a file in another directory")
+    return path
+
+
+def _write_html(path: Path, document: dict[str, Any], attempts: Iterable[AttemptRow],
+                ) -> None:
+    """Draw the page and put it in place whole: a reader (a browser reloading, a CI
+    upload) never sees half a file."""
+    from reconciler.report.charts import draw_charts
+    from reconciler.report.html import render_html
+
+    page = render_html(document, draw_charts(document, attempts)).encode("utf-8")
+    try:
+        _write_atomically(path, page)
+    except OSError as exc:
+        raise ReconcilerError(f"--html {path}: cannot write it: {exc.strerror or exc}") from None
+    print(f"wrote {printable(str(path))} ({max(1, round(len(page) / 1024))} KB)",
+          file=sys.stderr)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file in ``path``'s directory, renamed over ``path`` once complete;
+    an existing file keeps its mode, a new one gets the umask's."""
+    import os
+    import tempfile
+
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temporary).chmod(mode)
+        Path(temporary).replace(path)  # os.replace: atomic within a file system
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _worker_memory(observation: Any) -> tuple[float | None, float | None]:

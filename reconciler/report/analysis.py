@@ -61,6 +61,12 @@ def erlang_c_wait(arrivals: float, service: float, workers: int) -> float | None
     return waiting * service / (workers - load)
 
 
+def ended_in_window(attempts: Iterable[AttemptRow], since: float, now: float,
+                    ) -> list[AttemptRow]:
+    """The attempts the report counts: those that ended from ``since`` to ``now``."""
+    return [a for a in attempts if a.ended_at is not None and since <= a.ended_at <= now]
+
+
 MAX_ADVICE = 1000  # workers beyond the load the advice searches before it gives up
 
 
@@ -76,7 +82,7 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     queue shows there, not in the waits of tasks that started)."""
     window = max(now - since, 1e-9)
     hours = window / 3600
-    ended = [a for a in attempts if a.ended_at is not None and since <= a.ended_at <= now]
+    ended = ended_in_window(attempts, since, now)
     outcomes = Counter(a.status for a in ended)
     completed = {a.task_id for a in ended if a.status == "succeeded"}
     last_end: dict[int, float] = {}
