@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.checkedspecs import CheckedSpecs
-from reconciler.errors import PoolError, RuntimeBackendError
+from reconciler.errors import PoolError, ReconcilerError, RuntimeBackendError
 from reconciler.model import Observation
 from reconciler.observe import observe
 from reconciler.paths import PoolPaths, known_pools, pool_paths
@@ -120,11 +120,28 @@ def status_of(pool: Pool, store: StorePort | None,
 
 
 def preflight(spec: PoolSpec) -> None:
-    """Read-only checks that the spec can run on this host: repo, baseRef, tmux."""
+    """Read-only checks that the spec can run on this host: repo, baseRef, tmux, the
+    metrics token."""
     check_repo(spec.repo, spec.base_ref)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
                                   hint="install tmux, or set `runtime: process`")
+    if spec.metrics is not None and spec.metrics.token_file is not None:
+        read_token(spec.metrics.token_file)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token: the first line of ``path``, which must not be empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReconcilerError(f"metrics.bearerTokenFile {path}: cannot read it "
+                              f"({getattr(exc, 'strerror', None) or type(exc).__name__})",
+                              hint="write the token into that file (one line)") from exc
+    if not token or not token[0].strip():
+        raise ReconcilerError(f"metrics.bearerTokenFile {path} is empty",
+                              hint="write the token into that file (one line)")
+    return token[0].strip()
 
 
 def spec_git_commit(path: Path | None) -> str | None:

@@ -232,6 +232,17 @@ def test_a_token_guards_everything_but_healthz(host: Path, git_repo: Path) -> No
         delete(spec, "--force")
 
 
+def test_a_token_file_that_cannot_be_read_stops_diff_and_apply(host: Path,
+                                                                git_repo: Path) -> None:
+    spec = controlled_spec(host, bearerTokenFile="missing-token")
+    for command in ("diff", "apply"):
+        line = one_error_line(reconcile(command, "-f", str(spec)))
+        assert f"metrics.bearerTokenFile {host / 'missing-token'}: cannot read it" in line
+    (host / "missing-token").write_text("\n")
+    assert "is empty" in one_error_line(reconcile("apply", "-f", str(spec)))
+    assert not (host / "state" / "pools" / "testpool").exists()  # nothing applied
+
+
 def test_a_port_in_use_is_said_once_and_the_pool_still_runs(host: Path,
                                                             git_repo: Path) -> None:
     import socket

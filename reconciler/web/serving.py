@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.log import logger
-from reconciler.pool import ENDPOINT_KEY, Pool
+from reconciler.pool import ENDPOINT_KEY, Pool, read_token
 from reconciler.specmodel import MetricsSpec
 from reconciler.store.port import StorePort
 
@@ -28,20 +27,6 @@ if TYPE_CHECKING:
 
 RETRY_SECONDS = 30.0
 HEALTHY_PASS_AGE = 30.0  # /healthz fails once no pass succeeded for 3 intervals or this
-
-
-def read_token(path: Path) -> str:
-    """The bearer token: the first line of ``path``, which must not be empty."""
-    try:
-        token = path.read_text(encoding="utf-8").strip().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReconcilerError(f"metrics.bearerTokenFile {path}: cannot read it "
-                              f"({getattr(exc, 'strerror', None) or type(exc).__name__})",
-                              hint="write the token into that file (one line)") from exc
-    if not token or not token[0].strip():
-        raise ReconcilerError(f"metrics.bearerTokenFile {path} is empty",
-                              hint="write the token into that file (one line)")
-    return token[0].strip()
 
 
 class ServedEndpoint:
