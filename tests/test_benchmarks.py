@@ -69,6 +69,7 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^report +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^report -o json +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^report --since 720h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report --since 720h peak RSS +{FIGURE} MB +{FIGURE} MB +{FIGURE}x$",
     ]),
     "bench_worktrees.py": (["--tasks", "2", "--workers", "1", "--files", "10",
                             "--setup-files", "5", "--setup-seconds", "0"], [
