@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -93,6 +93,32 @@ class AttemptRow:
     # seconds spent in each phase: worktree, setup, agent, hooks, finish
     phases: Mapping[str, float] = field(default_factory=dict)
     report: AgentReport | None = None  # what the agent said of its run (worker.result)
+
+
+# What ``reconcile report`` reads of its window: only the columns it uses (never an output
+# tail, a prompt, a path or a lease), so a month of history reads fast and stays small.
+# Named tuples: each costs a tenth of a dataclass to create, at import and per row.
+class ReportAttempt(NamedTuple):
+    """An attempt that ended in the report's window."""
+
+    id: int
+    task_id: int
+    number: int
+    worker_id: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    phases: Mapping[str, float]
+    report: AgentReport | None
+
+
+class ReportTask(NamedTuple):
+    """A task the report's window names (created in it, or run by one of its attempts)."""
+
+    id: int
+    status: str
+    created_at: float
+    attempts: int
 
 
 @dataclass(frozen=True)

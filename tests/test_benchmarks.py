@@ -59,6 +59,17 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^task list -o json peak RSS +{FIGURE} MB +{FIGURE} MB +{FIGURE}x$",
         rf"^events +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^events --kind +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        r"^attempts ended in the last 24h / 30 days: [0-9]+ / 30 at scale, [0-9]+ / 100 on "
+        r"the baseline$",
+        rf"^report reads 24h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report analyse 24h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report reads 720h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^dashboard snapshot +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^dashboard refresh +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report -o json +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report --since 720h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^report --since 720h peak RSS +{FIGURE} MB +{FIGURE} MB +{FIGURE}x$",
     ]),
     "bench_worktrees.py": (["--tasks", "2", "--workers", "1", "--files", "10",
                             "--setup-files", "5", "--setup-seconds", "0"], [

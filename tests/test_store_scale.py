@@ -1,6 +1,7 @@
 """History does not slow anything down (issue 9): every query a controller pass or a read
-command makes walks an index, ``queue_counts`` reads a counter table its triggers keep
-exact, events are read newest first through an index, and older stores are upgraded.
+command makes walks an index (a dashboard refresh's and ``report``'s too, issue 10),
+``queue_counts`` reads a counter table its triggers keep exact, events are read newest
+first through an index, and older stores are upgraded.
 
 The figures at 100,000 tasks / 1,000,000 events are ``benchmarks/bench_store.py``'s;
 here each query's plan is checked (``EXPLAIN QUERY PLAN``), and each result against
@@ -9,14 +10,19 @@ what a plain scan of the same rows gives.
 
 from __future__ import annotations
 
+import re
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from reconciler.model import QueueCounts
+from reconciler.model import ATTEMPT_STATUSES, AgentReport, QueueCounts, RetryPolicy
+from reconciler.paths import pool_paths
+from reconciler.pool import Pool
+from reconciler.report.dashboard import TreeMeter, snapshot
 from reconciler.store import events as event_sql
 from reconciler.store import schema
 from reconciler.store import tasks as task_sql
@@ -57,6 +63,10 @@ HOT_QUERIES = [
     pytest.param(event_sql.NEXT_KIND_SQL, "events_by_kind", id="events-next-kind"),
     pytest.param(event_sql.ALERTS_NEWEST_SQL, "events_alerts", id="alerts"),
     pytest.param(event_sql.ALERTS_AFTER_SQL, "events_alerts", id="alerts-to-send"),
+    pytest.param(task_sql.OLDEST_QUEUED_SQL, "tasks_by_status", id="report-oldest-queued"),
+    pytest.param(task_sql.REPORT_ATTEMPTS_SQL, "attempts_by_status_end", id="report-attempts"),
+    pytest.param(task_sql.REPORT_TASKS_SINCE_SQL, "tasks_by_creation", id="report-tasks-since"),
+    pytest.param(task_sql.REPORT_TASKS_OF_SQL, "PRIMARY KEY", id="report-tasks-of"),
 ]
 
 
@@ -75,6 +85,108 @@ def test_the_unfiltered_page_reads_the_rowid_in_order(store: Store) -> None:
     """``task list`` without ``--status``: down the table in id order, stopping at the
     page's end (a SCAN, but one that reads only the rows it shows)."""
     assert plan_of(store, task_sql.TASKS_SQL) == "SCAN tasks"
+
+
+HISTORY = ("SCAN tasks", "SCAN attempts", "SCAN events")
+
+
+def plans_of_what_runs(store: Store, action: Callable[[], object]) -> list[str]:
+    """The plan of every SELECT that ``action`` runs (its parameters bound), each after
+    its statement."""
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        store._db.set_trace_callback(None)
+    return [f"{sql}: " + " / ".join(str(r[3]) for r in store._db.execute(
+        f"EXPLAIN QUERY PLAN {sql}")) for sql in statements if sql.startswith("SELECT")]
+
+
+def _history(store: Store) -> None:
+    """Tasks ended, running, queued and failed (one created two hours ago), a restart,
+    and events."""
+    register(store, "w-1")
+    register(store, "w-2")
+    store.add_tasks([("older", "p", 0)], now=time.time() - 7200)  # run in a 1 h window
+    store.add_tasks([(f"t{i}", "p", 0) for i in range(5)])
+    store.finish_attempt(claim(store, "w-1"), "succeeded",
+                         report=AgentReport(cost_usd=0.5, input_tokens=10))
+    store.finish_attempt(claim(store, "w-1"), "failed", error="boom")
+    claim(store, "w-2")
+    spec_id = store.record_applied_spec(source_path=None, source_sha256="s", git_commit=None,
+                                        document_hash="h", document="{}", summary="spec")
+    store.register_worker("w-1", runtime="process", pid=None, pid_create_time=None,
+                          spec_id=spec_id, template_hash="t", template_digests={},
+                          restarted=True, counted=True, reason="crashed")
+    _events(store)
+
+
+def test_a_dashboard_refresh_reads_no_history(tmp_path: Path) -> None:
+    """Every query of one dashboard snapshot (``status``'s reads with it) walks an
+    index or reads a table of a few rows: none scans tasks, attempts or events."""
+    pool = Pool(pool_paths(tmp_path / "state", "p").create(), None)
+    with Store(pool.paths.store) as store:
+        _history(store)
+        now = time.time()
+        plans = plans_of_what_runs(store, lambda: snapshot(pool, store, TreeMeter(), now))
+    assert any("FROM attempts" in p for p in plans) and any("FROM events" in p for p in plans)
+    for plan in plans:
+        assert not any(scan in plan for scan in HISTORY), plan
+
+
+@pytest.mark.parametrize("window", [3600.0, 1e9])
+def test_the_report_reads_no_history_outside_its_window(store: Store, window: float) -> None:
+    """``report``'s reads each walk an index, whatever the window (the whole history
+    too: then the index ranges cover every row, but no query scans a table)."""
+    _history(store)
+    plans = plans_of_what_runs(store, lambda: (
+        store.report_rows(time.time() - window), store.queue_counts(),
+        store.oldest_queued_at()))
+    assert len(plans) >= 5, plans  # attempts, tasks, restarts, counts, the oldest queued
+    for plan in plans:
+        assert not any(scan in plan for scan in HISTORY), plan
+
+
+def test_the_report_lists_every_status_an_attempt_may_have(store: Store) -> None:
+    """``REPORT_ATTEMPTS_SQL`` reads ``ended_at >= ?`` as one index range per status, so
+    it must list every status the schema allows."""
+    sql = store._db.execute("SELECT sql FROM sqlite_master WHERE name = 'attempts'").fetchone()
+    allowed = re.search(r"CHECK \(status IN \(([^)]*)\)\)", sql[0])
+    assert allowed is not None
+    assert sorted(re.findall(r"'(\w+)'", allowed.group(1))) == sorted(ATTEMPT_STATUSES)
+    assert f"status IN ({', '.join(repr(s) for s in ATTEMPT_STATUSES)})" in \
+        task_sql.REPORT_ATTEMPTS_SQL
+
+
+def test_report_rows_give_what_a_scan_gives(store: Store) -> None:
+    """The report's rows are those of ``ended_at >= ?`` and ``created_at >= ?`` read
+    plainly: the attempts of every outcome that ended in the window, by id, and the
+    tasks they ran or created in it."""
+    register(store, "w-1")
+    for created in (100.0, 200.0, 300.0, 400.0, 500.0):
+        store.add_tasks([("t", "p", 0)], now=created)
+    for outcome, start, end in [("succeeded", 210.0, 250.0), ("timeout", 260.0, 320.0),
+                                ("rate_limited", 330.0, 340.0), ("failed", 350.0, 450.0)]:
+        store.finish_attempt(claim(store, "w-1", now=start), outcome, now=end, resume_at=end,
+                             policy=RetryPolicy(max_attempts=1))
+    claim(store, "w-1", now=460.0)  # running: no end yet
+    store.requeue_attempts_of("w-1", "gone", consume=True, now=470.0)  # lost at 470
+    for since in (0.0, 300.0, 330.0, 460.0, 1000.0):
+        attempts, tasks, _ = store.report_rows(since)
+        ended = store._db.execute("SELECT id, task_id FROM attempts WHERE ended_at >= ?"
+                                  " ORDER BY id", (since,)).fetchall()
+        assert [(a.id, a.task_id) for a in attempts] == [tuple(r) for r in ended]
+        named = store._db.execute(
+            "SELECT id FROM tasks WHERE created_at >= ? OR id IN"
+            " (SELECT task_id FROM attempts WHERE ended_at >= ?) ORDER BY id",
+            (since, since)).fetchall()
+        assert list(tasks) == [r[0] for r in named]
+        for task_id, task in tasks.items():
+            row = store.task(task_id)
+            assert task == (row.id, row.status, row.created_at, row.attempts)
+    assert {a.status for a in store.report_rows(0.0)[0]} == \
+        {"succeeded", "timeout", "rate_limited", "failed", "lost"}
 
 
 def table_counts(store: Store) -> QueueCounts:
@@ -103,9 +215,12 @@ def test_queue_counts_follow_every_change_of_status(store: Store) -> None:
 
 
 def _store_of_version(path: Path, version: int) -> None:
-    """A store as schema ``version`` left it: v4 had no task_counts, no events or
-    tasks_by_status indexes; v3 also no attempts.rescued / phases (nor their index)."""
-    dropped: tuple[str, ...] = ("task_counts", "events_by_", "tasks_by_status")
+    """A store as schema ``version`` left it: v7 had no tasks_by_creation index; v4 no
+    task_counts, no events or tasks_by_status indexes either; v3 also no
+    attempts.rescued / phases (nor their index)."""
+    dropped: tuple[str, ...] = ("tasks_by_creation",)
+    if version < 5:
+        dropped += ("task_counts", "events_by_", "tasks_by_status")
     if version < 4:
         dropped += ("attempts_rescued",)
     kept = [s for s in schema.statements(schema.SCHEMA) if not any(d in s for d in dropped)]
@@ -121,7 +236,7 @@ def _store_of_version(path: Path, version: int) -> None:
         db.execute(f"PRAGMA user_version = {version}")
 
 
-@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("version", [3, 4, 7])
 def test_an_older_store_is_upgraded_with_its_counts(tmp_path: Path, version: int) -> None:
     path = tmp_path / "store.db"
     _store_of_version(path, version)
@@ -132,7 +247,7 @@ def test_an_older_store_is_upgraded_with_its_counts(tmp_path: Path, version: int
         names = {r[0] for r in store._db.execute("SELECT name FROM sqlite_master")}
         version_now = store._db.execute("PRAGMA user_version").fetchone()[0]
     assert {"events_by_task", "events_by_worker", "events_by_kind", "tasks_by_status",
-            "attempts_rescued", "task_counts_on_update"} <= names
+            "attempts_rescued", "task_counts_on_update", "tasks_by_creation"} <= names
     assert version_now == schema.SCHEMA_VERSION
 
 

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reconciler.model import AttemptRow, TaskRow
+from reconciler.model import ReportAttempt, ReportTask
 
 FAILED_OUTCOMES = ("failed", "timeout")
 
@@ -71,7 +71,7 @@ MAX_ADVICE = 1000  # workers beyond the load the advice searches before it gives
 
 
 def analyse(*, pool: str, since: float, now: float, replicas: int,
-            attempts: Iterable[AttemptRow], tasks: Mapping[int, TaskRow],
+            attempts: Iterable[ReportAttempt], tasks: Mapping[int, ReportTask],
             restarts: Iterable[tuple[str, float]], queued: int, running: int,
             target_wait: float, memory_per_worker: float | None = None,
             memory_available: float | None = None,
@@ -142,7 +142,7 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     return document
 
 
-def _per_worker(ended: Sequence[AttemptRow], restarts: Iterable[tuple[str, float]],
+def _per_worker(ended: Sequence[ReportAttempt], restarts: Iterable[tuple[str, float]],
                 since: float, window: float) -> list[dict[str, Any]]:
     busy: dict[str, float] = defaultdict(float)
     done: Counter[str] = Counter()
@@ -164,7 +164,7 @@ def _worker_order(worker: str) -> tuple[int, str]:
     return (int(number), "") if number.isdigit() else (1 << 30, worker)
 
 
-def _hourly(ended: Sequence[AttemptRow], since: float, now: float) -> list[int]:
+def _hourly(ended: Sequence[ReportAttempt], since: float, now: float) -> list[int]:
     """Tasks completed in each hour of the window, oldest first (the last may be short)."""
     buckets = [0] * max(1, math.ceil((now - since) / 3600))
     for a in ended:
@@ -185,7 +185,7 @@ def _trend(hourly: Sequence[int]) -> str | None:
     return "rising" if change > 0.1 else "falling" if change < -0.1 else "flat"
 
 
-def _bottlenecks(document: Mapping[str, Any], ended: Sequence[AttemptRow]) -> list[str]:
+def _bottlenecks(document: Mapping[str, Any], ended: Sequence[ReportAttempt]) -> list[str]:
     """Each bottleneck named with the figures that show it."""
     found = []
     wait, run = document["queue_wait_seconds"], document["run_time_seconds"]

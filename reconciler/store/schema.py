@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8  # 8: tasks_by_creation, for reconcile report's window
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 );
 CREATE INDEX IF NOT EXISTS tasks_by_claim_order ON tasks (status, priority DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status);
+CREATE INDEX IF NOT EXISTS tasks_by_creation ON tasks (created_at);
 CREATE TABLE IF NOT EXISTS attempts (
     id INTEGER PRIMARY KEY,
     task_id INTEGER NOT NULL REFERENCES tasks (id),

@@ -21,6 +21,8 @@ from reconciler.model import (
     AttemptRow,
     Claim,
     QueueCounts,
+    ReportAttempt,
+    ReportTask,
     RetryPolicy,
     TaskRow,
 )
@@ -80,6 +82,20 @@ MEAN_RUN_SINCE_SQL = ("SELECT AVG(ended_at - started_at) AS mean FROM attempts"
 SPEND_SINCE_SQL = ("SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM attempts"
                    " WHERE cost_usd IS NOT NULL AND ended_at >= ?")
 RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
+# ``reconcile report``: the attempts that ended in the window, one range of
+# ``attempts_by_status_end`` per status (every status the schema allows is listed, as a test
+# checks, so this is ``ended_at >= ?`` alone, which has no index of its own), and only the
+# columns the report uses
+REPORT_ATTEMPTS_SQL = (
+    "SELECT id, task_id, number, worker_id, status, started_at, ended_at, phases,"
+    " report_is_error, cost_usd, input_tokens, output_tokens, turns, session_id FROM attempts"
+    " WHERE status IN ('running', 'succeeded', 'failed', 'lost', 'timeout', 'cancelled',"
+    " 'rate_limited') AND ended_at >= ? ORDER BY id")
+# the tasks created in the window (``tasks_by_creation``), and those its attempts ran (by id)
+REPORT_TASKS_SINCE_SQL = "SELECT id, status, created_at, attempts FROM tasks WHERE created_at >= ?"
+REPORT_TASKS_OF_SQL = ("SELECT id, status, created_at, attempts FROM tasks WHERE id IN"
+                       " (SELECT value FROM json_each(?))")
+REPORT_RESTARTS_SQL = "SELECT worker_id, at FROM restarts WHERE at >= ?"
 
 
 def _tasks_query(status: str | None, limit: int | None) -> tuple[str, tuple[object, ...]]:
@@ -171,18 +187,24 @@ class TaskQueue(Database):
         rows = self._query(MEAN_RUN_SINCE_SQL, (since,))
         return float(rows[0]["mean"]) if rows and rows[0]["mean"] is not None else None
 
-    def report_rows(self, since: float) -> tuple[list[AttemptRow], dict[int, TaskRow],
+    def report_rows(self, since: float) -> tuple[list[ReportAttempt], dict[int, ReportTask],
                                                  list[tuple[str, float]]]:
-        """What ``reconcile report`` reads: the attempts that ended from ``since`` on, the
-        tasks they name or created since then, and the restarts since then."""
-        attempts = [_attempt(r) for r in self._query(
-            "SELECT * FROM attempts WHERE ended_at >= ? ORDER BY id", (since,))]
-        tasks = {t.id: t for t in (_task(r) for r in self._query(
-            "SELECT * FROM tasks WHERE created_at >= ? OR id IN"
-            " (SELECT task_id FROM attempts WHERE ended_at >= ?)", (since, since)))}
+        """What ``reconcile report`` reads: the attempts that ended from ``since`` on (by
+        id), the tasks they name or created since then (by id), and the restarts since
+        then; each through an index, reading only the columns the report uses."""
+        attempts = [ReportAttempt(r["id"], r["task_id"], r["number"], r["worker_id"],
+                                  r["status"], r["started_at"], r["ended_at"],
+                                  json.loads(r["phases"]) if r["phases"] else {}, _report(r))
+                    for r in self._query(REPORT_ATTEMPTS_SQL, (since,))]
+        rows = self._query(REPORT_TASKS_SINCE_SQL, (since,))
+        found = {int(r["id"]): _report_task(r) for r in rows}
+        named = sorted({a.task_id for a in attempts}.difference(found))
+        if named:  # run in the window, created before it
+            rows = self._query(REPORT_TASKS_OF_SQL, (json.dumps(named),))
+            found.update((int(r["id"]), _report_task(r)) for r in rows)
         restarts = [(str(r["worker_id"]), float(r["at"])) for r in self._query(
-            "SELECT worker_id, at FROM restarts WHERE at >= ?", (since,))]
-        return attempts, tasks, restarts
+            REPORT_RESTARTS_SQL, (since,))]
+        return attempts, dict(sorted(found.items())), restarts
 
     def attempts(self, task_id: int | None = None) -> list[AttemptRow]:
         if task_id is None:
@@ -605,6 +627,10 @@ def _task(r: sqlite3.Row) -> TaskRow:
     return TaskRow(r["id"], r["title"], r["prompt"], r["priority"], r["status"], r["created_at"],
                    r["updated_at"], r["attempts"], bool(r["cancel_requested"]), r["not_before"],
                    r["last_error"], r["branch"])
+
+
+def _report_task(r: sqlite3.Row) -> ReportTask:
+    return ReportTask(r["id"], r["status"], r["created_at"], r["attempts"])
 
 
 def _attempt(r: sqlite3.Row) -> AttemptRow:
