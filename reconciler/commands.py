@@ -23,7 +23,7 @@ from reconciler import pool as pools
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.durations import day_start, parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
-from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, TaskRow
+from reconciler.model import FINAL_TASK_STATUSES, ReportAttempt, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
 from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
@@ -390,7 +390,7 @@ def _html_target(name: str) -> Path:
     return path
 
 
-def _write_html(path: Path, document: dict[str, Any], attempts: Iterable[AttemptRow],
+def _write_html(path: Path, document: dict[str, Any], attempts: Iterable[ReportAttempt],
                 ) -> None:
     """Draw the page and put it in place whole: a reader (a browser reloading, a CI
     upload) never sees half a file."""

@@ -61,8 +61,8 @@ def erlang_c_wait(arrivals: float, service: float, workers: int) -> float | None
     return waiting * service / (workers - load)
 
 
-def ended_in_window(attempts: Iterable[AttemptRow], since: float, now: float,
-                    ) -> list[AttemptRow]:
+def ended_in_window(attempts: Iterable[ReportAttempt], since: float, now: float,
+                    ) -> list[ReportAttempt]:
     """The attempts the report counts: those that ended from ``since`` to ``now``."""
     return [a for a in attempts if a.ended_at is not None and since <= a.ended_at <= now]
 

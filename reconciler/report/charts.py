@@ -33,7 +33,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from reconciler.durations import format_duration
-from reconciler.model import AttemptRow
+from reconciler.model import ReportAttempt
 from reconciler.report.analysis import FAILED_OUTCOMES, ended_in_window
 from reconciler.report.documents import printable
 
@@ -119,7 +119,7 @@ LOCAL = LocalClock()
 _EPOCH_DAYS = float(date2num(EPOCH))  # matplotlib's date unit is days since its epoch
 
 
-def draw_charts(document: Mapping[str, Any], attempts: Iterable[AttemptRow]) -> list[Chart]:
+def draw_charts(document: Mapping[str, Any], attempts: Iterable[ReportAttempt]) -> list[Chart]:
     """The four charts of the report's window: the timeline, throughput, run times, cost.
 
     ``document`` is ``analyse``'s (for the window, the workers and the percentiles);
@@ -131,7 +131,7 @@ def draw_charts(document: Mapping[str, Any], attempts: Iterable[AttemptRow]) -> 
                 _run_times(ended, document), _cost(ended, since, now)]
 
 
-def _timeline(ended: Sequence[AttemptRow], document: Mapping[str, Any], since: float,
+def _timeline(ended: Sequence[ReportAttempt], document: Mapping[str, Any], since: float,
               now: float) -> Chart:
     title = "Worker timeline"
     workers = [w["worker"] for w in document["workers"]]
@@ -175,7 +175,7 @@ def _bars(spans: Sequence[tuple[float, float, int]], colour: str, *,
     return bars
 
 
-def _throughput(ended: Sequence[AttemptRow], since: float, now: float) -> Chart:
+def _throughput(ended: Sequence[ReportAttempt], since: float, now: float) -> Chart:
     title = "Throughput"
     if not ended:
         return Chart("throughput", title, "No attempt ended in this window.", None)
@@ -204,7 +204,7 @@ def _throughput(ended: Sequence[AttemptRow], since: float, now: float) -> Chart:
     return Chart("throughput", title, note, _svg(fig))
 
 
-def _run_times(ended: Sequence[AttemptRow], document: Mapping[str, Any]) -> Chart:
+def _run_times(ended: Sequence[ReportAttempt], document: Mapping[str, Any]) -> Chart:
     title = "Run times"
     runs: dict[str, list[float]] = defaultdict(list)
     for a in ended:
@@ -259,7 +259,7 @@ def _mark_percentiles(ax: Axes, spread: Mapping[str, float | None]) -> None:
                           "edgecolor": "none", "alpha": 0.85})
 
 
-def _cost(ended: Sequence[AttemptRow], since: float, now: float) -> Chart:
+def _cost(ended: Sequence[ReportAttempt], since: float, now: float) -> Chart:
     title = "Cost"
     costed = [(a.ended_at, a.report.cost_usd) for a in ended
               if a.report and a.report.cost_usd is not None and a.ended_at is not None]
