@@ -354,6 +354,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _open_store(args) as (pool, store):
         attempts, tasks, restarts = store.report_rows(now - since)
         counts, oldest = store.queue_counts(), store.oldest_queued_at()
+        lives = store.worker_lives(now)
         observation = pools.observe_pool(pool, store)
     per_worker, available = _worker_memory(observation)
     document = analyse(pool=pool.name, since=now - since, now=now,
@@ -361,7 +362,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                        tasks=tasks, restarts=restarts, queued=counts.queued,
                        running=counts.running, target_wait=target,
                        memory_per_worker=per_worker, memory_available=available,
-                       oldest_queued_at=oldest)
+                       oldest_queued_at=oldest, lives=lives)
     if html_file is not None:
         _write_html(html_file, document, attempts)
     if args.output == "json":

@@ -15,7 +15,7 @@ import pytest
 
 from reconciler.model import AgentReport, RetryPolicy
 from reconciler.paths import pool_paths
-from reconciler.report.analysis import analyse, erlang_c_wait, percentile
+from reconciler.report.analysis import analyse, erlang_c_wait, percentile, up_time
 from reconciler.store.sqlite import Store
 from reconciler.store.tasks import EXPORT_COLUMNS, EXPORTS
 from tests.helpers import reconcile
@@ -83,12 +83,40 @@ def test_the_figures_match_the_hand_worked_store(store: Store) -> None:
                            "input_tokens": 0, "output_tokens": 0}
     assert doc["workers"] == [
         {"worker": "w-1", "completed": 1, "failed": 1, "attempts": 2, "busy_seconds": 900.0,
-         "efficiency": 900 / 7200, "restarts": 0},
+         "up_seconds": 7200.0, "efficiency": 900 / 7200, "restarts": 0},
         {"worker": "w-2", "completed": 1, "failed": 1, "attempts": 2, "busy_seconds": 300.0,
-         "efficiency": 300 / 7200, "restarts": 0}]
+         "up_seconds": 7200.0, "efficiency": 300 / 7200, "restarts": 0}]
     assert doc["throughput_per_hour"] == [2, 0] and doc["trend"] == "falling"
     assert doc["bottlenecks"] == []
     assert doc["eta_seconds"] == 1 * 300.0 / 2  # one queued task, mean run 300 s, 2 workers
+
+
+def test_up_time_counts_each_life_inside_the_window() -> None:
+    lives = [("w-1", 1000.0, True), ("w-1", 4000.0, False),  # 2800-4000: 1200
+             ("w-1", 5000.0, True), ("w-1", 5500.0, True),   # a replacement continues
+             ("w-1", 6000.0, False), ("w-1", 6500.0, False),  # 5000-6000: 1000; nothing
+             ("w-2", 9500.0, True),                           # up to now: 500
+             ("w-3", 100.0, True), ("w-3", 2000.0, False)]    # before the window
+    assert up_time(lives, SINCE, NOW) == {"w-1": 2200.0, "w-2": 500.0}
+
+
+def test_efficiency_is_busy_time_over_up_time(store: Store) -> None:
+    """fill()'s w-1 is busy 900 s, w-2 300 s.  The log says: w-1 started at 1000 and
+    died at 8000 (up 5200 s of the window), w-2 started at 3200 and exited at 3800
+    (600 s), w-3 started at 9000 and never worked (1000 s)."""
+    spec_id = store.record_applied_spec(source_path=None, source_sha256="s", git_commit=None,
+                                        document_hash="h", document="{}", summary="spec")
+    for worker, start in (("w-1", 1000.0), ("w-2", 3200.0), ("w-3", 9000.0)):
+        store.register_worker(worker, runtime="process", pid=None, pid_create_time=None,
+                              spec_id=spec_id, template_hash="t", template_digests={},
+                              restarted=False, now=start)
+    store.set_health("w-1", "working", "dead", "process gone", now=8000.0)
+    store.set_health("w-2", "working", "slow", "no output", now=3500.0)  # not an end
+    store.mark_worker_exited("w-2", 0, now=3800.0)
+    doc = report_of(store, lives=store.worker_lives(NOW))
+    found = {w["worker"]: (w["up_seconds"], w["efficiency"]) for w in doc["workers"]}
+    assert found == {"w-1": (5200.0, 900 / 5200), "w-2": (600.0, 300 / 600),
+                     "w-3": (1000.0, 0.0)}
 
 
 def test_the_scaling_arithmetic(store: Store) -> None:

@@ -142,8 +142,9 @@ def test_the_report_reads_no_history_outside_its_window(store: Store, window: fl
     _history(store)
     plans = plans_of_what_runs(store, lambda: (
         store.report_rows(time.time() - window), store.queue_counts(),
-        store.oldest_queued_at()))
-    assert len(plans) >= 5, plans  # attempts, tasks, restarts, counts, the oldest queued
+        store.oldest_queued_at(), store.worker_lives(time.time())))
+    # attempts, tasks, restarts, counts, the oldest queued, starts and ends, deaths
+    assert len(plans) >= 7, plans
     for plan in plans:
         assert not any(scan in plan for scan in HISTORY), plan
 

@@ -10,7 +10,9 @@ markdown forms are drawn from it).  Definitions, so the figures can be checked:
   task's first attempt's start minus the task's creation (the two are never mixed);
 - percentiles are nearest-rank (p50 of 1, 2, 3, 4 is 2);
 - a worker's *efficiency* is its busy time (its attempts' run time in the window)
-  over the window: the share of its slot it spent working;
+  over its up time in the window: from each start or restart to the next exit,
+  stop or death the event log shows (a worker the log shows no start of counts the
+  whole window), so one added half-way or dead for hours is not called idle;
 - the scaling advice is an M/M/c queue: arrivals λ = tasks created per hour, service
   time S = the run time of a finished task's attempts (retries included), load
   a = λ·S; the expected queue wait with c workers is
@@ -75,9 +77,11 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
             restarts: Iterable[tuple[str, float]], queued: int, running: int,
             target_wait: float, memory_per_worker: float | None = None,
             memory_available: float | None = None,
-            oldest_queued_at: float | None = None) -> dict[str, Any]:
+            oldest_queued_at: float | None = None,
+            lives: Sequence[tuple[str, float, bool]] = ()) -> dict[str, Any]:
     """The report's document.  ``tasks``: every task an attempt names, and every task
-    created in the window; ``restarts``: (worker, when) in the window;
+    created in the window; ``restarts``: (worker, when) in the window; ``lives``:
+    (worker, when, up) for each start and end of a worker, in order (``worker_lives``);
     ``oldest_queued_at``: when the longest-waiting queued task was created (a starved
     queue shows there, not in the waits of tasks that started)."""
     window = max(now - since, 1e-9)
@@ -99,7 +103,7 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     tokens_in = sum(a.report.input_tokens or 0 for a in ended if a.report)
     tokens_out = sum(a.report.output_tokens or 0 for a in ended if a.report)
     total_cost = sum(cost)
-    workers = _per_worker(ended, restarts, since, window)
+    workers = _per_worker(ended, restarts, since, window, up_time(lives, since, now))
     arrivals = sum(1 for t in tasks.values() if since <= t.created_at <= now) / hours
     # the work a task brings: all its attempts (retries included), not one attempt's
     service_hours = (sum(run) / len(finished) / 3600 if finished else
@@ -142,8 +146,28 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     return document
 
 
+def up_time(lives: Sequence[tuple[str, float, bool]], since: float,
+            now: float) -> dict[str, float]:
+    """Each worker's up time within ``since``..``now``: from a start to the next end
+    (a start while up, a replacement, continues it; an end while down is nothing)."""
+    up_since: dict[str, float | None] = {}
+    total: dict[str, float] = defaultdict(float)
+    for worker, at, up in lives:
+        began = up_since.get(worker)
+        if up and began is None:
+            up_since[worker] = at
+        elif not up and began is not None:
+            total[worker] += max(0.0, min(at, now) - max(began, since))
+            up_since[worker] = None
+    for worker, began in up_since.items():
+        if began is not None:
+            total[worker] += max(0.0, now - max(began, since))
+    return {worker: seconds for worker, seconds in total.items() if seconds > 0}
+
+
 def _per_worker(ended: Sequence[ReportAttempt], restarts: Iterable[tuple[str, float]],
-                since: float, window: float) -> list[dict[str, Any]]:
+                since: float, window: float,
+                up: Mapping[str, float]) -> list[dict[str, Any]]:
     busy: dict[str, float] = defaultdict(float)
     done: Counter[str] = Counter()
     failures: Counter[str] = Counter()
@@ -152,10 +176,13 @@ def _per_worker(ended: Sequence[ReportAttempt], restarts: Iterable[tuple[str, fl
         done[a.worker_id] += a.status == "succeeded"
         failures[a.worker_id] += a.status in FAILED_OUTCOMES
     restarted = Counter(worker for worker, _ in restarts)
-    ids = sorted(set(busy) | set(restarted), key=_worker_order)
+    ids = sorted(set(busy) | set(restarted) | {w for w, t in up.items() if t > 0},
+                 key=_worker_order)
     return [{"worker": w, "completed": done[w], "failed": failures[w],
              "attempts": done[w] + failures[w], "busy_seconds": round(busy[w], 3),
-             "efficiency": min(busy[w] / window, 1.0), "restarts": restarted[w]}
+             "up_seconds": round(up.get(w, window), 3),
+             "efficiency": min(busy[w] / up[w], 1.0) if up.get(w) else
+             min(busy[w] / window, 1.0), "restarts": restarted[w]}
             for w in ids]
 
 

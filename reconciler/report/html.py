@@ -83,7 +83,8 @@ def render_html(document: Mapping[str, Any], charts: Sequence[Chart]) -> str:
         "<h2>Figures</h2>", _tables(document),
         '<footer>Made by <code>reconcile report --html</code>. Definitions: nearest-rank '
         "percentiles; run time is an attempt's start to end; queue wait a task's creation "
-        "to its first attempt's start; efficiency a worker's busy time over the window. "
+        "to its first attempt's start; efficiency a worker's busy time over its up time "
+        "in the window. "
         "<code>reconcile report -o json</code> has every figure.</footer>"])
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
@@ -187,13 +188,15 @@ def _tables(document: Mapping[str, Any]) -> str:
 
 def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
     rows = [[_clip(w["worker"], WORKER_CHARS), w["completed"], w["failed"], w["attempts"],
-             _meter(w["efficiency"]), _age(w["busy_seconds"]), w["restarts"]]
+             _meter(w["efficiency"]), _age(w["busy_seconds"]), _age(w["up_seconds"]),
+             w["restarts"]]
             for w in workers[:MAX_WORKER_ROWS]]
     more = (f'<p class="note">The first {MAX_WORKER_ROWS} of {len(workers)} workers; '
             "<code>-o json</code> lists all.</p>" if len(workers) > MAX_WORKER_ROWS else "")
     return ("<h3>Workers</h3>" + _table(
-        ("worker", "completed", "failed", "attempts", "efficiency", "busy", "restarts"),
-        rows or [["-", 0, 0, 0, "-", "-", 0]], numeric=(1, 2, 3, 5, 6)) + more)
+        ("worker", "completed", "failed", "attempts", "efficiency", "busy", "up",
+         "restarts"),
+        rows or [["-", 0, 0, 0, "-", "-", "-", 0]], numeric=(1, 2, 3, 5, 6, 7)) + more)
 
 
 def _hourly(document: Mapping[str, Any]) -> str:

@@ -289,9 +289,10 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
         ["per hour", usd(c["per_hour_usd"])],
         ["tokens in / out", f"{c['input_tokens']:,} / {c['output_tokens']:,}"]])
     heading("Workers")
-    table(("worker", "completed", "failed", "efficiency", "restarts"),
+    table(("worker", "completed", "failed", "efficiency", "up", "restarts"),
           [[w["worker"], str(w["completed"]), str(w["failed"]), pct(w["efficiency"]),
-            str(w["restarts"])] for w in document["workers"]] or [["-", "0", "0", "-", "0"]])
+            format_duration(w["up_seconds"]), str(w["restarts"])]
+           for w in document["workers"]] or [["-", "0", "0", "-", "-", "0"]])
     heading("Throughput")
     hourly = document["throughput_per_hour"]
     print(f"tasks completed per hour: {' '.join(str(n) for n in hourly)}"

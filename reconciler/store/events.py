@@ -41,6 +41,14 @@ ALERTS_NEWEST_SQL = ("SELECT * FROM events WHERE severity IS NOT NULL AND id > ?
 ALERTS_AFTER_SQL = ("SELECT * FROM events WHERE severity IS NOT NULL AND id > ?"
                     " ORDER BY id LIMIT ?")
 ALERT_PAGE = 500
+# a worker's life, for its up time: starts (up) and planned ends (down) are rare kinds;
+# deaths are alerts (worker.health to dead or failed), read through the alerts' index
+# (``+kind``: not through ``events_by_kind``, which holds every health change)
+LIFE_UP = ("worker.started", "worker.restarted")  # the other two kinds: down
+LIFE_EVENTS_SQL = ("SELECT id, worker_id, at, kind FROM events WHERE kind IN ('worker.started',"
+                   " 'worker.restarted', 'worker.exited', 'worker.stopped') AND at <= ?")
+DEATHS_SQL = ("SELECT id, worker_id, at, fields FROM events WHERE severity IS NOT NULL"
+              " AND id > 0 AND +kind = 'worker.health' AND at <= ?")
 # a kind prefix compared exactly (LIKE would take ``_`` as a wildcard)
 KIND_PREFIX = "substr(kind, 1, length(?)) = ?"
 
@@ -106,6 +114,17 @@ class EventLog(Database):
     def alerts_after(self, after_id: int, limit: int = ALERT_PAGE) -> list[EventRow]:
         """The alerts logged after ``after_id``, oldest first (the controller sends them)."""
         return [_event(r) for r in self._query(ALERTS_AFTER_SQL, (after_id, limit))]
+
+    def worker_lives(self, until: float) -> list[tuple[str, float, bool]]:
+        """(worker, when, up) for each start (up) and each exit, stop or death (down)
+        logged up to ``until``, in the order they happened."""
+        found = [(int(r["id"]), str(r["worker_id"]), float(r["at"]), r["kind"] in LIFE_UP)
+                 for r in self._query(LIFE_EVENTS_SQL, (until,)) if r["worker_id"]]
+        for r in self._query(DEATHS_SQL, (until,)):
+            to = json.loads(r["fields"] or "{}").get("to")
+            if r["worker_id"] and to in ("dead", "failed"):
+                found.append((int(r["id"]), str(r["worker_id"]), float(r["at"]), False))
+        return [(worker, at, up) for _, worker, at, up in sorted(found)]
 
     def meta_value(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
