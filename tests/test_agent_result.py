@@ -16,10 +16,10 @@ import pytest
 
 from reconciler import pending
 from reconciler.agentresult import PRESETS, field_paths, last_json_object, read_report
+from reconciler.attempt import judge_report
 from reconciler.model import AgentReport, RetryPolicy
 from reconciler.store.sqlite import Store
 from reconciler.taskrun import RunResult
-from reconciler.worker import judge_report
 from tests.e2e import add_task, apply, events, show_task, status, wait_tasks
 from tests.helpers import reconcile, wait_for, write_spec
 

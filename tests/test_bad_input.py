@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.attempt import MAX_ENV_PROMPT, agent_env
 from reconciler.errors import TaskError
 from reconciler.taskfile import MAX_PROMPT, MAX_TASK_FILE, NewTask, read_task_file
-from reconciler.worker import MAX_ENV_PROMPT, agent_env
 from tests.e2e import add_task, apply, tasks, wait_tasks
 from tests.helpers import FAKE_AGENT, one_error_line, reconcile, write_spec
 
