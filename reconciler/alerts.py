@@ -255,6 +255,13 @@ class Alerts:
                 {"alert": event.id, "host": hook.host, "problem": problem}))
         self._wake()
 
-    def close(self) -> None:
+    def close(self, store: StorePort | None = None) -> None:
+        """Stop the deliveries (each waits a little for the one under way); with
+        ``store``, the failures they met are recorded as events."""
         for deliverer in self._deliverers.values():
             deliverer.close()
+        if store is not None:
+            try:
+                self._record_failures(store)
+            except Exception as exc:  # stopping: the log has each failure
+                logger.warning("delivery failures not recorded: {}", exc)

@@ -25,6 +25,7 @@ from reconciler.durations import day_start, parse_duration
 from reconciler.errors import PoolError, ReconcilerError, SpecError, TaskError
 from reconciler.model import FINAL_TASK_STATUSES, ReportAttempt, TaskRow
 from reconciler.naming import branch_directory, branch_pattern
+from reconciler.paths import not_a_regular_file
 from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
 from reconciler.report.status import UNHEALTHY_EXIT
@@ -380,11 +381,15 @@ def _html_target(name: str) -> Path:
         import matplotlib  # noqa: F401  # only asked whether it is there
     except ImportError:
         raise ReconcilerError("--html draws its charts with matplotlib, which is not "
-                              "installed", hint="pip install 'reconciler[html]'") from None
+                              "installed", hint="install the html extra: pip install -e "
+                              "'.[html]' in a clone of reconciler") from None
+    if not name.strip():
+        raise ReconcilerError("--html needs a file name", hint="e.g. --html report.html")
     path = Path(name)
-    if path.is_dir():
-        raise ReconcilerError(f"--html {name}: is a directory",
-                              hint="name a file, e.g. --html report.html")
+    problem = not_a_regular_file(path)
+    if problem is not None:  # a rename over it would replace a device, a FIFO, a link
+        raise ReconcilerError(f"--html {name}: {problem}",
+                              hint="name a regular file, e.g. --html report.html")
     if not path.parent.is_dir():
         raise ReconcilerError(f"--html {name}: directory {path.parent} does not exist",
                               hint="create it first, or name a file in another directory")

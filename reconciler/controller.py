@@ -48,7 +48,7 @@ from reconciler.log import logger
 from reconciler.model import Observation
 from reconciler.operations import PassResult, apply, controller_pass
 from reconciler.planner import next_wakeup
-from reconciler.pool import ENDPOINT_KEY, Pool
+from reconciler.pool import ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool
 from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
@@ -112,7 +112,8 @@ class Controller:
         self._alerts = Alerts(paths.name, paths.root, wake=lambda: ring_controller(paths.root))
         try:
             with contextlib.suppress(ReconcilerError, sqlite3.Error, OSError):
-                store.set_meta_value(ENDPOINT_KEY, "")  # a killed one's URL is not ours
+                for key in (ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY):  # a killed one's: not ours
+                    store.set_meta_value(key, "")
             self._loop(store, self._bell)
         finally:
             self._endpoint.close(store)
@@ -186,6 +187,7 @@ class Controller:
                                 failures)
                     failures = 0
                 if not done:  # another command held the pool lock
+                    self._endpoint.waited()
                     skipped += 1
                     if skipped % 20 == 0:
                         logger.warning("{} passes skipped: the pool lock is held by another "

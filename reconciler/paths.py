@@ -157,3 +157,26 @@ def write_private(path: Path, data: bytes) -> None:
 def open_private_append(path: Path) -> int:
     """Open ``path`` for appending as a 0600 file and return the descriptor."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why a new file must not take ``path``'s place (a rename over it would turn a device
+    such as /dev/null, a FIFO, a socket or a symbolic link into a plain file), or None
+    when nothing is there or it is a regular file."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a directory"
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link (name the file it points to)"
+    kind = ("a character device" if stat.S_ISCHR(mode) else "a block device"
+            if stat.S_ISBLK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a socket"
+            if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"is {kind}, not a regular file"
+

@@ -22,6 +22,7 @@ from reconciler.tmuxcli import tmux_available
 from reconciler.worktrees import check_repo, git
 
 ENDPOINT_KEY = "http_endpoint"  # in the store's meta: the URL the controller serves
+ENDPOINT_PROBLEM_KEY = "http_endpoint_problem"  # and why it serves none where it should
 
 
 @dataclass
@@ -115,7 +116,8 @@ def status_of(pool: Pool, store: StorePort | None,
         delete_running=deleting is not None and is_locked(pool.paths.lock),
         titles=titles, rescued=store.rescued_counts(), paused_reason=store.paused_reason(),
         spend_today=store.spend_since(day_start(now)),
-        endpoint=store.meta_value(ENDPOINT_KEY) or None)
+        endpoint=store.meta_value(ENDPOINT_KEY) or None,
+        endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
     return observation, document
 
 

@@ -139,8 +139,9 @@ class Worker:
                     self.request_stop()
                 try:
                     watch.check(store)
-                except (ReconcilerError, OSError) as exc:  # the next beat looks again
-                    logger.warning("cannot check the controller: {}", exc)
+                except Exception as exc:  # never the heartbeat: the next beat looks again
+                    logger.warning("cannot check the controller: {}: {}",
+                                   type(exc).__name__, exc)
                 with self._claim_lock:
                     # the answer is about the claim it was asked for: a late "lease lost"
                     # for a finished attempt must not cancel the next one
@@ -149,7 +150,7 @@ class Worker:
                 if self._exited.wait(self.spec.health.heartbeat_interval):
                     return
         finally:
-            watch.close()
+            watch.close(store)
             store.close()
 
 

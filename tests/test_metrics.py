@@ -209,6 +209,25 @@ def test_the_controller_serves_metrics_health_status_and_page(host: Path,
         assert get(address, "/api/status", {"Host": "evil.example:80"})[0] == 421
         assert get(address, "/api/status", {"Host": f"localhost:{address.split(':')[1]}"}
                    )[0] == 200
+        # another site's page in the operator's browser: refused before any read
+        assert get(address, "/metrics", {"Sec-Fetch-Site": "cross-site"})[0] == 403
+        assert get(address, "/", {"Sec-Fetch-Site": "same-origin"})[0] == 200
+        # clients that connect and say nothing hold at most MAX_CONNECTIONS threads
+        import socket
+
+        from reconciler.web.server import MAX_CONNECTIONS
+
+        host_name, port = address.split(":")
+        idle = [socket.create_connection((host_name, int(port))) for _ in
+                range(MAX_CONNECTIONS)]
+        try:
+            wait_for(lambda: get(address, "/healthz")[0] == 503, timeout=10,
+                     message="the connection beyond the cap to be refused")
+        finally:
+            for connection in idle:
+                connection.close()
+        wait_for(lambda: get(address, "/healthz")[0] == 200, timeout=10,
+                 message="the endpoint to answer again")
         reconcile("task", "cancel", task, "-f", str(spec), check=True)
         wait_tasks(spec, task)
     finally:
@@ -226,8 +245,15 @@ def test_a_token_guards_everything_but_healthz(host: Path, git_repo: Path) -> No
             assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
             assert get(address, path, {"Authorization": "Bearer wrong"})[0] == 401
             assert get(address, path, {"Authorization": "Bearer s3cret-token"})[0] == 200
-        assert get(address, "/healthz")[0] == 200
+        code, _, body = get(address, "/healthz")  # open, but only the verdict
+        assert code == 200 and json.loads(body) == {"status": "ok"}
+        assert "pool" in json.loads(get(address, "/healthz", {
+            "Authorization": "Bearer s3cret-token"})[2])
         assert "s3cret" not in reconcile("status", "-f", str(spec)).stdout
+        (host / "token").write_text("rotated-token\n")  # counts at once, no restart
+        wait_for(lambda: get(address, "/metrics", {"Authorization": "Bearer rotated-token"}
+                             )[0] == 200, timeout=10, message="the rotated token")
+        assert get(address, "/metrics", {"Authorization": "Bearer s3cret-token"})[0] == 401
     finally:
         delete(spec, "--force")
 
@@ -259,8 +285,11 @@ def test_a_port_in_use_is_said_once_and_the_pool_still_runs(host: Path,
                                       if e["kind"] == "metrics.unavailable"],
                              message="the endpoint's failure to be recorded")
             assert f"cannot listen on 127.0.0.1:{port}" in event[0]["message"]
-            assert status(spec)["controller"]["running"]
-            assert status(spec)["controller"]["endpoint"] is None
+            document = status(spec)
+            assert document["controller"]["running"]
+            assert document["controller"]["endpoint"] is None
+            assert any(f"cannot listen on 127.0.0.1:{port}" in p and "retrying every 30s" in p
+                       for p in document["problems"]), document["problems"]
         finally:
             delete(spec, "--force")
 

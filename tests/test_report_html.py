@@ -219,17 +219,35 @@ def test_many_long_worker_ids_stay_under_a_megabyte(state: Path, tmp_path: Path)
     assert "The first 64 of 665 workers are shown" in sections(page)["timeline"]
 
 
-@pytest.mark.parametrize("where", ["directory", "missing directory"])
+@pytest.mark.parametrize(("where", "expected"), [
+    ("directory", "is a directory"), ("missing directory", "does not exist"),
+    ("fifo", "is a FIFO, not a regular file"), ("symlink", "is a symbolic link"),
+    ("empty", "--html needs a file name")])
 def test_a_target_that_cannot_be_a_file_is_one_error_line(state: Path, tmp_path: Path,
-                                                           where: str) -> None:
+                                                           where: str, expected: str) -> None:
+    """A rename over a device (``--html /dev/null`` once replaced it by a plain file),
+    a FIFO or a link would replace it: refused, and it stays what it was."""
+    import os
+    import stat
+
     with new_store(state) as store:
         fill(store, shift=time.time() - NOW)
-    target = tmp_path if where == "directory" else tmp_path / "nowhere" / "report.html"
+    target = {"directory": tmp_path, "missing directory": tmp_path / "nowhere" / "r.html",
+              "fifo": tmp_path / "fifo", "symlink": tmp_path / "link",
+              "empty": Path()}[where]
+    if where == "fifo":
+        os.mkfifo(target)
+    if where == "symlink":
+        target.symlink_to(tmp_path / "real.html")
     proc = reconcile("--state-dir", str(state), "report", "--pool", "p", "--html",
-                     str(target))
+                     "" if where == "empty" else str(target))
     line = one_error_line(proc)
-    assert ("is a directory" if where == "directory" else "does not exist") in line, line
+    assert expected in line, line
     assert proc.stdout == "" and not (tmp_path / "nowhere").exists()
+    if where == "fifo":
+        assert stat.S_ISFIFO(target.lstat().st_mode)
+    if where == "symlink":
+        assert target.is_symlink() and not (tmp_path / "real.html").exists()
 
 
 BLOCK_MATPLOTLIB = ("import sys\n"

@@ -189,11 +189,16 @@ class TestBackup:
     @pytest.mark.parametrize(("where", "expected"), [
         pytest.param("missing/b.db", "does not exist", id="missing-directory"),
         pytest.param(".", "is a directory", id="a-directory"),
+        pytest.param("fifo", "is a FIFO, not a regular file", id="a-fifo"),
     ])
     def test_bad_destination_is_one_line(self, host: Path, where: str, expected: str) -> None:
         add_task(write_spec(host), title="one")
-        line = one_error_line(reconcile("backup", "--pool", "testpool", str(host / where)))
-        assert expected in line
+        if where == "fifo":
+            os.mkfifo(host / where)
+        for force in ((), ("--force",)):  # --force would rename over a device or a FIFO
+            line = one_error_line(reconcile("backup", "--pool", "testpool", str(host / where),
+                                            *force))
+            assert expected in line
         assert not list(host.glob("**/*.partial"))
 
     def test_a_full_disk_leaves_no_partial_backup(self, host: Path,

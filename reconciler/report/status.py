@@ -85,16 +85,20 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                     rescued: Mapping[str, int] | None = None,
                     paused_reason: str | None = None,
                     spend_today: float = 0.0,
-                    endpoint: str | None = None) -> dict[str, Any]:
+                    endpoint: str | None = None,
+                    endpoint_problem: str | None = None) -> dict[str, Any]:
     """``deleting``: when a ``delete`` began that has not finished; ``delete_running``:
     whether it still holds the pool lock (else it was interrupted); ``titles``: the
     titles of the tasks workers are on (``task_title`` of each worker row);
     ``spend_today``: the cost the attempts that ended today reported; ``endpoint``:
-    where the controller serves metrics and its status page, if it does."""
+    where the controller serves metrics and its status page, if it does;
+    ``endpoint_problem``: why it serves none where ``metrics.listen`` says."""
     workers = worker_statuses(observation, now, spec, titles)
     problems = verdict(observation, workers, spec, controller)
     if spec is not None:  # heartbeats and windows disagree: reported, never acted on
         problems += heartbeat_disagreements(spec, observation, now)
+    if endpoint_problem and observation.controller_alive:
+        problems.append(endpoint_problem)
     if deleting is not None and not delete_running:
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "
                         "(or `reconcile apply` to keep the pool)")

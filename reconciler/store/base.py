@@ -41,6 +41,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 from reconciler.errors import StoreError
 from reconciler.log import logger
+from reconciler.paths import not_a_regular_file
 from reconciler.severity import severity_of
 from reconciler.store.schema import SCHEMA_VERSION, create_or_upgrade
 
@@ -473,9 +474,10 @@ def backup_store(store: Database, destination: Path, *, force: bool = False) -> 
     """
     started = time.monotonic()
     where = destination.parent
-    if destination.is_dir():
-        raise StoreError(f"backup destination {destination} is a directory",
-                         hint="name a file, e.g. backup.db")
+    problem = not_a_regular_file(destination)
+    if problem is not None:  # --force would rename over a device, a FIFO, a link
+        raise StoreError(f"backup destination {destination} {problem}",
+                         hint="name a regular file, e.g. backup.db")
     if (destination.exists() or destination.is_symlink()) and not force:
         raise StoreError(f"backup destination {destination} already exists",
                          hint="choose another name, or pass --force to overwrite it")

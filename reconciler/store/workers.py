@@ -11,6 +11,12 @@ from reconciler.store.base import Database
 
 CONTROLLER_DOWN_KEY = "controller_down"  # in meta: the controller reported down, if any
 
+
+def controller_identity(pid: int | None, started_at: float | None) -> str:
+    """Which controller process a ``controller.down`` report is about."""
+    return f"{pid}@{started_at}"
+
+
 # each worker's restarts since its epoch: a range of ``restarts_by_worker`` per worker
 # (CROSS JOIN keeps workers outside, so the older restarts are never read)
 RESTART_HISTORY_SQL = ("SELECT r.worker_id, r.at FROM workers w CROSS JOIN restarts r"
@@ -203,7 +209,13 @@ class WorkerRegistry(Database):
         now = time.time() if now is None else now
         with self.transaction() as db:
             db.execute("UPDATE controller SET heartbeat_at = ? WHERE id = 1", (now,))
-            row = db.execute("SELECT stop_requested FROM controller WHERE id = 1").fetchone()
+            row = db.execute("SELECT pid, started_at, stop_requested FROM controller"
+                             " WHERE id = 1").fetchone()
+            if row is not None:  # reported down while it hung (or was stopped): back now
+                self._clear_down_report(db, now, controller_identity(row["pid"],
+                                                                     row["started_at"]),
+                                        f"the controller answers again (pid {row['pid']})",
+                                        row["pid"])
         return bool(row and row["stop_requested"])
 
     def clear_controller_stop(self) -> None:
@@ -223,6 +235,11 @@ class WorkerRegistry(Database):
         start), once however many workers notice; True for the one that logged it."""
         now = time.time() if now is None else now
         with self.transaction() as db:
+            current = db.execute("SELECT pid, started_at FROM controller WHERE id = 1"
+                                 ).fetchone()
+            if current is None or controller_identity(current["pid"],
+                                                      current["started_at"]) != which:
+                return False  # another controller registered since the worker looked
             row = db.execute("SELECT value FROM meta WHERE key = ?",
                              (CONTROLLER_DOWN_KEY,)).fetchone()
             if row is not None and row["value"] == which:
@@ -238,13 +255,19 @@ class WorkerRegistry(Database):
         (and forget the report); True if there was one."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key = ?",
-                             (CONTROLLER_DOWN_KEY,)).fetchone()
-            if row is None or not row["value"]:
-                return False
-            db.execute("UPDATE meta SET value = '' WHERE key = ?", (CONTROLLER_DOWN_KEY,))
-            self._event(db, now, "controller.back", None, None,
-                        f"a controller runs again (pid {pid})", {"pid": pid})
+            return self._clear_down_report(db, now, None,
+                                           f"a controller runs again (pid {pid})", pid)
+
+    def _clear_down_report(self, db: sqlite3.Connection, now: float, which: str | None,
+                           message: str, pid: int | None) -> bool:
+        """Forget a ``controller.down`` report (of controller ``which`` only, unless None)
+        and log ``controller.back``; True if there was one."""
+        row = db.execute("SELECT value FROM meta WHERE key = ?",
+                         (CONTROLLER_DOWN_KEY,)).fetchone()
+        if row is None or not row["value"] or (which is not None and row["value"] != which):
+            return False
+        db.execute("UPDATE meta SET value = '' WHERE key = ?", (CONTROLLER_DOWN_KEY,))
+        self._event(db, now, "controller.back", None, None, message, {"pid": pid})
         return True
 
     def controller(self) -> ControllerRow | None:

@@ -18,6 +18,7 @@ endpoint's own files.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import socket
@@ -36,7 +37,9 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 REQUEST_TIMEOUT = 10.0  # a client that sends nothing for this long is dropped
+MAX_CONNECTIONS = 16  # at once; more get 503 (the threads are the controller's own)
 STATUS_FRESH_FOR = 0.5  # one status read serves every page polling within this
+METRICS_FRESH_FOR = 1.0  # one scrape's reads serve every scraper within this
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/status.js": ("status.js", "text/javascript; charset=utf-8"),
@@ -65,20 +68,23 @@ class StatusServer:
     thread; ``address`` is where it listens once started."""
 
     def __init__(self, host: str, port: int, endpoints: Endpoints,
-                 token: str | None = None) -> None:
+                 token: Callable[[], str] | None = None) -> None:
         self.endpoints = endpoints
-        self.token = token
+        self.token = token  # read for each request: a rotated token counts at once
         self.loopback = is_loopback(host)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         server_class = type("Server", (_Server,), {"address_family": family})
         self._server = server_class(("127.0.0.1" if host == "localhost" else host, port),
                                     _Handler)
         self._server.owner = self
+        self._server.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.5},
                                         name="http-endpoint", daemon=True)
         self._status_lock = threading.Lock()
         self._status: tuple[float, bytes] | None = None
+        self._metrics_lock = threading.Lock()
+        self._metrics: tuple[float, str, bytes] | None = None
 
     @property
     def address(self) -> str:
@@ -104,11 +110,48 @@ class StatusServer:
                 self._status = (now, json.dumps(document, default=str).encode())
             return self._status[1]
 
+    def metrics_body(self, accept: str) -> tuple[bytes, str]:
+        """The exposition in the format ``accept`` asks for, read at most once per
+        ``METRICS_FRESH_FOR`` (each read aggregates the whole attempts table)."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, content_type = choose_encoder(accept)
+        with self._metrics_lock:
+            now = time.monotonic()
+            cached = self._metrics
+            if cached is None or cached[1] != content_type \
+                    or now - cached[0] > METRICS_FRESH_FOR:
+                cached = self._metrics = (now, content_type,
+                                          encoder(self.endpoints.metrics))
+            return cached[2], content_type
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     owner: StatusServer
+    slots: threading.BoundedSemaphore  # connections being answered
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):  # full: answer at once, hold nothing
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                b"Connection: close\r\nRetry-After: 1\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone mid-answer is one debug line, not a traceback in the log."""
+        import sys
+
+        logger.debug("http {}: {}", client_address, sys.exc_info()[1])
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -138,21 +181,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(421, b"this endpoint answers only to a loopback Host\n",
                        "text/plain; charset=utf-8", head=head)
             return
+        if self.headers.get("Sec-Fetch-Site") == "cross-site":  # another site's page
+            self._send(403, b"not for other sites' pages\n", "text/plain; charset=utf-8",
+                       head=head)
+            return
         try:
-            if path == "/healthz":
+            authorised = owner.token is None or self._authorised(owner.token())
+            if path == "/healthz":  # open, but only the verdict for strangers
                 ok, document = owner.endpoints.health()
+                if not authorised:
+                    document = {"status": document.get("status")}
                 self._send(200 if ok else 503, _json(document), "application/json", head=head)
                 return
-            if owner.token is not None and not self._authorised(owner.token):
+            if not authorised:
                 self._send(401, b"send Authorization: Bearer <token>\n",
                            "text/plain; charset=utf-8",
                            {"WWW-Authenticate": 'Bearer realm="reconciler"'}, head=head)
                 return
             if path == "/metrics":
-                from prometheus_client.exposition import choose_encoder
-
-                encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                self._send(200, encoder(owner.endpoints.metrics), content_type, head=head)
+                body, content_type = owner.metrics_body(self.headers.get("Accept", ""))
+                self._send(200, body, content_type, head=head)
             elif path == "/api/status":
                 self._send(200, owner.status_body(), "application/json", head=head)
             elif path in STATIC:
@@ -162,11 +210,13 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(404, b"not found: try /, /api/status, /metrics or /healthz\n",
                            "text/plain; charset=utf-8", head=head)
+        except ConnectionError:  # the client left: nobody to answer
+            return
         except Exception as exc:  # a failing read is an answer, never a dead thread
             logger.warning("{} {} failed: {}: {}", self.command, path, type(exc).__name__,
                            exc)
-            self._send(503, _json({"error": f"{type(exc).__name__}: {exc}"}),
-                       "application/json", head=head)
+            self._send(503, _json({"error": type(exc).__name__}), "application/json",
+                       head=head)
 
     def _authorised(self, token: str) -> bool:
         scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import ReconcilerError
 from reconciler.log import logger
-from reconciler.pool import ENDPOINT_KEY, Pool, read_token
+from reconciler.pool import ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool, read_token
 from reconciler.specmodel import MetricsSpec
 from reconciler.store.port import StorePort
 
@@ -27,6 +28,37 @@ if TYPE_CHECKING:
 
 RETRY_SECONDS = 30.0
 HEALTHY_PASS_AGE = 30.0  # /healthz fails once no pass succeeded for 3 intervals or this
+
+
+class TokenFile:
+    """The bearer token, read again whenever its file changes: a rotated token counts at
+    the next request, with no restart.  A file that cannot be read keeps the last good
+    token (and says so); one that others may read is warned about once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._token = read_token(path)
+        self._stamp = self._stamp_now()
+        if self._stamp is not None and self._stamp[3] & 0o077:
+            logger.warning("metrics.bearerTokenFile {} can be read by other users "
+                           "(chmod 600 it)", path)
+
+    def _stamp_now(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino, st.st_mode
+
+    def __call__(self) -> str:
+        stamp = self._stamp_now()
+        if stamp is not None and stamp != self._stamp:
+            try:
+                self._token = read_token(self.path)
+                self._stamp = stamp
+            except ReconcilerError as exc:
+                logger.warning("{}; the previous token stays", exc.one_line())
+        return self._token
 
 
 class ServedEndpoint:
@@ -52,6 +84,11 @@ class ServedEndpoint:
         if self._pass_seconds is not None:
             self._pass_seconds.observe(seconds)
 
+    def waited(self) -> None:
+        """A pass waited for the pool lock (an apply or delete holds it): the loop is
+        alive, and ``/healthz`` must not call it failing."""
+        self.last_pass_ok = time.time()
+
     def failed(self, problem: str) -> None:
         self.last_error = problem
 
@@ -67,10 +104,15 @@ class ServedEndpoint:
     def follow(self, store: StorePort) -> None:
         """Serve as the current spec says: start, move to a new address, or stop."""
         wanted = self.current.spec.metrics if self.current.spec else None
+        if wanted is None and self._reported is not None:  # no longer wanted: no problem
+            self._reported = None
+            store.set_meta_value(ENDPOINT_PROBLEM_KEY, "")
         if wanted == self._serving and (self._server is not None or wanted is None):
             return
         if self._server is not None:
             self._stop(store)
+        if wanted != self._reported:  # a new address is tried at once, not after a wait
+            self._retry_at = 0.0
         if wanted is None or time.monotonic() < self._retry_at:
             return
         self._serving = wanted
@@ -87,7 +129,11 @@ class ServedEndpoint:
                 store.add_event("metrics.unavailable",
                                 f"metrics endpoint not served: {problem}",
                                 fields={"address": wanted.address})
+                store.set_meta_value(ENDPOINT_PROBLEM_KEY, f"metrics endpoint not served: "
+                                     f"{problem}; retrying every {RETRY_SECONDS:.0f}s")
             return
+        if self._reported is not None:
+            store.set_meta_value(ENDPOINT_PROBLEM_KEY, "")
         self._reported = None
 
     def _start(self, store: StorePort, wanted: MetricsSpec) -> None:
@@ -97,7 +143,7 @@ class ServedEndpoint:
         from reconciler.web.endpoints import pool_endpoints
         from reconciler.web.server import StatusServer
 
-        token = read_token(wanted.token_file) if wanted.token_file else None
+        token = TokenFile(wanted.token_file) if wanted.token_file else None
         registry = CollectorRegistry(auto_describe=False)
         if self._pass_seconds is None:
             self._pass_seconds = pass_histogram(registry)
@@ -116,6 +162,7 @@ class ServedEndpoint:
             server.close()
         if store is not None:
             store.set_meta_value(ENDPOINT_KEY, "")
+            store.set_meta_value(ENDPOINT_PROBLEM_KEY, "")
 
     def close(self, store: StorePort | None) -> None:
         """Stop serving (the controller is stopping)."""
