@@ -360,3 +360,52 @@ def test_a_disk_running_low_is_said_once_and_its_recovery_too(host: Path,
                  message="disk.ok for both places")
     finally:
         delete(spec, "--force")
+
+
+def test_controller_down_is_said_once_per_controller_and_again_after_it_answered(
+        tmp_path: Path) -> None:
+    from reconciler.store.workers import controller_identity
+
+    store = Store(tmp_path / "store.db")
+    store.register_controller(4242, None, now=100.0)
+    info = store.controller()
+    assert info is not None
+    which = controller_identity(info.pid, info.started_at)
+    # a worker that looked before a new controller registered: not the one recorded
+    assert store.report_controller_down("4241@50.0", "stale", now=200.0) is False
+    assert store.report_controller_down(which, "down", now=200.0) is True
+    assert store.report_controller_down(which, "down", now=201.0) is False  # once
+    store.controller_heartbeat(now=300.0)  # it was hung, and answers again
+    assert [e.kind for e in store.find_events(kind="controller.")] == \
+        ["controller.started", "controller.down", "controller.back"]
+    assert store.report_controller_down(which, "down again", now=400.0) is True
+    store.controller_heartbeat(now=401.0)
+    store.controller_heartbeat(now=402.0)  # nothing to clear: no second controller.back
+    assert [e.kind for e in store.find_events(kind="controller.")][-2:] == \
+        ["controller.down", "controller.back"]
+
+
+@pytest.mark.parametrize("why", ["wanted", "disabled in the newest spec",
+                                 "delete asked it to stop"])
+def test_controller_down_only_when_one_is_wanted(tmp_path: Path, why: str) -> None:
+    from reconciler.controllerwatch import ControllerWatch
+    from reconciler.paths import pool_paths
+    from reconciler.spec import load_spec
+
+    spec = load_spec(str(write_spec(tmp_path, extra={
+        "controller": {"enabled": True, "interval": "100ms"}})))
+    paths = pool_paths(tmp_path / "state", spec.name).create()
+    store = Store(paths.store)
+    document = json.loads(spec.document_json)
+    if why.startswith("disabled"):
+        document["spec"]["controller"]["enabled"] = False
+    store.record_applied_spec(source_path=None, source_sha256="s", git_commit=None,
+                              document_hash="h", document=json.dumps(document),
+                              summary="spec")
+    store.register_controller(2**22 + 7, None, now=time.time() - 100)  # no such process
+    if why.startswith("delete"):
+        store.request_controller_stop()
+    watch = ControllerWatch(paths, spec)
+    said = [watch.check(store, now=time.time() + t) for t in (0, 10, 20, 30)]
+    assert said == ([False, True, False, False] if why == "wanted" else [False] * 4)
+    assert len(store.find_events(kind="controller.down")) == (why == "wanted")
