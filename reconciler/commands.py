@@ -84,6 +84,18 @@ def _duration_arg(text: str, option: str) -> float:
         raise ReconcilerError(f"{option}: {exc}") from exc
 
 
+MIN_REFRESH = 0.1  # seconds: a faster refresh is a busy loop, not a better view
+
+
+def _refresh_interval(text: str) -> float:
+    """``--interval`` of a view that refreshes: at least ``MIN_REFRESH``."""
+    interval = _duration_arg(text, "--interval")
+    if interval < MIN_REFRESH:
+        raise ReconcilerError(f"--interval {text} is too short: the least is 100ms",
+                              hint="e.g. --interval 1s")
+    return interval
+
+
 def _pool(args: argparse.Namespace) -> Pool:
     return pools.resolve_pool(args.state_dir, args.file, args.pool)
 
@@ -251,7 +263,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     if not args.watch:
         return _status_once(args)
-    interval = _duration_arg(args.interval, "--interval")
+    interval = _refresh_interval(args.interval)
     terminal = sys.stdout.isatty()
     while True:  # Ctrl-C ends it
         if terminal:
@@ -264,7 +276,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    interval = _duration_arg(args.interval, "--interval")
+    interval = _refresh_interval(args.interval)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise ReconcilerError("reconcile dashboard needs a terminal (its input and output)",
                               hint="use `reconcile status --watch`, or `status -o json` in "

@@ -18,44 +18,61 @@ from reconciler.store.port import StorePort
 
 LOW_KEY = "disk_low"  # in meta: the places said to be low, as a JSON list
 RECOVERY_MARGIN = 1.0  # percentage points above the threshold before it is ok again
-NAMES = {"worktrees": "the worktrees' filesystem", "state": "the pool state's filesystem"}
+NAMES = {"state": "the pool state's", "worktrees": "the worktrees'"}
 
 
 def check_disks(pool: Pool, store: StorePort) -> list[str]:
-    """Compare each place's free share with the spec's threshold; log what changed.
-    Returns the places low now."""
+    """Compare each filesystem's free share with the spec's threshold; log what changed
+    (one event per filesystem, naming every place on it).  Returns the ones low now."""
     threshold = pool.spec.min_free_disk_percent if pool.spec else 0.0
-    said = set(json.loads(store.meta_value(LOW_KEY) or "[]"))
+    try:
+        said = {str(x) for x in json.loads(store.meta_value(LOW_KEY) or "[]")}
+    except (ValueError, TypeError):  # not ours to trust: start afresh
+        said = set()
     low = set()
-    for place, share in disk_free(pool).items():
-        percent = share * 100
-        path = _path_of(pool, place)
-        if place in said and percent < threshold + RECOVERY_MARGIN and threshold > 0:
-            low.add(place)
-        elif place not in said and percent < threshold:
-            low.add(place)
-            store.add_event("disk.low", f"{NAMES[place]} ({path}) has {percent:.1f}% free "
+    for places, path, share in filesystems(pool):
+        key, percent = "+".join(places), share * 100
+        what = " and ".join(NAMES[p] for p in places) + " filesystem"
+        facts = {"place": key, "path": str(path), "free_percent": round(percent, 2)}
+        if key in said and percent < threshold + RECOVERY_MARGIN and threshold > 0:
+            low.add(key)
+        elif key not in said and percent < threshold:
+            low.add(key)
+            store.add_event("disk.low", f"{what} ({path}) has {percent:.1f}% free "
                             f"({_free_bytes(path)}), under alerts.minFreeDiskPercent "
                             f"({threshold:g}%): tasks will fail once it is full",
-                            fields={"place": place, "path": str(path),
-                                    "free_percent": round(percent, 2)})
-        elif place in said:
-            store.add_event("disk.ok", f"{NAMES[place]} ({path}) has {percent:.1f}% free "
-                            "again", fields={"place": place, "path": str(path),
-                                             "free_percent": round(percent, 2)})
+                            fields=facts)
+        elif key in said:
+            store.add_event("disk.ok", f"{what} ({path}) has {percent:.1f}% free again",
+                            fields=facts)
     if low != said:
         store.set_meta_value(LOW_KEY, json.dumps(sorted(low)))
     return sorted(low)
 
 
-def disk_free(pool: Pool) -> dict[str, float]:
-    """The free share (0-1) of the filesystems holding the worktrees and the state."""
-    shares = {}
+def filesystems(pool: Pool) -> list[tuple[tuple[str, ...], Path, float]]:
+    """Each filesystem the pool fills: the places on it, the first one's path, and the
+    free share (0-1) an unprivileged user may still fill."""
+    found: dict[int, tuple[list[str], Path, float]] = {}
     for place in ("state", "worktrees") if pool.spec is not None else ("state",):
-        stats = _statvfs(_path_of(pool, place))
-        if stats is not None and stats.f_blocks:
-            shares[place] = stats.f_bavail / stats.f_blocks  # what we may still fill
-    return shares
+        path = _path_of(pool, place)
+        existing = _existing(path)
+        try:
+            stats, device = os.statvfs(existing), existing.stat().st_dev
+        except OSError:
+            continue
+        if not stats.f_blocks:
+            continue
+        if device in found:
+            found[device][0].append(place)
+        else:
+            found[device] = ([place], path, stats.f_bavail / stats.f_blocks)
+    return [(tuple(places), path, share) for places, path, share in found.values()]
+
+
+def disk_free(pool: Pool) -> dict[str, float]:
+    """The free share (0-1) of the filesystem of each place (for the metrics)."""
+    return {place: share for places, _, share in filesystems(pool) for place in places}
 
 
 def _path_of(pool: Pool, place: str) -> Path:
@@ -64,16 +81,17 @@ def _path_of(pool: Pool, place: str) -> Path:
     return pool.paths.root
 
 
-def _statvfs(path: Path) -> os.statvfs_result | None:
-    """``path``'s filesystem, or its nearest existing parent's (worktrees not made yet)."""
+def _existing(path: Path) -> Path:
+    """``path``, or its nearest existing parent (worktrees not made yet)."""
     for place in (path, *path.parents):
-        try:
-            return os.statvfs(place)
-        except OSError:
-            continue
-    return None
+        if place.exists():
+            return place
+    return Path("/")
 
 
 def _free_bytes(path: Path) -> str:
-    stats = _statvfs(path)
-    return "unknown" if stats is None else f"{stats.f_bavail * stats.f_frsize / 2**30:.1f} GiB"
+    try:
+        stats = os.statvfs(_existing(path))
+    except OSError:
+        return "unknown"
+    return f"{stats.f_bavail * stats.f_frsize / 2**30:.1f} GiB"

@@ -81,3 +81,13 @@ def test_status_watch_prints_again_and_again(host: Path, git_repo: Path) -> None
 def test_the_sparkline_scales_to_its_highest_bucket() -> None:
     assert sparkline([0, 0, 0]) == "▁▁▁"
     assert sparkline([0, 4, 8]) == "▁▅█"
+
+
+def test_a_refresh_faster_than_100ms_is_refused(host: Path, git_repo: Path) -> None:
+    """``--interval 0s`` was a busy loop printing 24 MB in ten minutes."""
+    spec = write_spec(host, replicas=0)
+    assert apply(spec).returncode == 0
+    for command in (["status", "--watch"], ["dashboard"]):
+        for interval in ("0s", "1ms", "99ms"):
+            line = one_error_line(reconcile(*command, "--interval", interval, "-f", str(spec)))
+            assert f"--interval {interval} is too short: the least is 100ms" in line
