@@ -29,6 +29,18 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+# every kind that can be an alert sent to a webhook (``alert.delivery_failed`` never is):
+# what ``alerts.webhooks[].events`` may name, whole or as a prefix
+ALERT_KINDS = ("worker.health", "attempt.failed", "attempt.timeout", "attempt.lost",
+               "attempt.rate_limited", "pool.paused", "pool.over_budget", "controller.down",
+               "disk.low", "metrics.unavailable")
+
+
+def names_an_alert(prefix: str) -> bool:
+    """Whether an ``events`` entry of a webhook can ever match an alert."""
+    return any(kind.startswith(prefix) for kind in ALERT_KINDS)
+
+
 def at_least(severity: str) -> tuple[str, ...]:
     """The recorded severities at or above ``severity`` (``warning``: both kinds)."""
     return tuple(s for s in SEVERITIES[SEVERITIES.index(severity):] if s != "info")

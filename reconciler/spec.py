@@ -292,17 +292,20 @@ def _pattern(_validator: Any, pattern: str, instance: Any,
 
 @cache
 def _validator_class() -> Any:
-    """Draft 2020-12 with our ``pattern``, and an integer that is not a float: JSON Schema
-    counts 1.0 as an integer, but a replica count of 1.0 is a typo, not a number."""
+    """Draft 2020-12 with our ``pattern``, an integer that is not a float (JSON Schema
+    counts 1.0 as an integer, but a replica count of 1.0 is a typo, not a number), and
+    a number that is finite (YAML's ``.nan`` passes every minimum and maximum)."""
+    import math
+
     import jsonschema
 
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+        "integer": lambda _c, value: isinstance(value, int) and not isinstance(value, bool),
+        "number": lambda _c, value: isinstance(value, int | float)
+        and not isinstance(value, bool) and math.isfinite(value)})
     return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-        jsonschema.Draft202012Validator,
-        validators={"pattern": _pattern},
-        type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-            "integer",
-            lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)),
-    )
+        jsonschema.Draft202012Validator, validators={"pattern": _pattern},
+        type_checker=checker)
 
 
 def _schema_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
@@ -397,6 +400,7 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
                           "needs the agent's cost: set worker.result (e.g. preset: "
                           "claude-code)")
     yield from _metrics_problems(loaded, label, full.get("metrics", {}))
+    yield from _webhook_event_problems(loaded, label, full.get("alerts", {}))
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":
@@ -411,6 +415,24 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
             yield _locate(label, loaded.position_of(path), path,
                           f"must be longer than health.{earlier} ({health[earlier]}), "
                           f"got {health[later]}")
+
+
+def _webhook_event_problems(loaded: LoadedYaml, label: str,
+                            alerts: Mapping[str, Any]) -> Iterable[str]:
+    """An ``events`` entry that no alert kind starts with would leave its webhook silent."""
+    from reconciler.severity import ALERT_KINDS, names_an_alert
+
+    words = sorted({*ALERT_KINDS, *(kind.split(".")[0] for kind in ALERT_KINDS)})
+    for i, hook in enumerate(alerts.get("webhooks", [])):
+        for j, prefix in enumerate(hook.get("events", [])):
+            if names_an_alert(prefix):
+                continue
+            path = ("spec", "alerts", "webhooks", i, "events", j)
+            close = difflib.get_close_matches(prefix, words, n=1, cutoff=0.6)
+            fix = f"did you mean `{close[0]}`?" if close else \
+                "alerts are " + ", ".join(ALERT_KINDS) + " (or a prefix such as attempt)"
+            yield _locate(label, loaded.position_of(path), path,
+                          f"{prefix!r} matches no alert ({fix})")
 
 
 def _metrics_problems(loaded: LoadedYaml, label: str,

@@ -603,3 +603,33 @@ class TestWhatTheSchemaCannotSay:
     def test_a_device_is_not_read(self, tmp_path: Path) -> None:
         problem = spec_error(Path("/dev/zero")).problems[0]
         assert problem.startswith("/dev/zero: not a regular file")
+
+
+@pytest.mark.parametrize(("value", "shown"), [(".nan", "NaN"), (".inf", "Infinity"),
+                                              ("-.inf", "-Infinity")])
+def test_a_number_that_is_not_finite_is_refused(tmp_path: Path, value: str, shown: str) -> None:
+    """YAML's ``.nan`` passes every minimum and maximum: it would never alert."""
+    error = spec_error(write(tmp_path, BASE + f"  alerts: {{minFreeDiskPercent: {value}}}\n"))
+    assert "spec.alerts.minFreeDiskPercent: expected a percentage from 0 to 100" in \
+        error.one_line() and shown in error.one_line()
+
+
+@pytest.mark.parametrize(("events", "expected"), [
+    ("[worker.helth]", "'worker.helth' matches no alert (did you mean `worker.health`?)"),
+    ("[task]", "'task' matches no alert (alerts are worker.health, attempt.failed"),
+    ("[worker.started]", "'worker.started' matches no alert"),
+])
+def test_a_webhook_event_that_matches_no_alert_is_refused(tmp_path: Path, events: str,
+                                                          expected: str) -> None:
+    text = BASE + f"  alerts: {{webhooks: [{{url: 'http://127.0.0.1:9/h', events: {events}}}]}}\n"
+    error = spec_error(write(tmp_path, text))
+    assert "spec.alerts.webhooks[0].events[0]" in error.one_line() or \
+        "spec.alerts.webhooks.0.events.0" in error.one_line(), error.one_line()
+    assert expected in error.one_line(), error.one_line()
+
+
+@pytest.mark.parametrize("events", ["[worker.health]", "[attempt]", "[worker, pool]",
+                                    "[controller.down, disk]", "[]"])
+def test_a_webhook_event_that_names_alerts_is_accepted(tmp_path: Path, events: str) -> None:
+    text = BASE + f"  alerts: {{webhooks: [{{url: 'http://127.0.0.1:9/h', events: {events}}}]}}\n"
+    load_spec(write(tmp_path, text))
