@@ -623,7 +623,7 @@ def test_a_webhook_event_that_matches_no_alert_is_refused(tmp_path: Path, events
                                                           expected: str) -> None:
     text = BASE + f"  alerts: {{webhooks: [{{url: 'http://127.0.0.1:9/h', events: {events}}}]}}\n"
     error = spec_error(write(tmp_path, text))
-    assert ":8:" in error.one_line() and "spec.alerts.webhooks[0].events[0]: " in \
+    assert ":10:" in error.one_line() and "spec.alerts.webhooks[0].events[0]: " in \
         error.one_line(), error.one_line()
     assert expected in error.one_line(), error.one_line()
 
