@@ -267,7 +267,7 @@ def test_without_matplotlib_html_says_what_to_install(state: Path, tmp_path: Pat
                               capture_output=True, text=True, timeout=60, check=False)
 
     line = one_error_line(run("--html", str(tmp_path / "report.html")))
-    assert "pip install 'reconciler[html]'" in line, line
+    assert "install the html extra: pip install -e '.[html]'" in line, line
     assert not (tmp_path / "report.html").exists()
     plain = run()
     assert plain.returncode == 0 and "success rate" in plain.stdout, plain.stderr

@@ -137,12 +137,12 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
         "throughput_per_hour": hourly,
         "trend": _trend(hourly),
     }
-    document["bottlenecks"] = _bottlenecks(document, ended)
     document["scaling"] = _scaling(arrivals, service_hours, replicas, target_wait,
                                    outcomes["rate_limited"] > 0, memory_per_worker,
                                    memory_available)
+    document["bottlenecks"] = _bottlenecks(document, ended, replicas)
     document["eta_seconds"] = ((queued + running) * (sum(run) / len(run)) / max(replicas, 1)
-                               if run and replicas else None)
+                               if run and replicas and queued + running else None)
     return document
 
 
@@ -212,14 +212,21 @@ def _trend(hourly: Sequence[int]) -> str | None:
     return "rising" if change > 0.1 else "falling" if change < -0.1 else "flat"
 
 
-def _bottlenecks(document: Mapping[str, Any], ended: Sequence[ReportAttempt]) -> list[str]:
-    """Each bottleneck named with the figures that show it."""
+def _bottlenecks(document: Mapping[str, Any], ended: Sequence[ReportAttempt],
+                 replicas: int) -> list[str]:
+    """Each bottleneck named with the figures that show it; a long queue wait is "too few
+    workers" only where the scaling advice agrees (tasks added in a burst wait too, on a
+    pool the average load does not outgrow)."""
     found = []
     wait, run = document["queue_wait_seconds"], document["run_time_seconds"]
     oldest = document["tasks"]["oldest_queued_seconds"]
+    needed = document["scaling"].get("needed")  # before any cap: what the load asks
     if wait["p90"] is not None and run["p90"] and wait["p90"] > 2 * run["p90"]:
+        why = "too few workers" if needed is None or needed > replicas else (
+            f"tasks came in bursts ({needed} worker(s) keep the average wait under the "
+            "target): a burst waits for the pool")
         found.append(f"queue wait p90 {_human(wait['p90'])} vs run time p90 "
-                     f"{_human(run['p90'])}: too few workers")
+                     f"{_human(run['p90'])}: {why}")
     elif oldest is not None and run["p90"] and oldest > 2 * run["p90"]:
         found.append(f"a queued task has waited {_human(oldest)} vs run time p90 "
                      f"{_human(run['p90'])}: too few workers, or claiming is paused")

@@ -101,8 +101,8 @@ def snapshot(pool: Pool, store: Store, meter: TreeMeter, now: float) -> dict[str
     mean_run = store.mean_run_time_since(now - 3600)
     replicas = pool.spec.replicas if pool.spec else 0
     queue = document["queue"]
-    eta = (queue["queued"] + queue["running"]) * mean_run / replicas \
-        if mean_run and replicas else None
+    left = queue["queued"] + queue["running"]
+    eta = left * mean_run / replicas if mean_run and replicas and left else None
     return {**document, "workers": rows, "completed_last_hour": counts, "eta_seconds": eta,
             "events": store.find_events(last=EVENTS_SHOWN)}
 
@@ -147,7 +147,8 @@ def render(snap: Mapping[str, Any]) -> Any:
         f"queue: {q['queued']} queued, {q['running']} running, {q['succeeded']} succeeded, "
         f"{q['failed']} failed, {q['cancelled']} cancelled",
         f"completed, last hour: {sparkline(snap['completed_last_hour'])} "
-        f"{sum(snap['completed_last_hour'])}   drains in: {age(snap['eta_seconds'])}",
+        f"{sum(snap['completed_last_hour'])}   drains in: "
+        + ("queue empty" if q["queued"] + q["running"] == 0 else age(snap["eta_seconds"])),
         f"spent today: ${snap['spend_today_usd']:.2f}"
         + (f" of ${snap['budget_per_day_usd']:.2f}" if snap["budget_per_day_usd"] else "")
         + f"   controller: {state}",

@@ -194,7 +194,7 @@ def _workers(workers: Sequence[Mapping[str, Any]]) -> str:
     more = (f'<p class="note">The first {MAX_WORKER_ROWS} of {len(workers)} workers; '
             "<code>-o json</code> lists all.</p>" if len(workers) > MAX_WORKER_ROWS else "")
     return ("<h3>Workers</h3>" + _table(
-        ("worker", "completed", "failed", "attempts", "efficiency", "busy", "up",
+        ("worker", "completed", "failed attempts", "attempts", "efficiency", "busy", "up",
          "restarts"),
         rows or [["-", 0, 0, 0, "-", "-", "-", 0]], numeric=(1, 2, 3, 5, 6, 7)) + more)
 

@@ -289,7 +289,7 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
         ["per hour", usd(c["per_hour_usd"])],
         ["tokens in / out", f"{c['input_tokens']:,} / {c['output_tokens']:,}"]])
     heading("Workers")
-    table(("worker", "completed", "failed", "efficiency", "up", "restarts"),
+    table(("worker", "completed", "failed attempts", "efficiency", "up", "restarts"),
           [[w["worker"], str(w["completed"]), str(w["failed"]), pct(w["efficiency"]),
             format_duration(w["up_seconds"]), str(w["restarts"])]
            for w in document["workers"]] or [["-", "0", "0", "-", "-", "0"]])
@@ -309,5 +309,7 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
               + (f" (capped by {sc['capped_by']}: {sc['needed']} would be needed)"
                  if sc["capped_by"] else ""))
         print(sc["arithmetic"])
-    if document["eta_seconds"] is not None:
+    if document["tasks"]["queued_now"] + document["tasks"]["running_now"] == 0:
+        print("the queue is empty")
+    elif document["eta_seconds"] is not None:
         print(f"the current queue drains in about {age(document['eta_seconds'])}")

@@ -45,7 +45,8 @@ function render(s) {
   const done = s.completed_last_hour;
   document.getElementById("spark").textContent = sparkline(done);
   document.getElementById("completed").textContent = done.reduce((a, b) => a + b, 0);
-  document.getElementById("eta").textContent = age(s.eta_seconds);
+  document.getElementById("eta").textContent =
+    s.queue.queued + s.queue.running === 0 ? "queue empty" : age(s.eta_seconds);
   document.getElementById("spend").textContent = "$" + s.spend_today_usd.toFixed(2) +
     (s.budget_per_day_usd ? " of $" + s.budget_per_day_usd.toFixed(2) : "") +
     (s.claiming_paused_until ? " · claiming paused: " + (s.claiming_paused_reason || "") : "");
@@ -69,8 +70,8 @@ function render(s) {
   });
   document.querySelector("#workers tbody").replaceChildren(...rows);
   document.getElementById("events").replaceChildren(...s.events.slice().reverse().map(e =>
-    el("li", clock(e.at) + "  " + e.kind + "  " + (e.worker_id || "") + "  " + e.message,
-       e.severity || "")));
+    el("li", [clock(e.at), e.kind, e.worker_id, e.task_id === null ? null : "task " + e.task_id,
+              e.message].filter(x => x !== null && x !== "").join("  "), e.severity || "")));
   document.getElementById("updated").textContent = "updated " + clock(s.observed_at);
 }
 
