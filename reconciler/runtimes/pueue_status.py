@@ -1,9 +1,8 @@
 """Read ``pueue status --json`` (pueue 4.0.x and 3.4.x) into plain, frozen values.
 
 The pueue runtime runs each worker as a pueue task; the observer and the stand-in
-tests learn what pueue is doing from this one document.  Pure: no subprocess, no I/O,
-only ``json`` and ``re`` -- the caller runs ``pueue status --json`` and hands us its
-output.
+tests learn what pueue is doing from this one document.  Pure: no subprocess, no
+files, no clock -- the caller runs ``pueue status --json`` and hands us its output.
 
 What pueue guarantees.  ``pueue status --json`` prints ``serde_json::to_string(&state)``
 of pueue_lib's ``State`` (``pueue/src/client/commands/state/mod.rs`` in 4.0.x,
@@ -140,9 +139,11 @@ def parse_status(text: str | bytes, *, version_hint: Version = "4") -> PueueStat
     ``end``, ``enqueued_at``, ``prev_status``) decide, and failing those ``version_hint``.
 
     Tolerated, because a newer or older pueue may print them: unknown status, result
-    or group-status variants (read as ``unknown``); missing or mistyped optional fields
-    (label None, priority 0, group ``default``, parallel_tasks 1, timestamps None);
-    extra fields (ignored).  The task's id is its key in ``tasks``.
+    or group-status variants (read as ``unknown``); a status of the other shape that
+    proves nothing (read by its variant name, its timestamps looked for where the
+    document's version keeps them); missing or mistyped optional fields (label None,
+    priority 0, group ``default``, parallel_tasks 1, timestamps None); extra fields
+    (ignored).  The task's id is its key in ``tasks``.
 
     Refused with a one-line ``PueueStatusError``: input that is not UTF-8 JSON; a top
     level that is not ``{"tasks": {...}, "groups": {...}}``; a task key that is not a
@@ -283,6 +284,8 @@ _Outcome = tuple[TaskState, TaskResult | None, int | None]
 def _status_v4(status: object) -> tuple[TaskState, TaskResult | None, int | None,
                                          Mapping[str, object]]:
     """State, result, exit code and the object holding the timestamps."""
+    if isinstance(status, str):  # no 4.x variant is bare: read by name, like 3.x does
+        status = {status: None}
     variant = _single_key(status)
     if variant is None:
         return "unknown", None, None, {}
