@@ -55,3 +55,7 @@ class GitError(ReconcilerError):
 
 class RuntimeBackendError(ReconcilerError):
     """tmux or the process runtime failed to start, stop or inspect a worker."""
+
+
+class PueueStatusError(ReconcilerError):
+    """``pueue status --json`` printed something that is not a pueue state document."""
