@@ -132,7 +132,7 @@ class PoolPaths:
 
 
 def pool_paths(state_dir: Path, name: str) -> PoolPaths:
-    if not POOL_NAME.match(name):
+    if not POOL_NAME.fullmatch(name):  # match() would take "demo\n"
         raise PoolError(f"invalid pool name {name!r}",
                         hint="use 1-40 lowercase letters, digits and '-'")
     return PoolPaths(check_state_dir(state_dir), name)

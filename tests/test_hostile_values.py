@@ -228,3 +228,15 @@ def test_no_command_prints_a_non_string_env_value(host: Path, git_repo: Path,
     assert SECRET not in proc.stdout + proc.stderr
     assert "spec.worker.env.API_TOKEN: expected a string (quote the value), got an integer" \
         in proc.stdout + proc.stderr
+
+
+def test_a_pool_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """``re.match`` with ``$`` takes "demo\\n": ``--pool`` must not name a directory
+    with a newline in it."""
+    from reconciler.errors import PoolError
+    from reconciler.paths import pool_paths
+
+    for name in ("demo\n", "demo\n\n", "\ndemo"):
+        with pytest.raises(PoolError, match="invalid pool name"):
+            pool_paths(tmp_path, name)
+    assert pool_paths(tmp_path, "demo").name == "demo"
