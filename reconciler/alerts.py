@@ -49,6 +49,7 @@ class Webhook:
     events: tuple[str, ...] = ()  # kind prefixes; empty: every alert
     secret: str | None = None
     format: str = "json"  # json | slack
+    index: int | None = None  # its place in spec.alerts.webhooks: which one, never its URL
 
     def wants(self, event: EventRow) -> bool:
         return not event.kind.startswith("alert.") and (
@@ -58,12 +59,18 @@ class Webhook:
     def host(self) -> str:
         return urlsplit(self.url).hostname or "?"
 
+    @property
+    def name(self) -> str:
+        """How messages name it: two webhooks on one host (Slack's) are told apart."""
+        where = f"the webhook at {self.host}"
+        return where if self.index is None else f"alerts.webhooks[{self.index}] ({where})"
+
 
 def webhooks_of(document: Mapping[str, Any]) -> tuple[Webhook, ...]:
     """The webhooks of an applied spec's document (``spec.alerts.webhooks``)."""
     hooks = document.get("spec", {}).get("alerts", {}).get("webhooks", [])
     return tuple(Webhook(h["url"], tuple(h.get("events", ())), h.get("secret"),
-                         h.get("format", "json")) for h in hooks)
+                         h.get("format", "json"), i) for i, h in enumerate(hooks))
 
 
 def alert_document(pool: str, event: EventRow) -> dict[str, Any]:
@@ -246,13 +253,13 @@ class Alerts:
 
     def _failed(self, hook: Webhook, event: EventRow, problem: str) -> None:
         """(Delivery thread.) Remember the failure for the next dispatch, and wake it."""
-        logger.warning("alert {} ({}) not delivered to the webhook at {}: {}", event.id,
-                       event.kind, hook.host, problem)
+        logger.warning("alert {} ({}) not delivered to {}: {}", event.id, event.kind,
+                       hook.name, problem)
         with self._lock:
             self._failures.append((
-                f"alert {event.id} ({event.kind}) not delivered to the webhook at "
-                f"{hook.host}: {problem}",
-                {"alert": event.id, "host": hook.host, "problem": problem}))
+                f"alert {event.id} ({event.kind}) not delivered to {hook.name}: {problem}",
+                {"alert": event.id, "host": hook.host, "webhook": hook.index,
+                 "problem": problem}))
         self._wake()
 
     def close(self, store: StorePort | None = None) -> None:

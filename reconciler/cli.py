@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "controller's pass durations live in its memory: only its endpoint "
                        "serves them. For a textfile collector or a quick look; read-only.")
     _pool_options(p, output=False)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="text: the exposition; json: each family with its samples")
     p.add_argument("--openmetrics", action="store_true",
                    help="the OpenMetrics text format instead of Prometheus's")
 

@@ -494,10 +494,15 @@ def _spreadsheet_safe(value: Any) -> Any:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     """One scrape's exposition on standard output; read-only."""
-    from reconciler.metrics import gather, write_exposition
+    from reconciler.metrics import families, gather, write_exposition
 
     with _open_store(args) as (pool, store):
         facts = gather(pool, store)
+    if args.output == "json":
+        print_json([{"name": f.name, "type": f.type, "help": f.documentation,
+                     "samples": [{"name": s.name, "labels": s.labels, "value": s.value}
+                                 for s in f.samples]} for f in families(facts)])
+        return 0
     sys.stdout.buffer.write(write_exposition(facts, openmetrics=args.openmetrics))
     return 0
 

@@ -212,6 +212,7 @@ def _look_around(pool: Pool, socket: str, base: Path) -> None:
     cli = f"{_invocation()} --state-dir {pool.paths.state_dir}"
     console.print("\n[bold]Look around[/bold] (the pool keeps running, idle):")
     console.print(f"  tmux -L {socket} attach -t {pool.name}")
-    for command in ("status", "task list", "task show 1", "history", "events"):
+    for command in ("status", "task list", "task show 1", "history", "events", "dashboard",
+                    "report"):
         console.print(f"  {cli} {command}")
     console.print(f"  {cli} delete --pool {pool.name} && rm -rf {base}   # when done")

@@ -410,3 +410,21 @@ def test_controller_down_only_when_one_is_wanted(tmp_path: Path, why: str) -> No
     said = [watch.check(store, now=time.time() + t) for t in (0, 10, 20, 30)]
     assert said == ([False, True, False, False] if why == "wanted" else [False] * 4)
     assert len(store.find_events(kind="controller.down")) == (why == "wanted")
+
+
+def test_a_failed_delivery_names_which_webhook_never_its_url(tmp_path: Path) -> None:
+    """Two Slack webhooks share a host: the message tells them apart by their place."""
+    hooks = webhooks_of({"spec": {"alerts": {"webhooks": [
+        {"url": "https://hooks.example.com/services/T0/B0/secret-one"},
+        {"url": "https://hooks.example.com/services/T0/B1/secret-two"}]}}})
+    assert [h.name for h in hooks] == [
+        "alerts.webhooks[0] (the webhook at hooks.example.com)",
+        "alerts.webhooks[1] (the webhook at hooks.example.com)"]
+    alerts = Alerts("p", tmp_path, wake=lambda: None)
+    alerts._failed(hooks[1], EVENT, "HTTP 500")
+    with Store(tmp_path / "store.db") as store:
+        alerts.close(store)
+        failed, = store.find_events(kind="alert.delivery_failed")
+    assert failed.message == ("alert 7 (worker.health) not delivered to alerts.webhooks[1] "
+                              "(the webhook at hooks.example.com): HTTP 500")
+    assert "secret" not in failed.message and failed.fields["webhook"] == 1

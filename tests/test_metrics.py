@@ -85,6 +85,16 @@ def test_reconcile_metrics_speaks_openmetrics_too(filled_state: Path) -> None:
             "reconciler_tasks"} <= names
 
 
+def test_reconcile_metrics_as_json(filled_state: Path) -> None:
+    found = json.loads(reconcile("--state-dir", str(filled_state), "metrics", "--pool", "p",
+                                 "-o", "json", check=True).stdout)
+    by_name = {f["name"]: f for f in found}
+    assert by_name["reconciler_attempts"]["type"] == "counter"
+    assert {"name": "reconciler_attempts_total", "labels": {"outcome": "timeout"},
+            "value": 1.0} in by_name["reconciler_attempts"]["samples"]
+    assert by_name["reconciler_attempt_run_time_seconds"]["type"] == "histogram"
+
+
 def test_reconcile_metrics_of_no_pool_is_one_line(tmp_path: Path) -> None:
     line = one_error_line(reconcile("--state-dir", str(tmp_path), "metrics", "--pool", "nope"))
     assert "nope" in line
