@@ -233,7 +233,7 @@ def test_a_webhook_takes_the_kinds_it_names_and_never_its_own_failures() -> None
         EventRow(1, 0.0, "alert.delivery_failed", None, None, "m", {}, "warning"))
     assert webhooks_of({"spec": {"alerts": {"webhooks": [
         {"url": "https://h/x", "secret": "k", "format": "slack"}]}}}) == (
-        Webhook("https://h/x", (), "k", "slack"),)
+        Webhook("https://h/x", (), "k", "slack", 0),)
 
 
 def test_dispatch_writes_each_alert_once_from_where_the_last_controller_stopped(
