@@ -232,6 +232,23 @@ def target(action: Action) -> str:
 
 
 @dataclass(frozen=True)
+class SpecChange:
+    """A setting the spec changes since the newest applied generation (``specdiff``):
+    ``old``/``new`` as JSON text, None where the setting is absent."""
+
+    path: str
+    old: str | None
+    new: str | None
+
+    def describe(self) -> str:
+        if self.old is None:
+            return f"+ {self.path} = {self.new}"
+        if self.new is None:
+            return f"- {self.path} (was {self.old})"
+        return f"~ {self.path}: {self.old} -> {self.new}"
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a pass would do (``actions``) and the health transitions it records (``steps``).
 
@@ -246,10 +263,16 @@ class Plan:
     steps: tuple[Step, ...] = ()
     at: float = 0.0
     generation: int = 0
+    spec_changes: tuple[SpecChange, ...] = ()  # settings changed since the applied spec
 
     @property
     def empty(self) -> bool:
         return not self.actions
+
+    @property
+    def in_sync(self) -> bool:
+        """Nothing to do and no setting to change: what ``diff`` exits 0 for."""
+        return not self.actions and not self.spec_changes
 
     @property
     def changes(self) -> tuple[Change, ...]:
@@ -264,8 +287,10 @@ class Plan:
         return Counter(verb(a) for a in self.actions)
 
     def summary(self) -> str:
+        settings = f"{len(self.spec_changes)} setting(s) to change"
         if self.empty:
-            return "No changes. The pool matches the spec."
+            return "No changes. The pool matches the spec." if not self.spec_changes else \
+                f"Plan: {settings}; no worker to start, restart or stop."
         c = self.counts()
         parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
         for word, label in (("remove", "to remove"), ("release", "to release"),
@@ -273,5 +298,7 @@ class Plan:
                             ("reset", "budget(s) to reset"), ("clean", "worktree(s) to clean")):
             if c[word]:
                 parts.append(f"{c[word]} {label}")
+        if self.spec_changes:
+            parts.append(settings)
         waiting = len(self.waiting)
         return "Plan: " + ", ".join(parts) + (f" ({waiting} waiting)" if waiting else "") + "."

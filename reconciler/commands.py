@@ -133,7 +133,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print_json(plan_document(plan))
     else:
         _render().render_plan(plan, title=f"reconcile apply would change pool {pool.name}:")
-    return 0 if plan.empty else 2
+    return 0 if plan.in_sync else 2
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -150,7 +150,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     text = args.output == "text"
 
     def show_plan(plan: Plan) -> None:  # called under the lock, with the plan that runs
-        if text and not plan.empty:
+        if text and not plan.in_sync:
             _render().render_plan(plan, title=f"Applying to pool {pool.name}:")
 
     say = _progress_line if text else (lambda _line: None)
@@ -173,7 +173,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     "skipped": result.report.skipped, "problems": result.report.problems,
                     "remaining": plan_document(result.remaining), "ready": ready,
                     "superseded_by": waited.superseded_by if waited else None})
-    elif result.plan.empty and not result.plan.steps:
+    elif result.plan.in_sync and not result.plan.steps:
         _print(f"Nothing to do: pool {pool.name} already matches {args.file}"
                       f" (generation {result.generation}"
                       f"{', recorded now' if result.recorded else ''}).")

@@ -20,11 +20,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from reconciler import pending
-from reconciler.actions import DrainWorker, Plan
+from reconciler.actions import DrainWorker, Plan, SpecChange
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.effects import host_ports
 from reconciler.errors import LockHeldError, PoolError
@@ -34,6 +34,7 @@ from reconciler.model import Observation, ProcessRef
 from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_controller, worker_ids
 from reconciler.pool import Pool, observe_pool, preflight, resolve_pool, spec_git_commit
 from reconciler.scale import rewrite_replicas
+from reconciler.specdiff import spec_changes
 from reconciler.specmodel import PoolSpec, document_hash, spec_from_document
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
@@ -119,15 +120,21 @@ def diff(pool: Pool) -> Plan:
     spec = _spec_of(pool)
     preflight(spec)  # what apply would refuse, diff refuses too
     observation = observe_pool(pool)
-    return plan(spec, observation, observation.observed_at, generation=_generation_of(pool, spec))
+    generation: int = 0
+    changes: tuple[SpecChange, ...] = ()
+    if pool.paths.exists():
+        with Store(pool.paths.store) as store:
+            generation = _newest_generation_if_same(store, spec) or 0
+            changes = _changes_since_applied(store, spec)
+    return replace(plan(spec, observation, observation.observed_at, generation=generation),
+                   spec_changes=changes)
 
 
-def _generation_of(pool: Pool, spec: PoolSpec) -> int:
-    """The generation ``spec`` already is (the newest applied one), else 0 (not recorded)."""
-    if not pool.paths.exists():
-        return 0
-    with Store(pool.paths.store) as store:
-        return _newest_generation_if_same(store, spec) or 0
+def _changes_since_applied(store: StorePort, spec: PoolSpec) -> tuple[SpecChange, ...]:
+    """The settings ``spec`` changes since the newest applied generation (none before
+    the first: everything is new then, and the plan says so)."""
+    latest = store.latest_spec()
+    return spec_changes(latest[1] if latest else None, spec.document)
 
 
 def _newest_generation_if_same(store: StorePort, spec: PoolSpec) -> int | None:
@@ -158,12 +165,15 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
         store.clear_controller_stop()  # the pool is wanted (again)
         store.set_deleting(None)  # ... even after an interrupted delete
         observation = observe_pool(pool, store)
-        first = plan(spec, observation, observation.observed_at)
+        changes = _changes_since_applied(store, spec)
+        first = replace(plan(spec, observation, observation.observed_at), spec_changes=changes)
         generation, recorded = _record_spec(store, spec, first.summary())
         result = run_pass(pool, store, generation, desired(spec, generation),
-                          progress=progress, on_plan=on_plan)
+                          progress=progress,
+                          on_plan=lambda p: on_plan(replace(p, spec_changes=changes)))
     ring_controller(pool.paths.root)  # a new generation: the controller takes it up now
-    return ApplyResult(result.plan, result.report, generation, recorded, result.remaining)
+    return ApplyResult(replace(result.plan, spec_changes=changes), result.report, generation,
+                       recorded, result.remaining)
 
 
 def _record_spec(store: StorePort, spec: PoolSpec, summary: str) -> tuple[int, bool]:

@@ -133,7 +133,7 @@ def test_read_commands_emit_json(host: Path, git_repo: Path) -> None:
     assert len(documents["history"]) == 1
     assert {e["kind"] for e in documents["events"]} >= {"spec.applied", "worker.started"}
     plan = json.loads(diff(spec, "-o", "json").stdout)
-    assert plan == {"pool": "testpool", "in_sync": True,
+    assert plan == {"pool": "testpool", "in_sync": True, "spec_changes": [],
                     "summary": "No changes. The pool matches the spec.", "counts": {},
                     "generation": 1, "transitions": [], "actions": []}
     write_spec(host, replicas=2)  # not applied yet: no generation

@@ -125,7 +125,9 @@ def plan_document(plan: Plan) -> dict[str, Any]:
     return {
         "pool": plan.pool,
         "generation": plan.generation or None,  # None: a spec not recorded yet (diff)
-        "in_sync": plan.empty,
+        "in_sync": plan.in_sync,
+        "spec_changes": [{"path": c.path, "old": c.old, "new": c.new}
+                         for c in plan.spec_changes],
         "summary": plan.summary(),
         "counts": dict(plan.counts()),
         "transitions": [{"worker": s.worker, "from": s.source, "to": s.dest,

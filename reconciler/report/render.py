@@ -52,10 +52,13 @@ def render_plan(plan: Plan, *, title: str) -> None:
         for step in plan.steps:
             say(f"  {step.describe()}", "dim")
         say()
-    if plan.empty:
+    if plan.in_sync:
         say(plan.summary(), "green")
         return
     say(f"{title}\n")
+    for change in plan.spec_changes:
+        line = cell_text(change.describe())
+        print(f"  {paint(line[0], _STYLE.get('restart', 'yellow'))}{line[1:]}")
     for action in plan.actions:
         head = f"{symbol(action)} {verb(action)}"
         line = cell_text(describe(action).removeprefix(head))
