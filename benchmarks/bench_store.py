@@ -48,6 +48,7 @@ from pathlib import Path
 import poolkit  # the benchmarks' folder is on the path when a script runs
 
 from reconciler.paths import pool_paths
+from reconciler.pool import Pool
 from reconciler.store.sqlite import Store
 
 POOL = "bench"
@@ -235,7 +236,15 @@ def dashboard(state_dir: Path, store: Store) -> dict[str, Callable[[], object]]:
             render(snapshot(pool, store, meter, time.time())))
 
     return {"dashboard snapshot": lambda: snapshot(pool, store, meter, time.time()),
-            "dashboard refresh": refresh}
+            "dashboard refresh": refresh, "metrics scrape": lambda: scrape(pool, store)}
+
+
+def scrape(pool: Pool, store: Store) -> bytes:
+    """One ``/metrics`` scrape: every figure read from the store (aggregates over the
+    whole history: counters and histograms never forget), as the text exposition."""
+    from reconciler.metrics import gather, write_exposition
+
+    return write_exposition(gather(pool, store))
 
 
 def commands(days: float) -> dict[str, list[str]]:

@@ -66,6 +66,7 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^report reads 720h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^dashboard snapshot +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^dashboard refresh +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
+        rf"^metrics scrape +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^report +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^report -o json +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
         rf"^report --since 720h +{FIGURE} ms +{FIGURE} ms +{FIGURE}x$",
