@@ -212,7 +212,8 @@ def test_pueue_daemon_forks_keeps_a_pid_file_and_shuts_down(pueue: Pueue) -> Non
     second = subprocess.run(["pueued", "--config", str(pueue.config)], env=pueue.env,
                             capture_output=True, text=True, timeout=WAIT, check=False)
     assert second.returncode == 1
-    assert "another daemon seems to be running" in second.stderr
+    (line,) = second.stderr.splitlines()
+    assert "another daemon seems to be running" in line
     assert pueue.pid() == pid
     assert pueue.run("shutdown").stdout == "Daemon is shutting down\n"
     wait_for(lambda: gone(pid), timeout=WAIT, interval=0.05, message="the daemon to exit")

@@ -704,12 +704,13 @@ def pueued_main(executable: Path, argv: list[str] | None = None) -> None:
     paths.logs.mkdir(exist_ok=True)
     if paths.config is not None and not paths.config.exists():
         paths.config.write_text("# written by the reconciler pueue stand-in; not read\n")
-    # daemon/pid.rs `create_pid_file`: refuse while the recorded daemon lives
+    # daemon/pid.rs `create_pid_file`: refuse while the recorded daemon lives (its message,
+    # on one line)
     if paths.pid.exists():
         with contextlib.suppress(ValueError, OSError):
             if process_exists(int(paths.pid.read_text())):
-                fail("Error: Pid file already exists and another daemon seems to be running.\n"
-                     f"Please stop the daemon beforehand or delete the file manually: "
+                fail("Error: Pid file already exists and another daemon seems to be running. "
+                     f'Please stop the daemon beforehand or delete the file manually: '
                      f'"{paths.pid}"')
     paths.pid.write_text(str(os.getpid()))
     daemon = Daemon(paths)
