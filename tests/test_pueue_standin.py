@@ -59,11 +59,9 @@ class Pueue:
                                             os.environ["PATH"]])
         self.orphans: list[int] = []  # process groups a test left behind on purpose
 
-    def run(self, *args: str, code: int | None = 0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["pueue", "--config", str(self.config), *args],
-                              env={**self.env, **(env or {})}, capture_output=True,
-                              text=True, timeout=WAIT, check=False)
+    def run(self, *args: str, code: int | None = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["pueue", "--config", str(self.config), *args], env=self.env,
+                              capture_output=True, text=True, timeout=WAIT, check=False)
         if code is not None:
             assert proc.returncode == code, (args, proc.stdout, proc.stderr)
         return proc
@@ -104,13 +102,32 @@ class Pueue:
     def result(self, task_id: int) -> Any:
         return self.task(task_id)["status"]["Done"]["result"]
 
+    def saved(self) -> dict[str, Any]:
+        """The state file (4.0.x shape), which the daemon rewrites on every change: cheap
+        to poll while waiting; what tests assert comes from ``pueue status``."""
+        state: dict[str, Any] = json.loads((self.root / "state.json").read_text())
+        return state
+
     def wait_kind(self, task_id: int, kind: str) -> None:
-        wait_for(lambda: self.kind(task_id) == kind, timeout=WAIT, interval=0.05,
-                 message=f"task {task_id} {kind}")
+        wait_for(lambda: kind in self.saved()["tasks"][str(task_id)]["status"],
+                 timeout=WAIT, interval=0.02, message=f"task {task_id} {kind}")
 
     def running(self) -> set[int]:
         return {int(i) for i, task in self.status()["tasks"].items()
                 if "Running" in task["status"]}
+
+    def wait_running(self, expected: set[int]) -> None:
+        wait_for(lambda: {int(i) for i, task in self.saved()["tasks"].items()
+                          if "Running" in task["status"]} == expected,
+                 timeout=WAIT, interval=0.02, message=f"running {expected}")
+        assert self.running() == expected
+
+    def is_daemon(self, pid: int) -> bool:
+        """Ours, not a process that has since taken a dead daemon's pid."""
+        try:
+            return any(part.endswith("pueued") for part in psutil.Process(pid).cmdline())
+        except psutil.Error:
+            return False
 
     def add(self, *args: str) -> int:
         return int(self.run("add", "-p", *args).stdout)
@@ -119,7 +136,7 @@ class Pueue:
         """End what this test started: the daemon (its pid from its pid file) and any
         task process group left running on purpose."""
         pid_file = self.root / "pueue.pid"
-        if pid_file.exists() and not gone(pid := self.pid()):
+        if pid_file.exists() and not gone(pid := self.pid()) and self.is_daemon(pid):
             # each task leads its own process group; should the daemon lose one, end it too
             with contextlib.suppress(psutil.Error):
                 self.orphans += [child.pid for child in psutil.Process(pid).children()]
@@ -267,14 +284,15 @@ def test_pueue_add_takes_each_flag_and_runs_in_the_captured_environment(
     task = pueue.add("--label", "the label", "--priority", "7", "--working-directory",
                      os.path.relpath(work), "-g", "held", "--", "WORDS='a  b'", ";", script)
     assert task == 1
-    saved = pueue.task(task)
+    stashed = pueue.add("--stashed", "-l", "s", "true")
+    tasks = pueue.status()["tasks"]
+    saved = tasks[str(task)]
     # the words joined with single spaces (quoting is the caller's job), as given
     assert saved["command"] == saved["original_command"] == f"WORDS='a  b' ; {script}"
     assert (saved["label"], saved["priority"], saved["path"]) == ("the label", 7, str(work))
     assert saved["group"] == "held"
     assert "Queued" in saved["status"]
-    stashed = pueue.add("--stashed", "-l", "s", "true")
-    assert pueue.task(stashed)["status"] == {"Stashed": {"enqueue_at": None}}
+    assert tasks[str(stashed)]["status"] == {"Stashed": {"enqueue_at": None}}
     pueue.env["ADDED"] = "at add time"
     unseen = pueue.add("-g", "held", "-w", str(work), 'printf %s "$ADDED" > out2')
     proc = pueue.run("add", "-g", "nope", "true", code=1)
@@ -285,10 +303,11 @@ def test_pueue_add_takes_each_flag_and_runs_in_the_captured_environment(
         pueue.wait_kind(each, "Done")
     assert (work / "out").read_text() == "a|b||unset|held|"
     assert (work / "out2").read_text() == "at add time"
-    envs = pueue.task(task)["envs"]
+    tasks = pueue.status()["tasks"]
+    envs = tasks[str(task)]["envs"]
     assert (envs["PUEUE_GROUP"], envs["PUEUE_WORKER_ID"]) == ("held", "0")
     assert "DAEMON_ONLY" not in envs
-    assert pueue.kind(stashed) == "Stashed"  # a stashed task never starts by itself
+    assert "Stashed" in tasks[str(stashed)]["status"]  # it never starts by itself
 
 
 def test_pueue_starts_by_priority_then_id_within_the_parallel_limit(
@@ -311,26 +330,25 @@ def test_pueue_starts_by_priority_then_id_within_the_parallel_limit(
     pueue.run("start", "-g", "w")
 
     def wait_running(*names: str) -> None:
-        expected = {ids[name] for name in names}
-        wait_for(lambda: pueue.running() == expected, timeout=WAIT, interval=0.05,
-                 message=f"running {names}")
+        pueue.wait_running({ids[name] for name in names})
 
     wait_running("c", "e")
-    assert pueue.task(ids["c"])["envs"]["PUEUE_WORKER_ID"] == "0"
-    assert pueue.task(ids["e"])["envs"]["PUEUE_WORKER_ID"] == "1"
+    tasks = pueue.status()["tasks"]
+    assert [tasks[str(ids[name])]["envs"]["PUEUE_WORKER_ID"] for name in "ce"] == ["0", "1"]
     for released, now_running in (("c", ("e", "d")), ("e", ("d", "a")), ("d", ("a", "b"))):
         release(released)
         wait_running(*now_running)
     assert pueue.task(ids["d"])["envs"]["PUEUE_WORKER_ID"] == "0"  # the lowest free slot
     pueue.run("parallel", "0", "-g", "w")  # 0: no limit
     third = pueue.add("-g", "w", "-w", str(gates), ": < f")
-    wait_for(lambda: pueue.running() == {ids["a"], ids["b"], third}, timeout=WAIT,
-             interval=0.05)
+    pueue.wait_running({ids["a"], ids["b"], third})
     for name in "abf":
         release(name)
     for each in (*ids.values(), third):
         pueue.wait_kind(each, "Done")
-    assert {pueue.result(each) for each in (*ids.values(), third)} == {"Success"}
+    tasks = pueue.status()["tasks"]
+    assert {tasks[str(each)]["status"]["Done"]["result"]
+            for each in (*ids.values(), third)} == {"Success"}
 
 
 def make_fixture_like_tasks(pueue: Pueue, tmp_path: Path) -> None:
@@ -465,8 +483,9 @@ def test_pueue_restart_in_place_requeues_a_done_task_under_its_id(
     assert set(pueue.status()["tasks"]) == {str(task), str(running)}
     copy = pueue.run("restart", str(task)).stdout  # not in place: a new task
     assert copy == f"Restarted tasks: [{task}]\n"
-    assert set(pueue.status()["tasks"]) == {str(task), str(running), "2"}
-    assert pueue.task(2)["command"] == f"test -e {flag}"
+    tasks = pueue.status()["tasks"]
+    assert set(tasks) == {str(task), str(running), "2"}
+    assert tasks["2"]["command"] == f"test -e {flag}"
     pueue.run("restart", code=1)
 
 
@@ -500,7 +519,7 @@ def test_pueue_pause_stops_the_group_and_its_running_tasks_start_resumes(
 
 
 def pid_of_task(pueue: Pueue, task_id: int) -> int:
-    """The task's shell: the daemon's child whose environment names the task's worker."""
+    """The task's shell: the daemon's child running ``sh -c COMMAND``."""
     daemon = psutil.Process(pueue.pid())
     command = pueue.task(task_id)["command"]
     (child,) = [c for c in daemon.children() if c.cmdline()[-1:] == [command]]

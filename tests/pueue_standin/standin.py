@@ -710,7 +710,7 @@ def pueued_main(executable: Path, argv: list[str] | None = None) -> None:
         with contextlib.suppress(ValueError, OSError):
             if process_exists(int(paths.pid.read_text())):
                 fail("Error: Pid file already exists and another daemon seems to be running. "
-                     f'Please stop the daemon beforehand or delete the file manually: '
+                     "Please stop the daemon beforehand or delete the file manually: "
                      f'"{paths.pid}"')
     paths.pid.write_text(str(os.getpid()))
     daemon = Daemon(paths)
