@@ -264,7 +264,9 @@ def test_pueue_pueued_runs_in_the_foreground_and_stops_on_sigterm(pueue: Pueue) 
         assert daemon.wait(timeout=WAIT) == 0
     finally:
         if daemon.poll() is None:
+            pueue.orphans += [child.pid for child in psutil.Process(daemon.pid).children()]
             daemon.kill()
+        daemon.wait(timeout=WAIT)
     # the graceful shutdown killed the task and saved that
     done = json.loads((pueue.root / "state.json").read_text())["tasks"][str(task)]
     assert done["status"]["Done"]["result"] == "Killed"
