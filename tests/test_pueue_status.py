@@ -536,7 +536,7 @@ def generated_document(draw: st.DrawFn, shape: str) -> tuple[str, dict[int, Pueu
 
 
 @pytest.mark.parametrize("shape", ["4", "3"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(data=st.data())
 def test_pueue_generated_documents_read_every_variant_as_expected(shape: str,
                                                                   data: st.DataObject) -> None:
@@ -548,7 +548,7 @@ def test_pueue_generated_documents_read_every_variant_as_expected(shape: str,
         assert_tasks_equal(state.tasks[task_id], want)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(timestamp=timestamps())
 def test_pueue_generated_timestamps_read_to_the_microsecond(timestamp: tuple[str, float]
                                                              ) -> None:
@@ -569,7 +569,7 @@ ANY_TASK = st.fixed_dictionaries({}, optional={
     "enqueued_at": JSON, "start": JSON, "end": JSON, "prev_status": JSON, "envs": JSON})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(tasks=st.dictionaries(st.integers(0, 10**6).map(str), ANY_TASK, max_size=5),
        groups=st.dictionaries(st.text(max_size=5), st.dictionaries(
            st.sampled_from(["status", "parallel_tasks"]), JSON), max_size=3))
@@ -590,13 +590,13 @@ def test_pueue_any_json_in_the_fields_reads_or_refuses_mixed_shapes_only(
         assert parsed.exit_code is None or parsed.result == "failed"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(document=st.one_of(JSON, st.fixed_dictionaries({"tasks": JSON, "groups": JSON})))
 def test_pueue_any_json_document_reads_or_fails_with_one_line(document: object) -> None:
     assert_reads_or_one_line_error(json.dumps(document))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(text=st.text(max_size=40) | st.binary(max_size=40))
 def test_pueue_any_text_or_bytes_read_or_fail_with_one_line(text: str | bytes) -> None:
     assert_reads_or_one_line_error(text)
@@ -739,13 +739,13 @@ def test_pueue_label_names_pool_task_and_attempt() -> None:
     assert parse_label("reconciler:a-0:7:12") == ("a-0", 7, 12)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pool=st.from_regex(SCHEMA_POOL_NAME, fullmatch=True), task_id=IDS, attempt=IDS)
 def test_pueue_label_round_trips(pool: str, task_id: int, attempt: int) -> None:
     assert parse_label(label_for(pool, task_id, attempt)) == (pool, task_id, attempt)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pool=st.text(alphabet="az09-_:A. \n", max_size=42))
 def test_pueue_label_takes_exactly_the_pool_names_workers_yaml_allows(pool: str) -> None:
     # fullmatch: jsonschema's re.search would let "$" take a name ending in a newline
