@@ -355,6 +355,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """The pool's productivity over ``--since``, read-only."""
+    from reconciler.health import LIVE
     from reconciler.report.analysis import analyse
 
     since = _duration_arg(args.since, "--since")
@@ -367,7 +368,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     with _open_store(args) as (pool, store):
         attempts, tasks, restarts = store.report_rows(now - since)
         counts, oldest = store.queue_counts(), store.oldest_queued_at()
-        lives = store.worker_lives(now)
+        lives = store.worker_lives(now - since, now)
+        up_now = {w.id: not w.removed and w.health in LIVE
+                  for w in store.workers(include_removed=True)}
         observation = pools.observe_pool(pool, store)
     per_worker, available = _worker_memory(observation)
     document = analyse(pool=pool.name, since=now - since, now=now,
@@ -375,7 +378,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                        tasks=tasks, restarts=restarts, queued=counts.queued,
                        running=counts.running, target_wait=target,
                        memory_per_worker=per_worker, memory_available=available,
-                       oldest_queued_at=oldest, lives=lives)
+                       oldest_queued_at=oldest, lives=lives, up_now=up_now)
     if html_file is not None:
         _write_html(html_file, document, attempts)
     if args.output == "json":

@@ -92,18 +92,21 @@ def test_the_figures_match_the_hand_worked_store(store: Store) -> None:
 
 
 def test_up_time_counts_each_life_inside_the_window() -> None:
-    lives = [("w-1", 1000.0, True), ("w-1", 4000.0, False),  # 2800-4000: 1200
-             ("w-1", 5000.0, True), ("w-1", 5500.0, True),   # a replacement continues
-             ("w-1", 6000.0, False), ("w-1", 6500.0, False),  # 5000-6000: 1000; nothing
-             ("w-2", 9500.0, True),                           # up to now: 500
-             ("w-3", 100.0, True), ("w-3", 2000.0, False)]    # before the window
-    assert up_time(lives, SINCE, NOW) == {"w-1": 2200.0, "w-2": 500.0}
+    lives = [("w-1", 4000.0, "exited"),                                # up from 2800: 1200
+             ("w-1", 5000.0, "restarted"), ("w-1", 5500.0, "restarted"),  # a replacement
+             ("w-1", 6000.0, "died"), ("w-1", 6500.0, "stopped"),     # 5000-6000: 1000
+             ("w-2", 9500.0, "started"),                               # to now: 500
+             ("w-3", 3000.0, "restarted")]                             # up before it too
+    up_now = {"w-1": False, "w-2": True, "w-3": True, "w-4": True, "w-5": False}
+    assert up_time(lives, SINCE, NOW, up_now) == {
+        "w-1": 2200.0, "w-2": 500.0, "w-3": 7200.0,
+        "w-4": 7200.0}  # no event in the window, up now: up all of it; w-5: down all of it
 
 
 def test_efficiency_is_busy_time_over_up_time(store: Store) -> None:
-    """fill()'s w-1 is busy 900 s, w-2 300 s.  The log says: w-1 started at 1000 and
-    died at 8000 (up 5200 s of the window), w-2 started at 3200 and exited at 3800
-    (600 s), w-3 started at 9000 and never worked (1000 s)."""
+    """fill()'s w-1 is busy 900 s, w-2 300 s.  The log says: w-1 started at 1000 (before
+    the window) and died at 8000 (up 5200 s of the window), w-2 started at 3200 and
+    exited at 3800 (600 s), w-3 started at 9000 and never worked (1000 s)."""
     spec_id = store.record_applied_spec(source_path=None, source_sha256="s", git_commit=None,
                                         document_hash="h", document="{}", summary="spec")
     for worker, start in (("w-1", 1000.0), ("w-2", 3200.0), ("w-3", 9000.0)):
@@ -113,7 +116,10 @@ def test_efficiency_is_busy_time_over_up_time(store: Store) -> None:
     store.set_health("w-1", "working", "dead", "process gone", now=8000.0)
     store.set_health("w-2", "working", "slow", "no output", now=3500.0)  # not an end
     store.mark_worker_exited("w-2", 0, now=3800.0)
-    doc = report_of(store, lives=store.worker_lives(NOW))
+    lives = store.worker_lives(SINCE, NOW)
+    assert lives == [("w-2", 3200.0, "started"), ("w-2", 3800.0, "exited"),
+                     ("w-1", 8000.0, "died"), ("w-3", 9000.0, "started")]
+    doc = report_of(store, lives=lives, up_now={"w-1": False, "w-2": False, "w-3": True})
     found = {w["worker"]: (w["up_seconds"], w["efficiency"]) for w in doc["workers"]}
     assert found == {"w-1": (5200.0, 900 / 5200), "w-2": (600.0, 300 / 600),
                      "w-3": (1000.0, 0.0)}

@@ -50,8 +50,8 @@ HOT_QUERIES = [
     pytest.param(task_sql.LATEST_ATTEMPT_AT_SQL, "attempts_by_worktree", id="attempt-worktrees"),
     pytest.param(task_sql.RUNNING_ATTEMPTS_SQL, "attempts_by_status", id="running-attempts"),
     pytest.param(task_sql.SPEND_SINCE_SQL, "attempts_cost_by_end", id="spend-today"),
-    pytest.param(task_sql.COMPLETED_SINCE_SQL, "attempts_by_status_end", id="dashboard-completed"),
-    pytest.param(task_sql.MEAN_RUN_SINCE_SQL, "attempts_by_status_end", id="dashboard-mean-run"),
+    pytest.param(task_sql.COMPLETED_SINCE_SQL, "attempts_ended", id="dashboard-completed"),
+    pytest.param(task_sql.MEAN_RUN_SINCE_SQL, "attempts_ended", id="dashboard-mean-run"),
     pytest.param(RESTART_HISTORY_SQL, "restarts_by_worker", id="restart-history"),
     pytest.param(task_sql.TASK_STATUSES_SQL, "PRIMARY KEY", id="task-wait"),
     pytest.param(task_sql.OPEN_TASK_IDS_SQL, "tasks_by_status", id="open-task-ids"),
@@ -64,7 +64,7 @@ HOT_QUERIES = [
     pytest.param(event_sql.ALERTS_NEWEST_SQL, "events_alerts", id="alerts"),
     pytest.param(event_sql.ALERTS_AFTER_SQL, "events_alerts", id="alerts-to-send"),
     pytest.param(task_sql.OLDEST_QUEUED_SQL, "tasks_by_status", id="report-oldest-queued"),
-    pytest.param(task_sql.REPORT_ATTEMPTS_SQL, "attempts_by_status_end", id="report-attempts"),
+    pytest.param(task_sql.REPORT_ATTEMPTS_SQL, "attempts_ended", id="report-attempts"),
     pytest.param(task_sql.REPORT_TASKS_SINCE_SQL, "tasks_by_creation", id="report-tasks-since"),
     pytest.param(task_sql.REPORT_TASKS_OF_SQL, "PRIMARY KEY", id="report-tasks-of"),
 ]
@@ -142,7 +142,7 @@ def test_the_report_reads_no_history_outside_its_window(store: Store, window: fl
     _history(store)
     plans = plans_of_what_runs(store, lambda: (
         store.report_rows(time.time() - window), store.queue_counts(),
-        store.oldest_queued_at(), store.worker_lives(time.time())))
+        store.oldest_queued_at(), store.worker_lives(time.time() - window, time.time())))
     # attempts, tasks, restarts, counts, the oldest queued, starts and ends, deaths
     assert len(plans) >= 7, plans
     for plan in plans:

@@ -11,8 +11,10 @@ markdown forms are drawn from it).  Definitions, so the figures can be checked:
 - percentiles are nearest-rank (p50 of 1, 2, 3, 4 is 2);
 - a worker's *efficiency* is its busy time (its attempts' run time in the window)
   over its up time in the window: from each start or restart to the next exit,
-  stop or death the event log shows (a worker the log shows no start of counts the
-  whole window), so one added half-way or dead for hours is not called idle;
+  stop or death the event log shows, so one added half-way or dead for hours is not
+  called idle.  Before its first event in the window a worker was up unless that
+  event is a (first) start; one with no event in the window was up all of it if it
+  is up now; one the log knows nothing of counts the whole window;
 - the scaling advice is an M/M/c queue: arrivals λ = tasks created per hour, service
   time S = the run time of a finished task's attempts (retries included), load
   a = λ·S; the expected queue wait with c workers is
@@ -78,10 +80,12 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
             target_wait: float, memory_per_worker: float | None = None,
             memory_available: float | None = None,
             oldest_queued_at: float | None = None,
-            lives: Sequence[tuple[str, float, bool]] = ()) -> dict[str, Any]:
+            lives: Sequence[tuple[str, float, str]] = (),
+            up_now: Mapping[str, bool] | None = None) -> dict[str, Any]:
     """The report's document.  ``tasks``: every task an attempt names, and every task
     created in the window; ``restarts``: (worker, when) in the window; ``lives``:
-    (worker, when, up) for each start and end of a worker, in order (``worker_lives``);
+    (worker, when, what) for each start and end of a worker in the window, in order
+    (``worker_lives``); ``up_now``: whether each worker runs now;
     ``oldest_queued_at``: when the longest-waiting queued task was created (a starved
     queue shows there, not in the waits of tasks that started)."""
     window = max(now - since, 1e-9)
@@ -103,7 +107,8 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     tokens_in = sum(a.report.input_tokens or 0 for a in ended if a.report)
     tokens_out = sum(a.report.output_tokens or 0 for a in ended if a.report)
     total_cost = sum(cost)
-    workers = _per_worker(ended, restarts, since, window, up_time(lives, since, now))
+    workers = _per_worker(ended, restarts, since, window,
+                          up_time(lives, since, now, up_now or {}))
     arrivals = sum(1 for t in tasks.values() if since <= t.created_at <= now) / hours
     # the work a task brings: all its attempts (retries included), not one attempt's
     service_hours = (sum(run) / len(finished) / 3600 if finished else
@@ -146,19 +151,26 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     return document
 
 
-def up_time(lives: Sequence[tuple[str, float, bool]], since: float,
-            now: float) -> dict[str, float]:
-    """Each worker's up time within ``since``..``now``: from a start to the next end
-    (a start while up, a replacement, continues it; an end while down is nothing)."""
+def up_time(lives: Sequence[tuple[str, float, str]], since: float, now: float,
+            up_now: Mapping[str, bool]) -> dict[str, float]:
+    """Each worker's up time within ``since``..``now`` from its starts (``started``,
+    ``restarted``) and ends (``exited``, ``stopped``, ``died``) in the window: a start
+    while up (a replacement) continues it, an end while down is nothing."""
     up_since: dict[str, float | None] = {}
     total: dict[str, float] = defaultdict(float)
-    for worker, at, up in lives:
-        began = up_since.get(worker)
+    for worker, at, what in lives:
+        up = what in ("started", "restarted")
+        if worker not in up_since:  # its state when the window began
+            up_since[worker] = None if what == "started" else since
+        began = up_since[worker]
         if up and began is None:
             up_since[worker] = at
         elif not up and began is not None:
             total[worker] += max(0.0, min(at, now) - max(began, since))
             up_since[worker] = None
+    for worker, running in up_now.items():
+        if worker not in up_since and running:  # no event in the window: up all of it
+            up_since[worker] = since
     for worker, began in up_since.items():
         if began is not None:
             total[worker] += max(0.0, now - max(began, since))

@@ -44,11 +44,12 @@ ALERT_PAGE = 500
 # a worker's life, for its up time: starts (up) and planned ends (down) are rare kinds;
 # deaths are alerts (worker.health to dead or failed), read through the alerts' index
 # (``+kind``: not through ``events_by_kind``, which holds every health change)
-LIFE_UP = ("worker.started", "worker.restarted")  # the other two kinds: down
 LIFE_EVENTS_SQL = ("SELECT id, worker_id, at, kind FROM events WHERE kind IN ('worker.started',"
-                   " 'worker.restarted', 'worker.exited', 'worker.stopped') AND at <= ?")
+                   " 'worker.restarted', 'worker.exited', 'worker.stopped') AND id >= ?"
+                   " AND at BETWEEN ? AND ?")
 DEATHS_SQL = ("SELECT id, worker_id, at, fields FROM events WHERE severity IS NOT NULL"
-              " AND id > 0 AND +kind = 'worker.health' AND at <= ?")
+              " AND id >= ? AND +kind = 'worker.health' AND at BETWEEN ? AND ?")
+EVENT_AT_SQL = "SELECT id, at FROM events WHERE id >= ? ORDER BY id LIMIT 1"
 # a kind prefix compared exactly (LIKE would take ``_`` as a wildcard)
 KIND_PREFIX = "substr(kind, 1, length(?)) = ?"
 
@@ -115,16 +116,37 @@ class EventLog(Database):
         """The alerts logged after ``after_id``, oldest first (the controller sends them)."""
         return [_event(r) for r in self._query(ALERTS_AFTER_SQL, (after_id, limit))]
 
-    def worker_lives(self, until: float) -> list[tuple[str, float, bool]]:
-        """(worker, when, up) for each start (up) and each exit, stop or death (down)
-        logged up to ``until``, in the order they happened."""
-        found = [(int(r["id"]), str(r["worker_id"]), float(r["at"]), r["kind"] in LIFE_UP)
-                 for r in self._query(LIFE_EVENTS_SQL, (until,)) if r["worker_id"]]
-        for r in self._query(DEATHS_SQL, (until,)):
+    def worker_lives(self, since: float, until: float) -> list[tuple[str, float, str]]:
+        """(worker, when, what) for each start, restart, exit, stop and death (``died``:
+        its health went to dead or failed) logged from ``since`` to ``until``, in the
+        order they happened.
+        Only the window's events are read: the first of them is found by a binary
+        search on the event ids (they grow with time), the rest through the index of
+        kinds and the alerts' index (a death is an alert)."""
+        first = self._first_event_at(since)
+        found = [(int(r["id"]), str(r["worker_id"]), float(r["at"]),
+                  str(r["kind"]).removeprefix("worker."))
+                 for r in self._query(LIFE_EVENTS_SQL, (first, since, until))
+                 if r["worker_id"]]
+        for r in self._query(DEATHS_SQL, (first, since, until)):
             to = json.loads(r["fields"] or "{}").get("to")
             if r["worker_id"] and to in ("dead", "failed"):
-                found.append((int(r["id"]), str(r["worker_id"]), float(r["at"]), False))
-        return [(worker, at, up) for _, worker, at, up in sorted(found)]
+                found.append((int(r["id"]), str(r["worker_id"]), float(r["at"]), "died"))
+        return [(worker, at, what) for _, worker, at, what in
+                sorted(found, key=lambda e: (e[2], e[0]))]  # by time, then as logged
+
+    def _first_event_at(self, since: float) -> int:
+        """The id of the first event logged at or after ``since`` (past the last: one more
+        than it), in about 20 primary-key seeks for a million events."""
+        low, high = 1, self.last_event_id() + 1
+        while low < high:
+            middle = (low + high) // 2
+            rows = self._query(EVENT_AT_SQL, (middle,))  # ids may have gaps
+            if not rows or float(rows[0]["at"]) >= since:
+                high = middle
+            else:
+                low = int(rows[0]["id"]) + 1
+        return low
 
     def meta_value(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))

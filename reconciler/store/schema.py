@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 8  # 8: tasks_by_creation, for reconcile report's window
+SCHEMA_VERSION = 8  # 8: tasks_by_creation and attempts_ended (report windows, metrics)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,7 +82,9 @@ CREATE INDEX IF NOT EXISTS attempts_by_status ON attempts (status, worker_id);
 CREATE INDEX IF NOT EXISTS attempts_rescued ON attempts (rescued) WHERE rescued IS NOT NULL;
 CREATE INDEX IF NOT EXISTS attempts_cost_by_end ON attempts (ended_at, cost_usd)
     WHERE cost_usd IS NOT NULL;
-CREATE INDEX IF NOT EXISTS attempts_by_status_end ON attempts (status, ended_at);
+-- by status and end, covering what the report's window and the metrics' totals read
+CREATE INDEX IF NOT EXISTS attempts_ended ON attempts (status, ended_at, started_at, number,
+    task_id, cost_usd, input_tokens, output_tokens);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     runtime TEXT NOT NULL,
@@ -190,6 +192,8 @@ _DATA_STEPS: dict[int, tuple[str, ...]] = {
         " AND json_extract(fields, '$.task_status') = 'failed'",
         "UPDATE events SET severity = 'warning'"
         " WHERE kind IN ('pool.paused', 'pool.over_budget', 'alert.delivery_failed')"),
+    # attempts_ended covers what this index held, and more
+    8: ("DROP INDEX IF EXISTS attempts_by_status_end",),
 }
 
 

@@ -81,9 +81,12 @@ MEAN_RUN_SINCE_SQL = ("SELECT AVG(ended_at - started_at) AS mean FROM attempts"
                       " WHERE ended_at >= ? AND status = 'succeeded'")
 SPEND_SINCE_SQL = ("SELECT COALESCE(SUM(cost_usd), 0) AS spent FROM attempts"
                    " WHERE cost_usd IS NOT NULL AND ended_at >= ?")
-RUNNING_ATTEMPTS_SQL = "SELECT * FROM attempts WHERE status = 'running' ORDER BY id"
+# the few running attempts: through the narrow index (the planner, without statistics,
+# may take the wide attempts_ended, which holds every ended attempt under its own status)
+RUNNING_ATTEMPTS_SQL = ("SELECT * FROM attempts INDEXED BY attempts_by_status"
+                        " WHERE status = 'running' ORDER BY id")
 # ``reconcile report``: the attempts that ended in the window, one range of
-# ``attempts_by_status_end`` per status (every status the schema allows is listed, as a test
+# ``attempts_ended`` per status (every status the schema allows is listed, as a test
 # checks, so this is ``ended_at >= ?`` alone, which has no index of its own), and only the
 # columns the report uses
 REPORT_ATTEMPTS_SQL = (
