@@ -236,8 +236,14 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise PoolError(f"pool {pool.name!r} was never applied",
                         hint="pass -f workers.yaml to apply it and keep it converged")
     log_to(sys.stderr, "{time} controller {level} {message}", level="INFO", replace=True)
-    log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")
-    log_to(log, "{time} {level} {message}", time="timestamp")
+    try:
+        log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")
+        log_to(log, "{time} {level} {message}", time="timestamp")
+    except OSError as exc:  # a full disk must not keep the controller from running
+        from reconciler.log import logger
+
+        logger.error("cannot open {}: {}; logging to stderr only",
+                     pool.paths.logs / "controller.log", exc.strerror or exc)
     # with -f, the file given is applied (once the lock is ours) and kept converged
     return controller.run_controller(pool, apply_first=bool(args.file))
 
