@@ -78,9 +78,10 @@ class AttemptRunner:
         self.report: AgentReport | None = None  # what the agent reported (worker.result)
         self.pool_key = pool_key(paths.root)  # marks every process of the attempt
 
-    def run(self) -> None:
+    def run(self) -> str:
         """Prepare, run, judge and record the attempt; its result is never lost (a store
-        that refuses it keeps it in ``pending``)."""
+        that refuses it keeps it in ``pending``).  Returns its outcome (``succeeded``,
+        ``failed``, ``timeout``...)."""
         claim = self.claim
         task, spec = claim.task, self.spec
         log = self.paths.logs / f"task-{task.id}-a{claim.attempt_number}.log"
@@ -133,7 +134,7 @@ class AttemptRunner:
             logger.error("task {}: cannot record its result ({}): {}; kept in {} and "
                          "recorded once the store takes writes again", task.id,
                          result.status, exc.one_line(), kept)
-            return
+            return result.status
         if self.report is not None and self.report.cost_usd:
             self._check_budget()
         if new_status == "queued":
@@ -143,6 +144,7 @@ class AttemptRunner:
         else:
             logger.info("task {} attempt {} {}: task {}", task.id, claim.attempt_number,
                         result.status, new_status)
+        return result.status
 
     def _check_budget(self) -> None:
         """Once the attempts that ended today reported ``budget.perDayUsd``, pause claiming

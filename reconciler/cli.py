@@ -303,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not SIGKILL a busy worker part-way (shown by default: the "
                    "controller replaces it and its task is requeued)")
 
+    p = sub.add_parser("run-task", help="run one attempt of a task in the foreground",
+                       description="Run attempt N of a queued task now, in this process, as "
+                       "a worker would: its worktree and branch, setup, worker.command, "
+                       "hooks, heartbeats, and its recorded result (retried later by the "
+                       "spec's policy). It runs only if N is the task's next attempt and "
+                       "the task is queued and due. This is what the pueue runtime hands to "
+                       "pueue for each task. Exit 0: the attempt succeeded; 1: it did not; "
+                       "2: the attempt was not this command's to run.")
+    p.add_argument("--pool", required=True, metavar="NAME", help="the pool, by name")
+    p.add_argument("--task", required=True, type=_task_id, metavar="ID", help="the task")
+    p.add_argument("--attempt", required=True, type=_positive_int, metavar="N",
+                   help="which attempt (the task's next one)")
+
     # internal: how the executor starts a worker process; hidden from --help
     p = sub.add_parser("worker")
     p.add_argument("--pool", required=True)
@@ -370,6 +383,21 @@ def _run_worker(args: argparse.Namespace) -> int:
     return worker.main(paths, args.id, args.spec_id)
 
 
+def _run_task(args: argparse.Namespace) -> int:
+    """``reconcile run-task``, without the rest of the CLI (pueue starts one per task)."""
+    from reconciler.errors import PoolError
+    from reconciler.log import log_to
+    from reconciler.paths import pool_paths
+    from reconciler.runtask import run_task
+
+    paths = pool_paths(args.state_dir, args.pool)
+    if not paths.exists():
+        raise PoolError(f"pool {args.pool!r} has no store in {args.state_dir}",
+                        hint="apply its spec first: reconcile apply -f workers.yaml")
+    log_to(sys.stderr, "{time} run-task {level} {message}", level="INFO", replace=True)
+    return run_task(paths, args.task, args.attempt)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -386,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             return _run_worker(args)
+        if args.command == "run-task":
+            return _run_task(args)
         from reconciler import commands
 
         code = commands.dispatch(args)

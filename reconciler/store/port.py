@@ -214,6 +214,11 @@ class StorePort(Protocol):
 
     # ------------------------------------------------------------------ attempts, leases
 
+    def claim_task_attempt(self, task_id: int, number: int, worker_id: str,
+                           lease_seconds: float, now: float | None = None) -> Claim | str:
+        """Take attempt ``number`` of task ``task_id`` if it is the task's next and the
+        task is queued and due; else why not."""
+
     def claim_task(self, worker_id: str, lease_seconds: float,
                    now: float | None = None) -> Claim | None:
         """Take the next runnable task in claim order under a new lease; None when

@@ -101,6 +101,12 @@ REPORT_TASKS_OF_SQL = ("SELECT id, status, created_at, attempts FROM tasks WHERE
 REPORT_RESTARTS_SQL = "SELECT worker_id, at FROM restarts WHERE at >= ?"
 
 
+def _claiming_paused(db: sqlite3.Connection, now: float) -> bool:
+    """Whether claiming is paused now (a rate limit, or the day's budget spent)."""
+    paused = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
+    return paused is not None and float(paused["value"]) > now
+
+
 def _tasks_query(status: str | None, limit: int | None) -> tuple[str, tuple[object, ...]]:
     """``TASKS_SQL`` or ``TASKS_OF_STATUS_SQL`` (each walks an index in id order and stops
     at the limit; -1 is none) with its parameters."""
@@ -286,28 +292,55 @@ class TaskQueue(Database):
         """Atomically take the highest-priority, oldest runnable task, if any."""
         now = time.time() if now is None else now
         with self.transaction() as db:
-            paused = db.execute("SELECT value FROM meta WHERE key = 'paused_until'").fetchone()
-            if paused is not None and float(paused["value"]) > now:
+            if _claiming_paused(db, now):
                 return None  # rate limited: nobody claims until the limit resets
             row = db.execute(CLAIM_SQL, (now,)).fetchone()
             if row is None:
                 return None
-            # ``attempts`` counts the budget used; ``number`` names this run (worktree, log)
-            number = 1 + db.execute("SELECT COUNT(*) FROM attempts WHERE task_id = ?",
-                                    (row["id"],)).fetchone()[0]
-            token = secrets.token_hex(16)
-            db.execute("UPDATE tasks SET status = 'running', attempts = attempts + 1,"
-                       " updated_at = ? WHERE id = ?", (now, row["id"]))
-            cur = db.execute(
-                "INSERT INTO attempts (task_id, number, worker_id, lease_token, lease_expires_at,"
-                " status, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
-                (row["id"], number, worker_id, token, now + lease_seconds, now))
-            db.execute("UPDATE workers SET state = 'working', current_task = ? WHERE id = ?",
-                       (row["id"], worker_id))
-            self._event(db, now, "attempt.started", worker_id, row["id"],
-                        f"attempt {number} started",
-                        {"attempt": number, "status": "running", "task_status": "running"})
-            task = _task(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
+            return self._claim(db, row, worker_id, lease_seconds, now)
+
+    def claim_task_attempt(self, task_id: int, number: int, worker_id: str,
+                           lease_seconds: float, now: float | None = None) -> Claim | str:
+        """Take attempt ``number`` of task ``task_id`` (what ``reconcile run-task`` does for
+        the attempt pueue started), if it is that task's next attempt and the task is
+        queued and due; else why not, in a few words."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return f"there is no task {task_id}"
+            if row["status"] != "queued":
+                return f"task {task_id} is {row['status']}, not queued"
+            if _claiming_paused(db, now):
+                return "claiming is paused (a rate limit or the day's budget)"
+            if float(row["not_before"]) > now:
+                return f"task {task_id} is not due yet (a retry's backoff)"
+            done = db.execute("SELECT COUNT(*) FROM attempts WHERE task_id = ?",
+                              (task_id,)).fetchone()[0]
+            if done + 1 != number:
+                return f"attempt {number} of task {task_id} is not its next (that is {done + 1})"
+            return self._claim(db, row, worker_id, lease_seconds, now)
+
+    def _claim(self, db: sqlite3.Connection, row: sqlite3.Row, worker_id: str,
+               lease_seconds: float, now: float) -> Claim:
+        """Start the next attempt of task ``row`` for ``worker_id``, inside ``db``'s
+        transaction."""
+        # ``attempts`` counts the budget used; ``number`` names this run (worktree, log)
+        number = 1 + db.execute("SELECT COUNT(*) FROM attempts WHERE task_id = ?",
+                                (row["id"],)).fetchone()[0]
+        token = secrets.token_hex(16)
+        db.execute("UPDATE tasks SET status = 'running', attempts = attempts + 1,"
+                   " updated_at = ? WHERE id = ?", (now, row["id"]))
+        cur = db.execute(
+            "INSERT INTO attempts (task_id, number, worker_id, lease_token, lease_expires_at,"
+            " status, started_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
+            (row["id"], number, worker_id, token, now + lease_seconds, now))
+        db.execute("UPDATE workers SET state = 'working', current_task = ? WHERE id = ?",
+                   (row["id"], worker_id))
+        self._event(db, now, "attempt.started", worker_id, row["id"],
+                    f"attempt {number} started",
+                    {"attempt": number, "status": "running", "task_status": "running"})
+        task = _task(db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone())
         return Claim(task, int(cur.lastrowid or 0), number, token)
 
     def update_attempt(self, claim: Claim, *, branch: str, worktree: str, log_path: str) -> bool:
