@@ -489,8 +489,23 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 lineterminator="\n")
         writer.writeheader()  # with no rows too: a reader still learns the columns
         for row in rows:
-            writer.writerow({k: _spreadsheet_safe(v) for k, v in row.items()})
+            writer.writerow({k: _iso_time(v) if _is_time(k) else _spreadsheet_safe(v)
+                             for k, v in row.items()})
     return 0
+
+
+def _is_time(column: str) -> bool:
+    return column == "at" or column.endswith("_at")
+
+
+def _iso_time(value: Any) -> Any:
+    """A moment as ISO 8601 in local time with its UTC offset, to the millisecond (what
+    spreadsheets and other tools read as a time; JSON lines keep Unix seconds)."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    return datetime.fromtimestamp(float(value)).astimezone().isoformat(timespec="milliseconds")
 
 
 def _spreadsheet_safe(value: Any) -> Any:

@@ -254,6 +254,16 @@ def test_export_writes_csv_and_json_lines_safe_for_spreadsheets(tmp_path: Path) 
     assert len(list(csv.DictReader(io.StringIO(recent)))) == 1
     events = export("--what", "events", "--since", "1s")
     assert events.splitlines()[0] == "id,at,kind,severity,worker_id,task_id,message"
+    # CSV times are ISO 8601 with the local offset (JSON lines keep Unix seconds)
+    from datetime import datetime
+
+    first = tasks[0]
+    created = datetime.fromisoformat(first["created_at"])
+    assert created.utcoffset() is not None and re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", first["created_at"])
+    raw = json.loads(export("--what", "tasks", "--format", "jsonl").splitlines()[0])
+    assert abs(created.timestamp() - raw["created_at"]) < 0.001
+    assert attempts[0]["ended_at"] - attempts[0]["started_at"] == 300.0
 
 
 def test_each_export_names_the_columns_its_query_gives(tmp_path: Path) -> None:
