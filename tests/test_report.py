@@ -139,6 +139,17 @@ def test_the_scaling_arithmetic(store: Store) -> None:
         "λ = 2.00 tasks/h, S = 6m40s, a = λ·S = 0.22; M/M/1: expected wait 1m54s ≤ 5m00s"
 
 
+@pytest.mark.parametrize(("hourly", "trend"), [
+    ([0] * 23 + [5], None),                # minutes old: no trend from the empty hours
+    ([0] * 20 + [2, 2, 6, 6], "rising"),   # since its first completion: 2, 2 against 6, 6
+    ([4, 4, 4, 4], "flat"), ([6, 6, 1, 1], "falling"), ([0, 0, 0], None)])
+def test_the_trend_counts_from_the_first_completion(hourly: list[int],
+                                                    trend: str | None) -> None:
+    from reconciler.report.analysis import _trend
+
+    assert _trend(hourly) == trend
+
+
 def test_erlang_c_against_the_textbook() -> None:
     # M/M/2 with a = 1: P(wait) = (a²/2!·2/(2−1)) / (1 + a + a²/2!·2/(2−1)) = 1/3; the
     # wait is P(wait)·S/(c − a) = 1/3 of a service time

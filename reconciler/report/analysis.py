@@ -213,7 +213,11 @@ def _hourly(ended: Sequence[ReportAttempt], since: float, now: float) -> list[in
 
 
 def _trend(hourly: Sequence[int]) -> str | None:
-    """The second half of the window against the first: rising, falling or flat (±10 %)."""
+    """The second half against the first of the hours since the first completion in the
+    window: rising, falling or flat (±10 %); None before two such hours (a pool minutes
+    old in a 24-hour window is not "rising" from the empty hours before it)."""
+    first_busy = next((i for i, n in enumerate(hourly) if n), len(hourly))
+    hourly = hourly[first_busy:]
     if len(hourly) < 2:
         return None
     half = len(hourly) // 2
