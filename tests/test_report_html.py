@@ -134,6 +134,24 @@ def test_the_page_has_the_figures_and_the_four_charts(state: Path, tmp_path: Pat
     assert [p.name for p in target.parent.iterdir()] == ["report.html"]  # no temporary left
 
 
+def test_a_pool_younger_than_the_window_is_charted_from_its_first_attempt(
+        state: Path, tmp_path: Path) -> None:
+    """fill()'s first attempt starts 1h56m before now: in a 24-hour window the time charts
+    begin just before it (a young pool was a sliver at the right), and say so; over 2 h
+    they show the whole window."""
+    with new_store(state) as store:
+        fill(store, shift=time.time() - NOW)
+    young, whole = tmp_path / "young.html", tmp_path / "whole.html"
+    report_html(state, young, "--since", "24h")
+    report_html(state, whole, "--since", "2h")
+    said = "just before the first attempt of the window (nothing ran before it)"
+    charts = sections(young.read_text(encoding="utf-8"))
+    for key in ("timeline", "throughput", "cost"):
+        assert said in charts[key], key
+    assert said not in charts["run_times"]
+    assert said not in whole.read_text(encoding="utf-8")
+
+
 def test_without_costs_the_page_says_so_instead_of_a_chart(state: Path, tmp_path: Path) -> None:
     with new_store(state) as store:
         fill_history(store.path, workers=3, attempts=60, hours=6, now=time.time(),

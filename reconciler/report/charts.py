@@ -20,7 +20,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import matplotlib as mpl
@@ -126,9 +126,27 @@ def draw_charts(document: Mapping[str, Any], attempts: Iterable[ReportAttempt]) 
     ``attempts`` what it was given: the same rows, so the charts and the figures agree."""
     since, now = float(document["since"]), float(document["until"])
     ended = ended_in_window(attempts, since, now)
+    shown = _active_since(ended, since, now)
     with mpl.rc_context(STYLE):
-        return [_timeline(ended, document, since, now), _throughput(ended, since, now),
-                _run_times(ended, document), _cost(ended, since, now)]
+        charts = [_timeline(ended, document, shown, now), _throughput(ended, shown, now),
+                  _run_times(ended, document), _cost(ended, shown, now)]
+    if shown > since:  # a pool younger than the window: its part, not a sliver of it
+        clock = time.strftime("%H:%M", time.localtime(shown))
+        charts = [replace(c, note=f"{c.note} From {clock}, just before the first attempt "
+                          "of the window (nothing ran before it).")
+                  if c.key != "run_times" and c.svg is not None else c for c in charts]
+    return charts
+
+
+def _active_since(ended: Sequence[ReportAttempt], since: float, now: float) -> float:
+    """Where the time charts begin: the window's start, or a little before its first
+    attempt when that began after the first tenth of the window."""
+    if not ended:
+        return since
+    first = max(since, min(a.started_at for a in ended))
+    if first - since < (now - since) / 10:
+        return since
+    return max(since, first - max(60.0, (now - first) / 20))
 
 
 def _timeline(ended: Sequence[ReportAttempt], document: Mapping[str, Any], since: float,
