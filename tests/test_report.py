@@ -231,6 +231,11 @@ def test_the_command_prints_text_markdown_and_json(tmp_path: Path) -> None:
     assert re.search(r"success rate +67%", text), text
     assert re.search(r"run time +4 +3m20s +10m00s +10m00s +5m00s", text), text
     assert re.search(r"w-1 +1 +1 +12%", text), text
+    assert "tasks completed per hour: 2 0 (falling)" in text, text
+    week = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "168h",
+                     check=True).stdout  # 168 hours on one line were noise: 7 days
+    assert "tasks completed per day: 0 0 0 0 0 0 2 (falling) (-o json has each hour)" \
+        in week, week
     markdown = reconcile("--state-dir", state, "report", "--pool", "p", "--since", "2h",
                          "-o", "markdown", check=True).stdout
     assert markdown.startswith("# pool p: the last 2h") and "| success rate | 67% |" in markdown

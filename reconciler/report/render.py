@@ -298,8 +298,13 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
            for w in document["workers"]] or [["-", "0", "0", "-", "-", "0"]])
     heading("Throughput")
     hourly = document["throughput_per_hour"]
-    print(f"tasks completed per hour: {' '.join(str(n) for n in hourly)}"
-          + (f" ({document['trend']})" if document["trend"] else ""))
+    trend = f" ({document['trend']})" if document["trend"] else ""
+    if len(hourly) > 48:  # a week's 168 numbers on one line read as noise: per day
+        days = [sum(hourly[i:i + 24]) for i in range(0, len(hourly), 24)]
+        print(f"tasks completed per day: {' '.join(str(n) for n in days)}{trend} "
+              "(-o json has each hour)")
+    else:
+        print(f"tasks completed per hour: {' '.join(str(n) for n in hourly)}{trend}")
     heading("Bottlenecks")
     for line in document["bottlenecks"] or ["none found"]:
         print(f"- {cell_text(line)}")
