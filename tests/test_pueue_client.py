@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.pueuestatus import parse_label
 from reconciler.runtimes.pueue import PueueClient, PueueError, run_task_command
-from reconciler.runtimes.pueue_status import parse_label
 from tests.e2e import add_task, apply, show_task
 from tests.helpers import wait_for, write_spec
 from tests.test_pueue_standin import Pueue

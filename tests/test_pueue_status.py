@@ -1,4 +1,4 @@
-"""Reading ``pueue status --json`` (``reconciler.runtimes.pueue_status``).
+"""Reading ``pueue status --json`` (``reconciler.pueuestatus``).
 
 pueue cannot be installed on the build machines, so the parser is held to pueue's
 serde contract (``pueue_lib/src/task.rs`` and ``state.rs`` at v4.0.4 and v3.4.1) by
@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import PueueStatusError, ReconcilerError
-from reconciler.runtimes.pueue_status import (
+from reconciler.pueuestatus import (
     PueueGroup,
     PueueState,
     PueueTask,
@@ -793,7 +793,7 @@ def test_pueue_labels_are_read_from_parsed_tasks() -> None:
 def test_pueue_status_module_does_no_io_even_transitively() -> None:
     """The observer and the stand-in tests import it: no subprocess, socket or store."""
     probe = ("import json, sys\n"
-             "import reconciler.runtimes.pueue_status\n"
+             "import reconciler.pueuestatus\n"
              "print(json.dumps(sorted(m for m in sys.modules if m in {'subprocess', 'socket',"
              " 'sqlite3', 'psutil', 'fcntl', 'shutil', 'reconciler.store', 'reconciler.observe',"
              " 'reconciler.runtimes.process', 'reconciler.runtimes.tmux', 'reconciler.tmuxcli',"

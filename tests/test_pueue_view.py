@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.runtimes.pueue_status import (
+from reconciler.pueuestatus import (
     PueueGroup,
     PueueState,
     PueueTask,
@@ -14,7 +14,7 @@ from reconciler.runtimes.pueue_status import (
     label_for,
     parse_status,
 )
-from reconciler.runtimes.pueue_view import view_of
+from reconciler.pueueview import view_of
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pueue"
 

@@ -9,7 +9,7 @@ by the shell as anything but one argument.
 
 Every call has a timeout and turns pueue's failure into one line
 (``PueueError``); a task's ``envs`` (the submitter's whole environment) is never
-read: ``pueue_status`` leaves it out.
+read: ``reconciler.pueuestatus`` leaves it out.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from reconciler.errors import ReconcilerError
-from reconciler.runtimes.pueue_status import PueueState, label_for, parse_status
+from reconciler.pueuestatus import PueueState, label_for, parse_status
 
 CALL_TIMEOUT = 10.0  # one pueue call; the daemon answers in milliseconds
 DAEMON_START_TIMEOUT = 10.0

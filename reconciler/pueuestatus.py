@@ -1,6 +1,6 @@
 """Read ``pueue status --json`` (pueue 4.0.x and 3.4.x) into plain, frozen values.
 
-The pueue runtime runs each worker as a pueue task; the observer and the stand-in
+The pueue runtime runs each attempt as a pueue task; the observer and the stand-in
 tests learn what pueue is doing from this one document.  Pure: no subprocess, no
 files, no clock -- the caller runs ``pueue status --json`` and hands us its output.
 

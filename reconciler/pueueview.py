@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from reconciler.runtimes.pueue_status import PueueGroup, PueueState, PueueTask, parse_label
+from reconciler.pueuestatus import PueueGroup, PueueState, PueueTask, parse_label
 
 
 @dataclass(frozen=True)
