@@ -248,13 +248,14 @@ class Controller:
         if result is None:
             return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
-        self._endpoint.passed(Pool(self.pool.paths, result.spec), time.monotonic() - began)
+        current = Pool(self.pool.paths, result.spec)  # the newest generation's
+        self._endpoint.passed(current, time.monotonic() - began)
         try:
             self._endpoint.follow(store)
         except (ReconcilerError, sqlite3.Error, OSError) as exc:  # the pass still counts
             logger.error("metrics endpoint not changed this pass: {}", _one_line(exc))
         try:
-            check_disks(Pool(self.pool.paths, result.spec), store)
+            check_disks(current, store)
         except (ReconcilerError, sqlite3.Error, OSError, ValueError) as exc:
             logger.error("disks not checked this pass: {}", _one_line(exc))
         if self._alerts is not None:  # after acting: this pass's own alerts go out now

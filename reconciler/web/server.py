@@ -81,10 +81,8 @@ class StatusServer:
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.5},
                                         name="http-endpoint", daemon=True)
-        self._status_lock = threading.Lock()
-        self._status: tuple[float, bytes] | None = None
-        self._metrics_lock = threading.Lock()
-        self._metrics: tuple[float, str, bytes] | None = None
+        self._status = _Fresh()
+        self._metrics = _Fresh()
 
     @property
     def address(self) -> str:
@@ -103,12 +101,8 @@ class StatusServer:
     def status_body(self) -> bytes:
         """The status as JSON, read at most once per ``STATUS_FRESH_FOR`` for every page
         polling at once (a read observes the workers: tens of milliseconds)."""
-        with self._status_lock:
-            now = time.monotonic()
-            if self._status is None or now - self._status[0] > STATUS_FRESH_FOR:
-                document = self.endpoints.status()
-                self._status = (now, json.dumps(document, default=str).encode())
-            return self._status[1]
+        return self._status.get("json", STATUS_FRESH_FOR, lambda: json.dumps(
+            self.endpoints.status(), default=str).encode())
 
     def metrics_body(self, accept: str) -> tuple[bytes, str]:
         """The exposition in the format ``accept`` asks for, read at most once per
@@ -116,14 +110,26 @@ class StatusServer:
         from prometheus_client.exposition import choose_encoder
 
         encoder, content_type = choose_encoder(accept)
-        with self._metrics_lock:
+        body = self._metrics.get(content_type, METRICS_FRESH_FOR,
+                                 lambda: encoder(self.endpoints.metrics))
+        return body, content_type
+
+
+class _Fresh:
+    """One body, made again once it is older than asked (or asked for another ``key``),
+    whatever the number of clients asking at once: they wait for one read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._made: tuple[float, str, bytes] | None = None
+
+    def get(self, key: str, fresh_for: float, make: Callable[[], bytes]) -> bytes:
+        with self._lock:
             now = time.monotonic()
-            cached = self._metrics
-            if cached is None or cached[1] != content_type \
-                    or now - cached[0] > METRICS_FRESH_FOR:
-                cached = self._metrics = (now, content_type,
-                                          encoder(self.endpoints.metrics))
-            return cached[2], content_type
+            made = self._made
+            if made is None or made[1] != key or now - made[0] > fresh_for:
+                made = self._made = (now, key, make())
+            return made[2]
 
 
 class _Server(ThreadingHTTPServer):
