@@ -112,12 +112,14 @@ class RemoveWorker:
 @dataclass(frozen=True)
 class ReleaseWorker:
     """Kill what a failed or vanished worker left running and requeue its tasks
-    (counted); the worker itself is not restarted."""
+    (``counted``: using up a try, unless what ended them was not their fault, such as
+    a pueue daemon going away under them); the worker itself is not restarted."""
 
     worker: str
     reason: str
     instance: RuntimeInstance | None
     attempts: tuple[AttemptRef, ...] = ()
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,69 @@ class StopController:
     process: ProcessRef | None = None
 
 
+# --------------------------------------------------------------------------- pueue
+# runtime: pueue (``reconciler.pueueplan`` decides them): the daemon, the group that is
+# the pool, the attempts handed to pueue, and the policies pueue lacks.
+
+
+@dataclass(frozen=True)
+class StartPueueDaemon:
+    """``pueued -d``, then wait until ``pueue status`` answers."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class SetPueueGroup:
+    """Bring the pool's pueue group to what the spec says: create it (``create``), set
+    its parallel limit (``parallel`` from ``parallel_was``), pause it (``running``
+    False: a rate limit, the day's budget) or start it again (True)."""
+
+    group: str
+    reason: str
+    create: bool = False
+    parallel: int | None = None
+    parallel_was: int | None = None
+    running: bool | None = None
+
+
+@dataclass(frozen=True)
+class SubmitTask:
+    """Hand attempt ``attempt`` of a due queued task to pueue, as ``reconcile run-task``
+    with a label naming the pool, task and attempt, at the task's priority."""
+
+    task_id: int
+    attempt: int
+    priority: int
+    group: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class KillPueueTask:
+    """``pueue kill`` a task that ran past ``tasks.timeout`` plus its grace: one of our
+    attempts (``task_id``), or one added by hand (None) under ``supervise: all``."""
+
+    pueue_id: int
+    task_id: int | None
+    reason: str
+    attempt_id: int | None = None  # our attempt it ends, if the store runs one
+
+
+@dataclass(frozen=True)
+class RestartPueueTask:
+    """``pueue restart --in-place`` a failed task that people added to the group by hand
+    (``supervise: all``): the retry policy pueue has none of.  ``created_at`` and the
+    id name the task for the restart count."""
+
+    pueue_id: int
+    created_at: float
+    reason: str
+
+
 Change = (StartWorker | ReplaceWorker | DrainWorker | StopWorker | RemoveWorker | ReleaseWorker
-          | KillStrays | ResetBudget | CleanWorktree | StartController | StopController)
+          | KillStrays | ResetBudget | CleanWorktree | StartController | StopController
+          | StartPueueDaemon | SetPueueGroup | SubmitTask | KillPueueTask | RestartPueueTask)
 
 
 @dataclass(frozen=True)
@@ -182,7 +245,9 @@ class Wait:
 Action = Change | Wait
 CHANGE_TYPES: tuple[type, ...] = (StartWorker, ReplaceWorker, DrainWorker, StopWorker,
                                   RemoveWorker, ReleaseWorker, KillStrays, ResetBudget,
-                                  CleanWorktree, StartController, StopController)
+                                  CleanWorktree, StartController, StopController,
+                                  StartPueueDaemon, SetPueueGroup, SubmitTask, KillPueueTask,
+                                  RestartPueueTask)
 ACTION_TYPES: tuple[type, ...] = (*CHANGE_TYPES, Wait)
 
 
@@ -191,9 +256,15 @@ def verb(action: Action) -> str:
     match action:
         case Wait(then=then):
             return verb(then)
-        case StartWorker() | StartController():
+        case StartWorker() | StartController() | StartPueueDaemon():
             return "start"
-        case ReplaceWorker():
+        case SetPueueGroup(create=True):
+            return "create"
+        case SetPueueGroup():
+            return "set"
+        case SubmitTask():
+            return "queue"
+        case ReplaceWorker() | RestartPueueTask():
             return "restart"
         case DrainWorker(then="replace"):
             return "restart"
@@ -203,7 +274,7 @@ def verb(action: Action) -> str:
             return "remove"
         case ReleaseWorker():
             return "release"
-        case KillStrays():
+        case KillStrays() | KillPueueTask():
             return "kill"
         case ResetBudget():
             return "reset"
@@ -223,6 +294,14 @@ def target(action: Action) -> str:
             return f"attempt {attempt_id}"
         case StartController() | StopController():
             return CONTROLLER
+        case StartPueueDaemon():
+            return "pueued"
+        case SetPueueGroup(group=group):
+            return f"pueue group {group}"
+        case SubmitTask(task_id=task_id):
+            return f"task {task_id}"
+        case KillPueueTask(pueue_id=pueue_id) | RestartPueueTask(pueue_id=pueue_id):
+            return f"pueue task {pueue_id}"
         case StartWorker(worker=worker) | ReplaceWorker(worker=worker) | \
                 DrainWorker(worker=worker) | StopWorker(worker=worker) | \
                 RemoveWorker(worker=worker) | ReleaseWorker(worker=worker) | \
@@ -294,7 +373,10 @@ class Plan:
         c = self.counts()
         parts = [f"{c['start']} to start", f"{c['restart']} to restart", f"{c['stop']} to stop"]
         for word, label in (("remove", "to remove"), ("release", "to release"),
-                            ("kill", "ended attempt(s) with processes to kill"),
+                            ("kill", "to kill"),
+                            ("create", "pueue group(s) to create"),
+                            ("set", "pueue group setting(s) to change"),
+                            ("queue", "task(s) to hand to pueue"),
                             ("reset", "budget(s) to reset"), ("clean", "worktree(s) to clean")):
             if c[word]:
                 parts.append(f"{c[word]} {label}")

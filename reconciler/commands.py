@@ -31,7 +31,15 @@ from reconciler.report.documents import print_json, print_json_array, printable,
 from reconciler.report.status import UNHEALTHY_EXIT
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
-from reconciler.wakeup import ring_workers
+from reconciler.wakeup import ring_controller, ring_workers
+
+
+def wake_claimers(pool: Pool) -> None:
+    """New or requeued tasks: idle workers claim them now, and under runtime: pueue the
+    controller hands them to pueue now (not at its next look)."""
+    ring_workers(pool.paths.root)
+    if pool.spec is not None and pool.spec.runtime == "pueue":
+        ring_controller(pool.paths.root)
 
 
 def _render() -> ModuleType:
@@ -539,7 +547,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         was = store.resume_claiming(hold_until=day_start(now, days=1), now=now)
         store_resumed = store.resumed_until()
     if was:
-        ring_workers(pool.paths.root)  # idle workers claim at once, not at their next check
+        wake_claimers(pool)  # idle workers claim at once, not at their next check
     if args.output == "json":
         print_json({"pool": pool.name, "was_paused_until": was or None,
                     "reason": reason if was else None,
@@ -667,7 +675,7 @@ def task_add(args: argparse.Namespace) -> int:
         raise TaskError(f"{option}: {exc.message}", hint=exc.hint) from exc
     with _open_store(args, create=True) as (pool, store):
         (task_id,) = store.add_tasks([(title, prompt, args.priority)])
-        ring_workers(pool.paths.root)
+        wake_claimers(pool)
         if args.output == "json":
             print_json({"id": task_id})
         else:
@@ -681,7 +689,7 @@ def task_import(args: argparse.Namespace) -> int:
     tasks: list[NewTask] = read_task_file(args.tasks_file, allow_outside=args.allow_outside)
     with _open_store(args, create=True) as (pool, store):
         ids = store.add_tasks([(t.title, t.prompt, t.priority) for t in tasks])
-        ring_workers(pool.paths.root)
+        wake_claimers(pool)
         if args.output == "json":
             print_json({"ids": ids})
         else:
@@ -747,7 +755,7 @@ def task_show(args: argparse.Namespace) -> int:
 def task_retry(args: argparse.Namespace) -> int:
     with _open_store(args, write=True) as (pool, store):
         store.retry_task(args.task_id)
-        ring_workers(pool.paths.root)
+        wake_claimers(pool)
         if args.output == "json":
             print_json({"id": args.task_id, "status": "queued"})
         else:

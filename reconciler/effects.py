@@ -24,6 +24,7 @@ from reconciler.proctree import (
 )
 from reconciler.runtimes.base import Runtime
 from reconciler.runtimes.process import ProcessRuntime
+from reconciler.runtimes.pueue import PueueClient
 from reconciler.runtimes.tmux import TmuxRuntime
 from reconciler.specmodel import PoolSpec
 from reconciler.store.port import StorePort
@@ -91,4 +92,5 @@ def host_runtimes(spec: PoolSpec, paths: PoolPaths) -> dict[str, Runtime]:
 def host_ports(spec: PoolSpec, paths: PoolPaths, store: StorePort) -> Ports:
     return Ports(store=store, runtimes=host_runtimes(spec, paths),
                  processes=HostProcesses(pool_key(paths.root)),
-                 worktrees=GitWorktrees(spec.repo, paths.repo_locks), clock=time.time)
+                 worktrees=GitWorktrees(spec.repo, paths.repo_locks), clock=time.time,
+                 pueue=PueueClient(config=spec.pueue.config) if spec.pueue else None)

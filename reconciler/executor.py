@@ -13,7 +13,7 @@ kill, and that an attempt's processes are gone before its task is requeued.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,16 +24,21 @@ from reconciler.actions import (
     Change,
     CleanWorktree,
     DrainWorker,
+    KillPueueTask,
     KillStrays,
     Plan,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
+    RestartPueueTask,
+    SetPueueGroup,
     StartController,
+    StartPueueDaemon,
     StartWorker,
     StopController,
     StopWorker,
+    SubmitTask,
 )
 from reconciler.errors import ReconcilerError
 from reconciler.model import ProcessRef, RuntimeInstance
@@ -67,6 +72,29 @@ class ProcessPort(Protocol):
         dying agent forked after the pass observed the host is among them)."""
 
 
+class PueuePort(Protocol):
+    """pueue's command line (``reconciler.runtimes.pueue.PueueClient``)."""
+
+    def start_daemon(self) -> None:
+        """``pueued -d``, returning once ``pueue status`` answers."""
+
+    def add_group(self, group: str, parallel: int) -> None: ...
+
+    def set_parallel(self, group: str, parallel: int) -> None: ...
+
+    def pause_group(self, group: str) -> None: ...
+
+    def start_group(self, group: str) -> None: ...
+
+    def add_attempt(self, *, group: str, pool: str, task_id: int, attempt: int,
+                    priority: int, state_dir: Path, cwd: Path) -> int:
+        """Queue ``reconcile run-task`` for one attempt; pueue's task id."""
+
+    def kill(self, ids: Sequence[int]) -> None: ...
+
+    def restart_in_place(self, ids: Sequence[int]) -> None: ...
+
+
 class WorktreePort(Protocol):
     def clean(self, path: Path) -> None:
         """Remove a task worktree, its uncommitted work committed to its branch first."""
@@ -81,6 +109,7 @@ class Ports:
     processes: ProcessPort
     worktrees: WorktreePort
     clock: Callable[[], float]
+    pueue: PueuePort | None = None  # runtime: pueue only
 
 
 @dataclass
@@ -223,7 +252,7 @@ class Executor:
                 self.store.mark_worker_removed(worker, action.reason, now=now)
             case ReleaseWorker(worker=worker):
                 return self._end(worker, action.instance, action.attempts, action.reason,
-                                 counted=True, now=now)
+                                 counted=action.counted, now=now)
             case KillStrays(processes=processes):
                 left = self.ports.processes.alive(processes)
                 if left:
@@ -238,9 +267,56 @@ class Executor:
                 self.store.request_controller_stop(now=now)
                 if process is not None:
                     self.ports.processes.request_stop(process)
+            case StartPueueDaemon() | SetPueueGroup() | SubmitTask() | KillPueueTask() | \
+                    RestartPueueTask():
+                self._pueue_act(action, now)
             case _:
                 raise TypeError(f"no executor case for {action!r}")
         return None
+
+    def _pueue_act(self, action: Change, now: float) -> None:
+        """What a pueue action asks of pueue (and the store's record of it)."""
+        pueue = self.ports.pueue
+        if pueue is None:
+            raise ReconcilerError("this pass has no pueue to act on (runtime is not pueue)")
+        match action:
+            case StartPueueDaemon():
+                if self.store.meta_value(PUEUE_DOWN_KEY) == "":  # it ran before: an alert
+                    self.store.set_meta_value(PUEUE_DOWN_KEY, str(now))
+                    self.store.add_event("pueue.down", "the pueue daemon does not answer; "
+                                         "starting it (pueued -d)", now=now)
+                pueue.start_daemon()
+                note_pueue_up(self.store, now)
+            case SetPueueGroup(group=group):
+                if action.create:
+                    pueue.add_group(group, action.parallel or 1)
+                elif action.parallel is not None:
+                    pueue.set_parallel(group, action.parallel)
+                if action.running is False:
+                    pueue.pause_group(group)
+                elif action.running:
+                    pueue.start_group(group)
+            case SubmitTask():
+                pueue_id = pueue.add_attempt(
+                    group=action.group, pool=self.spec.name, task_id=action.task_id,
+                    attempt=action.attempt, priority=action.priority,
+                    state_dir=self.paths.state_dir.absolute(), cwd=self.paths.root)
+                self.store.add_event("pueue.queued", f"attempt {action.attempt} handed to "
+                                     f"pueue as task {pueue_id}", task_id=action.task_id,
+                                     now=now, fields={"pueue_id": pueue_id,
+                                                      "attempt": action.attempt})
+            case KillPueueTask(pueue_id=pueue_id, task_id=task_id):
+                if action.attempt_id is not None:  # it ends by our hand: it uses up a try
+                    self.store.mark_attempts_signalled([action.attempt_id], now=now)
+                pueue.kill([pueue_id])
+                self.store.add_event("pueue.killed", f"pueue task {pueue_id}: "
+                                     f"{action.reason}", task_id=task_id, now=now,
+                                     fields={"pueue_id": pueue_id})
+            case RestartPueueTask(pueue_id=pueue_id):
+                pueue.restart_in_place([pueue_id])
+                self.store.count_pueue_restart(pueue_id, action.created_at,
+                                               f"pueue task {pueue_id}: {action.reason}",
+                                               now=now)
 
     def _start_controller(self, hung: ProcessRef | None, now: float) -> None:
         """Always a detached process, whatever the workers' runtime: a controller inside
@@ -253,6 +329,15 @@ class Executor:
 
     def _start(self, worker_id: str, *, restarted: bool, counted: bool, reason: str,
                reset_budget: str | None, now: float) -> None:
+        if self.spec.runtime == "pueue":  # a slot of pueue's group: a record, no process
+            self.store.register_worker(
+                worker_id, runtime="pueue", pid=None, pid_create_time=None,
+                spec_id=self.generation, template_hash=self.spec.template_hash(),
+                template_digests=self.spec.template_digests(), restarted=restarted,
+                counted=counted, reason=reason, reset_budget=reset_budget is not None,
+                budget_reason=reset_budget, now=now)
+            self.store.set_worker_state(worker_id, "idle")
+            return
         runtime = self.ports.runtimes[self.spec.runtime]
         self.store.register_worker(
             worker_id, runtime=runtime.name, pid=None, pid_create_time=None,
@@ -291,6 +376,15 @@ class Executor:
 
 
 SETTLE_SECONDS = 0.3  # the one wait of a pass for the processes it signalled
+PUEUE_DOWN_KEY = "pueue_down_since"  # in the store's meta: "" while the daemon answers
+
+
+def note_pueue_up(store: StorePort, now: float) -> None:
+    """Record that the pueue daemon answers: ``pueue.up`` if it had been down."""
+    if store.meta_value(PUEUE_DOWN_KEY):
+        store.add_event("pueue.up", "the pueue daemon answers again", now=now)
+    if store.meta_value(PUEUE_DOWN_KEY) != "":
+        store.set_meta_value(PUEUE_DOWN_KEY, "")
 
 
 def _ended_attempts(action: Change) -> tuple[AttemptRef, ...]:

@@ -210,12 +210,20 @@ def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: Work
     attempt: AttemptRow | None = observation.attempt_of(worker_id)
     started = row.started_at or now
     fresh_heartbeat = row.heartbeat_at is not None and row.heartbeat_at >= started
+    heartbeat_age = now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None
+    alive = (instance is not None and instance.alive) or \
+        unseen_but_beating(spec, row, instance, now)
+    if row.runtime == "pueue":
+        # a slot of the pueue group has no process of its own: idle, it is simply there;
+        # busy, it lives by the heartbeats of the wrapper running its task (run-task)
+        alive = True
+        heartbeat_age = 0.0 if attempt is None else \
+            now - max(row.heartbeat_at or 0.0, attempt.started_at)
     restarts = counted_restarts(spec, observation, row, now)
     return WorkerFacts(
-        process_alive=(instance is not None and instance.alive)
-        or unseen_but_beating(spec, row, instance, now),
+        process_alive=alive,
         exit_description=exit_description(row, instance),
-        heartbeat_age=now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None,
+        heartbeat_age=heartbeat_age,
         since_start=now - started,
         busy=attempt is not None,
         task_id=attempt.task_id if attempt else None,

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
+from reconciler.pueueview import PueueView
+
 T = TypeVar("T")
 
 TASK_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -119,6 +121,15 @@ class ReportTask(NamedTuple):
     status: str
     created_at: float
     attempts: int
+
+
+class DueTask(NamedTuple):
+    """A queued task that is due, as the pueue runtime hands it on: the number of its
+    next attempt is part of the label pueue carries."""
+
+    id: int
+    priority: int
+    next_attempt: int
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,14 @@ class Observation:
     # mistaken for one no attempt owns
     attempt_processes: Mapping[int, tuple[ProcessRef, ...]] = field(default_factory=dict)
     worker_worktrees: tuple[str, ...] = ()  # worktrees.reuse: perWorker, one per worker
+    # runtime: pueue only -- the pool's view of one `pueue status` (None: not a pueue
+    # pool), the first queued tasks that are due, in the order workers would claim them,
+    # until when claiming is paused (a rate limit, the day's budget), and how often the
+    # controller restarted each task people added by hand, by (pueue id, created_at)
+    pueue: PueueView | None = None
+    due_tasks: tuple[DueTask, ...] = ()
+    paused_until: float = 0.0
+    foreign_restarts: Mapping[tuple[int, float], int] = field(default_factory=dict)
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
         return self._attempts_by_worker.get(worker_id)

@@ -28,7 +28,7 @@ from reconciler.actions import DrainWorker, Plan, SpecChange
 from reconciler.checkedspecs import CheckedSpecs
 from reconciler.effects import host_ports
 from reconciler.errors import LockHeldError, PoolError
-from reconciler.executor import ExecutionReport, Executor, Ports
+from reconciler.executor import ExecutionReport, Executor, Ports, note_pueue_up
 from reconciler.lock import is_locked, pool_lock, take_lock
 from reconciler.model import Observation, ProcessRef
 from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_controller, worker_ids
@@ -82,6 +82,8 @@ def run_pass(pool: Pool, store: StorePort, generation: int, make_plan: PlanMaker
     # judged lost: the attempt they finish is then no longer running
     pending.flush(pool.paths.root, store, spec.retry_policy)
     observation = observe_pool(pool, store)
+    if observation.pueue is not None and observation.pueue.daemon_up:
+        note_pueue_up(store, observation.observed_at)
     the_plan = make_plan(observation, observation.observed_at)
     on_plan(the_plan)
     report = executor.execute(the_plan)
@@ -203,6 +205,8 @@ def converged(spec: PoolSpec, remaining: Plan, observation: Observation) -> bool
         return False
     for worker_id in worker_ids(spec.replicas):
         row = observation.worker(worker_id)
+        if spec.runtime == "pueue" and row is not None:
+            continue  # a slot of pueue's group: no process of its own to come up
         if row is None or row.heartbeat_at is None or row.started_at is None \
                 or row.heartbeat_at < row.started_at:
             return False

@@ -19,12 +19,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
+from reconciler import pueueplan
 from reconciler.actions import (
     Action,
     AttemptRef,
     Change,
     CleanWorktree,
     DrainWorker,
+    KillPueueTask,
     KillStrays,
     Plan,
     ReleaseWorker,
@@ -72,20 +74,30 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
     desired = worker_ids(spec.replicas)
     actions: list[Action] = []
     steps: list[Step] = []
+    pueue = spec.runtime == "pueue"
+    if pueue:  # the daemon and the group first: a slot's task needs them
+        actions += pueueplan.daemon_and_group(spec, observation.pueue,
+                                              _paused(observation, now))
     for worker_id in desired:
         row = observation.worker(worker_id)
         instance = observation.instance(worker_id)
         worker_steps, health = _health(spec, observation, worker_id, row, instance, now)
         steps += worker_steps
+        if pueue:
+            actions += _converge_slot(spec, observation, worker_id, row, health, now)
+            continue
         action = _converge_desired(spec, observation, worker_id, instance, row, health, now)
         if action is not None:
             actions.append(action)
     surplus = _known_ids(observation) - set(desired)
     why = f"scale down to {spec.replicas} replica{'s' * (spec.replicas != 1)}"
     for worker_id in sorted(surplus, key=_idle_first(observation), reverse=True):
-        action = _retire(spec, observation, worker_id, why, now, force=False)
+        action = _retire_slot(spec, observation, worker_id, why, now) if pueue else \
+            _retire(spec, observation, worker_id, why, now, force=False)
         if action is not None:
             actions.append(action)
+    if pueue:
+        actions += _pueue_tasks(spec, observation, now)
     actions += _stranded_attempts(spec, observation, now)
     actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
@@ -118,6 +130,8 @@ def next_wakeup(spec: PoolSpec, observation: Observation, remaining: Plan,
         moments += [attempt.started_at + health.slow_after,
                     (attempt.last_output_at or attempt.started_at) + health.stall_after,
                     attempt.lease_expires_at]
+    if spec.runtime == "pueue":
+        moments += pueueplan.moments(spec, observation)
     future = [t for t in moments if t > now]
     return min(future) if future else None
 
@@ -226,6 +240,99 @@ def _wait_for_grace(actions: list[Action], now: float) -> list[Action]:
                           f"{format_duration(until - now)} (stopGrace)", until=until)
         out.append(action)
     return out
+
+# --------------------------------------------------------------------------- pueue
+
+
+def _paused(observation: Observation, now: float) -> str | None:
+    """Why the pool claims nothing now (a rate limit, the day's budget), if it does not."""
+    if observation.paused_until > now:
+        return f"claiming is paused for {format_duration(observation.paused_until - now)}"
+    return None
+
+
+def _converge_slot(spec: PoolSpec, observation: Observation, worker_id: str,
+                   row: WorkerRow | None, health: str, now: float) -> list[Action]:
+    """One of pueue's slots in the group (``w-N`` is pueue's worker ``N-1``).  It has no
+    process of its own: its health is its wrapper's heartbeats while a task runs, and a
+    dead one's task is killed in pueue and requeued, the slot restarted within the same
+    budget as any worker."""
+    assert spec.pueue is not None
+    if row is None:
+        return [StartWorker(worker_id, f"a slot of pueue group {spec.pueue.group} "
+                                       f"(want {spec.replicas})")]
+    attempts = _attempts_of(spec, observation, worker_id, now)
+    changed = _changed(spec, row, None)
+    if health == "failed":
+        if attempts:
+            return [ReleaseWorker(worker_id, "failed: kill what it left running, requeue "
+                                  "its task", None, attempts), *_kill_in_pueue(
+                observation, worker_id, "its slot failed")]
+        if changed:
+            return [ReplaceWorker(worker_id, f"{changed} changed; retrying a failed slot",
+                                  None, (), reset_budget=f"{changed} changed")]
+        return []
+    if health == "dead":
+        action = _restart_dead(spec, observation, row, None, attempts, now)
+        return [action, *_kill_in_pueue(observation, worker_id,
+                                        "its wrapper stopped heartbeating")]
+    if changed and not attempts and row.current_task is None:
+        return [ReplaceWorker(worker_id, f"{changed} changed", None, ())]
+    return []
+
+
+def _kill_in_pueue(observation: Observation, worker_id: str, why: str) -> list[Action]:
+    """The pueue tasks still running the attempts of ``worker_id``."""
+    view = observation.pueue
+    if view is None:
+        return []
+    kills: list[Action] = []
+    for attempt in observation.running:
+        task = view.ours.get((attempt.task_id, attempt.number))
+        if attempt.worker_id == worker_id and task is not None \
+                and task.state in ("running", "paused"):
+            kills.append(KillPueueTask(task.id, attempt.task_id, why, attempt.id))
+    return kills
+
+
+def _retire_slot(spec: PoolSpec, observation: Observation, worker_id: str, why: str,
+                 now: float) -> Action | None:
+    """A slot above ``replicas``: pueue lets a running task finish when the limit drops,
+    so the slot is forgotten once its task is done."""
+    row = observation.worker(worker_id)
+    if row is None:
+        return None
+    forget = RemoveWorker(worker_id, f"{why}; forget the slot", None, ())
+    if observation.attempt_of(worker_id) is not None:
+        return Wait(forget, "its current task runs on in pueue")
+    return forget
+
+
+def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float) -> list[Action]:
+    """Attempts whose pueue task ended without a result (requeued), tasks past their
+    timeout (killed), failed tasks added by hand (restarted), and due tasks to hand on."""
+    view = observation.pueue
+    if view is None or not view.daemon_up:
+        return []
+    actions: list[Action] = []
+    drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
+    ended = pueueplan.ended_without_result(view, observation.running)
+    for counted in (True, False):
+        by_worker: dict[str, list[AttemptRef]] = {}
+        reasons: dict[str, str] = {}
+        for attempt, why, uses_a_try in ended:
+            if uses_a_try == counted:
+                by_worker.setdefault(attempt.worker_id, []).append(_attempt_ref(
+                    spec, observation, attempt, now, attempt.worktree if drop else None))
+                reasons.setdefault(attempt.worker_id, why)
+        actions += [ReleaseWorker(worker, reasons[worker], None, tuple(refs), counted=counted)
+                    for worker, refs in sorted(by_worker.items())]
+    actions += pueueplan.overdue(spec, view, observation.running, now)
+    actions += pueueplan.foreign_retries(spec, view, observation.foreign_restarts, now)
+    actions += pueueplan.submissions(spec, view, observation.due_tasks,
+                                     _paused(observation, now))
+    return actions
+
 
 # --------------------------------------------------------------------------- health
 

@@ -6,6 +6,8 @@ applied is observed without opening (or creating) its store.
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from reconciler.errors import PoolError, ReconcilerError, RuntimeBackendError
 from reconciler.model import Observation
 from reconciler.observe import observe
 from reconciler.paths import PoolPaths, known_pools, pool_paths
+from reconciler.pueueview import due_limit
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
@@ -89,7 +92,9 @@ def observe_pool(pool: Pool, store: StorePort | None = None) -> Observation:
             pool.paths, [spec.tmux_socket if spec else None], own,
             repo=spec.repo if spec else None,
             worktree_root=(spec.worktrees.dir or pool.paths.default_worktrees) if spec else None,
-            controller_lock=pool.paths.controller_lock)
+            controller_lock=pool.paths.controller_lock,
+            pueue=spec.pueue if spec else None,
+            due_limit=due_limit(spec.replicas) if spec else 0)
     finally:
         if store is None and own is not None:
             own.close()
@@ -122,12 +127,20 @@ def status_of(pool: Pool, store: StorePort | None,
 
 
 def preflight(spec: PoolSpec) -> None:
-    """Read-only checks that the spec can run on this host: repo, baseRef, tmux, the
-    metrics token."""
+    """Read-only checks that the spec can run on this host: repo, baseRef, tmux or
+    pueue, the metrics token."""
     check_repo(spec.repo, spec.base_ref)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
                                   hint="install tmux, or set `runtime: process`")
+    if spec.pueue is not None:
+        for program in ("pueue", "pueued"):
+            if shutil.which(program) is None:
+                raise RuntimeBackendError(
+                    f"{program} is not installed but the spec says runtime: pueue (looked "
+                    f"on PATH: {os.environ.get('PATH', '')})",
+                    hint="install pueue 4.0.x or 3.4.x (cargo install pueue --locked), or "
+                         "set `runtime: tmux`")
     if spec.metrics is not None and spec.metrics.token_file is not None:
         read_token(spec.metrics.token_file)
 

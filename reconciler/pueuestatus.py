@@ -89,6 +89,10 @@ class PueueTask:
     enqueued_at: float | None  # Unix seconds
     started_at: float | None
     ended_at: float | None
+    # when it was first added (a task's top-level ``created_at`` in both versions): unlike
+    # ``enqueued_at`` it stays the same through ``restart --in-place``, so with the id it
+    # tells one task from a later one that was given the same id after ``clean``
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -275,7 +279,8 @@ def _task(task_id: int, raw: dict[str, object], version: Version) -> PueueTask:
         state=state, result=result, exit_code=exit_code,
         enqueued_at=parse_timestamp(times.get("enqueued_at")),
         started_at=parse_timestamp(times.get("start")),
-        ended_at=parse_timestamp(times.get("end")))
+        ended_at=parse_timestamp(times.get("end")),
+        created_at=parse_timestamp(raw.get("created_at")))
 
 
 _Outcome = tuple[TaskState, TaskResult | None, int | None]

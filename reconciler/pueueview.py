@@ -24,11 +24,18 @@ class PueueView:
     group: PueueGroup | None  # None: the group does not exist (or the daemon is down)
     ours: Mapping[tuple[int, int], PueueTask]  # by (task id, attempt number)
     foreign: tuple[PueueTask, ...]  # in the group, labelled by no pool: added by hand
+    version: str | None = None  # the shape pueue printed: "4" (4.0.x) or "3" (3.4.x)
 
     def running(self) -> tuple[tuple[int, int], ...]:
         """Our attempts pueue runs now (paused ones too: they hold a slot)."""
         return tuple(key for key, task in sorted(self.ours.items())
                      if task.state in ("running", "paused"))
+
+
+def due_limit(replicas: int) -> int:
+    """How many due tasks the observer reads for a pass of a pool of ``replicas`` slots:
+    enough to fill every slot twice over after skipping those pueue already holds."""
+    return 2 * replicas + 8
 
 
 def view_of(state: PueueState | None, pool: str, group: str) -> PueueView:
@@ -43,4 +50,4 @@ def view_of(state: PueueState | None, pool: str, group: str) -> PueueView:
             ours[(label[1], label[2])] = task
         elif label is None and task.group == group:
             foreign.append(task)
-    return PueueView(True, state.groups.get(group), ours, tuple(foreign))
+    return PueueView(True, state.groups.get(group), ours, tuple(foreign), state.version)

@@ -26,6 +26,7 @@ from reconciler.model import Claim
 from reconciler.paths import PoolPaths
 from reconciler.specmodel import spec_from_document
 from reconciler.store.sqlite import Store
+from reconciler.wakeup import ring_controller
 
 NOT_TAKEN = 2  # the exit status when the attempt was not ours to run
 
@@ -46,11 +47,13 @@ def run_task(paths: PoolPaths, task_id: int, attempt: int) -> int:
                                   hint="reconcile apply -f workers.yaml first")
         spec = spec_from_document(latest[1])
         who = runner_id()
-        claim = store.claim_task_attempt(task_id, attempt, who, spec.health.dead_after)
+        claim: Claim | str = "the pool is being deleted" if store.deleting() is not None \
+            else store.claim_task_attempt(task_id, attempt, who, spec.health.dead_after)
         if isinstance(claim, str):
             print(f"error: not running attempt {attempt} of task {task_id}: {claim}",
                   file=sys.stderr)
             return NOT_TAKEN
+        ring_controller(paths.root)  # its slot is working now
         runner = AttemptRunner(paths, spec, store, who, claim)
         keeper = LeaseKeeper(paths, who, claim, runner, spec.health.dead_after,
                              spec.health.heartbeat_interval)
@@ -68,6 +71,7 @@ def run_task(paths: PoolPaths, task_id: int, attempt: int) -> int:
             outcome = runner.run()
         finally:
             keeper.stop()
+            ring_controller(paths.root)  # a slot is free: the next task can be handed on
     return 0 if outcome == "succeeded" else 1
 
 

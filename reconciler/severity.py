@@ -21,7 +21,7 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
         return {"failed": "critical", "dead": "warning"}.get(str(facts.get("to")))
     if kind.startswith("attempt.") and facts.get("task_status") == "failed":
         return "warning"  # the task failed for good: no attempt is left
-    if kind == "controller.down":
+    if kind in ("controller.down", "pueue.down"):
         return "critical"  # nothing heals the pool until it runs again
     if kind in ("pool.paused", "pool.over_budget", "alert.delivery_failed", "disk.low",
                 "metrics.unavailable"):
@@ -33,7 +33,7 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
 # what ``alerts.webhooks[].events`` may name, whole or as a prefix
 ALERT_KINDS = ("worker.health", "attempt.failed", "attempt.timeout", "attempt.lost",
                "attempt.rate_limited", "pool.paused", "pool.over_budget", "controller.down",
-               "disk.low", "metrics.unavailable")
+               "disk.low", "metrics.unavailable", "pueue.down")
 
 
 def names_an_alert(prefix: str) -> bool:

@@ -124,6 +124,8 @@ def _typed(document: dict[str, Any], base_dir: Path, source_path: Path | None,
     spec["repo"] = str((base_dir / spec["repo"]).resolve())
     if "dir" in spec["worktrees"]:
         spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
+    if "config" in spec.get("pueue", {}):
+        spec["pueue"]["config"] = str((base_dir / spec["pueue"]["config"]).resolve())
     if "bearerTokenFile" in spec.get("metrics", {}):
         spec["metrics"]["bearerTokenFile"] = str(
             (base_dir / spec["metrics"]["bearerTokenFile"]).resolve())
@@ -400,6 +402,11 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
                           "needs the agent's cost: set worker.result (e.g. preset: "
                           "claude-code)")
     yield from _metrics_problems(loaded, label, full.get("metrics", {}))
+    if "pueue" in spec and full["runtime"] != "pueue":
+        path = ("spec", "pueue")
+        yield _locate(label, loaded.position_of(path), path,
+                      f"is read only with runtime: pueue (runtime is {full['runtime']}); set "
+                      "runtime: pueue, or remove this section")
     yield from _webhook_event_problems(loaded, label, full.get("alerts", {}))
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):

@@ -97,6 +97,16 @@ class HooksSpec:
 
 
 @dataclass(frozen=True)
+class PueueSpec:
+    """``spec.pueue`` (runtime: pueue): the group that is the pool, the ``--config`` that
+    chooses the daemon, and whose tasks the policies cover (``ours`` or ``all``)."""
+
+    group: str
+    config: Path | None = None
+    supervise: str = "ours"
+
+
+@dataclass(frozen=True)
 class MetricsSpec:
     """``spec.metrics``: where the controller serves metrics, health and its status page."""
 
@@ -157,6 +167,7 @@ class PoolSpec:
     budget_per_day_usd: float | None = None  # claiming pauses once the day spent this
     metrics: MetricsSpec | None = None  # None: the controller serves no HTTP
     min_free_disk_percent: float = 5.0  # an alert below this much free disk; 0: never
+    pueue: PueueSpec | None = None  # set exactly when runtime is pueue
 
     @property
     def document_json(self) -> str:
@@ -258,7 +269,16 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         budget_per_day_usd=spec.get("budget", {}).get("perDayUsd"),
         metrics=_metrics(spec.get("metrics")),
         min_free_disk_percent=spec.get("alerts", {}).get("minFreeDiskPercent", 5.0),
+        pueue=_pueue(spec.get("pueue"), document["metadata"]["name"])
+        if spec["runtime"] == "pueue" else None,
     )
+
+
+def _pueue(section: Mapping[str, Any] | None, pool: str) -> PueueSpec:
+    section = section or {}
+    config = section.get("config")
+    return PueueSpec(section.get("group", pool), Path(config) if config else None,
+                     section.get("supervise", "ours"))
 
 
 def _metrics(section: Mapping[str, Any] | None) -> MetricsSpec | None:

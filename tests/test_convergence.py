@@ -28,16 +28,21 @@ from reconciler.actions import (
     AttemptRef,
     CleanWorktree,
     DrainWorker,
+    KillPueueTask,
     KillStrays,
     Plan,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
+    RestartPueueTask,
+    SetPueueGroup,
     StartController,
+    StartPueueDaemon,
     StartWorker,
     StopController,
     StopWorker,
+    SubmitTask,
     Wait,
 )
 from reconciler.executor import Executor, Ports
@@ -129,6 +134,42 @@ class FakeProcesses:
 
 
 @dataclass
+class FakePueue:
+    """Our pueue port, recording what it was asked (the stand-in pueue and the real one
+    are driven in tests/test_pueue_*.py)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.next_id = 0
+
+    def start_daemon(self) -> None:
+        self.calls.append(("start_daemon",))
+
+    def add_group(self, group: str, parallel: int) -> None:
+        self.calls.append(("add_group", group, parallel))
+
+    def set_parallel(self, group: str, parallel: int) -> None:
+        self.calls.append(("set_parallel", group, parallel))
+
+    def pause_group(self, group: str) -> None:
+        self.calls.append(("pause_group", group))
+
+    def start_group(self, group: str) -> None:
+        self.calls.append(("start_group", group))
+
+    def add_attempt(self, *, group: str, pool: str, task_id: int, attempt: int,
+                    priority: int, state_dir: Path, cwd: Path) -> int:
+        self.calls.append(("add_attempt", group, task_id, attempt, priority))
+        self.next_id += 1
+        return self.next_id
+
+    def kill(self, ids: Sequence[int]) -> None:
+        self.calls.append(("kill", *ids))
+
+    def restart_in_place(self, ids: Sequence[int]) -> None:
+        self.calls.append(("restart_in_place", *ids))
+
+
 class FakeClock:
     now: float = T0
 
@@ -259,7 +300,7 @@ def build(setup: WorldSetup, directory: Path, store: Store) -> World:
     worktrees = FakeWorktrees()
     clock = FakeClock()
     ports = Ports(store=store, runtimes=runtimes, processes=FakeProcesses(host),
-                  worktrees=worktrees, clock=clock)
+                  worktrees=worktrees, clock=clock, pueue=FakePueue())
     world = World(spec, store, host, runtimes, worktrees, ports,
                   Executor(spec, generation, PoolPaths(directory, "p"), ports), clock)
     for worker in setup.workers:
@@ -415,6 +456,11 @@ def _samples() -> dict[type, Action]:
         StartController: StartController("down", hung=ProcessRef(1003, None)),
         StopController: StopController("disabled", ProcessRef(1004, None)),
         Wait: Wait(start, "in 1s (restart backoff)", until=T0 + 1),
+        StartPueueDaemon: StartPueueDaemon("not running"),
+        SetPueueGroup: SetPueueGroup("agents", "parallel 4 -> 8", parallel=8, parallel_was=4),
+        SubmitTask: SubmitTask(3, 1, 5, "agents", "queued and due"),
+        KillPueueTask: KillPueueTask(7, 3, "running for 11m, past tasks.timeout"),
+        RestartPueueTask: RestartPueueTask(9, T0 - 60, "failed, added by hand; retry 1 of 2"),
     }
 
 
@@ -426,7 +472,10 @@ def test_every_action_type_renders_and_executes(kind: type, tmp_store: tuple[Pat
     action = samples[kind]
     document = action_document(action)
     line = describe(action)
-    assert line.startswith(f"{symbol(action)} {document['action']} ")
+    if isinstance(action, SetPueueGroup):  # ~ pueue group agents: parallel 4 -> 8
+        assert line == f"~ pueue group agents: {action.reason}"
+    else:
+        assert line.startswith(f"{symbol(action)} {document['action']} ")
     assert document["target"] in line and document["reason"] in line
     if isinstance(action, Wait):
         assert action.why in line and document["waiting"]["until"] == action.until

@@ -72,7 +72,8 @@ DEFAULT_GROUP = "default"
 def assert_tasks_equal(actual: PueueTask, expected: PueueTask) -> None:
     """Equal, with timestamps to the microsecond (a float holds no more of them)."""
     def blank(t: PueueTask) -> PueueTask:
-        return dataclasses.replace(t, enqueued_at=None, started_at=None, ended_at=None)
+        return dataclasses.replace(t, enqueued_at=None, started_at=None, ended_at=None,
+                                   created_at=None)
 
     assert blank(actual) == blank(expected)
     for name in TIMES:
@@ -117,6 +118,15 @@ STATUS_GROUPS = {"default": PueueGroup("default", "running", 1),
 def test_pueue_4_status_fixture_reads_as_written() -> None:
     assert_states_equal(parse_status(fixture("status-v4.json")),
                         PueueState("4", STATUS_TASKS, STATUS_GROUPS))
+
+
+@pytest.mark.parametrize("name", ["status-v4.json", "status-v3.json"])
+def test_pueue_created_at_is_read_in_both_shapes(name: str) -> None:
+    """``created_at`` (a top-level task field in 4.0.x and 3.4.x) survives an in-place
+    restart, so with the id it names one task for the restart count of supervise: all."""
+    tasks = parse_status(fixture(name)).tasks
+    assert tasks[0].created_at == pytest.approx(june7(10, 0, 1.118304221), abs=1e-6)
+    assert tasks[3].created_at == pytest.approx(june7(10, 1, 14.771150964), abs=1e-6)
 
 
 def test_pueue_3_status_fixture_reads_the_same_as_its_4_twin() -> None:

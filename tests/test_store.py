@@ -236,7 +236,7 @@ def test_opening_a_current_store_writes_nothing(store: Store, db_path: Path) -> 
     before = store.data_version()
     Store(db_path).close()
     assert store.data_version() == before
-    assert user_version(db_path) == store_schema.SCHEMA_VERSION == 8
+    assert user_version(db_path) == store_schema.SCHEMA_VERSION == 9
 
 
 def _version_1_store(db_path: Path) -> None:

@@ -26,14 +26,23 @@ from reconciler.observe.procs import process_instances
 from reconciler.observe.tmux import tmux_instances
 from reconciler.paths import PoolPaths
 from reconciler.proctree import process_matches
+from reconciler.pueueview import PueueView, view_of
+from reconciler.runtimes.pueue import PueueClient, PueueError
+from reconciler.specmodel import PueueSpec
 from reconciler.store.port import StorePort
 from reconciler.tmuxcli import pool_socket
 
 
 def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | None, *,
             repo: Path | None = None, worktree_root: Path | None = None,
-            controller_lock: Path | None = None, now: float | None = None) -> Observation:
-    """Snapshot one pool.  ``store`` is None for a pool that was never applied."""
+            controller_lock: Path | None = None, now: float | None = None,
+            pueue: PueueSpec | None = None, due_limit: int = 0) -> Observation:
+    """Snapshot one pool.  ``store`` is None for a pool that was never applied.
+    ``pueue``: the pool's pueue group (runtime: pueue), read once, with the first
+    ``due_limit`` due tasks to hand on."""
+    # pueue first: a task it reports done has ended its wrapper, whose result is then
+    # in the store read below (never a live attempt taken for one that died)
+    view = pueue_view(pueue, paths.name) if pueue is not None else None
     # processes first, the store after: a marked process seen here belongs to an
     # attempt that is already in the store, so it is never taken for a stray
     marked = marked_processes(pool_key(paths.root)) if store is not None else {}
@@ -61,7 +70,23 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         restart_history=store.restart_history() if store is not None else {},
         controller_alive=controller_alive(controller_lock, controller, time.time())
         if controller_lock else None,
-        controller=controller)
+        controller=controller,
+        pueue=view,
+        due_tasks=tuple(store.due_tasks(due_limit)) if view and store is not None else (),
+        paused_until=store.paused_until() if view and store is not None else 0.0,
+        foreign_restarts=store.pueue_restarts()
+        if view and view.foreign and store is not None else {})
+
+
+def pueue_view(pueue: PueueSpec, pool: str) -> PueueView:
+    """One ``pueue status --json`` as ``pool`` sees its group; a daemon that does not
+    answer is down (a document that is not pueue's is an error, not a down daemon)."""
+    client = PueueClient(config=pueue.config)
+    try:
+        state = client.status()
+    except PueueError:
+        state = None
+    return view_of(state, pool, pueue.group)
 
 
 def _with_recorded_agents(marked: Mapping[int, tuple[ProcessRef, ...]],

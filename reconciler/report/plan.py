@@ -16,22 +16,28 @@ from reconciler.actions import (
     Change,
     CleanWorktree,
     DrainWorker,
+    KillPueueTask,
     KillStrays,
     Plan,
     ReleaseWorker,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
+    RestartPueueTask,
+    SetPueueGroup,
     StartController,
+    StartPueueDaemon,
     StartWorker,
     StopController,
     StopWorker,
+    SubmitTask,
     Wait,
     target,
     verb,
 )
 
-SYMBOLS = {"start": "+", "restart": "~", "reset": "~"}
+SYMBOLS = {"start": "+", "restart": "~", "reset": "~", "create": "+", "set": "~",
+           "queue": "+"}
 
 
 def symbol(action: Action) -> str:
@@ -53,14 +59,19 @@ def detail(action: Action) -> str:
             if attempts:
                 notes.append(_requeues(attempts))
             return f"({'; '.join(notes)})" if notes else ""
+        case ReleaseWorker(attempts=attempts, counted=False) if attempts:
+            return f"({_requeues(attempts)}; not using up a try)"
         case StopWorker(attempts=attempts) | RemoveWorker(attempts=attempts) | \
                 ReleaseWorker(attempts=attempts):
             return f"({_requeues(attempts)})" if attempts else ""
         case KillStrays(processes=processes):
             pids = ", ".join(str(p.pid) for p in processes)
             return f"(SIGKILL pid{'s' * (len(processes) != 1)} {pids})"
+        case SubmitTask(attempt=attempt, priority=priority, group=group):
+            return f"(attempt {attempt}, priority {priority}, group {group})"
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
-                StopController():
+                StopController() | StartPueueDaemon() | SetPueueGroup() | KillPueueTask() | \
+                RestartPueueTask():
             return ""
     raise TypeError(f"no rendering for {action!r}")
 
@@ -82,6 +93,9 @@ def describe(action: Action) -> str:
     """One line: ``~ restart w-2: process gone (exit 1) (counted) [in 0.8s (restart backoff)]``."""
     what = "worktree " if isinstance(_outcome(action), CleanWorktree) else ""
     more = detail(action)
+    if isinstance(_outcome(action), SetPueueGroup):  # ~ pueue group agents: parallel 4 -> 8
+        return f"{symbol(action)} {target(action)}: {_outcome(action).reason}" \
+               + (f" {more}" if more else "")
     return f"{symbol(action)} {verb(action)} {what}{target(action)}: {_outcome(action).reason}" \
            + (f" {more}" if more else "")
 
@@ -107,14 +121,26 @@ def action_document(action: Action) -> dict[str, Any]:
                        requeues=[a.task_id for a in action.attempts])
         case StopWorker():
             doc.update(counted=action.counted, requeues=[a.task_id for a in action.attempts])
-        case RemoveWorker() | ReleaseWorker():
+        case RemoveWorker():
             doc.update(counted=True, requeues=[a.task_id for a in action.attempts])
+        case ReleaseWorker():
+            doc.update(counted=action.counted, requeues=[a.task_id for a in action.attempts])
         case KillStrays():
             doc.update(attempt=action.attempt_id, pids=[p.pid for p in action.processes])
         case DrainWorker():
             doc.update(then=action.then)
+        case SetPueueGroup():
+            doc.update(group=action.group, create=action.create, parallel=action.parallel,
+                       parallel_was=action.parallel_was, running=action.running)
+        case SubmitTask():
+            doc.update(task=action.task_id, attempt=action.attempt, priority=action.priority,
+                       group=action.group)
+        case KillPueueTask():
+            doc.update(pueue_id=action.pueue_id, task=action.task_id)
+        case RestartPueueTask():
+            doc.update(pueue_id=action.pueue_id)
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
-                StopController():
+                StopController() | StartPueueDaemon():
             pass
         case _:
             raise TypeError(f"no JSON rendering for {action!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,8 @@ def render_status(document: dict[str, Any]) -> None:
         if controller.get("endpoint"):
             state += f", serving {cell_text(controller['endpoint'])}"
         print(f"controller: {state}")
+    if document.get("pueue"):
+        say(pueue_line(document["pueue"]))
     if document.get("deleting"):
         print(f"{paint('delete ' + document['deleting']['state'], 'yellow')} (since "
               f"{when(document['deleting']['since'])})")
@@ -116,6 +119,28 @@ def render_status(document: dict[str, Any]) -> None:
                     "yellow") + f": {cell_text(reason)} (`reconcile resume` lifts it)")
     for problem in document["problems"]:
         print(f"{paint('problem:', 'red')} {printable(problem, multiline=True)}")
+
+
+def pueue_line(pueue: dict[str, Any]) -> str:
+    """``pueue 4.x: group agents running, parallel 4; ours 2 running, 3 queued; 1 added
+    by hand (1 running)``, or that the daemon is down."""
+    if not pueue["daemon_up"]:
+        return f"pueue: daemon down (group {pueue['group']})"
+    version = f" {pueue['version']}" if pueue.get("version") else ""
+    if pueue["group_status"] is None:
+        group = f"group {pueue['group']} missing"
+    else:
+        group = f"group {pueue['group']} {pueue['group_status']}, parallel {pueue['parallel']}"
+    ours = pueue["ours"]
+    line = f"pueue{version}: {group}; ours {ours['running']} running, {ours['queued']} queued"
+    by_hand = pueue["added_by_hand"]
+    if by_hand:
+        states = Counter(t["state"] for t in by_hand)
+        line += f"; {len(by_hand)} added by hand (" + ", ".join(
+            f"{n} {state}" for state, n in sorted(states.items())) + ")"
+        if pueue["supervise"] != "all":
+            line += ", not supervised (pueue.supervise: ours)"
+    return line
 
 
 TITLE_WIDTH = 40  # status shows a title's start; -o json and `task show` have all of it

@@ -6,6 +6,7 @@ same observation, so ``status`` is right even while no controller runs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -102,6 +103,10 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
     if deleting is not None and not delete_running:
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "
                         "(or `reconcile apply` to keep the pool)")
+    pueue = pueue_status(observation, spec, now)
+    if pueue is not None and not pueue["daemon_up"]:
+        problems.append("the pueue daemon does not answer (the controller starts it; by "
+                        "hand: `pueued -d`)")
     return {
         "pool": observation.pool,
         "observed_at": observation.observed_at,
@@ -126,4 +131,34 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
         # attempts that left uncommitted work: committed to their branch, or kept
         "uncommitted_work": {"committed": (rescued or {}).get("committed", 0),
                              "kept": (rescued or {}).get("kept", 0)},
+        "pueue": pueue,
+    }
+
+
+def pueue_status(observation: Observation, spec: PoolSpec | None,
+                 now: float) -> dict[str, Any] | None:
+    """runtime: pueue -- the daemon, the group, our tasks in it and those added by hand
+    (ids, states and results only: never a command, a path or an environment)."""
+    view = observation.pueue
+    if view is None or spec is None or spec.pueue is None:
+        return None
+    group = view.group
+    ours = Counter(task.state for task in view.ours.values())
+    restarts = observation.foreign_restarts
+    return {
+        "daemon_up": view.daemon_up,
+        "version": f"{view.version}.x" if view.version else None,
+        "group": spec.pueue.group,
+        "group_status": group.status if group else None,
+        "parallel": group.parallel_tasks if group else None,
+        "supervise": spec.pueue.supervise,
+        "ours": {"running": ours["running"] + ours["paused"],
+                 "queued": ours["queued"] + ours["stashed"] + ours["locked"]},
+        "added_by_hand": [
+            {"id": task.id, "state": task.state, "result": task.result,
+             "exit_code": task.exit_code,
+             "running_for": now - task.started_at
+             if task.state == "running" and task.started_at else None,
+             "restarts": restarts.get((task.id, task.created_at or 0.0), 0)}
+            for task in view.foreign],
     }

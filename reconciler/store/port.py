@@ -64,6 +64,7 @@ from reconciler.model import (
     AttemptRow,
     Claim,
     ControllerRow,
+    DueTask,
     EventRow,
     QueueCounts,
     RetryPolicy,
@@ -146,6 +147,17 @@ class StorePort(Protocol):
     def paused_until(self) -> float:
         """Until when nobody may claim (a rate limit, the day's budget); 0 when claiming
         is allowed."""
+
+    def due_tasks(self, limit: int, now: float | None = None) -> list[DueTask]:
+        """The first ``limit`` due queued tasks in claim order, with each next attempt's
+        number (what the pueue runtime hands to pueue)."""
+
+    def pueue_restarts(self) -> dict[tuple[int, float], int]:
+        """Restarts of tasks added to the pueue group by hand, by (pueue id, created_at)."""
+
+    def count_pueue_restart(self, pueue_id: int, created_at: float, message: str,
+                            now: float | None = None) -> None:
+        """Record one restart of a task added to the pueue group by hand."""
 
     def paused_reason(self) -> str | None:
         """Why claiming is paused, as the pause said it."""

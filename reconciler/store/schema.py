@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 8  # 8: tasks_by_creation and attempts_ended (report windows, metrics)
+SCHEMA_VERSION = 9  # 9: pueue_restarts (runtime: pueue, supervise: all)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -115,6 +115,16 @@ CREATE TABLE IF NOT EXISTS restarts (
     reason TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS restarts_by_worker ON restarts (worker_id, at);
+-- runtime: pueue with supervise: all -- how often the controller restarted each task that
+-- people added to the group by hand (pueue keeps no count); one task is its pueue id and
+-- its created_at (ids are given out again after `pueue clean`)
+CREATE TABLE IF NOT EXISTS pueue_restarts (
+    pueue_id INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    restarts INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    PRIMARY KEY (pueue_id, created_at)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS controller (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     pid INTEGER,

@@ -20,6 +20,7 @@ from reconciler.model import (
     AgentReport,
     AttemptRow,
     Claim,
+    DueTask,
     QueueCounts,
     ReportAttempt,
     ReportTask,
@@ -48,6 +49,12 @@ CLAIM_SQL = ("SELECT * FROM tasks WHERE status = 'queued' AND not_before <= ?"
 # make it one seek, but the planner then takes it for CLAIM_SQL too, and sorts every
 # runnable task on each claim: tests/test_store_scale.py checks both plans.)
 NEXT_DUE_SQL = "SELECT MIN(not_before) AS due FROM tasks WHERE status = 'queued'"
+# runtime: pueue -- the first due tasks in claim order, each with the number its next
+# attempt will have (what ``claim_task_attempt`` checks): the tasks the controller hands on
+DUE_TASKS_SQL = ("SELECT id, priority, 1 + (SELECT COUNT(*) FROM attempts"
+                 " WHERE attempts.task_id = tasks.id) AS next_attempt FROM tasks"
+                 " WHERE status = 'queued' AND not_before <= ? ORDER BY priority DESC, id"
+                 " LIMIT ?")
 # ``task list``: in id order (rowid, or ``tasks_by_status`` whose entries end with it)
 TASKS_SQL = "SELECT * FROM tasks ORDER BY id LIMIT ?"
 TASKS_OF_STATUS_SQL = "SELECT * FROM tasks WHERE status = ? ORDER BY id LIMIT ?"
@@ -452,6 +459,31 @@ class TaskQueue(Database):
             return None
         due = max(float(due), self.paused_until())
         return due if due > now else None
+
+    def due_tasks(self, limit: int, now: float | None = None) -> list[DueTask]:
+        """The first ``limit`` queued tasks that are due, in the order workers claim them,
+        with the number of each one's next attempt (runtime: pueue)."""
+        now = time.time() if now is None else now
+        return [DueTask(int(r["id"]), int(r["priority"]), int(r["next_attempt"]))
+                for r in self._query(DUE_TASKS_SQL, (now, limit))]
+
+    def pueue_restarts(self) -> dict[tuple[int, float], int]:
+        """How often the controller restarted each task added to the pueue group by hand."""
+        return {(int(r["pueue_id"]), float(r["created_at"])): int(r["restarts"])
+                for r in self._query("SELECT pueue_id, created_at, restarts"
+                                     " FROM pueue_restarts")}
+
+    def count_pueue_restart(self, pueue_id: int, created_at: float, message: str,
+                            now: float | None = None) -> None:
+        """Record that the controller restarted pueue task ``pueue_id`` (added by hand)."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            db.execute("INSERT INTO pueue_restarts (pueue_id, created_at, restarts, last_at)"
+                       " VALUES (?, ?, 1, ?) ON CONFLICT (pueue_id, created_at) DO UPDATE"
+                       " SET restarts = restarts + 1, last_at = excluded.last_at",
+                       (pueue_id, created_at, now))
+            self._event(db, now, "pueue.restarted", None, None, message,
+                        {"pueue_id": pueue_id})
 
     def paused_until(self) -> float:
         """Until when workers must not claim (a rate limit, the day's budget); 0 when they

@@ -1,0 +1,194 @@
+"""``runtime: pueue`` end to end, over the stand-in ``pueue``/``pueued``: a pueue group
+is the pool, and the controller gives it the timeouts, retries, health and worktree
+isolation pueue lacks (issue 11).  Every test drives the real CLI and a real controller;
+``pytest -k pueue`` selects them with the rest of the pueue tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.pueuestatus import parse_label
+from tests.e2e import add_task, events, reconcile_json, set_spec, show_task, tasks, wait_tasks
+from tests.helpers import git, reconcile, wait_for, write_spec
+from tests.test_pueue_standin import Pueue
+
+GROUP = "agents"
+
+
+@pytest.fixture
+def pueue(host: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pueue]:
+    """An isolated stand-in daemon (not started: the pool starts it), on PATH for every
+    command the test runs, the controller and pueue's tasks included."""
+    made = Pueue(host / "pueue")
+    monkeypatch.setenv("PATH", made.env["PATH"])
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+def pueue_spec(host: Path, pueue: Pueue, *, replicas: int = 2, supervise: str = "ours",
+               tasks_policy: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """A pool of ``replicas`` slots in group ``agents`` of the stand-in daemon, with a
+    controller that looks at pueue at least every second (pueue rings no bell when a
+    task added by hand ends)."""
+    return write_spec(host, replicas=replicas, runtime="pueue", extra={
+        "pueue": {"group": GROUP, "config": str(pueue.config), "supervise": supervise},
+        "controller": {"enabled": True, "interval": "1s"},
+        "tasks": {"retryBackoff": "200ms", **(tasks_policy or {})},
+        **extra})
+
+
+def start_pool(spec: Path) -> None:
+    applied = reconcile("apply", "-f", str(spec), "--wait", "--timeout", "60s")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+
+
+def pueue_status(spec: Path) -> dict[str, Any]:
+    section: dict[str, Any] = reconcile_json("status", "-f", str(spec))["pueue"]
+    return section
+
+
+def our_pueue_tasks(pueue: Pueue) -> dict[tuple[int, int], dict[str, Any]]:
+    """pueue's tasks by (our task id, attempt), read from their labels."""
+    found = {}
+    for task in pueue.status()["tasks"].values():
+        label = parse_label(task["label"])
+        if label is not None:
+            found[(label[1], label[2])] = task
+    return found
+
+
+def test_pueue_pool_runs_ten_tasks_each_on_its_own_branch(host: Path, git_repo: Path,
+                                                          pueue: Pueue) -> None:
+    spec = pueue_spec(host, pueue, replicas=3)
+    planned = reconcile("diff", "-f", str(spec))
+    assert planned.returncode == 2 and "+ start pueued: not running" in planned.stdout
+    start_pool(spec)
+    group = pueue.status()["groups"][GROUP]
+    assert group == {"status": "Running", "parallel_tasks": 3}
+    ids = [add_task(spec, f"change {n}", title=f"task {n}", priority=n % 3)
+           for n in range(10)]
+    wait_tasks(spec, *ids, timeout="120s")
+
+    for task in tasks(spec):
+        assert task["status"] == "succeeded", task
+        log = git(git_repo, "log", "--format=%s", f"main..{task['branch']}")
+        assert log.strip(), f"no commit on {task['branch']}"
+    handed = our_pueue_tasks(pueue)
+    assert set(handed) == {(int(i), 1) for i in ids}  # each attempt handed on once
+    assert all(t["group"] == GROUP and t["status"]["Done"]["result"] == "Success"
+               for t in handed.values())
+    # only our identifiers reach pueue's sh -c: never a title or a prompt
+    assert not any("change" in t["command"] for t in handed.values())
+    workers = {w["worker_id"] for i in ids for w in show_task(spec, i)["attempt_details"]}
+    assert workers <= {"w-1", "w-2", "w-3"}
+    shown = pueue_status(spec)
+    assert shown["daemon_up"] and shown["group_status"] == "running"
+    assert shown["parallel"] == 3 and shown["ours"] == {"running": 0, "queued": 0}
+    assert reconcile("diff", "-f", str(spec)).returncode == 0
+
+    set_spec(spec, replicas=5)
+    planned = reconcile("diff", "-f", str(spec))
+    assert planned.returncode == 2
+    assert f"~ pueue group {GROUP}: parallel 3 -> 5" in planned.stdout
+    start_pool(spec)
+    assert pueue.status()["groups"][GROUP]["parallel_tasks"] == 5
+
+
+def test_pueue_task_past_its_timeout_is_retried_then_fails(host: Path, git_repo: Path,
+                                                           pueue: Pueue) -> None:
+    """The wrapper stops the agent at tasks.timeout, as a worker does; the attempt is a
+    timeout and the planner hands the next attempt to pueue after the backoff."""
+    spec = pueue_spec(host, pueue, tasks_policy={"timeout": "1s", "maxAttempts": 2},
+                      worker={"stopGrace": "1s"})
+    start_pool(spec)
+    task = add_task(spec, "[hang]", title="hangs")
+    wait_tasks(spec, task, timeout="60s")
+    shown = show_task(spec, task)
+    assert shown["status"] == "failed"
+    assert [a["status"] for a in shown["attempt_details"]] == ["timeout", "timeout"]
+    assert set(our_pueue_tasks(pueue)) == {(int(task), 1), (int(task), 2)}
+
+
+def test_pueue_failed_task_is_retried_with_a_new_attempt(host: Path, git_repo: Path,
+                                                        pueue: Pueue) -> None:
+    spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 3})
+    start_pool(spec)
+    task = add_task(spec, "[fail]", title="fails")
+    wait_tasks(spec, task, timeout="60s")
+    shown = show_task(spec, task)
+    assert shown["status"] == "failed" and shown["attempts"] == 3
+    assert [a["status"] for a in shown["attempt_details"]] == ["failed"] * 3
+    handed = our_pueue_tasks(pueue)
+    assert [handed[(int(task), n)]["status"]["Done"]["result"] for n in (1, 2, 3)] == \
+        [{"Failed": 1}] * 3
+
+
+def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
+                                                   pueue: Pueue) -> None:
+    """SIGKILL the daemon while two attempts run: its children run on, orphaned.  The
+    controller starts it again; pueue marks the attempts Killed and pauses the group
+    (its queue held tasks); the controller ends the attempts (their agents first),
+    requeues them without using up a try, resumes the group, and every task succeeds."""
+    spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 1})
+    start_pool(spec)
+    ids = [add_task(spec, f"[seconds=4] work {n}", title=f"task {n}") for n in range(4)]
+    wait_for(lambda: sum(t["status"] == "running" for t in tasks(spec)) == 2,
+             message="two attempts running")
+    daemon = pueue.pid()
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not pueue.is_daemon(daemon), message="the daemon gone")
+    wait_tasks(spec, *ids, timeout="120s")
+
+    assert all(t["status"] == "succeeded" for t in tasks(spec))
+    lost = [a for i in ids for a in show_task(spec, i)["attempt_details"]
+            if a["status"] == "lost"]
+    assert len(lost) == 2, lost  # maxAttempts 1, and still: the daemon's death was no try
+    assert all("killed by someone else, or by a pueue daemon" in a["error"] for a in lost)
+    kinds = [e["kind"] for e in events(spec)]
+    assert "pueue.down" in kinds and "pueue.up" in kinds
+    down = next(e for e in events(spec, "pueue.down"))
+    assert down["severity"] == "critical"
+    assert pueue.status()["groups"][GROUP]["status"] == "Running"
+
+
+def test_pueue_tasks_added_by_hand_are_supervised_under_supervise_all(
+        host: Path, git_repo: Path, pueue: Pueue) -> None:
+    """`pueue add` straight into the group: a failing command is restarted in place until
+    it has run maxAttempts times; one running past tasks.timeout + stopGrace is killed,
+    and retried the same way (a kill reads as a timeout); status shows both, and our own
+    tasks run beside them."""
+    spec = pueue_spec(host, pueue, supervise="all",
+                      tasks_policy={"timeout": "1s", "maxAttempts": 3},
+                      worker={"stopGrace": "500ms"})
+    start_pool(spec)
+    failing = pueue.add("--group", GROUP, "--", "exit 3")
+    sleeping = pueue.add("--group", GROUP, "--", "sleep 60")
+
+    def settled() -> bool:
+        by_hand = {t["id"]: t for t in pueue_status(spec)["added_by_hand"]}
+        return all(by_hand.get(i, {}).get("restarts") == 2 and by_hand[i]["state"] == "done"
+                   for i in (failing, sleeping))
+    wait_for(settled, timeout=90, message="the hand-added tasks supervised")
+    assert pueue.result(failing) == {"Failed": 3} and pueue.result(sleeping) == "Killed"
+    restarted = [e["fields"]["pueue_id"] for e in events(spec, "pueue.restarted")]
+    assert sorted(restarted) == sorted([failing, failing, sleeping, sleeping])
+    killed = [e["fields"]["pueue_id"] for e in events(spec, "pueue.killed")]
+    assert killed == [sleeping] * 3  # each run past tasks.timeout + stopGrace
+    by_hand = pueue_status(spec)["added_by_hand"]
+    assert {(t["id"], t["result"], t["exit_code"]) for t in by_hand} == {
+        (failing, "failed", 3), (sleeping, "killed", None)}
+    text = reconcile("status", "-f", str(spec)).stdout
+    assert "2 added by hand (2 done)" in text
+
+    ours = add_task(spec, "still ours", title="ours")
+    wait_tasks(spec, ours)
+    assert show_task(spec, ours)["status"] == "succeeded"
