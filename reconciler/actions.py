@@ -215,6 +215,15 @@ class KillPueueTask:
 
 
 @dataclass(frozen=True)
+class RemovePueueTasks:
+    """``pueue remove`` our tasks that pueue holds but has not started (a deleted pool's):
+    no attempt of a pool that is gone may start later."""
+
+    pueue_ids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class RestartPueueTask:
     """``pueue restart --in-place`` a failed task that people added to the group by hand
     (``supervise: all``): the retry policy pueue has none of.  ``created_at`` and the
@@ -227,7 +236,8 @@ class RestartPueueTask:
 
 Change = (StartWorker | ReplaceWorker | DrainWorker | StopWorker | RemoveWorker | ReleaseWorker
           | KillStrays | ResetBudget | CleanWorktree | StartController | StopController
-          | StartPueueDaemon | SetPueueGroup | SubmitTask | KillPueueTask | RestartPueueTask)
+          | StartPueueDaemon | SetPueueGroup | SubmitTask | KillPueueTask | RemovePueueTasks
+          | RestartPueueTask)
 
 
 @dataclass(frozen=True)
@@ -247,7 +257,7 @@ CHANGE_TYPES: tuple[type, ...] = (StartWorker, ReplaceWorker, DrainWorker, StopW
                                   RemoveWorker, ReleaseWorker, KillStrays, ResetBudget,
                                   CleanWorktree, StartController, StopController,
                                   StartPueueDaemon, SetPueueGroup, SubmitTask, KillPueueTask,
-                                  RestartPueueTask)
+                                  RemovePueueTasks, RestartPueueTask)
 ACTION_TYPES: tuple[type, ...] = (*CHANGE_TYPES, Wait)
 
 
@@ -270,7 +280,7 @@ def verb(action: Action) -> str:
             return "restart"
         case DrainWorker() | StopWorker() | StopController():
             return "stop"
-        case RemoveWorker():
+        case RemoveWorker() | RemovePueueTasks():
             return "remove"
         case ReleaseWorker():
             return "release"
@@ -302,6 +312,8 @@ def target(action: Action) -> str:
             return f"task {task_id}"
         case KillPueueTask(pueue_id=pueue_id) | RestartPueueTask(pueue_id=pueue_id):
             return f"pueue task {pueue_id}"
+        case RemovePueueTasks(pueue_ids=ids):
+            return f"pueue task{'s' * (len(ids) != 1)} {', '.join(map(str, ids))}"
         case StartWorker(worker=worker) | ReplaceWorker(worker=worker) | \
                 DrainWorker(worker=worker) | StopWorker(worker=worker) | \
                 RemoveWorker(worker=worker) | ReleaseWorker(worker=worker) | \

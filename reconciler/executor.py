@@ -28,6 +28,7 @@ from reconciler.actions import (
     KillStrays,
     Plan,
     ReleaseWorker,
+    RemovePueueTasks,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
@@ -91,6 +92,8 @@ class PueuePort(Protocol):
         """Queue ``reconcile run-task`` for one attempt; pueue's task id."""
 
     def kill(self, ids: Sequence[int]) -> None: ...
+
+    def remove(self, ids: Sequence[int]) -> None: ...
 
     def restart_in_place(self, ids: Sequence[int]) -> None: ...
 
@@ -268,7 +271,7 @@ class Executor:
                 if process is not None:
                     self.ports.processes.request_stop(process)
             case StartPueueDaemon() | SetPueueGroup() | SubmitTask() | KillPueueTask() | \
-                    RestartPueueTask():
+                    RestartPueueTask() | RemovePueueTasks():
                 self._pueue_act(action, now)
             case _:
                 raise TypeError(f"no executor case for {action!r}")
@@ -312,6 +315,8 @@ class Executor:
                 self.store.add_event("pueue.killed", f"pueue task {pueue_id}: "
                                      f"{action.reason}", task_id=task_id, now=now,
                                      fields={"pueue_id": pueue_id})
+            case RemovePueueTasks(pueue_ids=ids):
+                pueue.remove(ids)
             case RestartPueueTask(pueue_id=pueue_id):
                 pueue.restart_in_place([pueue_id])
                 self.store.count_pueue_restart(pueue_id, action.created_at,

@@ -264,9 +264,11 @@ def delete(pool: Pool, *, force: bool = False, progress: Say = _quiet,
         controller_fd = stop_controller(pool, store, ports, progress)
         try:  # held until the end: no controller (not even one starting now) can run
             deadline = time.monotonic() + spec.worker.stop_grace + DELETE_EXTRA_SECONDS
+            since = store.deleting()
             while True:
                 result = run_pass(pool, store, 0,
-                                  lambda o, now: plan_delete(spec, o, now, force=force),
+                                  lambda o, now: plan_delete(spec, o, now, force=force,
+                                                             since=since),
                                   ports=ports, progress=progress)
                 report.done += result.report.done
                 report.problems += result.report.problems

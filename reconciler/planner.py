@@ -30,6 +30,7 @@ from reconciler.actions import (
     KillStrays,
     Plan,
     ReleaseWorker,
+    RemovePueueTasks,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
@@ -97,7 +98,7 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
         if action is not None:
             actions.append(action)
     if pueue:
-        actions += _pueue_tasks(spec, observation, now)
+        actions += _pueue_tasks(spec, observation, now, actions)
     actions += _stranded_attempts(spec, observation, now)
     actions += _stray_processes(observation)
     actions += _orphan_worktrees(spec, observation)
@@ -137,14 +138,19 @@ def next_wakeup(spec: PoolSpec, observation: Observation, remaining: Plan,
 
 
 def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
-                force: bool = False) -> Plan:
+                force: bool = False, since: float | None = None) -> Plan:
     """Stop every worker of the pool and clear what is left of them: after its current
-    task, or (``force``) at once, its task requeued without using up a try."""
+    task, or (``force``) at once, its task requeued without using up a try.  ``since``:
+    when the delete began (a pueue slot's task may finish until ``stopGrace`` after)."""
     actions: list[Action] = []
     why = "pool deleted"
+    if spec.runtime == "pueue":
+        actions += _delete_from_pueue(spec, observation, now, force, since)
     for worker_id in sorted(_known_ids(observation), key=_idle_first(observation),
                             reverse=True):
-        action = _retire(spec, observation, worker_id, why, now, force=force)
+        action = _retire_slot_for_good(spec, observation, worker_id, why, now, force, since) \
+            if spec.runtime == "pueue" else \
+            _retire(spec, observation, worker_id, why, now, force=force)
         if action is not None:
             actions.append(action)
     actions += _stray_processes(observation)
@@ -273,7 +279,12 @@ def _converge_slot(spec: PoolSpec, observation: Observation, worker_id: str,
                                   None, (), reset_budget=f"{changed} changed")]
         return []
     if health == "dead":
-        action = _restart_dead(spec, observation, row, None, attempts, now)
+        running = observation.attempt_of(worker_id)
+        silence = now - max(row.heartbeat_at or 0.0, running.started_at if running else 0.0)
+        death = f"its wrapper sent no heartbeat for {format_duration(silence)} (deadAfter " \
+                f"{format_duration(spec.health.dead_after)})" if running else \
+            "its wrapper had stopped heartbeating (its task was requeued)"
+        action = _restart_dead(spec, observation, row, None, attempts, now, death)
         return [action, *_kill_in_pueue(observation, worker_id,
                                         "its wrapper stopped heartbeating")]
     if changed and not attempts and row.current_task is None:
@@ -308,7 +319,46 @@ def _retire_slot(spec: PoolSpec, observation: Observation, worker_id: str, why: 
     return forget
 
 
-def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float) -> list[Action]:
+def _delete_from_pueue(spec: PoolSpec, observation: Observation, now: float, force: bool,
+                       since: float | None) -> list[Action]:
+    """A deleted pool leaves nothing in pueue that could start later: the tasks pueue
+    holds for it but has not started are removed (the group, shared with whatever
+    else people queue there, stays)."""
+    view = observation.pueue
+    if view is None or not view.daemon_up:
+        return []
+    waiting = tuple(task.id for task in view.ours.values()
+                    if task.state in pueueplan.WAITING_STATES)
+    return [RemovePueueTasks(waiting, "pool deleted: none of its tasks may start later")] \
+        if waiting else []
+
+
+def _retire_slot_for_good(spec: PoolSpec, observation: Observation, worker_id: str,
+                          why: str, now: float, force: bool,
+                          since: float | None) -> Action | None:
+    """A slot of a deleted pool: its task may finish until ``stopGrace`` after the delete
+    began (pueue has no drain), then (or at once with ``force``) its pueue task is
+    killed and the task requeued without using up a try."""
+    row = observation.worker(worker_id)
+    attempts = _attempts_of(spec, observation, worker_id, now)
+    if row is None and not attempts:
+        return None
+    deadline = (since if since is not None else now) + spec.worker.stop_grace
+    stop = StopWorker(worker_id, why + (" (--force: its task goes back to the queue)"
+                                        if force else ""), None, attempts)
+    if not attempts:
+        return RemoveWorker(worker_id, f"{why}; forget the slot", None, ())
+    kills = _kill_in_pueue(observation, worker_id, why)
+    if not force and now < deadline:
+        return Wait(stop, f"its current task runs on in pueue ({format_duration(deadline - now)}"
+                          " left of stopGrace; killed then)", until=deadline)
+    if kills:
+        return kills[0]  # the wrapper goes first; its attempt is ended on the next pass
+    return stop
+
+
+def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
+                 actions_so_far: list[Action]) -> list[Action]:
     """Attempts whose pueue task ended without a result (requeued), tasks past their
     timeout (killed), failed tasks added by hand (restarted), and due tasks to hand on."""
     view = observation.pueue
@@ -327,7 +377,9 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float) -> list[A
                 reasons.setdefault(attempt.worker_id, why)
         actions += [ReleaseWorker(worker, reasons[worker], None, tuple(refs), counted=counted)
                     for worker, refs in sorted(by_worker.items())]
-    actions += pueueplan.overdue(spec, view, observation.running, now)
+    killing = {a.pueue_id for a in actions_so_far if isinstance(a, KillPueueTask)}
+    actions += [k for k in pueueplan.overdue(spec, view, observation.running, now)
+                if k.pueue_id not in killing]
     actions += pueueplan.foreign_retries(spec, view, observation.foreign_restarts, now)
     actions += pueueplan.submissions(spec, view, observation.due_tasks,
                                      _paused(observation, now))
@@ -412,7 +464,7 @@ def _has_remains(instance: RuntimeInstance | None) -> bool:
 
 def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
                   instance: RuntimeInstance | None, attempts: tuple[AttemptRef, ...],
-                  now: float) -> Action:
+                  now: float, death: str | None = None) -> Action:
     """A counted restart, once the backoff since the death (or the last restart) is over.
 
     A hung worker (its process still alive) is restarted only if it has not
@@ -420,21 +472,21 @@ def _restart_dead(spec: PoolSpec, observation: Observation, row: WorkerRow,
     before killing it.
     """
     hung = instance is not None and instance.alive
+    death = death or _death(spec, row, instance, now)
     previous = counted_restarts(spec, observation, row, now)
     delay = restart_delay(spec, row.id, len(previous))
     if attempts and not hung:
         # its agent must not work on through the backoff: end the attempt now (once its
         # processes are gone) so the task can run elsewhere; the slot restarts later
         then = "restart after the backoff" if delay else "then restart it"
-        return ReleaseWorker(row.id, f"{_death(spec, row, instance, now)}: end its attempt "
-                             f"now, {then}", None, attempts)
+        return ReleaseWorker(row.id, f"{death}: end its attempt now, {then}", None, attempts)
     died_at = row.health_since if row.health == "dead" and row.health_since else now
     ready_at = died_at + delay
     # a worker that had been stable for resetAfter starts a fresh budget with this restart
     stable = bool(row.started_at and row.heartbeat_at
                   and row.heartbeat_at - row.started_at >= spec.restart.reset_after)
     restart = ReplaceWorker(
-        row.id, _death(spec, row, instance, now), instance, attempts, counted=True,
+        row.id, death, instance, attempts, counted=True,
         reset_budget=f"it had run for resetAfter ({format_duration(spec.restart.reset_after)})"
         if stable else None,
         unless_heartbeat_after=(row.heartbeat_at or 0.0) if hung else None)

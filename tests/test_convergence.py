@@ -32,6 +32,7 @@ from reconciler.actions import (
     KillStrays,
     Plan,
     ReleaseWorker,
+    RemovePueueTasks,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
@@ -165,6 +166,9 @@ class FakePueue:
 
     def kill(self, ids: Sequence[int]) -> None:
         self.calls.append(("kill", *ids))
+
+    def remove(self, ids: Sequence[int]) -> None:
+        self.calls.append(("remove", *ids))
 
     def restart_in_place(self, ids: Sequence[int]) -> None:
         self.calls.append(("restart_in_place", *ids))
@@ -461,6 +465,7 @@ def _samples() -> dict[type, Action]:
         SubmitTask: SubmitTask(3, 1, 5, "agents", "queued and due"),
         KillPueueTask: KillPueueTask(7, 3, "running for 11m, past tasks.timeout"),
         RestartPueueTask: RestartPueueTask(9, T0 - 60, "failed, added by hand; retry 1 of 2"),
+        RemovePueueTasks: RemovePueueTasks((4, 5), "pool deleted"),
     }
 
 

@@ -192,3 +192,25 @@ def test_pueue_tasks_added_by_hand_are_supervised_under_supervise_all(
     ours = add_task(spec, "still ours", title="ours")
     wait_tasks(spec, ours)
     assert show_task(spec, ours)["status"] == "succeeded"
+
+
+def test_pueue_pool_deleted_leaves_nothing_in_pueue_to_start(host: Path, git_repo: Path,
+                                                             pueue: Pueue) -> None:
+    """`delete --force`: the attempts pueue runs are killed and their tasks requeued
+    without using up a try; the ones it holds queued are removed, so nothing of the
+    deleted pool starts later.  The group stays (others may queue there)."""
+    spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 1})
+    start_pool(spec)
+    ids = [add_task(spec, f"[seconds=30] long {n}", title=f"task {n}") for n in range(4)]
+    wait_for(lambda: sum(t["status"] == "running" for t in tasks(spec)) == 2
+             and len(our_pueue_tasks(pueue)) == 4, message="two running, two queued in pueue")
+    deleted = reconcile("delete", "-f", str(spec), "--force")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert "- remove pueue tasks " in deleted.stdout
+
+    left = our_pueue_tasks(pueue)
+    assert len(left) == 2 and all(t["status"]["Done"]["result"] == "Killed"
+                                  for t in left.values())
+    assert [t["status"] for t in tasks(spec)] == ["queued"] * 4  # no try used up
+    assert {e["task_id"] for e in events(spec, "attempt.lost")} == {int(i) for i in ids[:2]}
+    assert pueue.status()["groups"][GROUP]["status"] == "Running"

@@ -548,6 +548,26 @@ def test_pueue_clean_removes_done_tasks_and_ids_are_given_out_again(pueue: Pueue
     assert pueue.add("true") == 2  # not 0: only ids above the highest are reused
 
 
+def test_pueue_remove_takes_out_tasks_that_do_not_run(pueue: Pueue) -> None:
+    """remove.rs: Queued and Done tasks go (logs too); a running one is refused and the
+    command still succeeds for the others; only refusals exit 1."""
+    pueue.start()
+    done = pueue.add("true")
+    pueue.wait_kind(done, "Done")
+    running = pueue.add("sleep", "30")
+    pueue.wait_kind(running, "Running")
+    queued = pueue.add("true")  # parallel 1: waits behind the sleeper
+    proc = pueue.run("remove", str(done), str(queued), str(running))
+    assert proc.stdout == (f"Tasks removed from list: {done}, {queued}\n"
+                           f"The command failed for tasks: {running}\n")
+    assert set(pueue.status()["tasks"]) == {str(running)}
+    assert not (pueue.root / "task_logs" / f"{done}.log").exists()
+    refused = pueue.run("rm", str(running), code=1)
+    assert refused.stderr == f"The command failed for tasks: {running}\n"
+    pueue.run("remove", code=2)  # at least one id
+    pueue.run("kill", str(running))
+
+
 def test_pueue_groups_are_added_listed_sized_and_removed(pueue: Pueue) -> None:
     pueue.start()
     assert pueue.run("group", "add", "big", "-p", "3").stdout == (

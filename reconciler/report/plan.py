@@ -20,6 +20,7 @@ from reconciler.actions import (
     KillStrays,
     Plan,
     ReleaseWorker,
+    RemovePueueTasks,
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
@@ -71,7 +72,7 @@ def detail(action: Action) -> str:
             return f"(attempt {attempt}, priority {priority}, group {group})"
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
                 StopController() | StartPueueDaemon() | SetPueueGroup() | KillPueueTask() | \
-                RestartPueueTask():
+                RestartPueueTask() | RemovePueueTasks():
             return ""
     raise TypeError(f"no rendering for {action!r}")
 
@@ -139,6 +140,8 @@ def action_document(action: Action) -> dict[str, Any]:
             doc.update(pueue_id=action.pueue_id, task=action.task_id)
         case RestartPueueTask():
             doc.update(pueue_id=action.pueue_id)
+        case RemovePueueTasks():
+            doc.update(pueue_ids=list(action.pueue_ids))
         case StartWorker() | ResetBudget() | CleanWorktree() | StartController() | \
                 StopController() | StartPueueDaemon():
             pass

@@ -111,6 +111,11 @@ class PueueClient:
     def kill(self, ids: Sequence[int]) -> None:
         self._run("kill", *(str(i) for i in ids))
 
+    def remove(self, ids: Sequence[int]) -> None:
+        """Take tasks that are not running out of pueue's list (running ones stay: they
+        must be killed first)."""
+        self._run("remove", *(str(i) for i in ids))
+
     def restart_in_place(self, ids: Sequence[int]) -> None:
         self._run("restart", "--in-place", *(str(i) for i in ids))
 

@@ -168,6 +168,11 @@ def is_startable(task: Json) -> bool:
     return kind_of(task) in ("Paused", "Queued", "Stashed")
 
 
+def is_removable(task: Json) -> bool:
+    """message_handler/remove.rs `remove`'s filter: Queued, Stashed, Done or Locked."""
+    return kind_of(task) in ("Queued", "Stashed", "Done", "Locked")
+
+
 def task_response(message: str, ids: list[int], tasks: dict[int, Json],
                   matches: Callable[[Json], bool]) -> Json:
     """pueue/src/daemon/network/response_helper.rs `task_action_response_helper` and
@@ -527,6 +532,20 @@ class Daemon:
             if task and is_done(task):
                 task["status"] = ({"Stashed": {"enqueue_at": None}} if request["stashed"]
                                   else {"Queued": {"enqueued_at": now()}})
+        self.save()
+        return response
+
+    def on_remove(self, request: Json) -> Json:
+        """message_handler/remove.rs `remove`: tasks that are not running or paused leave
+        the list, with their logs (`clean_log_handles`); running ones must be killed
+        first and are reported as failed.  SIMPLIFIED: no dependency check (the stand-in's
+        tasks never depend on one another)."""
+        response = task_response("Tasks removed from list", request["ids"], self.tasks,
+                                 is_removable)
+        for task_id in request["ids"]:
+            if task_id in self.tasks and is_removable(self.tasks[task_id]):
+                del self.tasks[task_id]
+                (self.paths.logs / f"{task_id}.log").unlink(missing_ok=True)
         self.save()
         return response
 
@@ -928,6 +947,10 @@ def client_parser() -> Parser:
     parallel = sub.add_parser("parallel")
     parallel.add_argument("parallel_tasks", nargs="?", type=task_id)
     parallel.add_argument("-g", "--group")
+    # client/cli.rs `Remove` (alias rm): at least one id; client/commands/remove.rs asks
+    # for confirmation only with `show_confirmation_questions`, false by default
+    remove = sub.add_parser("remove", aliases=["rm"])
+    remove.add_argument("task_ids", nargs="+", type=task_id)
     clean = sub.add_parser("clean", aliases=["cleanup", "clear"])
     clean.add_argument("-s", "--successful-only", action="store_true")
     clean.add_argument("-g", "--group")
@@ -962,6 +985,8 @@ def pueue_main(argv: list[str] | None = None) -> None:
         cmd_group(paths, args)
     elif cmd == "parallel":
         cmd_parallel(paths, args)
+    elif cmd in ("remove", "rm"):
+        handle_response(request(paths, {"request": "remove", "ids": args.task_ids}))
     elif cmd in ("clean", "cleanup", "clear"):
         handle_response(request(paths, {"request": "clean", "group": args.group,
                                         "successful_only": args.successful_only}))

@@ -1,0 +1,339 @@
+"""The planner's pueue decisions, pure: one ``pueue status`` (as a ``PueueView``) and the
+store's snapshot in, actions out (issue 11).  The end-to-end runs are in
+``tests/test_pueue_pool.py``; these pin each rule, including the ones a stand-in run
+reaches only by timing (the wrapper that never stops its agent, a slot gone silent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.actions import (
+    KillPueueTask,
+    Plan,
+    ReleaseWorker,
+    RemovePueueTasks,
+    RemoveWorker,
+    ReplaceWorker,
+    RestartPueueTask,
+    SetPueueGroup,
+    StartPueueDaemon,
+    StartWorker,
+    StopWorker,
+    SubmitTask,
+    Wait,
+)
+from reconciler.model import AttemptRow, DueTask, Observation, WorkerRow
+from reconciler.planner import next_wakeup, plan, plan_delete
+from reconciler.pueuestatus import PueueGroup, PueueTask, label_for
+from reconciler.pueueview import PueueView
+from reconciler.report.plan import describe
+from reconciler.spec import parse_spec
+from reconciler.specmodel import PoolSpec
+from tests.test_planner import NOW
+
+GROUP = "agents"
+
+
+def pueue_spec(replicas: int = 2, supervise: str = "ours", tasks: str = "") -> PoolSpec:
+    text = f"""
+apiVersion: reconciler/v1
+kind: WorkerPool
+metadata: {{name: p}}
+spec:
+  replicas: {replicas}
+  repo: /srv/repo
+  runtime: pueue
+  pueue: {{group: {GROUP}, supervise: {supervise}}}
+  worker: {{command: [agent, "{{task.prompt}}"], stopGrace: 5s}}
+  tasks: {{timeout: 60s, maxAttempts: 3, retryBackoff: 10s{tasks}}}
+"""
+    return parse_spec(text, label="t.yaml", base_dir=Path("/srv"))
+
+
+def slot(worker_id: str, spec: PoolSpec, **overrides: Any) -> WorkerRow:
+    base = WorkerRow(id=worker_id, runtime="pueue", tmux_socket=None, pid=None,
+                     pid_create_time=None, spec_id=1, template_hash=spec.template_hash(),
+                     template_digests=spec.template_digests(), state="idle",
+                     current_task=None, started_at=NOW - 600, heartbeat_at=None, restarts=0,
+                     drain_requested=False, exited_at=None, exit_code=None, removed=False,
+                     health="healthy")
+    return replace(base, **overrides)
+
+
+def ours(pueue_id: int, task_id: int, attempt: int, state: str, *, result: str | None = None,
+         started: float | None = None, exit_code: int | None = None) -> PueueTask:
+    return PueueTask(pueue_id, GROUP, label_for("p", task_id, attempt), 0,
+                     state, result, exit_code, NOW - 900, started,  # type: ignore[arg-type]
+                     NOW - 5 if state == "done" else None)
+
+
+def by_hand(pueue_id: int, state: str, *, result: str | None = None,
+            started: float | None = None, ended: float | None = None,
+            exit_code: int | None = None) -> PueueTask:
+    return PueueTask(pueue_id, GROUP, None, 0, state, result,  # type: ignore[arg-type]
+                     exit_code, NOW - 900, started, ended, created_at=NOW - 1000.0)
+
+
+def view(*tasks: PueueTask, status: str = "running", parallel: int = 2,
+         group: bool = True) -> PueueView:
+    mine = {}
+    foreign = []
+    for task in tasks:
+        if task.label:
+            _, task_id, attempt = task.label.rsplit(":", 2)
+            mine[(int(task_id), int(attempt))] = task
+        else:
+            foreign.append(task)
+    return PueueView(True, PueueGroup(GROUP, status, parallel) if group else None,  # type: ignore[arg-type]
+                     mine, tuple(foreign), "4")
+
+
+def attempt(task_id: int, number: int, worker_id: str = "w-1", **overrides: Any) -> AttemptRow:
+    base = AttemptRow(id=100 + task_id, task_id=task_id, number=number, worker_id=worker_id,
+                      status="running", started_at=NOW - 30, ended_at=None, exit_code=None,
+                      branch=None, worktree=None, log_path=None, error=None, output_tail=None,
+                      lease_expires_at=NOW + 20)
+    return replace(base, **overrides)
+
+
+def snapshot(spec: PoolSpec, pueue: PueueView | None, *, running: tuple[AttemptRow, ...] = (),
+             due: tuple[DueTask, ...] = (), paused_until: float = 0.0,
+             restarts: dict[tuple[int, float], int] | None = None,
+             slots: tuple[WorkerRow, ...] | None = None) -> Observation:
+    rows = slots if slots is not None else tuple(
+        slot(f"w-{n}", spec, current_task=next((a.task_id for a in running
+                                                if a.worker_id == f"w-{n}"), None))
+        for n in range(1, spec.replicas + 1))
+    return Observation(pool="p", observed_at=NOW, workers=rows, running=running,
+                       pueue=pueue, due_tasks=due, paused_until=paused_until,
+                       foreign_restarts=restarts or {})
+
+
+def of(plan_: Plan, kind: type) -> list[Any]:
+    return [a for a in plan_.actions if isinstance(a, kind)]
+
+
+# --------------------------------------------------------------------------- daemon, group
+
+
+def test_pueue_daemon_down_is_started_and_nothing_else_is_asked_of_it() -> None:
+    spec = pueue_spec()
+    down = PueueView(False, None, {}, ())
+    result = plan(spec, snapshot(spec, down, due=(DueTask(1, 0, 1),)), NOW)
+    assert [type(a) for a in result.actions] == [StartPueueDaemon]
+    assert describe(result.actions[0]) == \
+        "+ start pueued: not running (`pueue status` does not answer)"
+
+
+def test_pueue_group_is_created_then_sized_to_replicas() -> None:
+    spec = pueue_spec(replicas=4)
+    (create,) = of(plan(spec, snapshot(spec, view(group=False)), NOW), SetPueueGroup)
+    assert (create.create, create.parallel) == (True, 4)
+    assert describe(create) == f"+ pueue group {GROUP}: create it (parallel 4)"
+    (resize,) = of(plan(spec, snapshot(spec, view(parallel=8)), NOW), SetPueueGroup)
+    assert describe(resize) == f"~ pueue group {GROUP}: parallel 8 -> 4"
+    assert (resize.parallel, resize.parallel_was) == (4, 8)
+    assert plan(spec, snapshot(spec, view(parallel=4)), NOW).in_sync
+
+
+def test_pueue_group_is_paused_with_the_pool_and_resumed_after_a_daemon_restart() -> None:
+    spec = pueue_spec()
+    paused = snapshot(spec, view(), paused_until=NOW + 300, due=(DueTask(1, 0, 1),))
+    result = plan(spec, paused, NOW)
+    (pause,) = of(result, SetPueueGroup)
+    assert pause.running is False and "claiming is paused for 5m" in pause.reason
+    assert not of(result, SubmitTask)  # nothing is handed on while the pool is paused
+    (resume,) = of(plan(spec, snapshot(spec, view(status="paused")), NOW), SetPueueGroup)
+    assert resume.running is True and "daemon that restarts" in resume.reason
+
+
+# --------------------------------------------------------------------------- handing on
+
+
+def test_pueue_gets_due_tasks_in_claim_order_up_to_one_waiting_per_slot() -> None:
+    spec = pueue_spec(replicas=2)
+    due = (DueTask(7, 9, 1), DueTask(3, 0, 2), DueTask(4, 0, 1))
+    submitted = of(plan(spec, snapshot(spec, view(), due=due), NOW), SubmitTask)
+    assert [(s.task_id, s.attempt, s.priority) for s in submitted] == [(7, 1, 9), (3, 2, 0)]
+    # one of ours waits in pueue already: room for one more, and 7 is not handed twice
+    held = view(ours(0, 7, 1, "queued"))
+    submitted = of(plan(spec, snapshot(spec, held, due=due), NOW), SubmitTask)
+    assert [(s.task_id, s.attempt) for s in submitted] == [(3, 2)]
+
+
+def test_pueue_run_that_ended_before_its_wrapper_took_the_attempt_is_handed_on_again() -> None:
+    """run-task refused (claiming was paused when pueue started it): the attempt never
+    began, the task is still queued, and pueue's copy is done."""
+    spec = pueue_spec()
+    finished = view(ours(0, 5, 1, "done", result="failed", exit_code=2))
+    (again,) = of(plan(spec, snapshot(spec, finished, due=(DueTask(5, 0, 1),)), NOW),
+                  SubmitTask)
+    assert (again.task_id, again.attempt) == (5, 1)
+    assert "failed with exit 2" in again.reason
+
+
+# --------------------------------------------------------------------------- endings
+
+
+@pytest.mark.parametrize(("result", "signalled", "counted"), [
+    ("killed", False, False),  # a daemon that went away, or someone's `pueue kill`
+    ("killed", True, True),  # our own kill past the timeout
+    ("failed", False, True),  # the wrapper crashed before recording
+])
+def test_pueue_attempt_whose_task_ended_without_a_result_is_requeued(
+        result: str, signalled: bool, counted: bool) -> None:
+    spec = pueue_spec()
+    running = (attempt(5, 1, stop_signalled_at=NOW - 1 if signalled else None),)
+    ended = view(ours(0, 5, 1, "done", result=result, exit_code=1 if result == "failed" else None))
+    (release,) = of(plan(spec, snapshot(spec, ended, running=running), NOW), ReleaseWorker)
+    assert release.counted is counted and [a.task_id for a in release.attempts] == [5]
+    assert "without its result" in release.reason
+    assert ("not using up a try" in describe(release)) is not counted
+
+
+def test_pueue_attempt_still_running_in_pueue_is_left_alone() -> None:
+    spec = pueue_spec()
+    running = (attempt(5, 1),)
+    result = plan(spec, snapshot(spec, view(ours(0, 5, 1, "running", started=NOW - 30)),
+                                 running=running), NOW)
+    assert not of(result, ReleaseWorker) and not of(result, KillPueueTask)
+
+
+def test_pueue_task_past_timeout_grace_and_slack_is_killed_once() -> None:
+    """The wrapper stops its agent at tasks.timeout; the controller kills the pueue task
+    only when the wrapper did not, after stopGrace and 10 s more, and only once."""
+    spec = pueue_spec()  # timeout 60s, stopGrace 5s: 75s
+    running = (attempt(5, 1),)
+    early = view(ours(0, 5, 1, "running", started=NOW - 74))
+    assert not of(plan(spec, snapshot(spec, early, running=running), NOW), KillPueueTask)
+    late = view(ours(0, 5, 1, "running", started=NOW - 76))
+    (kill,) = of(plan(spec, snapshot(spec, late, running=running), NOW), KillPueueTask)
+    assert (kill.pueue_id, kill.task_id, kill.attempt_id) == (0, 5, running[0].id)
+    assert "its wrapper did not stop it" in kill.reason
+    sent = (replace(running[0], stop_signalled_at=NOW - 1),)
+    assert not of(plan(spec, snapshot(spec, late, running=sent), NOW), KillPueueTask)
+    wake = next_wakeup(spec, snapshot(spec, early, running=running), Plan("p"), NOW)
+    assert wake is not None and wake <= NOW + 1.0 + 1e-6
+
+
+def test_pueue_slot_whose_wrapper_fell_silent_is_released_and_its_task_killed() -> None:
+    """Worker health for a pueue slot: the wrapper's heartbeats; silent past deadAfter it
+    is dead, its pueue task killed and its task requeued (a try used)."""
+    spec = pueue_spec()
+    running = (attempt(5, 1, started_at=NOW - 100),)
+    rows = (slot("w-1", spec, health="unresponsive", heartbeat_at=NOW - 40, current_task=5),
+            slot("w-2", spec))
+    silent = snapshot(spec, view(ours(3, 5, 1, "running", started=NOW - 100)), running=running,
+                      slots=rows)
+    result = plan(spec, silent, NOW)
+    assert [(s.worker, s.dest) for s in result.steps] == [("w-1", "dead")]
+    (release,) = of(result, ReleaseWorker)
+    assert release.counted and [a.task_id for a in release.attempts] == [5]
+    (kill,) = of(result, KillPueueTask)
+    assert (kill.pueue_id, kill.reason) == (3, "its wrapper stopped heartbeating")
+
+
+def test_pueue_slots_are_recorded_and_idle_ones_stay_healthy() -> None:
+    spec = pueue_spec(replicas=2)
+    result = plan(spec, snapshot(spec, view(), slots=()), NOW)
+    assert [a.worker for a in of(result, StartWorker)] == ["w-1", "w-2"]
+    assert "a slot of pueue group agents" in of(result, StartWorker)[0].reason
+    fresh = (slot("w-1", spec, health="recovering"), slot("w-2", spec))
+    result = plan(spec, snapshot(spec, view(), slots=fresh), NOW)
+    assert [(s.worker, s.dest) for s in result.steps] == [("w-1", "healthy")]
+
+
+def test_pueue_slot_above_replicas_is_forgotten_once_its_task_is_done() -> None:
+    spec = pueue_spec(replicas=1)
+    rows = (slot("w-1", spec), slot("w-2", spec, current_task=5))
+    busy = snapshot(spec, view(ours(0, 5, 1, "running", started=NOW - 5)),
+                    running=(attempt(5, 1, worker_id="w-2"),), slots=rows)
+    (wait,) = [a for a in plan(spec, busy, NOW).actions if isinstance(a, Wait)]
+    assert isinstance(wait.then, RemoveWorker) and wait.then.worker == "w-2"
+    idle = snapshot(spec, view(), slots=(rows[0], replace(rows[1], current_task=None)))
+    (forget,) = of(plan(spec, idle, NOW), RemoveWorker)
+    assert forget.worker == "w-2" and not forget.attempts
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+def test_pueue_tasks_added_by_hand_are_ignored_unless_supervise_is_all() -> None:
+    spec = pueue_spec(supervise="ours")
+    stuck = view(by_hand(9, "running", started=NOW - 3600),
+                 by_hand(10, "done", result="failed", exit_code=1, ended=NOW - 60))
+    result = plan(spec, snapshot(spec, stuck), NOW)
+    assert not of(result, KillPueueTask) and not of(result, RestartPueueTask)
+
+
+def test_pueue_tasks_added_by_hand_get_the_timeout_and_retries_under_supervise_all() -> None:
+    spec = pueue_spec(supervise="all")
+    tasks = view(by_hand(9, "running", started=NOW - 66),
+                 by_hand(10, "done", result="failed", exit_code=1, ended=NOW - 60),
+                 by_hand(11, "done", result="killed", ended=NOW - 5),
+                 by_hand(12, "done", result="success", ended=NOW - 60))
+    restarts = {(10, NOW - 1000.0): 1, (11, NOW - 1000.0): 0}
+    result = plan(spec, snapshot(spec, tasks, restarts=restarts), NOW)
+    (kill,) = of(result, KillPueueTask)  # past 60s + 5s, no slack: nothing wraps it
+    assert (kill.pueue_id, kill.task_id) == (9, None) and "added by hand" in kill.reason
+    (restart,) = of(result, RestartPueueTask)  # 10: second restart, 20s backoff over
+    assert restart.pueue_id == 10 and "retry 2 of 2" in restart.reason
+    (later,) = [a for a in result.actions if isinstance(a, Wait)]  # 11: killed 5s ago
+    assert isinstance(later.then, RestartPueueTask) and later.then.pueue_id == 11
+    assert later.until == NOW + 5 and "retryBackoff" in later.why
+    # out of tries: maxAttempts 3 means two restarts at most
+    done = {(10, NOW - 1000.0): 2, (11, NOW - 1000.0): 2}
+    assert not [a for a in plan(spec, snapshot(spec, tasks, restarts=done), NOW).actions
+                if isinstance(a, RestartPueueTask | Wait)]
+
+
+def test_pueue_retry_policy_of_hand_added_tasks_follows_retry_on_and_exit_codes() -> None:
+    spec = pueue_spec(supervise="all", tasks=", retryOn: [failed], noRetryExitCodes: [4]")
+    tasks = view(by_hand(10, "done", result="failed", exit_code=4, ended=NOW - 600),
+                 by_hand(11, "done", result="killed", ended=NOW - 600),
+                 by_hand(12, "done", result="failed", exit_code=1, ended=NOW - 600))
+    restarted = of(plan(spec, snapshot(spec, tasks), NOW), RestartPueueTask)
+    assert [r.pueue_id for r in restarted] == [12]
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_pueue_delete_removes_waiting_tasks_and_lets_running_ones_finish_within_grace() -> None:
+    spec = pueue_spec()
+    running = (attempt(5, 1),)
+    held = view(ours(0, 5, 1, "running", started=NOW - 30), ours(1, 6, 1, "queued"),
+                ours(2, 7, 2, "queued"))
+    observed = snapshot(spec, held, running=running)
+    result = plan_delete(spec, observed, NOW, since=NOW - 1)
+    (remove,) = of(result, RemovePueueTasks)
+    assert remove.pueue_ids == (1, 2) and describe(remove).startswith("- remove pueue tasks 1, 2")
+    (wait,) = [a for a in result.actions if isinstance(a, Wait)]
+    assert isinstance(wait.then, StopWorker) and wait.until == NOW + 4  # stopGrace 5s
+    assert [a.worker for a in of(result, RemoveWorker)] == ["w-2"]
+    # then (or at once with --force) its pueue task is killed first, the attempt ended after
+    for late in (plan_delete(spec, observed, NOW, since=NOW - 6),
+                 plan_delete(spec, observed, NOW, force=True, since=NOW)):
+        (kill,) = of(late, KillPueueTask)
+        assert (kill.pueue_id, kill.attempt_id) == (0, running[0].id)
+    killed = snapshot(spec, view(ours(0, 5, 1, "done", result="killed")),
+                      running=(replace(running[0], stop_signalled_at=NOW - 1),))
+    (stop,) = of(plan_delete(spec, killed, NOW, force=True, since=NOW), StopWorker)
+    assert not stop.counted and [a.task_id for a in stop.attempts] == [5]
+
+
+def test_pueue_changed_template_rerecords_an_idle_slot_only() -> None:
+    spec = pueue_spec()
+    old = {**spec.template_digests(), "worker.command": "0" * 16}
+    rows = (slot("w-1", spec, template_hash="old", template_digests=old),
+            slot("w-2", spec, template_hash="old", template_digests=old, current_task=5))
+    result = plan(spec, snapshot(spec, view(ours(0, 5, 1, "running", started=NOW - 5)),
+                                 running=(attempt(5, 1, worker_id="w-2"),), slots=rows), NOW)
+    (roll,) = of(result, ReplaceWorker)
+    assert roll.worker == "w-1" and roll.reason == "worker.command changed"
+    assert not roll.counted
