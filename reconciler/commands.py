@@ -370,7 +370,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """The pool's productivity over ``--since``, read-only."""
     from reconciler.health import LIVE
-    from reconciler.report.analysis import analyse
+    from reconciler.report.analysis import analyse, pueue_summary
 
     since = _duration_arg(args.since, "--since")
     target = _duration_arg(args.target_wait, "--target-wait")
@@ -386,6 +386,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         up_now = {w.id: not w.removed and w.health in LIVE
                   for w in store.workers(include_removed=True)}
         observation = pools.observe_pool(pool, store)
+        pueue_events = [e for kind in ("pueue.down", "pueue.killed", "pueue.restarted")
+                        for e in store.find_events(kind=kind)] \
+            if observation.pueue is not None else []
     per_worker, available = _worker_memory(observation)
     document = analyse(pool=pool.name, since=now - since, now=now,
                        replicas=pool.spec.replicas if pool.spec else 0, attempts=attempts,
@@ -393,6 +396,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                        running=counts.running, target_wait=target,
                        memory_per_worker=per_worker, memory_available=available,
                        oldest_queued_at=oldest, lives=lives, up_now=up_now)
+    if observation.pueue is not None:
+        document["pueue"] = pueue_summary(pueue_events, now - since, now, observation.pueue)
     if html_file is not None:
         _write_html(html_file, document, attempts)
     if args.output == "json":

@@ -175,9 +175,9 @@ def foreign_retries(spec: PoolSpec, view: PueueView,
 
 def moments(spec: PoolSpec, observation: Observation) -> list[float]:
     """When a pass could decide something new about pueue's tasks: a running task
-    reaching its kill deadline, and -- while pueue holds work of the pool -- the next
-    look (``POLL_SECONDS``): pueue rings no bell when its daemon dies or a task added
-    by hand ends, and a wrapper that was killed cannot."""
+    reaching its kill deadline, the pool's pause ending, and -- while pueue holds work
+    of the pool -- the next look (``POLL_SECONDS``): pueue rings no bell when its daemon
+    dies or a task added by hand ends, and a wrapper that was killed cannot."""
     view = observation.pueue
     if view is None or spec.pueue is None:
         return []
@@ -192,6 +192,8 @@ def moments(spec: PoolSpec, observation: Observation) -> list[float]:
                   if task.state == "running" and task.started_at is not None]
     if any(task.state != "done" for task in tasks) or observation.due_tasks:
         found.append(observation.observed_at + POLL_SECONDS)
+    if observation.paused_until > observation.observed_at:  # the group starts again then
+        found.append(observation.paused_until)
     return found
 
 

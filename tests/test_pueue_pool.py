@@ -7,6 +7,7 @@ isolation pueue lacks (issue 11).  Every test drives the real CLI and a real con
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +18,25 @@ import pytest
 from reconciler.pueuestatus import parse_label
 from tests.e2e import add_task, events, reconcile_json, set_spec, show_task, tasks, wait_tasks
 from tests.helpers import git, reconcile, wait_for, write_spec
+from tests.test_pueue_client import RealPueue
 from tests.test_pueue_standin import Pueue
 
 GROUP = "agents"
 
 
-@pytest.fixture
-def pueue(host: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pueue]:
-    """An isolated stand-in daemon (not started: the pool starts it), on PATH for every
-    command the test runs, the controller and pueue's tasks included."""
-    made = Pueue(host / "pueue")
+@pytest.fixture(params=["stand-in", "real pueue"])
+def pueue(request: pytest.FixtureRequest, host: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Iterator[Pueue]:
+    """An isolated daemon (not started: the pool starts it) on PATH for every command the
+    test runs, the controller and pueue's tasks included: the stand-in, and the real
+    pueue where it is installed (skipped with the reason otherwise)."""
+    if request.param == "real pueue":
+        if shutil.which("pueue") is None or shutil.which("pueued") is None:
+            pytest.skip("pueue and pueued are not on PATH: the pool's contract test "
+                        "against the real pueue needs them (cargo install pueue)")
+        made: Pueue = RealPueue(host / "pueue")
+    else:
+        made = Pueue(host / "pueue")
     monkeypatch.setenv("PATH", made.env["PATH"])
     try:
         yield made
@@ -157,6 +167,7 @@ def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
     assert "pueue.down" in kinds and "pueue.up" in kinds
     down = next(e for e in events(spec, "pueue.down"))
     assert down["severity"] == "critical"
+    assert reconcile_json("report", "-f", str(spec))["pueue"]["daemon_down"] == 1
     assert pueue.status()["groups"][GROUP]["status"] == "Running"
 
 
@@ -188,6 +199,10 @@ def test_pueue_tasks_added_by_hand_are_supervised_under_supervise_all(
         (failing, "failed", 3), (sleeping, "killed", None)}
     text = reconcile("status", "-f", str(spec)).stdout
     assert "2 added by hand (2 done)" in text
+    report = reconcile_json("report", "-f", str(spec))["pueue"]
+    assert (report["hand_added_restarted"], report["hand_added_killed_past_timeout"]) == (4, 3)
+    assert report["hand_added_now"] == {"failed": 1, "killed": 1}
+    assert "tasks added by hand: restarted" in reconcile("report", "-f", str(spec)).stdout
 
     ours = add_task(spec, "still ours", title="ours")
     wait_tasks(spec, ours)

@@ -30,7 +30,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reconciler.model import ReportAttempt, ReportTask
+from reconciler.model import EventRow, ReportAttempt, ReportTask
+from reconciler.pueueview import PueueView
 
 FAILED_OUTCOMES = ("failed", "timeout")
 
@@ -149,6 +150,29 @@ def analyse(*, pool: str, since: float, now: float, replicas: int,
     document["eta_seconds"] = ((queued + running) * (sum(run) / len(run)) / max(replicas, 1)
                                if run and replicas and queued + running else None)
     return document
+
+
+def pueue_summary(events: Iterable[EventRow], since: float, now: float,
+                  view: PueueView | None) -> dict[str, Any]:
+    """runtime: pueue -- what the controller did in pueue in the window (from the event
+    log: daemon restarts, tasks killed past their timeout, ours and those added by hand,
+    and hand-added tasks restarted), and the hand-added tasks pueue holds now."""
+    counts: Counter[str] = Counter()
+    for event in events:
+        if not since <= event.at <= now:
+            continue
+        if event.kind == "pueue.killed":
+            counts["killed_by_hand_added" if event.task_id is None else "killed_ours"] += 1
+        elif event.kind in ("pueue.restarted", "pueue.down"):
+            counts[event.kind.removeprefix("pueue.")] += 1
+    hand_added = Counter(
+        task.result if task.state == "done" and task.result else task.state
+        for task in (view.foreign if view is not None else ()))
+    return {"daemon_down": counts["down"], "ours_killed_past_timeout": counts["killed_ours"],
+            "hand_added_killed_past_timeout": counts["killed_by_hand_added"],
+            "hand_added_restarted": counts["restarted"],
+            "hand_added_now": dict(sorted(hand_added.items())),
+            "daemon_up_now": view.daemon_up if view is not None else None}
 
 
 def up_time(lives: Sequence[tuple[str, float, str]], since: float, now: float,

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.durations import format_duration
 from reconciler.report.documents import printable
+from reconciler.report.render import pueue_line
 from reconciler.report.term import HEALTH_STYLE
 
 if TYPE_CHECKING:
@@ -153,6 +154,8 @@ def render(snap: Mapping[str, Any]) -> Any:
         + (f" of ${snap['budget_per_day_usd']:.2f}" if snap["budget_per_day_usd"] else "")
         + f"   controller: {state}",
     ]
+    if snap.get("pueue"):
+        lines.append(printable(pueue_line(snap["pueue"])))
     if snap["claiming_paused_until"]:
         lines.append(f"claiming paused: {printable(snap['claiming_paused_reason'] or '')}")
     lines += [f"problem: {printable(p)}" for p in snap["problems"]]

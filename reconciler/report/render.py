@@ -330,6 +330,17 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
               "(-o json has each hour)")
     else:
         print(f"tasks completed per hour: {' '.join(str(n) for n in hourly)}{trend}")
+    if document.get("pueue"):
+        p = document["pueue"]
+        heading("pueue")
+        now_held = ", ".join(f"{n} {what}" for what, n in p["hand_added_now"].items())
+        table(("what", "value"), [
+            ["daemon restarted", str(p["daemon_down"])],
+            ["our tasks killed past tasks.timeout", str(p["ours_killed_past_timeout"])],
+            ["tasks added by hand: killed past tasks.timeout",
+             str(p["hand_added_killed_past_timeout"])],
+            ["tasks added by hand: restarted", str(p["hand_added_restarted"])],
+            ["tasks added by hand now", now_held or "none"]])
     heading("Bottlenecks")
     for line in document["bottlenecks"] or ["none found"]:
         print(f"- {cell_text(line)}")
