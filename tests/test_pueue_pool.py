@@ -153,6 +153,9 @@ def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
     ids = [add_task(spec, f"[seconds=4] work {n}", title=f"task {n}") for n in range(4)]
     wait_for(lambda: sum(t["status"] == "running" for t in tasks(spec)) == 2,
              message="two attempts running")
+    slots = reconcile_json("status", "-f", str(spec))["workers"]
+    assert sorted(w["current_task"] for w in slots) == [int(ids[0]), int(ids[1])]
+    assert all(w["health"] == "working" and w["runtime"] == "pueue" for w in slots)
     daemon = pueue.pid()
     os.kill(daemon, signal.SIGKILL)
     wait_for(lambda: not pueue.is_daemon(daemon), message="the daemon gone")

@@ -41,7 +41,10 @@ def worker_statuses(observation: Observation, now: float, spec: PoolSpec | None,
     for worker_id in sorted(ids, key=worker_sort_key):
         row = observation.worker(worker_id)
         inst = observation.instance(worker_id)
-        alive = inst is not None and inst.alive
+        # a slot of a pueue group has no process of its own: it is there while recorded
+        slot = row is not None and row.runtime == "pueue" and not row.removed
+        alive = (inst is not None and inst.alive) or slot
+        running = observation.attempt_of(worker_id) if slot else None
         health = row.health if row else "unknown"
         recent = 0
         if row is not None and spec is not None:
@@ -54,7 +57,7 @@ def worker_statuses(observation: Observation, now: float, spec: PoolSpec | None,
         out.append(WorkerStatus(
             id=worker_id, health=health, activity=row.state if row else "unknown",
             runtime=inst.runtime if inst else (row.runtime if row else "?"),
-            pid=inst.pid if alive and inst else None,
+            pid=inst.pid if alive and inst else (running.pid if running else None),
             current_task=row.current_task if row and alive else None,
             task_title=(titles or {}).get(row.current_task) if row and alive and
             row.current_task is not None else None,
