@@ -59,6 +59,7 @@ from reconciler.model import (
     worker_sort_key,
 )
 from reconciler.policies import keeps_worktree
+from reconciler.pueueview import WAITING_STATES
 from reconciler.specmodel import PoolSpec
 
 BACKOFF_CAP = 60.0
@@ -328,7 +329,7 @@ def _delete_from_pueue(spec: PoolSpec, observation: Observation, now: float, for
     if view is None or not view.daemon_up:
         return []
     waiting = tuple(task.id for task in view.ours.values()
-                    if task.state in pueueplan.WAITING_STATES)
+                    if task.state in WAITING_STATES)
     return [RemovePueueTasks(waiting, "pool deleted: none of its tasks may start later")] \
         if waiting else []
 
@@ -380,6 +381,7 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
     killing = {a.pueue_id for a in actions_so_far if isinstance(a, KillPueueTask)}
     actions += [k for k in pueueplan.overdue(spec, view, observation.running, now)
                 if k.pueue_id not in killing]
+    actions += pueueplan.stale(view, observation.waiting_task_statuses)
     actions += pueueplan.foreign_retries(spec, view, observation.foreign_restarts, now)
     actions += pueueplan.submissions(spec, view, observation.due_tasks,
                                      _paused(observation, now))

@@ -31,6 +31,7 @@ from reconciler.actions import (
     Action,
     Change,
     KillPueueTask,
+    RemovePueueTasks,
     RestartPueueTask,
     SetPueueGroup,
     StartPueueDaemon,
@@ -38,9 +39,9 @@ from reconciler.actions import (
     Wait,
 )
 from reconciler.durations import format_duration
-from reconciler.model import AttemptRow, DueTask, Observation
+from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, DueTask, Observation
 from reconciler.pueuestatus import PueueTask
-from reconciler.pueueview import PueueView
+from reconciler.pueueview import WAITING_STATES, PueueView
 from reconciler.specmodel import PoolSpec
 
 # After tasks.timeout and stopGrace, how long the wrapper gets to record its result
@@ -50,7 +51,6 @@ KILL_SLACK = 10.0
 # (killed: a timeout -- ours, or anyone's -- since pueue does not say who killed it)
 OUTCOME_OF_RESULT = {"failed": "failed", "errored": "failed", "failed_to_spawn": "failed",
                      "killed": "timeout"}
-WAITING_STATES = frozenset({"queued", "stashed", "locked"})
 POLL_SECONDS = 2.0  # how often the controller looks at pueue while it holds the pool's work
 
 
@@ -99,6 +99,16 @@ def submissions(spec: PoolSpec, view: PueueView, due: Iterable[DueTask],
                               "queued and due" if held is None else
                               f"pueue's run of it ended ({_result(held)}) before it started"))
     return out
+
+
+def stale(view: PueueView, statuses: Mapping[int, str]) -> list[RemovePueueTasks]:
+    """Attempts pueue holds whose task ended meanwhile (cancelled, or finished by an
+    earlier attempt): taken out of pueue, which would otherwise start a wrapper that
+    only finds there is nothing to run."""
+    ids = tuple(task.id for key, task in sorted(view.ours.items())
+                if task.state in WAITING_STATES and statuses.get(key[0]) in FINAL_TASK_STATUSES)
+    return [RemovePueueTasks(ids, "their tasks ended meanwhile (cancelled or finished)")] \
+        if ids else []
 
 
 def ended_without_result(view: PueueView, running: Iterable[AttemptRow]) -> list[

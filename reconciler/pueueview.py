@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from reconciler.pueuestatus import PueueGroup, PueueState, PueueTask, parse_label
 
+WAITING_STATES = frozenset({"queued", "stashed", "locked"})  # held, not started
+
 
 @dataclass(frozen=True)
 class PueueView:
@@ -25,6 +27,10 @@ class PueueView:
     ours: Mapping[tuple[int, int], PueueTask]  # by (task id, attempt number)
     foreign: tuple[PueueTask, ...]  # in the group, labelled by no pool: added by hand
     version: str | None = None  # the shape pueue printed: "4" (4.0.x) or "3" (3.4.x)
+
+    def waiting_tasks(self) -> set[int]:
+        """Our tasks whose attempt pueue holds but has not started."""
+        return {key[0] for key, task in self.ours.items() if task.state in WAITING_STATES}
 
     def running(self) -> tuple[tuple[int, int], ...]:
         """Our attempts pueue runs now (paused ones too: they hold a slot)."""

@@ -104,14 +104,15 @@ def attempt(task_id: int, number: int, worker_id: str = "w-1", **overrides: Any)
 def snapshot(spec: PoolSpec, pueue: PueueView | None, *, running: tuple[AttemptRow, ...] = (),
              due: tuple[DueTask, ...] = (), paused_until: float = 0.0,
              restarts: dict[tuple[int, float], int] | None = None,
-             slots: tuple[WorkerRow, ...] | None = None) -> Observation:
+             slots: tuple[WorkerRow, ...] | None = None,
+             statuses: dict[int, str] | None = None) -> Observation:
     rows = slots if slots is not None else tuple(
         slot(f"w-{n}", spec, current_task=next((a.task_id for a in running
                                                 if a.worker_id == f"w-{n}"), None))
         for n in range(1, spec.replicas + 1))
     return Observation(pool="p", observed_at=NOW, workers=rows, running=running,
                        pueue=pueue, due_tasks=due, paused_until=paused_until,
-                       foreign_restarts=restarts or {})
+                       foreign_restarts=restarts or {}, waiting_task_statuses=statuses or {})
 
 
 def of(plan_: Plan, kind: type) -> list[Any]:
@@ -175,6 +176,16 @@ def test_pueue_run_that_ended_before_its_wrapper_took_the_attempt_is_handed_on_a
                   SubmitTask)
     assert (again.task_id, again.attempt) == (5, 1)
     assert "failed with exit 2" in again.reason
+
+
+def test_pueue_drops_held_attempts_whose_task_ended_meanwhile() -> None:
+    """`task cancel` of a task pueue holds queued: it is taken out of pueue, not left to
+    start a wrapper that would only find nothing to run."""
+    spec = pueue_spec()
+    held = view(ours(0, 5, 1, "queued"), ours(1, 6, 1, "queued"), ours(2, 7, 1, "queued"))
+    statuses = {5: "cancelled", 6: "queued", 7: "succeeded"}
+    (drop,) = of(plan(spec, snapshot(spec, held, statuses=statuses), NOW), RemovePueueTasks)
+    assert drop.pueue_ids == (0, 2)
 
 
 # --------------------------------------------------------------------------- endings

@@ -212,6 +212,21 @@ def test_pueue_tasks_added_by_hand_are_supervised_under_supervise_all(
     assert show_task(spec, ours)["status"] == "succeeded"
 
 
+def test_pueue_cancelled_task_is_taken_out_of_pueue(host: Path, git_repo: Path,
+                                                    pueue: Pueue) -> None:
+    spec = pueue_spec(host, pueue, replicas=1)
+    start_pool(spec)
+    first = add_task(spec, "[seconds=30] long", title="long")
+    second = add_task(spec, "never runs", title="cancelled")
+    wait_for(lambda: len(our_pueue_tasks(pueue)) == 2, message="both handed to pueue")
+    reconcile("task", "cancel", second, "-f", str(spec), check=True)
+    wait_for(lambda: set(our_pueue_tasks(pueue)) == {(int(first), 1)},
+             message="the cancelled one removed from pueue")
+    reconcile("task", "cancel", first, "-f", str(spec), check=True)
+    wait_tasks(spec, first, second)
+    assert [t["status"] for t in tasks(spec)] == ["cancelled", "cancelled"]
+
+
 def test_pueue_pool_deleted_leaves_nothing_in_pueue_to_start(host: Path, git_repo: Path,
                                                              pueue: Pueue) -> None:
     """`delete --force`: the attempts pueue runs are killed and their tasks requeued

@@ -75,7 +75,9 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         due_tasks=tuple(store.due_tasks(due_limit)) if view and store is not None else (),
         paused_until=store.paused_until() if view and store is not None else 0.0,
         foreign_restarts=store.pueue_restarts()
-        if view and view.foreign and store is not None else {})
+        if view and view.foreign and store is not None else {},
+        waiting_task_statuses=store.task_statuses(sorted(view.waiting_tasks()))
+        if view and store is not None else {})
 
 
 def pueue_view(pueue: PueueSpec, pool: str) -> PueueView:
