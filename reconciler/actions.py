@@ -212,6 +212,7 @@ class KillPueueTask:
     task_id: int | None
     reason: str
     attempt_id: int | None = None  # our attempt it ends, if the store runs one
+    cause: str = "timeout"  # timeout | silent (its wrapper stopped beating) | delete
 
 
 @dataclass(frozen=True)
@@ -387,7 +388,7 @@ class Plan:
         for word, label in (("remove", "to remove"), ("release", "to release"),
                             ("kill", "to kill"),
                             ("create", "pueue group(s) to create"),
-                            ("set", "pueue group setting(s) to change"),
+                            ("set", "change(s) to the pueue group"),
                             ("queue", "task(s) to hand to pueue"),
                             ("reset", "budget(s) to reset"), ("clean", "worktree(s) to clean")):
             if c[word]:

@@ -44,6 +44,7 @@ from reconciler.actions import (
 from reconciler.errors import ReconcilerError
 from reconciler.model import ProcessRef, RuntimeInstance
 from reconciler.paths import PoolPaths
+from reconciler.pueuestatus import PueueState
 from reconciler.report.plan import describe
 from reconciler.runtimes.base import Runtime
 from reconciler.specmodel import PoolSpec
@@ -96,6 +97,9 @@ class PueuePort(Protocol):
     def remove(self, ids: Sequence[int]) -> None: ...
 
     def restart_in_place(self, ids: Sequence[int]) -> None: ...
+
+    def status(self) -> PueueState:
+        """One ``pueue status --json``."""
 
 
 class WorktreePort(Protocol):
@@ -292,7 +296,12 @@ class Executor:
                 note_pueue_up(self.store, now)
             case SetPueueGroup(group=group):
                 if action.create:
-                    pueue.add_group(group, action.parallel or 1)
+                    try:
+                        pueue.add_group(group, action.parallel or 1)
+                    except ReconcilerError:  # a daemon just started may have it already
+                        if group not in pueue.status().groups:
+                            raise
+                        pueue.set_parallel(group, action.parallel or 1)
                 elif action.parallel is not None:
                     pueue.set_parallel(group, action.parallel)
                 if action.running is False:
@@ -309,12 +318,17 @@ class Executor:
                                      now=now, fields={"pueue_id": pueue_id,
                                                       "attempt": action.attempt})
             case KillPueueTask(pueue_id=pueue_id, task_id=task_id):
-                if action.attempt_id is not None:  # it ends by our hand: it uses up a try
+                pueue.kill([pueue_id])  # first: a kill that failed is tried again
+                if action.attempt_id is not None:
+                    # it ends by our hand (it uses up a try, and its wrapper can no longer
+                    # record a result); what it started gets SIGTERM now, SIGKILL after
+                    # stopGrace, as a worker's attempt does
                     self.store.mark_attempts_signalled([action.attempt_id], now=now)
-                pueue.kill([pueue_id])
+                    self.ports.processes.signal(
+                        self.ports.processes.of_attempts((action.attempt_id,)), "SIGTERM")
                 self.store.add_event("pueue.killed", f"pueue task {pueue_id}: "
                                      f"{action.reason}", task_id=task_id, now=now,
-                                     fields={"pueue_id": pueue_id})
+                                     fields={"pueue_id": pueue_id, "cause": action.cause})
             case RemovePueueTasks(pueue_ids=ids):
                 pueue.remove(ids)
             case RestartPueueTask(pueue_id=pueue_id):

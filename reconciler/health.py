@@ -213,7 +213,8 @@ def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: Work
     heartbeat_age = now - row.heartbeat_at if fresh_heartbeat and row.heartbeat_at else None
     alive = (instance is not None and instance.alive) or \
         unseen_but_beating(spec, row, instance, now)
-    if row.runtime == "pueue":
+    pueue_slot = row.runtime == "pueue"
+    if pueue_slot:
         # a slot of the pueue group has no process of its own: idle, it is simply there;
         # busy, it lives by the heartbeats of the wrapper running its task (run-task)
         alive = True
@@ -230,7 +231,10 @@ def facts_of(spec: PoolSpec, observation: Observation, worker_id: str, row: Work
         task_age=now - attempt.started_at if attempt else None,
         output_age=now - (attempt.last_output_at or attempt.started_at) if attempt else None,
         draining=row.drain_requested,
-        budget_left=row.drain_requested or len(restarts) < spec.restart.max_restarts,
+        # a pueue slot never fails: pueue goes on starting tasks in it whatever we record,
+        # so a failed slot would only have every new task in it killed
+        budget_left=pueue_slot or row.drain_requested
+        or len(restarts) < spec.restart.max_restarts,
         restarts_in_window=len(restarts))
 
 

@@ -283,8 +283,10 @@ class Observation:
     due_tasks: tuple[DueTask, ...] = ()
     paused_until: float = 0.0
     foreign_restarts: Mapping[tuple[int, float], int] = field(default_factory=dict)
-    # the store's status of each task whose attempt pueue holds but has not started
-    waiting_task_statuses: Mapping[int, str] = field(default_factory=dict)
+    # the store's status of each task pueue holds an attempt of, and when the next queued
+    # task comes due (a retry's backoff ending: pueue rings no bell for it)
+    pueue_task_statuses: Mapping[int, str] = field(default_factory=dict)
+    next_due_at: float | None = None
 
     def attempt_of(self, worker_id: str) -> AttemptRow | None:
         return self._attempts_by_worker.get(worker_id)

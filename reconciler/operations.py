@@ -32,7 +32,14 @@ from reconciler.executor import ExecutionReport, Executor, Ports, note_pueue_up
 from reconciler.lock import is_locked, pool_lock, take_lock
 from reconciler.model import Observation, ProcessRef
 from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_controller, worker_ids
-from reconciler.pool import Pool, observe_pool, preflight, resolve_pool, spec_git_commit
+from reconciler.pool import (
+    DELETED_KEY,
+    Pool,
+    observe_pool,
+    preflight,
+    resolve_pool,
+    spec_git_commit,
+)
 from reconciler.scale import rewrite_replicas
 from reconciler.specdiff import spec_changes
 from reconciler.specmodel import PoolSpec, document_hash, spec_from_document
@@ -166,6 +173,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
             Store(pool.paths.store) as store:
         store.clear_controller_stop()  # the pool is wanted (again)
         store.set_deleting(None)  # ... even after an interrupted delete
+        store.set_meta_value(DELETED_KEY, "")
         observation = observe_pool(pool, store)
         changes = _changes_since_applied(store, spec)
         first = replace(plan(spec, observation, observation.observed_at), spec_changes=changes)
@@ -280,6 +288,7 @@ def delete(pool: Pool, *, force: bool = False, progress: Say = _quiet,
                             else "some workers did not stop in time")
             if done:
                 store.set_deleting(None)
+                store.set_meta_value(DELETED_KEY, str(time.time()))
         finally:
             os.close(controller_fd)
     return DeleteResult(done, report)

@@ -34,7 +34,9 @@ from reconciler.actions import (
     RemoveWorker,
     ReplaceWorker,
     ResetBudget,
+    SetPueueGroup,
     StartController,
+    StartPueueDaemon,
     StartWorker,
     StopController,
     StopWorker,
@@ -59,7 +61,7 @@ from reconciler.model import (
     worker_sort_key,
 )
 from reconciler.policies import keeps_worktree
-from reconciler.pueueview import WAITING_STATES
+from reconciler.pueueview import LIVE_STATES, WAITING_STATES, PueueView
 from reconciler.specmodel import PoolSpec
 
 BACKOFF_CAP = 60.0
@@ -79,7 +81,7 @@ def plan(spec: PoolSpec, observation: Observation, now: float, *,
     pueue = spec.runtime == "pueue"
     if pueue:  # the daemon and the group first: a slot's task needs them
         actions += pueueplan.daemon_and_group(spec, observation.pueue,
-                                              _paused(observation, now))
+                                              _paused(spec, observation, now))
     for worker_id in desired:
         row = observation.worker(worker_id)
         instance = observation.instance(worker_id)
@@ -251,8 +253,11 @@ def _wait_for_grace(actions: list[Action], now: float) -> list[Action]:
 # --------------------------------------------------------------------------- pueue
 
 
-def _paused(observation: Observation, now: float) -> str | None:
-    """Why the pool claims nothing now (a rate limit, the day's budget), if it does not."""
+def _paused(spec: PoolSpec, observation: Observation, now: float) -> str | None:
+    """Why the pool claims nothing now (no slots, a rate limit, the day's budget), if it
+    does not."""
+    if spec.replicas == 0:  # pueue reads parallel 0 as no limit: the group is paused
+        return "replicas is 0"
     if observation.paused_until > now:
         return f"claiming is paused for {format_duration(observation.paused_until - now)}"
     return None
@@ -270,31 +275,29 @@ def _converge_slot(spec: PoolSpec, observation: Observation, worker_id: str,
                                        f"(want {spec.replicas})")]
     attempts = _attempts_of(spec, observation, worker_id, now)
     changed = _changed(spec, row, None)
-    if health == "failed":
-        if attempts:
-            return [ReleaseWorker(worker_id, "failed: kill what it left running, requeue "
-                                  "its task", None, attempts), *_kill_in_pueue(
-                observation, worker_id, "its slot failed")]
-        if changed:
-            return [ReplaceWorker(worker_id, f"{changed} changed; retrying a failed slot",
-                                  None, (), reset_budget=f"{changed} changed")]
-        return []
-    if health == "dead":
+    if health in ("dead", "failed"):  # failed: only a record from before slots never fail
+        # pueue knows nothing of our health and starts its next task in the slot at once:
+        # only the attempts that were there when it died are ended, never a newer one
+        died = row.health_since or now
+        old = {a.id for a in observation.running
+               if a.worker_id == worker_id and a.started_at <= died}
+        ending = tuple(ref for ref in attempts if ref.attempt_id in old)
         running = observation.attempt_of(worker_id)
         silence = now - max(row.heartbeat_at or 0.0, running.started_at if running else 0.0)
         death = f"its wrapper sent no heartbeat for {format_duration(silence)} (deadAfter " \
-                f"{format_duration(spec.health.dead_after)})" if running else \
-            "its wrapper had stopped heartbeating (its task was requeued)"
-        action = _restart_dead(spec, observation, row, None, attempts, now, death)
-        return [action, *_kill_in_pueue(observation, worker_id,
-                                        "its wrapper stopped heartbeating")]
+                f"{format_duration(spec.health.dead_after)})" if ending else \
+            "its wrapper had stopped heartbeating"
+        action = _restart_dead(spec, observation, row, None, ending, now, death)
+        return [action, *_kill_in_pueue(observation, worker_id, "its wrapper stopped "
+                                        "heartbeating", only=old, cause="silent")]
     if changed and not attempts and row.current_task is None:
         return [ReplaceWorker(worker_id, f"{changed} changed", None, ())]
     return []
 
 
-def _kill_in_pueue(observation: Observation, worker_id: str, why: str) -> list[Action]:
-    """The pueue tasks still running the attempts of ``worker_id``."""
+def _kill_in_pueue(observation: Observation, worker_id: str, why: str, *,
+                   only: set[int] | None = None, cause: str) -> list[Action]:
+    """The pueue tasks still running the attempts of ``worker_id`` (``only`` these)."""
     view = observation.pueue
     if view is None:
         return []
@@ -302,8 +305,8 @@ def _kill_in_pueue(observation: Observation, worker_id: str, why: str) -> list[A
     for attempt in observation.running:
         task = view.ours.get((attempt.task_id, attempt.number))
         if attempt.worker_id == worker_id and task is not None \
-                and task.state in ("running", "paused"):
-            kills.append(KillPueueTask(task.id, attempt.task_id, why, attempt.id))
+                and task.state in LIVE_STATES and (only is None or attempt.id in only):
+            kills.append(KillPueueTask(task.id, attempt.task_id, why, attempt.id, cause))
     return kills
 
 
@@ -326,12 +329,20 @@ def _delete_from_pueue(spec: PoolSpec, observation: Observation, now: float, for
     holds for it but has not started are removed (the group, shared with whatever
     else people queue there, stays)."""
     view = observation.pueue
-    if view is None or not view.daemon_up:
-        return []
+    if view is None or not view.daemon_up:  # what it holds must go: it is started first
+        return [StartPueueDaemon("not running: the tasks it holds for the pool must be "
+                                 "removed")]
+    actions: list[Action] = []
     waiting = tuple(task.id for task in view.ours.values()
                     if task.state in WAITING_STATES)
-    return [RemovePueueTasks(waiting, "pool deleted: none of its tasks may start later")] \
-        if waiting else []
+    if waiting:
+        actions.append(RemovePueueTasks(waiting, "pool deleted: none of its tasks may "
+                                        "start later"))
+    if view.group is not None and view.group.status == "paused" and \
+            observation.paused_until <= now:  # as the pool kept it: others may queue there
+        actions.append(SetPueueGroup(view.group.name, "paused -> running (left running "
+                                     "for whatever else is queued there)", running=True))
+    return actions
 
 
 def _retire_slot_for_good(spec: PoolSpec, observation: Observation, worker_id: str,
@@ -349,7 +360,7 @@ def _retire_slot_for_good(spec: PoolSpec, observation: Observation, worker_id: s
                                         if force else ""), None, attempts)
     if not attempts:
         return RemoveWorker(worker_id, f"{why}; forget the slot", None, ())
-    kills = _kill_in_pueue(observation, worker_id, why)
+    kills = _kill_in_pueue(observation, worker_id, why, cause="delete")
     if not force and now < deadline:
         return Wait(stop, f"its current task runs on in pueue ({format_duration(deadline - now)}"
                           " left of stopGrace; killed then)", until=deadline)
@@ -367,7 +378,7 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
         return []
     actions: list[Action] = []
     drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
-    ended = pueueplan.ended_without_result(view, observation.running)
+    ended = pueueplan.ended_without_result(spec, view, observation.running)
     for counted in (True, False):
         by_worker: dict[str, list[AttemptRef]] = {}
         reasons: dict[str, str] = {}
@@ -381,11 +392,29 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
     killing = {a.pueue_id for a in actions_so_far if isinstance(a, KillPueueTask)}
     actions += [k for k in pueueplan.overdue(spec, view, observation.running, now)
                 if k.pueue_id not in killing]
-    actions += pueueplan.stale(view, observation.waiting_task_statuses)
+    actions += _lost_in_pueue(spec, observation, view, now)
+    actions += pueueplan.stale(view, observation.pueue_task_statuses)
     actions += pueueplan.foreign_retries(spec, view, observation.foreign_restarts, now)
     actions += pueueplan.submissions(spec, view, observation.due_tasks,
-                                     _paused(observation, now))
+                                     _paused(spec, observation, now))
     return actions
+
+
+def _lost_in_pueue(spec: PoolSpec, observation: Observation, view: PueueView,
+                   now: float) -> list[Action]:
+    """Attempts of pueue slots whose lease expired and that pueue no longer has at all
+    (``pueue clean`` or ``remove`` of a task whose wrapper died): nothing heartbeats for
+    them, and a slot above ``replicas`` is never judged dead, so they end here."""
+    gone = [a for a in observation.running
+            if a.lease_expires_at < now and (a.task_id, a.number) not in view.ours
+            and (row := observation.worker(a.worker_id)) is not None and row.runtime == "pueue"]
+    drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
+    by_worker: dict[str, list[AttemptRef]] = {}
+    for attempt in gone:
+        by_worker.setdefault(attempt.worker_id, []).append(
+            _attempt_ref(spec, observation, attempt, now, attempt.worktree if drop else None))
+    return [ReleaseWorker(worker, "its lease expired and pueue has no task for it", None,
+                          tuple(refs)) for worker, refs in sorted(by_worker.items())]
 
 
 # --------------------------------------------------------------------------- health

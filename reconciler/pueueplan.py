@@ -41,7 +41,7 @@ from reconciler.actions import (
 from reconciler.durations import format_duration
 from reconciler.model import FINAL_TASK_STATUSES, AttemptRow, DueTask, Observation
 from reconciler.pueuestatus import PueueTask
-from reconciler.pueueview import WAITING_STATES, PueueView
+from reconciler.pueueview import LIVE_STATES, MAX_HANDOFFS, PueueView
 from reconciler.specmodel import PoolSpec
 
 # After tasks.timeout and stopGrace, how long the wrapper gets to record its result
@@ -59,16 +59,22 @@ def daemon_and_group(spec: PoolSpec, view: PueueView | None, paused: str | None)
     (``paused``: why the pool is, else None)."""
     assert spec.pueue is not None
     group = spec.pueue.group
+    parallel = max(spec.replicas, 1)  # 0 is no limit to pueue: replicas 0 pauses instead
     if view is None or not view.daemon_up:
-        return [StartPueueDaemon("not running (`pueue status` does not answer)")]
+        return [StartPueueDaemon("not running (`pueue status` does not answer)"),
+                SetPueueGroup(group, f"create it if the daemon has none (parallel {parallel})",
+                              create=True, parallel=parallel,
+                              running=False if paused else None)]
     if view.group is None:
-        return [SetPueueGroup(group, f"create it (parallel {spec.replicas})", create=True,
-                              parallel=spec.replicas, running=False if paused else None)]
+        return [SetPueueGroup(group, f"create it (parallel {parallel})", create=True,
+                              parallel=parallel, running=False if paused else None)]
     changes: list[Change] = []
-    if view.group.parallel_tasks != spec.replicas:
+    # a group another pool uses too: its size is theirs to agree on (status says so),
+    # else the two controllers would set it back and forth on every pass
+    if view.group.parallel_tasks != parallel and not view.others:
         changes.append(SetPueueGroup(
-            group, f"parallel {view.group.parallel_tasks} -> {spec.replicas}",
-            parallel=spec.replicas, parallel_was=view.group.parallel_tasks))
+            group, f"parallel {view.group.parallel_tasks} -> {parallel}",
+            parallel=parallel, parallel_was=view.group.parallel_tasks))
     if paused and view.group.status == "running":
         changes.append(SetPueueGroup(group, f"running -> paused ({paused})", running=False))
     elif not paused and view.group.status == "paused":
@@ -86,15 +92,19 @@ def submissions(spec: PoolSpec, view: PueueView, due: Iterable[DueTask],
     assert spec.pueue is not None
     if paused:
         return []
-    waiting = sum(1 for task in view.ours.values() if task.state in WAITING_STATES)
+    waiting = sum(1 for task in view.ours.values() if task.state in ("queued", "locked"))
     room = spec.replicas - waiting
     out: list[SubmitTask] = []
     for task in due:
         if len(out) >= room:
             break
-        held = view.ours.get((task.id, task.next_attempt))
-        if held is not None and held.state != "done":
-            continue  # pueue has it (a done one never started us: it is handed on again)
+        key = (task.id, task.next_attempt)
+        held = view.ours.get(key)
+        if held is not None and held.state not in ("done", "stashed"):
+            continue  # pueue has it (a done one never started us, a stashed one waits
+            # for a hand: it is handed on again)
+        if held is not None and (view.copies or {}).get(key, 1) >= MAX_HANDOFFS:
+            continue  # pueue keeps failing to start it: status names it, see pueue's log
         out.append(SubmitTask(task.id, task.next_attempt, task.priority, spec.pueue.group,
                               "queued and due" if held is None else
                               f"pueue's run of it ended ({_result(held)}) before it started"))
@@ -102,28 +112,34 @@ def submissions(spec: PoolSpec, view: PueueView, due: Iterable[DueTask],
 
 
 def stale(view: PueueView, statuses: Mapping[int, str]) -> list[RemovePueueTasks]:
-    """Attempts pueue holds whose task ended meanwhile (cancelled, or finished by an
-    earlier attempt): taken out of pueue, which would otherwise start a wrapper that
-    only finds there is nothing to run."""
+    """pueue tasks of ours whose task has ended for good: waiting ones (a task cancelled
+    meanwhile: pueue would start a wrapper that finds nothing to run) and finished ones
+    (their results are in the store; kept, pueue's list -- every task with its whole
+    environment -- would grow with every task the pool ever ran).  Every copy of a
+    label goes, as ``pueue remove`` takes ids: the view keeps one per label, so the
+    finished copies of an ended task leave over passes; running ones stay."""
     ids = tuple(task.id for key, task in sorted(view.ours.items())
-                if task.state in WAITING_STATES and statuses.get(key[0]) in FINAL_TASK_STATUSES)
-    return [RemovePueueTasks(ids, "their tasks ended meanwhile (cancelled or finished)")] \
+                if task.state not in LIVE_STATES and statuses.get(key[0]) in FINAL_TASK_STATUSES)
+    return [RemovePueueTasks(ids, "their tasks have ended (results are in the store)")] \
         if ids else []
 
 
-def ended_without_result(view: PueueView, running: Iterable[AttemptRow]) -> list[
-        tuple[AttemptRow, str, bool]]:
+def ended_without_result(spec: PoolSpec, view: PueueView, running: Iterable[AttemptRow]
+                         ) -> list[tuple[AttemptRow, str, bool]]:
     """Our attempts still running in the store whose pueue task has ended: its wrapper
     died without recording the result.  Each with the reason and whether it uses up a
     try: yes when we killed it (past its timeout) or it crashed; no when someone else
-    killed it (``pueue kill``, a daemon that went away under it)."""
+    killed it (``pueue kill``, a daemon that went away under it) -- unless the task has
+    had twice ``maxAttempts`` attempts already: a wrapper that is always killed (out of
+    memory, say) must not retry for ever."""
     out = []
     for attempt in running:
         task = view.ours.get((attempt.task_id, attempt.number))
         if task is None or task.state != "done":
             continue
         ours_killed = attempt.stop_signalled_at is not None
-        counted = task.result != "killed" or ours_killed
+        counted = task.result != "killed" or ours_killed or \
+            attempt.number >= 2 * spec.tasks.max_attempts
         why = f"pueue task {task.id} ended ({_result(task)}) without its result"
         if task.result == "killed" and not ours_killed:
             why += ": killed by someone else, or by a pueue daemon that went away"
@@ -153,8 +169,16 @@ def overdue(spec: PoolSpec, view: PueueView, running: Iterable[AttemptRow],
 
 
 def kill_after(spec: PoolSpec, *, ours: bool) -> float:
-    """How long a pueue task may run before it is killed."""
-    return spec.tasks.timeout + spec.worker.stop_grace + (KILL_SLACK if ours else 0.0)
+    """How long a pueue task may run before it is killed: ``tasks.timeout`` + ``stopGrace``
+    for a task added by hand; for ours, that for each step the wrapper bounds so (every
+    setup command, the agent, the longer list of hooks) plus ``KILL_SLACK``, the longest
+    a wrapper that works can take."""
+    each = spec.tasks.timeout + spec.worker.stop_grace
+    if not ours:
+        return each
+    steps = 1 + len(spec.worktrees.setup) + max(len(spec.hooks.on_success),
+                                                len(spec.hooks.on_failure))
+    return steps * each + KILL_SLACK
 
 
 def foreign_retries(spec: PoolSpec, view: PueueView,
@@ -204,6 +228,8 @@ def moments(spec: PoolSpec, observation: Observation) -> list[float]:
         found.append(observation.observed_at + POLL_SECONDS)
     if observation.paused_until > observation.observed_at:  # the group starts again then
         found.append(observation.paused_until)
+    if observation.next_due_at is not None:  # a retry's backoff ends: hand it on then
+        found.append(observation.next_due_at)
     return found
 
 
@@ -214,11 +240,13 @@ def _ran(task: PueueTask, now: float) -> float:
 
 
 def _overdue_reason(spec: PoolSpec, task: PueueTask, now: float, *, ours: bool) -> str:
-    past = f"tasks.timeout ({format_duration(spec.tasks.timeout)}) + stopGrace"
+    ran = format_duration(_ran(task, now))
     if ours:
-        return (f"running for {format_duration(_ran(task, now))}, past {past} + "
-                f"{KILL_SLACK:g}s: its wrapper did not stop it")
-    return f"added by hand, running for {format_duration(_ran(task, now))}, past {past}"
+        return (f"running for {ran}, past the longest its wrapper may take "
+                f"({format_duration(kill_after(spec, ours=True))}: tasks.timeout + "
+                "stopGrace per step, + 10s): the wrapper did not stop it")
+    return (f"added by hand, running for {ran}, past tasks.timeout "
+            f"({format_duration(spec.tasks.timeout)}) + stopGrace")
 
 
 def _result(task: PueueTask) -> str:

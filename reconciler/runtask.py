@@ -24,6 +24,7 @@ from reconciler.errors import ReconcilerError
 from reconciler.log import logger
 from reconciler.model import Claim
 from reconciler.paths import PoolPaths
+from reconciler.pool import DELETED_KEY
 from reconciler.specmodel import spec_from_document
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_controller
@@ -47,8 +48,10 @@ def run_task(paths: PoolPaths, task_id: int, attempt: int) -> int:
                                   hint="reconcile apply -f workers.yaml first")
         spec = spec_from_document(latest[1])
         who = runner_id()
-        claim: Claim | str = "the pool is being deleted" if store.deleting() is not None \
-            else store.claim_task_attempt(task_id, attempt, who, spec.health.dead_after)
+        deleted = store.deleting() is not None or bool(store.meta_value(DELETED_KEY))
+        claim: Claim | str = "the pool was deleted (apply it again to run its tasks)" \
+            if deleted else store.claim_task_attempt(task_id, attempt, who,
+                                                     spec.health.dead_after)
         if isinstance(claim, str):
             print(f"error: not running attempt {attempt} of task {task_id}: {claim}",
                   file=sys.stderr)

@@ -125,7 +125,8 @@ def _typed(document: dict[str, Any], base_dir: Path, source_path: Path | None,
     if "dir" in spec["worktrees"]:
         spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
     if "config" in spec.get("pueue", {}):
-        spec["pueue"]["config"] = str((base_dir / spec["pueue"]["config"]).resolve())
+        spec["pueue"]["config"] = str(
+            (base_dir / Path(spec["pueue"]["config"]).expanduser()).resolve())
     if "bearerTokenFile" in spec.get("metrics", {}):
         spec["metrics"]["bearerTokenFile"] = str(
             (base_dir / spec["metrics"]["bearerTokenFile"]).resolve())

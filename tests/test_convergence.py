@@ -50,6 +50,7 @@ from reconciler.executor import Executor, Ports
 from reconciler.model import Observation, ProcessRef, RuntimeInstance
 from reconciler.paths import PoolPaths
 from reconciler.planner import plan, plan_delete, plan_restart
+from reconciler.pueuestatus import PueueState
 from reconciler.report import render
 from reconciler.report.plan import action_document, describe, symbol
 from reconciler.report.status import worker_statuses
@@ -169,6 +170,9 @@ class FakePueue:
 
     def remove(self, ids: Sequence[int]) -> None:
         self.calls.append(("remove", *ids))
+
+    def status(self) -> PueueState:
+        return PueueState("4", {}, {})
 
     def restart_in_place(self, ids: Sequence[int]) -> None:
         self.calls.append(("restart_in_place", *ids))

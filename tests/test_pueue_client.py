@@ -95,11 +95,12 @@ def test_pueue_runs_a_handed_attempt_through_run_task(pueue: Pueue, host: Path,
     state.rename(odd)
     try:
         pueue_id = client.add_attempt(group="agents", pool="testpool", task_id=int(task),
-                                      attempt=1, priority=3, state_dir=odd, cwd=git_repo)
+                                      attempt=1, priority=-3, state_dir=odd, cwd=git_repo)
         wait_for(lambda: client.status().tasks[pueue_id].state == "done", timeout=60,
                  message="pueue to run the attempt")
         done = client.status().tasks[pueue_id]
-        assert (done.result, done.group, done.priority) == ("success", "agents", 3)
+        # a negative priority too: clap would read a separate "-3" as a flag
+        assert (done.result, done.group, done.priority) == ("success", "agents", -3)
         assert parse_label(done.label) == ("testpool", int(task), 1)
         assert not (git_repo / "owned").exists() and not (host / "owned").exists()
         raw = pueue.task(pueue_id)["command"]

@@ -82,15 +82,18 @@ def by_hand(pueue_id: int, state: str, *, result: str | None = None,
 def view(*tasks: PueueTask, status: str = "running", parallel: int = 2,
          group: bool = True) -> PueueView:
     mine = {}
+    copies: dict[tuple[int, int], int] = {}
     foreign = []
     for task in tasks:
         if task.label:
             _, task_id, attempt = task.label.rsplit(":", 2)
-            mine[(int(task_id), int(attempt))] = task
+            key = (int(task_id), int(attempt))
+            mine[key] = task
+            copies[key] = copies.get(key, 0) + 1
         else:
             foreign.append(task)
     return PueueView(True, PueueGroup(GROUP, status, parallel) if group else None,  # type: ignore[arg-type]
-                     mine, tuple(foreign), "4")
+                     mine, tuple(foreign), "4", copies)
 
 
 def attempt(task_id: int, number: int, worker_id: str = "w-1", **overrides: Any) -> AttemptRow:
@@ -112,7 +115,7 @@ def snapshot(spec: PoolSpec, pueue: PueueView | None, *, running: tuple[AttemptR
         for n in range(1, spec.replicas + 1))
     return Observation(pool="p", observed_at=NOW, workers=rows, running=running,
                        pueue=pueue, due_tasks=due, paused_until=paused_until,
-                       foreign_restarts=restarts or {}, waiting_task_statuses=statuses or {})
+                       foreign_restarts=restarts or {}, pueue_task_statuses=statuses or {})
 
 
 def of(plan_: Plan, kind: type) -> list[Any]:
@@ -122,13 +125,15 @@ def of(plan_: Plan, kind: type) -> list[Any]:
 # --------------------------------------------------------------------------- daemon, group
 
 
-def test_pueue_daemon_down_is_started_and_nothing_else_is_asked_of_it() -> None:
+def test_pueue_daemon_down_is_started_then_the_group_made_and_nothing_handed_on() -> None:
     spec = pueue_spec()
     down = PueueView(False, None, {}, ())
     result = plan(spec, snapshot(spec, down, due=(DueTask(1, 0, 1),)), NOW)
-    assert [type(a) for a in result.actions] == [StartPueueDaemon]
+    assert [type(a) for a in result.actions] == [StartPueueDaemon, SetPueueGroup]
     assert describe(result.actions[0]) == \
         "+ start pueued: not running (`pueue status` does not answer)"
+    assert describe(result.actions[1]) == \
+        f"+ pueue group {GROUP}: create it if the daemon has none (parallel 2)"
 
 
 def test_pueue_group_is_created_then_sized_to_replicas() -> None:
@@ -225,7 +230,7 @@ def test_pueue_task_past_timeout_grace_and_slack_is_killed_once() -> None:
     late = view(ours(0, 5, 1, "running", started=NOW - 76))
     (kill,) = of(plan(spec, snapshot(spec, late, running=running), NOW), KillPueueTask)
     assert (kill.pueue_id, kill.task_id, kill.attempt_id) == (0, 5, running[0].id)
-    assert "its wrapper did not stop it" in kill.reason
+    assert "the wrapper did not stop it" in kill.reason and "(1m15s:" in kill.reason
     sent = (replace(running[0], stop_signalled_at=NOW - 1),)
     assert not of(plan(spec, snapshot(spec, late, running=sent), NOW), KillPueueTask)
     wake = next_wakeup(spec, snapshot(spec, early, running=running), Plan("p"), NOW)
@@ -348,3 +353,129 @@ def test_pueue_changed_template_rerecords_an_idle_slot_only() -> None:
     (roll,) = of(result, ReplaceWorker)
     assert roll.worker == "w-1" and roll.reason == "worker.command changed"
     assert not roll.counted
+
+
+# --------------------------------------------------------------------------- review of issue 11
+
+
+def test_pueue_replicas_0_pauses_the_group_never_parallel_0() -> None:
+    """pueue reads parallel 0 as no limit: every waiting task would start at once."""
+    spec = pueue_spec(replicas=0)
+    result = plan(spec, snapshot(spec, view(parallel=2), due=(DueTask(1, 0, 1),)), NOW)
+    changes = of(result, SetPueueGroup)
+    assert [(c.parallel, c.running) for c in changes] == [(1, None), (None, False)]
+    assert changes[1].reason == "running -> paused (replicas is 0)"
+    assert not of(result, SubmitTask)
+
+
+def test_pueue_dead_slot_ends_only_the_attempts_it_had_when_it_died() -> None:
+    """pueue starts its next task in the slot at once: that one must run, not be killed
+    because the slot's record still says dead."""
+    spec = pueue_spec()
+    rows = (slot("w-1", spec, health="dead", health_since=NOW - 10, current_task=6),
+            slot("w-2", spec))
+    fresh = (attempt(6, 1, started_at=NOW - 2),)
+    result = plan(spec, snapshot(spec, view(ours(4, 6, 1, "running", started=NOW - 2)),
+                                 running=fresh, slots=rows), NOW)
+    assert not of(result, KillPueueTask) and not of(result, ReleaseWorker)
+    (revive,) = of(result, ReplaceWorker)  # the slot comes back; its new task runs on
+    assert revive.worker == "w-1" and revive.counted and not revive.attempts
+
+
+def test_pueue_slots_never_fail_so_no_task_is_killed_for_a_spent_budget() -> None:
+    spec = pueue_spec()
+    rows = (slot("w-1", spec, health="unresponsive", heartbeat_at=NOW - 40, current_task=5,
+                 started_at=NOW - 100), slot("w-2", spec))
+    spent = {"w-1": tuple(NOW - 60 + i for i in range(10))}
+    observed = replace(snapshot(spec, view(ours(3, 5, 1, "running", started=NOW - 100)),
+                                running=(attempt(5, 1, started_at=NOW - 100),), slots=rows),
+                       restart_history=spent)
+    assert [(s.worker, s.dest) for s in plan(spec, observed, NOW).steps] == [("w-1", "dead")]
+
+
+def test_pueue_stashed_copy_is_handed_on_again_and_a_copy_that_never_starts_stops() -> None:
+    spec = pueue_spec()
+    stashed = view(ours(0, 5, 1, "stashed"))
+    (again,) = of(plan(spec, snapshot(spec, stashed, due=(DueTask(5, 0, 1),)), NOW),
+                  SubmitTask)
+    assert again.task_id == 5
+    failing = view(*(ours(i, 5, 1, "done", result="failed", exit_code=1) for i in range(3)))
+    observed = snapshot(spec, failing, due=(DueTask(5, 0, 1),), statuses={5: "queued"})
+    assert not of(plan(spec, observed, NOW), SubmitTask)
+    from reconciler.report.status import pueue_problems
+    (problem,) = pueue_problems(observed, spec)
+    assert problem.startswith("pueue ran attempt 1 of task 5 3 times and it never started")
+
+
+def test_pueue_finished_copies_of_ended_tasks_leave_pueue() -> None:
+    """Their results are in the store; kept, pueue's list (each task with its whole
+    environment) would grow with every task, and be read on every pass."""
+    spec = pueue_spec()
+    tasks = view(ours(0, 5, 1, "done", result="success"), ours(1, 6, 1, "done",
+                 result="failed", exit_code=1), ours(2, 7, 1, "running", started=NOW - 5))
+    statuses = {5: "succeeded", 6: "queued", 7: "succeeded"}
+    (drop,) = of(plan(spec, snapshot(spec, tasks, statuses=statuses,
+                                     running=(attempt(7, 1),)), NOW), RemovePueueTasks)
+    assert drop.pueue_ids == (0,)  # 6 will be retried; 7 still runs
+
+
+def test_pueue_killed_wrapper_uses_a_try_after_twice_max_attempts() -> None:
+    spec = pueue_spec()  # maxAttempts 3
+    for number, counted in ((5, False), (6, True)):
+        running = (attempt(5, number),)
+        ended = view(ours(0, 5, number, "done", result="killed"))
+        (release,) = of(plan(spec, snapshot(spec, ended, running=running), NOW),
+                        ReleaseWorker)
+        assert release.counted is counted
+
+
+def test_pueue_attempt_pueue_no_longer_has_is_ended_once_its_lease_expires() -> None:
+    """`pueue clean` took the finished task of a wrapper that died; a slot above replicas
+    is never judged dead, so this is what ends it."""
+    spec = pueue_spec(replicas=1)
+    rows = (slot("w-1", spec), slot("w-2", spec, current_task=5))
+    for lease, ended in ((NOW + 5, False), (NOW - 1, True)):
+        running = (attempt(5, 1, worker_id="w-2", lease_expires_at=lease),)
+        released = of(plan(spec, snapshot(spec, view(), running=running, slots=rows), NOW),
+                      ReleaseWorker)
+        assert bool(released) is ended
+
+
+def test_pueue_group_shared_with_another_pool_is_not_resized_back_and_forth() -> None:
+    spec = pueue_spec(replicas=2)
+    other = PueueTask(9, GROUP, label_for("other", 1, 1), 0, "queued", None, None, None,
+                      None, None)
+    shared = replace(view(parallel=3), others=("other",))
+    assert not of(plan(spec, snapshot(spec, shared), NOW), SetPueueGroup)
+    from reconciler.pueuestatus import PueueState
+    from reconciler.pueueview import view_of
+    seen = view_of(PueueState("4", {9: other}, {GROUP: PueueGroup(GROUP, "running", 3)}),
+                   "p", GROUP)
+    assert seen.others == ("other",) and not seen.ours and not seen.foreign
+    from reconciler.report.status import pueue_problems
+    (problem,) = pueue_problems(snapshot(spec, shared), spec)
+    assert "also used by pool(s) other" in problem
+
+
+def test_pueue_delete_while_the_daemon_is_down_starts_it_first() -> None:
+    spec = pueue_spec()
+    down = PueueView(False, None, {}, ())
+    result = plan_delete(spec, snapshot(spec, down), NOW, since=NOW)
+    assert isinstance(result.actions[0], StartPueueDaemon)
+    assert not result.empty  # delete goes on until what pueue holds is removed
+
+
+def test_pueue_config_path_may_start_with_a_tilde() -> None:
+    spec = parse_spec("""
+apiVersion: reconciler/v1
+kind: WorkerPool
+metadata: {name: p}
+spec:
+  replicas: 1
+  repo: /srv/repo
+  runtime: pueue
+  pueue: {config: ~/.config/pueue/pueue.yml}
+  worker: {command: [agent]}
+""", label="t.yaml", base_dir=Path("/srv"))
+    assert spec.pueue is not None and spec.pueue.group == "p"  # the pool's name
+    assert spec.pueue.config == Path.home() / ".config/pueue/pueue.yml"

@@ -655,8 +655,11 @@ def test_pueue_restores_pueues_own_4_0_state_file(pueue: Pueue) -> None:
 
 def test_pueue_usage_errors_exit_2_with_an_error_line(pueue: Pueue) -> None:
     pueue.start()
-    for args in (["add", "--no-such-flag", "x"], ["kill", "x"], ["add"], ["frobnicate"]):
+    for args in (["add", "--no-such-flag", "x"], ["kill", "x"], ["add"], ["frobnicate"],
+                 ["add", "--priority", "-5", "x"], ["add", "-l", "-x", "--", "x"]):
         proc = pueue.run(*args, code=2)  # clap's usage exit code
         (line,) = proc.stderr.splitlines()
         assert line.startswith("error: ")
     assert pueue.status()["tasks"] == {}
+    # a hyphen value in one word is a value, as clap reads it
+    assert pueue.task(pueue.add("--priority=-5", "--", "true"))["priority"] == -5

@@ -48,6 +48,23 @@ def test_pueue_view_takes_the_newest_copy_of_a_label() -> None:
         2: task(2, label_for("agents", 3, 1), "done", result="failed"),
         9: task(9, label_for("agents", 3, 1), "running")}, {})
     assert view_of(state, "agents", "agents").ours[(3, 1)].id == 9
+    assert view_of(state, "agents", "agents").copies == {(3, 1): 2}
+
+
+def test_pueue_view_never_lets_a_finished_copy_hide_a_live_one() -> None:
+    """Review of issue 11: `pueue restart` (not in place) of an earlier copy that ended
+    before it started makes a newer copy that will end at once; the live copy must keep
+    counting, or the live attempt would be taken for one that died."""
+    live = label_for("agents", 3, 1)
+    state = PueueState("4", {
+        2: task(2, live, "running"),
+        5: task(5, live, "done", result="failed"),
+        6: task(6, label_for("agents", 4, 1), "stashed"),
+        7: task(7, label_for("agents", 4, 1), "queued"),
+        8: task(8, label_for("agents", 4, 1), "done", result="failed")}, {})
+    view = view_of(state, "agents", "agents")
+    assert (view.ours[(3, 1)].id, view.ours[(4, 1)].id) == (2, 7)
+    assert view.copies == {(3, 1): 2, (4, 1): 3}
 
 
 def test_pueue_view_of_a_down_daemon_or_a_missing_group() -> None:

@@ -76,8 +76,9 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
         paused_until=store.paused_until() if view and store is not None else 0.0,
         foreign_restarts=store.pueue_restarts()
         if view and view.foreign and store is not None else {},
-        waiting_task_statuses=store.task_statuses(sorted(view.waiting_tasks()))
-        if view and store is not None else {})
+        pueue_task_statuses=store.task_statuses(sorted({key[0] for key in view.ours}))
+        if view and store is not None else {},
+        next_due_at=store.next_claim_at() if view and store is not None else None)
 
 
 def pueue_view(pueue: PueueSpec, pool: str) -> PueueView:

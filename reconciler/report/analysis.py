@@ -162,6 +162,8 @@ def pueue_summary(events: Iterable[EventRow], since: float, now: float,
         if not since <= event.at <= now:
             continue
         if event.kind == "pueue.killed":
+            if event.fields.get("cause", "timeout") != "timeout":
+                continue  # a silent wrapper's or a deleted pool's: not a timeout
             counts["killed_by_hand_added" if event.task_id is None else "killed_ours"] += 1
         elif event.kind in ("pueue.restarted", "pueue.down"):
             counts[event.kind.removeprefix("pueue.")] += 1

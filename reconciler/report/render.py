@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["printable", "say"]  # re-exported for the commands that print
 
-_STYLE = {"start": "green", "restart": "yellow", "reset": "yellow"}  # any other verb: red
+_STYLE = {"start": "green", "restart": "yellow", "reset": "yellow", "create": "green",
+          "set": "yellow", "queue": "green"}  # any other verb: red
 
 
 def when(ts: float | None) -> str:
@@ -61,8 +62,11 @@ def render_plan(plan: Plan, *, title: str) -> None:
         line = cell_text(change.describe())
         print(f"  {paint(line[0], _STYLE.get('restart', 'yellow'))}{line[1:]}")
     for action in plan.actions:
+        text = describe(action)
         head = f"{symbol(action)} {verb(action)}"
-        line = cell_text(describe(action).removeprefix(head))
+        if not text.startswith(head + " "):  # a pueue group's line names no verb
+            head = symbol(action)
+        line = cell_text(text.removeprefix(head))
         print(f"  {paint(head, _STYLE.get(verb(action), 'red'))}{line}")
     say()
     say(plan.summary(), "bold")

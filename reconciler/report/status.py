@@ -6,6 +6,7 @@ same observation, so ``status`` is right even while no controller runs.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 from reconciler.health import assess, counted_restarts, facts_of, heartbeat_disagreements
 from reconciler.model import ControllerRow, Observation, worker_sort_key
+from reconciler.pueueview import not_started
 from reconciler.specmodel import PoolSpec
 
 UNHEALTHY_EXIT = 3
@@ -45,6 +47,8 @@ def worker_statuses(observation: Observation, now: float, spec: PoolSpec | None,
         slot = row is not None and row.runtime == "pueue" and not row.removed
         alive = (inst is not None and inst.alive) or slot
         running = observation.attempt_of(worker_id) if slot else None
+        # an idle slot's last heartbeat is an ended wrapper's: it says nothing
+        beat = row.heartbeat_at if row and (not slot or running) else None
         health = row.health if row else "unknown"
         recent = 0
         if row is not None and spec is not None:
@@ -61,7 +65,7 @@ def worker_statuses(observation: Observation, now: float, spec: PoolSpec | None,
             current_task=row.current_task if row and alive else None,
             task_title=(titles or {}).get(row.current_task) if row and alive and
             row.current_task is not None else None,
-            heartbeat_age=round(now - row.heartbeat_at, 3) if row and row.heartbeat_at else None,
+            heartbeat_age=round(now - beat, 3) if beat else None,
             uptime=round(now - row.started_at, 3) if row and row.started_at and alive else None,
             restarts=row.restarts if row else 0, recent_restarts=recent))
     return out
@@ -107,9 +111,7 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
         problems.append("a `reconcile delete` was interrupted; run it again to finish it "
                         "(or `reconcile apply` to keep the pool)")
     pueue = pueue_status(observation, spec, now)
-    if pueue is not None and not pueue["daemon_up"]:
-        problems.append("the pueue daemon does not answer (the controller starts it; by "
-                        "hand: `pueued -d`)")
+    problems += pueue_problems(observation, spec)
     return {
         "pool": observation.pool,
         "observed_at": observation.observed_at,
@@ -136,6 +138,22 @@ def status_document(observation: Observation, now: float, spec: PoolSpec | None,
                              "kept": (rescued or {}).get("kept", 0)},
         "pueue": pueue,
     }
+
+
+def pueue_problems(observation: Observation, spec: PoolSpec | None) -> list[str]:
+    """What needs an operator in pueue: a daemon that does not answer, a group another
+    pool uses too, an attempt pueue keeps ending before it starts."""
+    view = observation.pueue
+    if view is None or spec is None or spec.pueue is None:
+        return []
+    if not view.daemon_up:
+        config = f" --config {shlex.quote(str(spec.pueue.config))}" if spec.pueue.config else ""
+        return [f"the pueue daemon does not answer (the controller starts it; by hand: "
+                f"`pueued -d{config}`)"]
+    problems = [f"pueue group {spec.pueue.group} is also used by pool(s) "
+                f"{', '.join(view.others)}: give each pool its own pueue.group (its parallel "
+                "limit is left as it is meanwhile)"] if view.others else []
+    return problems + not_started(view, observation.pueue_task_statuses)
 
 
 def pueue_status(observation: Observation, spec: PoolSpec | None,

@@ -102,7 +102,8 @@ class PueueClient:
         command = run_task_command(pool, task_id, attempt, state_dir)
         out = self._run("add", "--print-task-id", "--group", group,
                         "--label", label_for(pool, task_id, attempt),
-                        "--priority", str(priority), "--working-directory", str(cwd),
+                        # one word: clap takes a separate "-5" for an unknown flag
+                        f"--priority={priority}", "--working-directory", str(cwd),
                         "--", *command).stdout.strip()
         if not out.isdigit():
             raise PueueError(f"pueue add printed no task id: {_first_line(out)!r}")
@@ -132,9 +133,8 @@ class PueueClient:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise PueueError(f"pueue {args[0]}: {_why(exc)}",
                              hint="install pueue, or put it on PATH") from exc
-        if proc.returncode != 0:
-            said = _first_line(proc.stderr) or _first_line(proc.stdout) or \
-                f"exit {proc.returncode}"
+        if proc.returncode != 0:  # stderr only: stdout may be a status, envs and all
+            said = _first_line(proc.stderr) or f"exit {proc.returncode}"
             raise PueueError(f"pueue {args[0]} failed: {said}")
         return proc
 

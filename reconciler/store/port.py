@@ -148,6 +148,10 @@ class StorePort(Protocol):
         """Until when nobody may claim (a rate limit, the day's budget); 0 when claiming
         is allowed."""
 
+    def next_claim_at(self, now: float | None = None) -> float | None:
+        """When a queued task that cannot be claimed now becomes claimable (a retry's
+        backoff or a pause ending); None when nothing queued waits for a time."""
+
     def due_tasks(self, limit: int, now: float | None = None) -> list[DueTask]:
         """The first ``limit`` due queued tasks in claim order, with each next attempt's
         number (what the pueue runtime hands to pueue)."""

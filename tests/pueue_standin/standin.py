@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import itertools
 import json
 import os
 import signal
@@ -958,9 +959,32 @@ def client_parser() -> Parser:
     return parser
 
 
+# add's options that take a value (client/cli.rs `Add`); none sets allow_hyphen_values
+ADD_VALUE_OPTIONS = ("-w", "--working-directory", "-g", "--group", "-o", "--priority",
+                     "-l", "--label")
+
+
+def refuse_hyphen_values(argv: list[str]) -> None:
+    """clap (4.x, clap_builder parser.rs): after an option that takes a value, a word that
+    starts with ``-`` is read as a flag, not as the value, unless the option allows
+    hyphen values or negative numbers, which pueue's ``add`` options do not: so
+    ``--priority -5`` fails ("a value is required ...") and ``--priority=-5`` works.
+    argparse would take ``-5`` as the value; the stand-in must not be kinder than pueue."""
+    words = argv[argv.index("add") + 1:] if "add" in argv else []
+    for option, value in itertools.pairwise(words):
+        if option == "--":
+            return
+        if option in ADD_VALUE_OPTIONS and value.startswith("-"):
+            name = option if option.startswith("--") else \
+                ADD_VALUE_OPTIONS[ADD_VALUE_OPTIONS.index(option) + 1]
+            fail(f"error: a value is required for '{name} <{name[2:].upper()}>' but none "
+                 "was supplied", 2)
+
+
 def pueue_main(argv: list[str] | None = None) -> None:
     """``pueue``: pueue/src/bin/pueue.rs `main` and client/commands/mod.rs `handle_command`;
     no subcommand means ``status``."""
+    refuse_hyphen_values(sys.argv[1:] if argv is None else argv)
     args = client_parser().parse_args(argv)
     paths = Paths(args.config)
     if paths.config is not None and not paths.config.exists():
