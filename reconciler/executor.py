@@ -44,6 +44,7 @@ from reconciler.actions import (
 from reconciler.errors import ReconcilerError
 from reconciler.model import ProcessRef, RuntimeInstance
 from reconciler.paths import PoolPaths
+from reconciler.pool import PUEUE_DOWN_KEY
 from reconciler.pueuestatus import PueueState
 from reconciler.report.plan import describe
 from reconciler.runtimes.base import Runtime
@@ -395,7 +396,6 @@ class Executor:
 
 
 SETTLE_SECONDS = 0.3  # the one wait of a pass for the processes it signalled
-PUEUE_DOWN_KEY = "pueue_down_since"  # in the store's meta: "" while the daemon answers
 
 
 def note_pueue_up(store: StorePort, now: float) -> None:

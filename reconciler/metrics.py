@@ -63,6 +63,7 @@ class PoolFacts:
     claiming_paused: bool
     controller_up: bool
     disk_free: Mapping[str, float]  # "worktrees"/"state": the free share of its filesystem
+    pueue_up: bool | None = None  # runtime: pueue -- whether the daemon answered last pass
 
 
 def gather(pool: Pool, store: Store, now: float | None = None) -> PoolFacts:
@@ -88,7 +89,18 @@ def gather(pool: Pool, store: Store, now: float | None = None) -> PoolFacts:
         budget_per_day=spec.budget_per_day_usd if spec else None,
         claiming_paused=store.paused_until() > now,
         controller_up=controller_alive(pool.paths.controller_lock, store.controller(), now),
-        disk_free=disk_free(pool))
+        disk_free=disk_free(pool), pueue_up=_pueue_up(pool, store))
+
+
+def _pueue_up(pool: Pool, store: Store) -> bool | None:
+    """What the controller last saw of the pueue daemon (None: not a pueue pool, or
+    never seen): a scrape runs no pueue command."""
+    from reconciler.pool import PUEUE_DOWN_KEY
+
+    if pool.spec is None or pool.spec.runtime != "pueue":
+        return None
+    down_since = store.meta_value(PUEUE_DOWN_KEY)
+    return None if down_since is None else down_since == ""
 
 
 class PoolCollector(Collector):
@@ -153,6 +165,10 @@ def families(f: PoolFacts) -> list[Metric]:
     if f.budget_per_day is not None:
         found.append(GaugeMetricFamily("reconciler_budget_per_day_usd",
                                        "budget.perDayUsd of the spec.", value=f.budget_per_day))
+    if f.pueue_up is not None:
+        found.append(GaugeMetricFamily("reconciler_pueue_up", "runtime: pueue -- 1 while "
+                                       "the pueue daemon answered the controller's last "
+                                       "look, 0 while it is down.", value=int(f.pueue_up)))
     if f.disk_free:
         disk = GaugeMetricFamily("reconciler_disk_free_ratio", "The free share of the "
                                  "filesystem holding the worktrees or the state.",

@@ -26,6 +26,7 @@ from reconciler.worktrees import check_repo, git
 
 ENDPOINT_KEY = "http_endpoint"  # in the store's meta: the URL the controller serves
 ENDPOINT_PROBLEM_KEY = "http_endpoint_problem"  # and why it serves none where it should
+PUEUE_DOWN_KEY = "pueue_down_since"  # runtime: pueue -- "" while the daemon answers
 DELETED_KEY = "deleted_at"  # when a delete finished ("" once applied again): run-task refuses
 
 

@@ -32,6 +32,10 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^ +1 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +3 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
     ]),
+    "bench_pueue.py": (["--tasks", "10", "30", "--repeat", "2"], [
+        rf"^ +10 +{FIGURE}MB +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+        rf"^ +30 +{FIGURE}MB +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
+    ]),
     "bench_planner.py": (["--workers", "2", "5", "--passes", "2"], [
         rf"^ +2 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +5 +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",

@@ -33,17 +33,22 @@ class RealPueue(Pueue):
                                f"  runtime_directory: {json.dumps(str(root))}\n")
 
 
-@pytest.fixture(params=["stand-in", "real pueue"])
-def pueue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pueue]:
-    """Each test runs over the stand-in, and over the real pueue where it is installed
-    (the contract test: `pytest -k pueue -rs` says why it was skipped otherwise)."""
-    if request.param == "real pueue":
+def isolated_pueue(kind: str, root: Path) -> Pueue:
+    """The stand-in (``kind`` "stand-in") or the real pueue, isolated under ``root``; the
+    real one only where it is installed, else the test is skipped saying so (the
+    contract test: `pytest -k pueue -rs` prints why)."""
+    if kind == "real pueue":
         if shutil.which("pueue") is None or shutil.which("pueued") is None:
             pytest.skip("pueue and pueued are not on PATH: the contract test against the "
                         "real pueue needs them (cargo install pueue)")
-        made: Pueue = RealPueue(tmp_path / "pueue")
-    else:
-        made = Pueue(tmp_path / "pueue")
+        return RealPueue(root)
+    return Pueue(root)
+
+
+@pytest.fixture(params=["stand-in", "real pueue"])
+def pueue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Pueue]:
+    """Each test runs over the stand-in, and over the real pueue where it is installed."""
+    made = isolated_pueue(request.param, tmp_path / "pueue")
     try:
         yield made
     finally:

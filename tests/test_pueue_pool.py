@@ -7,7 +7,6 @@ isolation pueue lacks (issue 11).  Every test drives the real CLI and a real con
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from reconciler.pueuestatus import parse_label
 from tests.e2e import add_task, events, reconcile_json, set_spec, show_task, tasks, wait_tasks
 from tests.helpers import git, reconcile, wait_for, write_spec
-from tests.test_pueue_client import RealPueue
+from tests.test_pueue_client import isolated_pueue
 from tests.test_pueue_standin import Pueue
 
 GROUP = "agents"
@@ -30,13 +29,7 @@ def pueue(request: pytest.FixtureRequest, host: Path,
     """An isolated daemon (not started: the pool starts it) on PATH for every command the
     test runs, the controller and pueue's tasks included: the stand-in, and the real
     pueue where it is installed (skipped with the reason otherwise)."""
-    if request.param == "real pueue":
-        if shutil.which("pueue") is None or shutil.which("pueued") is None:
-            pytest.skip("pueue and pueued are not on PATH: the pool's contract test "
-                        "against the real pueue needs them (cargo install pueue)")
-        made: Pueue = RealPueue(host / "pueue")
-    else:
-        made = Pueue(host / "pueue")
+    made = isolated_pueue(request.param, host / "pueue")
     monkeypatch.setenv("PATH", made.env["PATH"])
     try:
         yield made
@@ -91,12 +84,14 @@ def test_pueue_pool_runs_ten_tasks_each_on_its_own_branch(host: Path, git_repo: 
     assert group == {"status": "Running", "parallel_tasks": 3}
     ids = [add_task(spec, f"change {n}", title=f"feature {n}", priority=n % 3)
            for n in range(10)]
-    seen: dict[int, str] = {}
+    seen: dict[str, str] = {}
 
     def commands_seen() -> bool:  # only our identifiers reach pueue's sh -c
-        seen.update((t["id"], t["command"]) for t in our_pueue_tasks(pueue).values())
-        return len(seen) >= 3
-    wait_for(commands_seen, message="attempts handed to pueue")
+        # pueue's state file, cheap to poll: finished tasks leave pueue soon
+        seen.update((i, t["command"]) for i, t in pueue.saved()["tasks"].items()
+                    if parse_label(t["label"]) is not None)
+        return bool(seen)
+    wait_for(commands_seen, interval=0.02, message="attempts handed to pueue")
     assert not any("change" in command or "feature" in command for command in seen.values())
     wait_tasks(spec, *ids, timeout="120s")
 
@@ -113,6 +108,8 @@ def test_pueue_pool_runs_ten_tasks_each_on_its_own_branch(host: Path, git_repo: 
     assert shown["daemon_up"] and shown["group_status"] == "running"
     assert shown["parallel"] == 3 and shown["ours"] == {"running": 0, "queued": 0}
     assert reconcile("diff", "-f", str(spec)).returncode == 0
+    scraped = reconcile("metrics", "-f", str(spec), check=True).stdout
+    assert "reconciler_pueue_up 1.0" in scraped.splitlines()
 
     set_spec(spec, replicas=5)
     planned = reconcile("diff", "-f", str(spec))
