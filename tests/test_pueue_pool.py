@@ -155,7 +155,7 @@ def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
     requeues them without using up a try, resumes the group, and every task succeeds."""
     spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 1})
     start_pool(spec)
-    ids = [add_task(spec, f"[seconds=4] work {n}", title=f"task {n}") for n in range(4)]
+    ids = [add_task(spec, f"[seconds=6] work {n}", title=f"task {n}") for n in range(4)]
     wait_for(lambda: sum(t["status"] == "running" for t in tasks(spec)) == 2,
              message="two attempts running")
     slots = reconcile_json("status", "-f", str(spec))["workers"]
@@ -169,7 +169,9 @@ def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
     assert all(t["status"] == "succeeded" for t in tasks(spec))
     lost = [a for i in ids for a in show_task(spec, i)["attempt_details"]
             if a["status"] == "lost"]
-    assert len(lost) == 2, lost  # maxAttempts 1, and still: the daemon's death was no try
+    # each of the two was ended, or its orphaned wrapper recorded it first; maxAttempts
+    # is 1 and every task succeeded: the daemon's death used up no try
+    assert 1 <= len(lost) <= 2, lost
     assert all("killed by someone else, or by a pueue daemon" in a["error"] for a in lost)
     kinds = [e["kind"] for e in events(spec)]
     assert "pueue.down" in kinds and "pueue.up" in kinds
