@@ -33,9 +33,9 @@ ENV = {f"VARIABLE_{i}": "x" * 40 for i in range(40)}
 def state_document(tasks: int) -> str:
     """A 4.0.x ``status --json`` of ``tasks`` tasks in group ``agents``: half ours (a
     quarter running, the rest done), a tenth added by hand, the rest another group's."""
-    stamp = "2026-11-30T10:00:01.118290514+00:00"
     entries = {}
-    for i in range(tasks):
+    for i in range(tasks):  # each task its own times, as pueue's are
+        stamp = f"2026-11-30T10:{i // 60 % 60:02d}:{i % 60:02d}.{i:09d}+00:00"
         if i % 10 == 0:
             label, group = None, "agents"
         elif i % 2:

@@ -155,7 +155,8 @@ def test_pueue_daemon_killed_mid_run_loses_nothing(host: Path, git_repo: Path,
     requeues them without using up a try, resumes the group, and every task succeeds."""
     spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 1})
     start_pool(spec)
-    ids = [add_task(spec, f"[seconds=6] work {n}", title=f"task {n}") for n in range(4)]
+    ids = [add_task(spec, f"[seconds=6] work {n}", title=f"task {n}") for n in range(2)]
+    ids.append(add_task(spec, "[seconds=1] waits", title="queued"))  # pueue holds it
     wait_for(lambda: sum(t["status"] == "running" for t in tasks(spec)) == 2,
              message="two attempts running")
     slots = reconcile_json("status", "-f", str(spec))["workers"]
