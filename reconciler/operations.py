@@ -35,6 +35,7 @@ from reconciler.planner import plan, plan_delete, plan_restart, plan_stop_contro
 from reconciler.pool import (
     DELETED_KEY,
     Pool,
+    check_pueue_group,
     observe_pool,
     preflight,
     resolve_pool,
@@ -128,6 +129,7 @@ def diff(pool: Pool) -> Plan:
     """The plan ``apply`` would execute now; changes nothing on the host."""
     spec = _spec_of(pool)
     preflight(spec)  # what apply would refuse, diff refuses too
+    check_pueue_group(pool)
     observation = observe_pool(pool)
     generation: int = 0
     changes: tuple[SpecChange, ...] = ()
@@ -168,6 +170,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
     """Record ``pool.spec`` as the newest generation and run one pass toward it."""
     spec = _spec_of(pool)
     preflight(spec)
+    check_pueue_group(pool)
     pool.paths.create()
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout), \
             Store(pool.paths.store) as store:
@@ -273,10 +276,11 @@ def delete(pool: Pool, *, force: bool = False, progress: Say = _quiet,
         try:  # held until the end: no controller (not even one starting now) can run
             deadline = time.monotonic() + spec.worker.stop_grace + DELETE_EXTRA_SECONDS
             since = store.deleting()
+            emptied = bool(store.meta_value(DELETED_KEY))  # deleted before: pueue too
             while True:
                 result = run_pass(pool, store, 0,
                                   lambda o, now: plan_delete(spec, o, now, force=force,
-                                                             since=since),
+                                                             since=since, emptied=emptied),
                                   ports=ports, progress=progress)
                 report.done += result.report.done
                 report.problems += result.report.problems

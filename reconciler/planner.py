@@ -61,7 +61,7 @@ from reconciler.model import (
     worker_sort_key,
 )
 from reconciler.policies import keeps_worktree
-from reconciler.pueueview import LIVE_STATES, WAITING_STATES, PueueView
+from reconciler.pueueview import LIVE_STATES, PueueView
 from reconciler.specmodel import PoolSpec
 
 BACKOFF_CAP = 60.0
@@ -141,13 +141,16 @@ def next_wakeup(spec: PoolSpec, observation: Observation, remaining: Plan,
 
 
 def plan_delete(spec: PoolSpec, observation: Observation, now: float, *,
-                force: bool = False, since: float | None = None) -> Plan:
+                force: bool = False, since: float | None = None,
+                emptied: bool = False) -> Plan:
     """Stop every worker of the pool and clear what is left of them: after its current
     task, or (``force``) at once, its task requeued without using up a try.  ``since``:
-    when the delete began (a pueue slot's task may finish until ``stopGrace`` after)."""
+    when the delete began (a pueue slot's task may finish until ``stopGrace`` after);
+    ``emptied``: an earlier delete took everything of the pool out of pueue (a daemon
+    that is down is then left down)."""
     actions: list[Action] = []
     why = "pool deleted"
-    if spec.runtime == "pueue":
+    if spec.runtime == "pueue" and not (emptied and not _pueue_up(observation)):
         actions += _delete_from_pueue(spec, observation, now, force, since)
     for worker_id in sorted(_known_ids(observation), key=_idle_first(observation),
                             reverse=True):
@@ -333,16 +336,19 @@ def _delete_from_pueue(spec: PoolSpec, observation: Observation, now: float, for
         return [StartPueueDaemon("not running: the tasks it holds for the pool must be "
                                  "removed")]
     actions: list[Action] = []
-    waiting = tuple(task.id for task in view.ours.values()
-                    if task.state in WAITING_STATES)
-    if waiting:
-        actions.append(RemovePueueTasks(waiting, "pool deleted: none of its tasks may "
-                                        "start later"))
+    idle = tuple(task.id for task in view.ours.values() if task.state not in LIVE_STATES)
+    if idle:  # the finished ones too: nothing of a deleted pool stays in pueue
+        actions.append(RemovePueueTasks(idle, "pool deleted: none of its tasks may start "
+                                        "later"))
     if view.group is not None and view.group.status == "paused" and \
             observation.paused_until <= now:  # as the pool kept it: others may queue there
         actions.append(SetPueueGroup(view.group.name, "paused -> running (left running "
                                      "for whatever else is queued there)", running=True))
     return actions
+
+
+def _pueue_up(observation: Observation) -> bool:
+    return observation.pueue is not None and observation.pueue.daemon_up
 
 
 def _retire_slot_for_good(spec: PoolSpec, observation: Observation, worker_id: str,

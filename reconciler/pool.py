@@ -125,6 +125,12 @@ def status_of(pool: Pool, store: StorePort | None,
         spend_today=store.spend_since(day_start(now)),
         endpoint=store.meta_value(ENDPOINT_KEY) or None,
         endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
+    sharers = pueue_group_sharers(pool)
+    if sharers and pool.spec is not None and pool.spec.pueue is not None:
+        document["problems"].append(
+            f"pueue group {pool.spec.pueue.group} is also the pool of {', '.join(sharers)} "
+            "on the same pueue daemon: give each pool its own pueue.group")
+        document["ok"] = False
     return observation, document
 
 
@@ -145,6 +151,39 @@ def preflight(spec: PoolSpec) -> None:
                          "set `runtime: tmux`")
     if spec.metrics is not None and spec.metrics.token_file is not None:
         read_token(spec.metrics.token_file)
+
+
+def pueue_group_sharers(pool: Pool) -> list[str]:
+    """The other pools of this state directory, applied and not deleted, whose pueue
+    group is this pool's on the same daemon (its ``--config``): two controllers would
+    set one group's size back and forth, and each take the other's tasks for its own."""
+    spec = pool.spec
+    if spec is None or spec.pueue is None:
+        return []
+    sharers = []
+    for name in known_pools(pool.paths.state_dir):
+        if name == pool.name:
+            continue
+        paths = pool_paths(pool.paths.state_dir, name)
+        try:
+            with Store(paths.store) as store:
+                latest, deleted = store.latest_spec(), store.meta_value(DELETED_KEY)
+        except ReconcilerError:  # a store we cannot read is not this pool's business
+            continue
+        other = spec_from_document(latest[1]).pueue if latest else None
+        if other is not None and not deleted and other.group == spec.pueue.group \
+                and other.config == spec.pueue.config:
+            sharers.append(name)
+    return sharers
+
+
+def check_pueue_group(pool: Pool) -> None:
+    """Refuse a pueue group another pool of this state directory already has."""
+    sharers = pueue_group_sharers(pool)
+    if sharers and pool.spec is not None and pool.spec.pueue is not None:
+        raise PoolError(f"pueue group {pool.spec.pueue.group} is already the pool of "
+                        f"{', '.join(sharers)} on the same pueue daemon",
+                        hint="give each pool its own pueue.group (or delete the other pool)")
 
 
 def read_token(path: Path) -> str:

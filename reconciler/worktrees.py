@@ -536,8 +536,14 @@ def remove_worktree(repo: Path, path: Path, *, lock_dir: Path | None = None) -> 
 
 def _delete_files_of(worktree: Path) -> None:
     """Delete everything in ``worktree`` but its ``.git`` file (which keeps it registered
-    and safe from a prune until ``git worktree remove``); never follows a symlink."""
-    for entry in os.scandir(worktree):
+    and safe from a prune until ``git worktree remove``); never follows a symlink.  A
+    worktree that vanishes meanwhile (the attempt's own wrapper cleaning up as it is
+    ended) has nothing left to delete."""
+    try:
+        entries = list(os.scandir(worktree))
+    except FileNotFoundError:
+        return
+    for entry in entries:
         if entry.name == ".git":
             continue
         if entry.is_dir(follow_symlinks=False):

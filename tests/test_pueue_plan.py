@@ -479,3 +479,14 @@ spec:
 """, label="t.yaml", base_dir=Path("/srv"))
     assert spec.pueue is not None and spec.pueue.group == "p"  # the pool's name
     assert spec.pueue.config == Path.home() / ".config/pueue/pueue.yml"
+
+
+def test_pueue_delete_again_leaves_a_down_daemon_down() -> None:
+    """A delete that finished took everything of the pool out of pueue: a second one
+    must not start a daemon the operator stopped."""
+    spec = pueue_spec()
+    down = snapshot(spec, PueueView(False, None, {}, ()), slots=())
+    assert plan_delete(spec, down, NOW, since=NOW, emptied=True).empty
+    up = snapshot(spec, view(ours(0, 5, 1, "done", result="killed")), slots=())
+    (drop,) = of(plan_delete(spec, up, NOW, since=NOW, emptied=True), RemovePueueTasks)
+    assert drop.pueue_ids == (0,)  # finished copies of a deleted pool go too

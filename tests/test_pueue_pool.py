@@ -220,6 +220,22 @@ def test_pueue_tasks_added_by_hand_are_supervised_under_supervise_all(
     assert show_task(spec, ours)["status"] == "succeeded"
 
 
+def test_pueue_group_of_another_pool_is_refused(host: Path, git_repo: Path,
+                                               pueue: Pueue) -> None:
+    """Two controllers on one group would set its size back and forth, and each take the
+    other's tasks for its own (seen in a newcomer's walk)."""
+    spec = pueue_spec(host, pueue)
+    start_pool(spec)
+    other = write_spec(host, name="otherpool", runtime="pueue", filename="other.yaml",
+                       extra={"pueue": {"group": GROUP, "config": str(pueue.config)}})
+    for command in ("diff", "apply"):
+        refused = reconcile(command, "-f", str(other))
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"pueue group {GROUP} is already the pool of testpool" in refused.stderr
+    assert reconcile("delete", "-f", str(spec)).returncode == 0
+    assert reconcile("diff", "-f", str(other)).returncode == 2  # free again
+
+
 def test_pueue_cancelled_task_is_taken_out_of_pueue(host: Path, git_repo: Path,
                                                     pueue: Pueue) -> None:
     spec = pueue_spec(host, pueue, replicas=1)
@@ -238,8 +254,9 @@ def test_pueue_cancelled_task_is_taken_out_of_pueue(host: Path, git_repo: Path,
 def test_pueue_pool_deleted_leaves_nothing_in_pueue_to_start(host: Path, git_repo: Path,
                                                              pueue: Pueue) -> None:
     """`delete --force`: the attempts pueue runs are killed and their tasks requeued
-    without using up a try; the ones it holds queued are removed, so nothing of the
-    deleted pool starts later.  The group stays (others may queue there)."""
+    without using up a try; the ones it holds queued are removed, and the killed ones
+    after them, so nothing of the deleted pool starts later or stays in pueue.  The
+    group stays (others may queue there)."""
     spec = pueue_spec(host, pueue, tasks_policy={"maxAttempts": 1})
     start_pool(spec)
     ids = [add_task(spec, f"[seconds=30] long {n}", title=f"task {n}") for n in range(4)]
@@ -249,9 +266,7 @@ def test_pueue_pool_deleted_leaves_nothing_in_pueue_to_start(host: Path, git_rep
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert "- remove pueue tasks " in deleted.stdout
 
-    left = our_pueue_tasks(pueue)
-    assert len(left) == 2 and all(t["status"]["Done"]["result"] == "Killed"
-                                  for t in left.values())
+    assert not our_pueue_tasks(pueue)  # killed, then removed with the queued ones
     assert [t["status"] for t in tasks(spec)] == ["queued"] * 4  # no try used up
     assert {e["task_id"] for e in events(spec, "attempt.lost")} == {int(i) for i in ids[:2]}
     assert pueue.status()["groups"][GROUP]["status"] == "Running"

@@ -225,6 +225,15 @@ def test_add_worktree_recovers_from_registered_but_missing(git_repo: Path,
     assert "task/3" in branches(git_repo)
 
 
+def test_a_worktree_that_vanishes_while_it_is_removed_is_simply_gone(git_repo: Path,
+                                                                     tmp_path: Path) -> None:
+    """A newcomer's walk (issue 11): `delete` crashed with FileNotFoundError when the
+    attempt's own wrapper removed the worktree between the check and the listing."""
+    from reconciler import worktrees
+
+    worktrees._delete_files_of(tmp_path / "vanished")  # no error: nothing left to delete
+
+
 def test_remove_worktree_refuses_the_repository_checkout(git_repo: Path) -> None:
     with pytest.raises(GitError, match="refusing"):
         remove_worktree(git_repo, git_repo)

@@ -340,8 +340,8 @@ def render_report(document: dict[str, Any], *, markdown: bool = False) -> None:
         now_held = ", ".join(f"{n} {what}" for what, n in p["hand_added_now"].items())
         table(("what", "value"), [
             ["daemon restarted", str(p["daemon_down"])],
-            ["our tasks killed past tasks.timeout", str(p["ours_killed_past_timeout"])],
-            ["tasks added by hand: killed past tasks.timeout",
+            ["kills of our tasks past tasks.timeout", str(p["ours_killed_past_timeout"])],
+            ["kills of tasks added by hand past tasks.timeout",
              str(p["hand_added_killed_past_timeout"])],
             ["tasks added by hand: restarted", str(p["hand_added_restarted"])],
             ["tasks added by hand now", now_held or "none"]])
