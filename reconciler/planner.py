@@ -61,7 +61,7 @@ from reconciler.model import (
     worker_sort_key,
 )
 from reconciler.policies import keeps_worktree
-from reconciler.pueueview import LIVE_STATES, PueueView
+from reconciler.pueueview import LIVE_STATES
 from reconciler.specmodel import PoolSpec
 
 BACKOFF_CAP = 60.0
@@ -270,8 +270,8 @@ def _converge_slot(spec: PoolSpec, observation: Observation, worker_id: str,
                    row: WorkerRow | None, health: str, now: float) -> list[Action]:
     """One of pueue's slots in the group (``w-N`` is pueue's worker ``N-1``).  It has no
     process of its own: its health is its wrapper's heartbeats while a task runs, and a
-    dead one's task is killed in pueue and requeued, the slot restarted within the same
-    budget as any worker."""
+    dead one's task is killed in pueue and requeued, the slot restarted after the
+    restart backoff (it never fails: see ``health.facts_of``)."""
     assert spec.pueue is not None
     if row is None:
         return [StartWorker(worker_id, f"a slot of pueue group {spec.pueue.group} "
@@ -328,9 +328,9 @@ def _retire_slot(spec: PoolSpec, observation: Observation, worker_id: str, why: 
 
 def _delete_from_pueue(spec: PoolSpec, observation: Observation, now: float, force: bool,
                        since: float | None) -> list[Action]:
-    """A deleted pool leaves nothing in pueue that could start later: the tasks pueue
-    holds for it but has not started are removed (the group, shared with whatever
-    else people queue there, stays)."""
+    """A deleted pool leaves nothing in pueue that could start later: every task pueue
+    holds for it that is not running is removed (the group, shared with whatever else
+    people queue there, stays, running)."""
     view = observation.pueue
     if view is None or not view.daemon_up:  # what it holds must go: it is started first
         return [StartPueueDaemon("not running: the tasks it holds for the pool must be "
@@ -382,23 +382,23 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
     view = observation.pueue
     if view is None or not view.daemon_up:
         return []
-    actions: list[Action] = []
-    drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
-    ended = pueueplan.ended_without_result(spec, view, observation.running)
-    for counted in (True, False):
-        by_worker: dict[str, list[AttemptRef]] = {}
-        reasons: dict[str, str] = {}
-        for attempt, why, uses_a_try in ended:
-            if uses_a_try == counted:
-                by_worker.setdefault(attempt.worker_id, []).append(_attempt_ref(
-                    spec, observation, attempt, now, attempt.worktree if drop else None))
-                reasons.setdefault(attempt.worker_id, why)
-        actions += [ReleaseWorker(worker, reasons[worker], None, tuple(refs), counted=counted)
-                    for worker, refs in sorted(by_worker.items())]
+    # an attempt a dead slot's action already ends is not ended twice
+    ending = {ref.attempt_id for action in actions_so_far if isinstance(action, ReleaseWorker)
+              for ref in action.attempts}
+    ended = [(attempt, why, counted) for attempt, why, counted
+             in pueueplan.ended_without_result(spec, view, observation.running)
+             if attempt.id not in ending]
+    ending |= {attempt.id for attempt, _, _ in ended}
+    lost = [(attempt, "its lease expired and pueue has no task for it", True)
+            for attempt in observation.running
+            if attempt.id not in ending and attempt.lease_expires_at < now
+            and (attempt.task_id, attempt.number) not in view.ours
+            and (row := observation.worker(attempt.worker_id)) is not None
+            and row.runtime == "pueue"]
+    actions = _releases(spec, observation, [*ended, *lost], now)
     killing = {a.pueue_id for a in actions_so_far if isinstance(a, KillPueueTask)}
     actions += [k for k in pueueplan.overdue(spec, view, observation.running, now)
                 if k.pueue_id not in killing]
-    actions += _lost_in_pueue(spec, observation, view, now)
     actions += pueueplan.stale(view, observation.pueue_task_statuses)
     actions += pueueplan.foreign_retries(spec, view, observation.foreign_restarts, now)
     actions += pueueplan.submissions(spec, view, observation.due_tasks,
@@ -406,21 +406,22 @@ def _pueue_tasks(spec: PoolSpec, observation: Observation, now: float,
     return actions
 
 
-def _lost_in_pueue(spec: PoolSpec, observation: Observation, view: PueueView,
-                   now: float) -> list[Action]:
-    """Attempts of pueue slots whose lease expired and that pueue no longer has at all
-    (``pueue clean`` or ``remove`` of a task whose wrapper died): nothing heartbeats for
-    them, and a slot above ``replicas`` is never judged dead, so they end here."""
-    gone = [a for a in observation.running
-            if a.lease_expires_at < now and (a.task_id, a.number) not in view.ours
-            and (row := observation.worker(a.worker_id)) is not None and row.runtime == "pueue"]
+def _releases(spec: PoolSpec, observation: Observation,
+              ended: list[tuple[AttemptRow, str, bool]], now: float) -> list[Action]:
+    """One release per slot and per whether it uses up a try, for attempts that ended
+    in pueue without a result: (attempt, why, counted).  The lost ones among them --
+    pueue no longer has their task at all (``pueue clean`` or ``remove`` of a task whose
+    wrapper died) and their lease expired -- would otherwise wait for ever in a slot
+    above ``replicas``, which is never judged dead."""
     drop = not keeps_worktree(spec.worktrees.cleanup, "lost")
-    by_worker: dict[str, list[AttemptRef]] = {}
-    for attempt in gone:
-        by_worker.setdefault(attempt.worker_id, []).append(
-            _attempt_ref(spec, observation, attempt, now, attempt.worktree if drop else None))
-    return [ReleaseWorker(worker, "its lease expired and pueue has no task for it", None,
-                          tuple(refs)) for worker, refs in sorted(by_worker.items())]
+    groups: dict[tuple[str, bool], tuple[str, list[AttemptRef]]] = {}
+    for attempt, why, counted in ended:
+        _, refs = groups.setdefault((attempt.worker_id, counted), (why, []))
+        refs.append(_attempt_ref(spec, observation, attempt, now,
+                                 attempt.worktree if drop else None))
+    return [ReleaseWorker(worker, why, None, tuple(refs), counted=counted)
+            for (worker, counted), (why, refs) in sorted(groups.items(),
+                                                         key=lambda g: (not g[0][1], g[0][0]))]
 
 
 # --------------------------------------------------------------------------- health

@@ -490,3 +490,14 @@ def test_pueue_delete_again_leaves_a_down_daemon_down() -> None:
     up = snapshot(spec, view(ours(0, 5, 1, "done", result="killed")), slots=())
     (drop,) = of(plan_delete(spec, up, NOW, since=NOW, emptied=True), RemovePueueTasks)
     assert drop.pueue_ids == (0,)  # finished copies of a deleted pool go too
+
+
+def test_pueue_attempt_is_ended_once_when_its_slot_died_and_pueue_says_done() -> None:
+    spec = pueue_spec()
+    rows = (slot("w-1", spec, health="dead", health_since=NOW - 1, current_task=5),
+            slot("w-2", spec))
+    running = (attempt(5, 1, started_at=NOW - 100, lease_expires_at=NOW - 5),)
+    ended = view(ours(3, 5, 1, "done", result="failed", exit_code=1))
+    releases = of(plan(spec, snapshot(spec, ended, running=running, slots=rows), NOW),
+                  ReleaseWorker)
+    assert [[a.attempt_id for a in r.attempts] for r in releases] == [[running[0].id]]
