@@ -21,7 +21,9 @@ from reconciler.paths import check_state_dir, default_state_dir
 from reconciler.report.documents import printable
 
 EPILOG = """\
-exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error.
+exit codes: 0 success (diff: in sync), 2 diff found changes pending (run-task: the
+attempt was not its to run), 3 status found a failed worker or a controller that is
+down, 1 error.
 state: --state-dir, else $RECONCILER_STATE_DIR, else $XDG_STATE_HOME/reconciler
 (~/.local/state/reconciler).  Pool commands take -f workers.yaml or --pool NAME;
 with exactly one pool in the state directory it is the default.
@@ -32,7 +34,26 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line and exit code 1."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
+        self.exit(1, f"error: {_with_suggestion(message)} (see `{self.prog} --help`)\n")
+
+
+HIDDEN_COMMANDS = ("worker",)  # started by the executor, never by hand
+_INVALID_CHOICE = re.compile(r"(.*)invalid choice: '(.*)' \(choose from (.*)\)", re.DOTALL)
+
+
+def _with_suggestion(message: str) -> str:
+    """argparse's "invalid choice" with the closest choice offered (``did you mean
+    `status`?``), and the hidden commands left out of the choices it lists."""
+    match = _INVALID_CHOICE.fullmatch(message)
+    if match is None:
+        return message
+    import difflib
+
+    before, given, listed = match.groups()
+    choices = [c for c in re.findall(r"'([^']*)'", listed) if c not in HIDDEN_COMMANDS]
+    close = difflib.get_close_matches(given, choices, n=1)
+    hint = f"; did you mean `{close[0]}`?" if close else ""
+    return f"{before}invalid choice: {given!r}{hint} (choose from {', '.join(choices)})"
 
 
 def _positive_int(text: str) -> int:
@@ -124,22 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a spec against the schema",
                        description="Validate workers.yaml; every problem is printed as "
                        "file:line:col: path: what (how to fix). Exit 1 if invalid.")
-    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML",
+                   help="the pool spec file")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="output format (json for scripts)")
 
     p = sub.add_parser("diff", help="show what apply would change (changes nothing)",
                        description="Observe the host and print the plan: + start, - stop, "
                        "~ restart, each with its reason. Exit 0 in sync, 2 changes pending, "
                        "1 error.")
-    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML",
+                   help="the pool spec file")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="output format (json for scripts)")
 
     p = sub.add_parser("apply", help="converge the pool to the spec",
                        description="Execute the same plan diff shows: start missing workers, "
                        "restart dead ones, roll changed ones and stop surplus ones after their "
                        "current task. One apply per pool runs at a time.")
-    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML",
+                   help="the pool spec file")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="output format (json for scripts)")
     p.add_argument("--wait", action="store_true",
                    help="wait until every worker heartbeats, showing progress")
     p.add_argument("--timeout", default="60s", help="limit for --wait (default 60s)")
@@ -281,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scale", help="set replicas in the spec file and apply it",
                        description="Rewrite `replicas` in workers.yaml (keeping its comments "
                        "and layout), then apply, so the file stays the source of truth.")
-    p.add_argument("replicas", type=int, metavar="N")
-    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML")
+    p.add_argument("replicas", type=int, metavar="N", help="how many workers to keep")
+    p.add_argument("-f", "--file", required=True, metavar="WORKERS_YAML",
+                   help="the pool spec file (its replicas line is rewritten)")
     p.add_argument("--wait", action="store_true", help="wait until the pool has converged")
     p.add_argument("--timeout", default="60s", help="limit for --wait (default 60s)")
 
@@ -293,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "enqueue sample tasks for the simulated agent, show progress until the "
                        "queue drains, and print a summary. Uses its own state directory and "
                        "tmux socket, never yours.")
-    p.add_argument("-f", "--file", default="specs/workers.yaml", metavar="WORKERS_YAML")
+    p.add_argument("-f", "--file", default="specs/workers.yaml", metavar="WORKERS_YAML",
+                   help="the demo's spec (default specs/workers.yaml)")
     p.add_argument("--tasks", type=int, default=12, help="how many sample tasks (default 12)")
     p.add_argument("--dir", type=Path, default=None,
                    help="where to put the throwaway repo and state (default: a new temp dir)")
@@ -331,36 +360,39 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                                parser_class=_Parser)
     p = tsub.add_parser("add", help="enqueue one task and print its id")
     _pool_options(p)
-    p.add_argument("--title", required=True)
+    p.add_argument("--title", required=True, help="a short name for the task (its branch "
+                   "is named after it)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="the prompt text (default: the title)")
     group.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
     p.add_argument("--priority", type=_priority, default=0, help="higher runs first (default 0)")
 
     p = tsub.add_parser("import", help="enqueue every task of a YAML list")
-    p.add_argument("tasks_file", type=Path, metavar="TASKS_YAML")
+    p.add_argument("tasks_file", type=Path, metavar="TASKS_YAML",
+                   help="a YAML list of {title, prompt, priority}")
     p.add_argument("--allow-outside", action="store_true",
                    help="let promptFile name files outside the task file's directory")
     _pool_options(p)
 
     p = tsub.add_parser("list", help="list tasks (a page of 50; -o json: all of them)")
     _pool_options(p)
-    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"),
+                   help="only tasks in this state")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--limit", type=_positive_int, metavar="N",
                        help="show the first N tasks (default: 50 as text, all with -o json)")
     group.add_argument("--all", action="store_true", help="show every task")
 
     p = tsub.add_parser("show", help="one task with its attempts")
-    p.add_argument("task_id", type=_task_id, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
     _pool_options(p)
 
     p = tsub.add_parser("retry", help="queue a failed or cancelled task again")
-    p.add_argument("task_id", type=_task_id, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
     _pool_options(p)
 
     p = tsub.add_parser("cancel", help="cancel a queued task, or stop a running one")
-    p.add_argument("task_id", type=_task_id, metavar="ID")
+    p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
     _pool_options(p)
 
     p = tsub.add_parser("wait", help="show progress until tasks finish")
@@ -400,7 +432,12 @@ def _run_task(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # point to the help of the command that was given them
+        command = " ".join(c for c in (getattr(args, "command", None),
+                                       getattr(args, "task_command", None)) if c)
+        parser.exit(1, f"error: unrecognized arguments: {' '.join(unknown)} (see "
+                       f"`reconcile {command + ' ' if command else ''}--help`)\n")
     if args.command is None:
         parser.print_help()
         return 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 from pathlib import Path
@@ -25,7 +26,8 @@ def test_every_command_explains_itself(command: str) -> None:
 
 def test_top_level_help_documents_exit_codes_and_hides_internal_commands() -> None:
     out = reconcile("--help").stdout
-    assert "exit codes: 0 success (diff: in sync), 2 diff found changes pending, 1 error" in out
+    assert "exit codes: 0 success (diff: in sync), 2 diff found changes pending" in out
+    assert "3 status found a failed worker" in out and "down, 1 error." in out
     commands = [line.split()[0] for line in out.split("options:")[0].splitlines()
                 if line.startswith("    ") and line.split()]
     assert "worker" not in commands and "validate" in commands
@@ -178,3 +180,54 @@ def test_task_retry_and_events_follow(host: Path) -> None:
         follow.wait(timeout=10)
         if follow.stdout:
             follow.stdout.close()
+
+
+def _missing_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    from reconciler.cli import HIDDEN_COMMANDS
+
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                if name in HIDDEN_COMMANDS:
+                    continue
+                if not helps.get(name):
+                    missing.append(f"{path} {name}")
+                missing += _missing_help(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction) and not action.help:
+            missing.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_command_and_option_explains_itself() -> None:
+    """Issue 12: `--help` must describe every subcommand and option."""
+    from reconciler.cli import build_parser
+
+    assert _missing_help(build_parser(), "reconcile") == []
+
+
+def test_top_level_help_names_every_exit_code() -> None:
+    from reconciler.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "3 status found a failed worker" in text and "1 error" in text
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["stauts"], "invalid choice: 'stauts'; did you mean `status`? (choose from validate, "),
+    (["task", "lst"], "invalid choice: 'lst'; did you mean `list`?"),
+    (["status", "--bogus"], "unrecognized arguments: --bogus (see `reconcile status --help`)"),
+    (["task", "list", "--x"], "(see `reconcile task list --help`)"),
+])
+def test_usage_mistakes_get_one_line_that_helps(argv: list[str], expected: str,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert expected in line
+    if argv == ["stauts"]:  # the hidden command is not offered
+        assert line.count("worker") == 0 and "run-task)" in line
