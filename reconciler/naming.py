@@ -43,13 +43,28 @@ def check_branch_name(name: str) -> str:
     return name
 
 
+# letters that do not decompose into a base letter and marks
+_LETTERS = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "ø": "o", "Ø": "O", "œ": "oe",
+                          "Œ": "OE", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "þ": "th",
+                          "Þ": "Th", "ð": "d", "Ð": "D", "ı": "i"})
+
+
+def ascii_letters(text: str) -> str:
+    """``Ünïcödé`` -> ``Unicode``: accents dropped (NFKD leaves the base letter and its
+    marks apart), a few letters spelled out; what has no Latin form stays as it is."""
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LETTERS))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
 def slugify(title: str, limit: int = 40) -> str:
     """A branch-safe slug of a task title: ``Fix the login bug!`` -> ``fix-the-login-bug``.
 
     At most ``limit`` characters, cut at a word boundary (``refactor-the-auth`` never
     becomes ``refactor-the-au``); only a first word longer than ``limit`` is cut inside.
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_letters(title).lower()).strip("-")
     if len(slug) > limit:
         boundary = slug.rfind("-", 0, limit + 1)  # a dash right after the limit counts
         slug = slug[:boundary] if boundary > 0 else slug[:limit]

@@ -182,7 +182,10 @@ class TestSlugify:
         pytest.param("a..b@{c}~^:?*[\\d", "a-b-c-d", id="ref-special-characters"),
         pytest.param("refs/heads/main.lock", "refs-heads-main-lock", id="lock-suffix"),
         pytest.param("$(touch x); `id`", "touch-x-id", id="shell"),
-        pytest.param("Café crème", "caf-cr-me", id="non-ascii"),
+        pytest.param("Café crème", "cafe-creme", id="non-ascii"),
+        pytest.param("Ünïcödé", "unicode", id="transliterated"),  # issue 12
+        pytest.param("Straße über Ærø", "strasse-uber-aero", id="spelled-out"),
+        pytest.param("ﬁle ①", "file-1", id="compatibility-forms"),
         pytest.param("", "task", id="empty"),
         pytest.param("!!! ???", "task", id="nothing-usable"),
         pytest.param("日本語", "task", id="no-ascii-at-all"),
