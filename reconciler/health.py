@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from reconciler.durations import format_duration
+from reconciler.exitstatus import describe_exit
 from reconciler.model import AttemptRow, Observation, RuntimeInstance, Step, WorkerRow
 from reconciler.specmodel import PoolSpec
 
@@ -273,5 +274,5 @@ def exit_description(row: WorkerRow, instance: RuntimeInstance | None) -> str:
     if instance is not None:
         return instance.exit_description()
     where = "tmux window" if row.runtime == "tmux" else "process"
-    last = f", last exit {row.exit_code}" if row.exit_code is not None else ""
+    last = f", last {describe_exit(row.exit_code)}" if row.exit_code is not None else ""
     return f"{where} gone{last}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple, TypeVar
 
+from reconciler.exitstatus import describe_exit
 from reconciler.pueueview import PueueView
 
 T = TypeVar("T")
@@ -248,11 +249,8 @@ class RuntimeInstance:
     socket: str | None = None  # tmux socket the window lives on
 
     def exit_description(self) -> str:
-        if self.exit_signal:
-            return f"killed by signal {self.exit_signal} (exit {128 + self.exit_signal})"
-        if self.exit_status is not None:
-            return f"exit {self.exit_status}"
-        return "exit status unknown"  # tmux 3.3 sometimes records none for a killed pane
+        # tmux 3.3 sometimes records no status for a killed pane: "exit status unknown"
+        return describe_exit(self.exit_status, self.exit_signal)
 
 
 @dataclass(frozen=True)

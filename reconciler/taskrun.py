@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.exitstatus import describe_exit
 from reconciler.marks import MARK_VAR, attempt_mark, kill_marked
 from reconciler.paths import open_private_append
 from reconciler.proctree import kill_tree
@@ -156,7 +157,7 @@ def run_command(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], log: 
             return RunResult("cancelled", code, "cancelled by operator", ended_at)
         if code == 0:
             return RunResult("succeeded", 0, None, ended_at)
-        reason = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        reason = describe_exit(code)
         return RunResult("failed", code, reason, ended_at)
     finally:
         os.close(log_fd)

@@ -125,7 +125,7 @@ class TestScriptedPlans:
 
     @pytest.mark.parametrize(("instance", "reason"), [
         pytest.param(RuntimeInstance("w-2", "tmux", 100, False, exit_signal=9),
-                     "process gone (killed by signal 9 (exit 137))", id="killed-by-signal"),
+                     "process gone (killed by SIGKILL (exit 137))", id="killed-by-signal"),
         pytest.param(RuntimeInstance("w-2", "tmux", 100, False, exit_status=137),
                      "process gone (exit 137)", id="exit-status"),
         pytest.param(None, "process gone (tmux window gone)", id="window-gone"),

@@ -98,7 +98,7 @@ def test_failure_records_exit_code(tmp_path: Path) -> None:
     result = run(py("print('about to fail'); raise SystemExit(3)"), tmp_path)
     assert result.status == "failed"
     assert result.exit_code == 3
-    assert result.error == "exit code 3"
+    assert result.error == "exit 3"
     assert "about to fail" in (tmp_path / "task.log").read_text()
 
 

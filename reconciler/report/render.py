@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from reconciler.durations import format_duration
+from reconciler.exitstatus import describe_exit
 from reconciler.model import (
     AgentReport,
     AppliedSpec,
@@ -196,7 +197,7 @@ def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
         took = age(a.ended_at - a.started_at) if a.ended_at else \
             f"for {age(time.time() - a.started_at)}"
         say(f"  attempt {a.number} on {a.worker_id}: {a.status}"
-            f"{f' (exit {a.exit_code})' if a.exit_code is not None else ''}, {took}")
+            f"{f' ({describe_exit(a.exit_code)})' if a.exit_code is not None else ''}, {took}")
         say(f"    worktree: {cell_text(a.worktree or '-')}")
         say(f"    log:      {cell_text(a.log_path or '-')}")
         if a.phases:

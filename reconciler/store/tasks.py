@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from reconciler.errors import StoreError, TaskError
+from reconciler.exitstatus import describe_exit
 from reconciler.model import (
     FINAL_TASK_STATUSES,
     AgentReport,
@@ -430,7 +431,7 @@ class TaskQueue(Database):
                        " WHERE id = ?", (worker_id,))
             self._event(db, now, f"attempt.{status}", worker_id, claim.task.id,
                         f"attempt {claim.attempt_number} {status}"
-                        + (f" (exit {exit_code})" if exit_code is not None else "")
+                        + (f" ({describe_exit(exit_code)})" if exit_code is not None else "")
                         + f"; task {task_status}",
                         {"attempt": claim.attempt_number, "status": status,
                          "task_status": task_status, "exit_code": exit_code})

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import time
 
+from reconciler.exitstatus import describe_exit
 from reconciler.model import ControllerRow, WorkerRow, worker_sort_key
 from reconciler.store.base import Database
 
@@ -151,7 +152,7 @@ class WorkerRegistry(Database):
             db.execute("UPDATE workers SET state = 'exited', exited_at = ?, exit_code = ?,"
                        " current_task = NULL WHERE id = ?", (now, exit_code, worker_id))
             self._event(db, now, "worker.exited", worker_id, None,
-                        f"exited ({'exit ' + str(exit_code) if exit_code is not None else '?'})")
+                        f"exited ({describe_exit(exit_code)})")
 
     def mark_worker_removed(self, worker_id: str, reason: str,
                             now: float | None = None) -> None:
