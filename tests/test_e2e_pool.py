@@ -239,6 +239,8 @@ def test_history_records_each_applied_spec_with_its_commit(host: Path, git_repo:
     apply(spec)
     history = reconcile_json("history", "-f", str(spec))
     assert [h["git_commit"] for h in history] == [commit, commit + "+dirty"]
+    text = reconcile("history", "-f", str(spec), check=True).stdout  # issue 12: the mark
+    assert f"{commit[:12]}+dirty" in text and text.count("+dirty") == 1
     assert all(h["source_path"] == str(spec) for h in history)
     assert history[0]["document_hash"] != history[1]["document_hash"]
     git(git_repo, "checkout", "-q", "--", "workers.yaml")

@@ -254,11 +254,20 @@ def render_history(history: list[AppliedSpec]) -> None:
         say("nothing applied yet")
         return
     rows = [[str(h.id), when(h.applied_at), cell_text(h.source_path or "-"),
-             cell_text((h.git_commit or "-")[:14]), h.document_hash[:12],
+             cell_text(short_commit(h.git_commit)), h.document_hash[:12],
              cell_text(h.summary)] for h in history]
     for line in columns(("generation", "applied", "file", "git commit", "spec hash", "plan"),
                         rows, right=("generation",)):
         print(line)
+
+
+def short_commit(commit: str | None) -> str:
+    """A commit shortened to 12 characters, keeping its ``+dirty`` mark (the spec file
+    had changes not committed when it was applied)."""
+    if not commit:
+        return "-"
+    sha, dirty, _ = commit.partition("+dirty")
+    return sha[:12] + ("+dirty" if dirty else "")
 
 
 def render_events(events: list[EventRow], *, empty_note: bool = True) -> None:
