@@ -364,7 +364,9 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                    "is named after it)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="the prompt text (default: the title)")
-    group.add_argument("--prompt-file", type=Path, help="read the prompt from a file")
+    group.add_argument("--prompt-file", type=Path,
+                       help="read the prompt from a UTF-8 file, its bytes exactly (CR and "
+                       "CRLF kept); - reads it from stdin")
     p.add_argument("--priority", type=_priority, default=0, help="higher runs first (default 0)")
 
     p = tsub.add_parser("import", help="enqueue every task of a YAML list")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from reconciler.errors import TaskError
 from reconciler.yamlsafe import MAX_BYTES as MAX_YAML_BYTES
@@ -115,9 +116,17 @@ def read_bounded(path: Path, limit: int) -> bytes:
     return data
 
 
-def read_prompt_file(path: Path) -> str:
-    """A prompt from a file: a regular UTF-8 file of at most ``MAX_PROMPT`` bytes."""
-    data = read_bounded(path, MAX_PROMPT)
+def read_prompt_file(path: Path, stdin: BinaryIO | None = None) -> str:
+    """A prompt from a file: a regular UTF-8 file of at most ``MAX_PROMPT`` bytes, or
+    ``-``: ``stdin`` to its end.  Its bytes exactly: CR and CRLF stay as they are."""
+    if str(path) == "-":
+        source = stdin if stdin is not None else sys.stdin.buffer
+        data = source.read(MAX_PROMPT + 1)
+        if len(data) > MAX_PROMPT:
+            raise TaskError(f"is larger than the limit of {_size(MAX_PROMPT)}",
+                            hint="use a smaller prompt")
+    else:
+        data = read_bounded(path, MAX_PROMPT)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

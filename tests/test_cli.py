@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import add_task, apply, delete, diff, reconcile_json, status, tasks
-from tests.helpers import one_error_line, reconcile, reconcile_background, write_spec
+from tests.helpers import CLI, one_error_line, reconcile, reconcile_background, write_spec
 
 COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
             "controller", "restart", "scale", "task", "task add", "task import", "task list",
@@ -231,3 +231,31 @@ def test_usage_mistakes_get_one_line_that_helps(argv: list[str], expected: str,
     assert expected in line
     if argv == ["stauts"]:  # the hidden command is not offered
         assert line.count("worker") == 0 and "run-task)" in line
+
+
+def test_prompt_files_keep_their_bytes_and_dash_reads_stdin(tmp_path: Path) -> None:
+    """Issue 12: CR and CRLF stay as written; `--prompt-file -` reads stdin; bytes that
+    are not UTF-8 get one clear line."""
+    import io
+
+    from reconciler.errors import TaskError
+    from reconciler.taskfile import MAX_PROMPT, read_prompt_file
+
+    written = tmp_path / "prompt.txt"
+    written.write_bytes(b"one\r\ntwo\rthree\n")
+    assert read_prompt_file(written) == "one\r\ntwo\rthree\n"
+    assert read_prompt_file(Path("-"), io.BytesIO(b"a\r\nb")) == "a\r\nb"
+    with pytest.raises(TaskError, match=r"not UTF-8 text \(byte 2\)"):
+        read_prompt_file(Path("-"), io.BytesIO(b"ok\xff"))
+    with pytest.raises(TaskError, match="larger than the limit"):
+        read_prompt_file(Path("-"), io.BytesIO(b"x" * (MAX_PROMPT + 1)))
+
+
+def test_task_add_reads_the_prompt_from_stdin_as_bytes(host: Path, git_repo: Path) -> None:
+    spec = write_spec(host, replicas=0)
+    proc = subprocess.run([*CLI, "task", "add", "-f", str(spec), "--title", "t",
+                           "--prompt-file", "-"], input=b"line one\r\nline two\r",
+                          capture_output=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    task = reconcile_json("task", "show", proc.stdout.decode().strip(), "-f", str(spec))
+    assert task["prompt"] == "line one\r\nline two\r"
