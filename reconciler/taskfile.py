@@ -13,6 +13,7 @@ a JSON ``\\ud800`` escape or an undecodable byte in argv, is refused.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import sys
@@ -27,7 +28,8 @@ from reconciler.yamlsafe import LoadedYaml, YamlLoadError, load_yaml
 
 MAX_TITLE = 200
 MAX_PROMPT = 1024 * 1024  # bytes of UTF-8
-MAX_TASK_FILE = MAX_YAML_BYTES  # what the safe YAML loader accepts
+MAX_TASK_FILE = MAX_YAML_BYTES  # a YAML task file: what the safe YAML loader accepts
+MAX_JSON_TASK_FILE = 256 * 1024 * 1024  # JSON and JSON Lines: no aliases to expand
 MAX_PRIORITY = 2**63 - 1  # SQLite INTEGER
 KNOWN_KEYS = {"title", "prompt", "promptFile", "priority"}
 
@@ -134,26 +136,87 @@ def read_prompt_file(path: Path, stdin: BinaryIO | None = None) -> str:
                         hint="save the prompt as UTF-8") from exc
 
 
+JSON_SUFFIXES = (".json",)
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
+
+
 def read_task_file(path: Path, *, allow_outside: bool = False) -> list[NewTask]:
+    """The tasks of a YAML, JSON (``.json``) or JSON Lines (``.jsonl``, ``.ndjson``) file.
+
+    JSON has no aliases, so a JSON file is read as JSON, however many tasks it holds
+    (up to ``MAX_JSON_TASK_FILE`` bytes); JSON Lines is read a line at a time.  YAML
+    keeps the safe loader's caps (``MAX_TASK_FILE`` bytes, and what aliases may add).
+    """
     label = str(path)
+    suffix = path.suffix.lower()
+    limit = MAX_JSON_TASK_FILE if suffix in (*JSON_SUFFIXES, *JSON_LINES_SUFFIXES) \
+        else MAX_TASK_FILE
     try:
-        raw = read_bounded(path, MAX_TASK_FILE)
+        raw = read_bounded(path, limit)
     except TaskError as exc:
         raise TaskError(f"{label}: {exc.message}", hint=exc.hint) from exc
-    try:
-        loaded = load_yaml(raw)
-    except YamlLoadError as exc:
-        where = f"{label}:{exc.position.line}:{exc.position.column}" if exc.position else label
-        raise TaskError(f"{where}: {exc.message}") from exc
+    base = path.parent.resolve()
+    if suffix in JSON_LINES_SUFFIXES:
+        return _json_lines(raw, label, base, allow_outside)
+    if suffix in JSON_SUFFIXES:
+        loaded = LoadedYaml(_json(raw, label), {})
+    else:
+        try:
+            loaded = load_yaml(raw)
+        except YamlLoadError as exc:
+            where = f"{label}:{exc.position.line}:{exc.position.column}" \
+                if exc.position else label
+            raise TaskError(f"{where}: {exc.message}") from exc
     data = loaded.data
     prefix: tuple[str | int, ...] = ()
     if isinstance(data, dict) and "tasks" in data:
         data, prefix = data["tasks"], ("tasks",)
     if not isinstance(data, list) or not data:
         raise TaskError(f"{label}: expected a non-empty list of tasks (each with a title)")
-    base = path.parent.resolve()
-    return [_one(loaded, label, (*prefix, i), item, base, allow_outside)
-            for i, item in enumerate(data)]
+    try:
+        return [_one(loaded, label, (*prefix, i), item, base, allow_outside)
+                for i, item in enumerate(data)]
+    except TaskError as unplaced:
+        if suffix not in JSON_SUFFIXES or len(raw) > MAX_TASK_FILE:
+            raise
+        # a JSON file keeps no positions (reading it fast is the point): for the error,
+        # read it again as YAML (JSON's superset) to say where the task is written
+        try:
+            positioned = load_yaml(raw)
+        except YamlLoadError:
+            raise unplaced from None
+        for i, item in enumerate(data):
+            _one(positioned, label, (*prefix, i), item, base, allow_outside)
+        raise
+
+
+def _json(raw: bytes, label: str, line: int | None = None) -> Any:
+    """``raw`` as JSON; errors name ``label`` and the position (``line``: the line of a
+    JSON Lines file that ``raw`` is)."""
+    where = label if line is None else f"{label}:{line}"
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"{where}: not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        at = f"{exc.lineno}:{exc.colno}" if line is None else f"{line}:{exc.colno}"
+        raise TaskError(f"{label}:{at}: malformed JSON: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise TaskError(f"{where}: JSON nested too deeply") from exc
+
+
+def _json_lines(raw: bytes, label: str, base: Path, allow_outside: bool) -> list[NewTask]:
+    """One task per line (blank lines skipped), each error naming its line."""
+    tasks: list[NewTask] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        item = _json(line, label, number)
+        tasks.append(_one(LoadedYaml(None, {}), f"{label}:{number}", (len(tasks),), item,
+                          base, allow_outside))
+    if not tasks:
+        raise TaskError(f"{label}: no tasks (one JSON object per line, each with a title)")
+    return tasks
 
 
 def _one(loaded: LoadedYaml, label: str, at: tuple[str | int, ...], item: Any,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from reconciler.attempt import MAX_ENV_PROMPT, agent_env
 from reconciler.errors import TaskError
@@ -37,9 +38,19 @@ def _queued(spec: Path) -> list[object]:
 # --------------------------------------------------------------------------- text and numbers
 
 
+def test_a_json_surrogate_pair_is_one_character(host: Path) -> None:
+    """JSON writes a character beyond the BMP as two escapes (RFC 8259 section 7); read as
+    JSON (issue 12), they are the one character they stand for."""
+    spec = write_spec(host)
+    tasks_file = host / "tasks.json"
+    tasks_file.write_text('[{"title": "smile \\ud83d\\ude42"}]')
+    assert _run(spec, "task", "import", str(tasks_file)).returncode == 0
+    assert _queued(spec)[0]["title"] == "smile \U0001f642"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("document", "expected"), [
-    pytest.param('[{"title": "smile \\ud83d\\ude42"}]', "is not valid UTF-8 text",
-                 id="surrogate-pair-as-two-escapes-in-title"),
+    pytest.param('[{"title": "t", "prompt": "x\\ud83d"}]', "is not valid UTF-8 text",
+                 id="half-a-surrogate-pair-in-prompt"),
     pytest.param('[{"title": "t", "prompt": "\\ud800"}]', "the prompt is not valid UTF-8",
                  id="lone-surrogate-in-prompt"),
     pytest.param('[{"title": "t", "priority": 99999999999999999999}]', "out of range",
@@ -250,3 +261,40 @@ def test_a_one_mebibyte_prompt_runs_through_its_prompt_file(host: Path, git_repo
     shown = subprocess.run(["git", "-C", str(git_repo), "show", f"{task['branch']}:PROMPT.txt"],
                            capture_output=True, check=True).stdout
     assert shown == prompt
+
+
+def test_large_task_files_import_as_json_json_lines_and_plain_yaml(host: Path) -> None:
+    """Issue 12: a plain JSON file of 5,000 tasks was refused as "document expands to
+    more than 20000 values (alias bomb?)".  JSON has no aliases; JSON Lines streams; a
+    long plain YAML list is fine too (only what aliases add is capped)."""
+    spec = write_spec(host, replicas=0)
+    tasks = [{"title": f"task {n}", "prompt": f"do {n}", "priority": n % 7}
+             for n in range(5000)]
+    as_json = host / "tasks.json"
+    as_json.write_text(json.dumps(tasks))
+    as_lines = host / "tasks.jsonl"
+    as_lines.write_text("\n".join(json.dumps(t) for t in tasks[:300]) + "\n\n")
+    as_yaml = host / "tasks.yaml"
+    as_yaml.write_text(yaml.safe_dump(tasks[:4000]))
+    for path, count in ((as_json, 5000), (as_lines, 300), (as_yaml, 4000)):
+        done = reconcile("task", "import", str(path), "-f", str(spec), "-o", "json")
+        assert done.returncode == 0, done.stderr
+        assert len(json.loads(done.stdout)["ids"]) == count
+
+
+@pytest.mark.parametrize(("name", "text", "expected"), [
+    ("bad.jsonl", '{"title": "a"}\n{"title": 3}\n', "bad.jsonl:2: task 1: `title` must be"),
+    ("bad.jsonl", '{"title": "a"}\n{oops\n', "bad.jsonl:2:2: malformed JSON: "),
+    ("bad.json", '[{"title": "a"},\n {"title": "b", "colour": 1}]',
+     "bad.json:2:17: task 1: unknown key `colour`"),
+    ("bad.json", '[{"title": "a"}', "bad.json:1:16: malformed JSON: "),
+    ("empty.jsonl", "\n\n", "empty.jsonl: no tasks (one JSON object per line"),
+])
+def test_json_task_files_name_the_line_that_is_wrong(host: Path, name: str, text: str,
+                                                     expected: str) -> None:
+    spec = write_spec(host, replicas=0)
+    bad = host / name
+    bad.write_text(text)
+    refused = reconcile("task", "import", str(bad), "-f", str(spec))
+    assert refused.returncode == 1
+    assert expected in one_error_line(refused)

@@ -32,6 +32,11 @@ TINY: dict[str, tuple[list[str], list[str]]] = {
         rf"^ +1 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +3 +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
     ]),
+    "bench_import.py": (["--tasks", "50"], [
+        rf"^baseline \(json.loads \+ executemany, 50 rows\): {FIGURE} s$",
+        rf"^task import .json +50 tasks \({FIGURE} MB\): {FIGURE} s; ratio {FIGURE}x$",
+        rf"^task import .jsonl +50 tasks \({FIGURE} MB\): {FIGURE} s; ratio {FIGURE}x$",
+    ]),
     "bench_pueue.py": (["--tasks", "10", "30", "--repeat", "2"], [
         rf"^ +10 +{FIGURE}MB +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
         rf"^ +30 +{FIGURE}MB +{FIGURE}ms +{FIGURE}ms +{FIGURE}ms +{FIGURE}x$",
