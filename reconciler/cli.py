@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p, output=False)
     p.add_argument("--interval", default="1s", metavar="DURATION",
                    help="how often it refreshes (default 1s)")
+    p = sub.add_parser("pools", help="every pool in the state directory, one line each",
+                       description="Every pool of the state directory: its spec file, "
+                       "generation, workers up of wanted, controller and queue, read from "
+                       "each pool's store.")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text",
+                   help="output format (json for scripts)")
+
     p = sub.add_parser("history", help="which specs were applied when")
     _pool_options(p)
     p = sub.add_parser("events", help="the pool's event log (health transitions, restarts...)")

@@ -81,6 +81,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
         "dashboard": cmd_dashboard, "export": cmd_export, "metrics": cmd_metrics,
+        "pools": cmd_pools,
     }
     return handlers[args.command](args)
 
@@ -331,6 +332,20 @@ def _open_store(args: argparse.Namespace, create: bool = False,
                         hint="apply its spec first: reconcile apply -f workers.yaml")
     with Store(pool.paths.store, readonly=not (create or write)) as store:
         yield pool, store
+
+
+def cmd_pools(args: argparse.Namespace) -> int:
+    """Every pool of the state directory, read from its store alone (no tmux, no git,
+    no pueue): fast however many pools there are."""
+    from reconciler.paths import known_pools
+
+    rows = [pools.pool_summary(args.state_dir, name, time.time())
+            for name in known_pools(args.state_dir)]
+    if args.output == "json":
+        print_json(rows)
+    else:
+        _render().render_pools(rows, args.state_dir)
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:

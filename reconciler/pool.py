@@ -153,6 +153,39 @@ def preflight(spec: PoolSpec) -> None:
         read_token(spec.metrics.token_file)
 
 
+def pool_summary(state_dir: Path, name: str, now: float) -> dict[str, Any]:
+    """One line of ``reconcile pools``: what the pool's store says of it."""
+    from reconciler.health import LIVE
+    from reconciler.liveness import controller_alive
+
+    paths = pool_paths(state_dir, name)
+    try:
+        with Store(paths.store) as store:
+            latest, history = store.latest_spec(), store.history()
+            workers = store.workers()
+            controller = store.controller()
+            queue = store.queue_counts()
+            deleted = bool(store.meta_value(DELETED_KEY))
+    except ReconcilerError as exc:
+        return {"pool": name, "problem": exc.one_line()}
+    spec = spec_from_document(latest[1]) if latest else None
+    applied = history[-1] if history else None
+    running = controller_alive(paths.controller_lock, controller, now)
+    return {
+        "pool": name,
+        "spec_file": applied.source_path if applied else None,
+        "generation": latest[0] if latest else None,
+        "runtime": spec.runtime if spec else None,
+        "workers_up": sum(1 for w in workers if w.health in LIVE and w.health != "stopping"),
+        "workers_wanted": 0 if deleted or spec is None else spec.replicas,
+        "controller": "running" if running else "deleted" if deleted else
+        "disabled" if spec is not None and not spec.controller_enabled else "down",
+        "queue": {"queued": queue.queued, "running": queue.running,
+                  "succeeded": queue.succeeded, "failed": queue.failed,
+                  "cancelled": queue.cancelled},
+    }
+
+
 def pueue_group_sharers(pool: Pool) -> list[str]:
     """The other pools of this state directory, applied and not deleted, whose pueue
     group is this pool's on the same daemon (its ``--config``): two controllers would

@@ -259,3 +259,27 @@ def test_task_add_reads_the_prompt_from_stdin_as_bytes(host: Path, git_repo: Pat
     assert proc.returncode == 0, proc.stderr
     task = reconcile_json("task", "show", proc.stdout.decode().strip(), "-f", str(spec))
     assert task["prompt"] == "line one\r\nline two\r"
+
+
+def test_pools_lists_every_pool_of_the_state_directory(host: Path, git_repo: Path) -> None:
+    """Issue 12: `reconcile pools`, as `pm2 ls` or `kubectl get`, from the stores alone."""
+    empty = reconcile("pools")
+    assert empty.returncode == 0 and "no pools in" in empty.stdout
+    first = write_spec(host, name="alpha", replicas=1, runtime="process")
+    second = write_spec(host, name="beta", replicas=2, runtime="process",
+                        filename="beta.yaml")
+    apply(first)
+    apply(second)
+    add_task(first, "[seconds=30] long", title="t")
+    delete(second, "--force")
+    listed = {row["pool"]: row for row in reconcile_json("pools")}
+    assert set(listed) == {"alpha", "beta"}
+    alpha, beta = listed["alpha"], listed["beta"]
+    assert (alpha["workers_up"], alpha["workers_wanted"], alpha["generation"]) == (1, 1, 1)
+    assert alpha["spec_file"] == str(first) and alpha["runtime"] == "process"
+    assert alpha["queue"]["queued"] + alpha["queue"]["running"] == 1
+    assert alpha["controller"] == "disabled"  # write_spec turns the controller off
+    assert (beta["workers_up"], beta["workers_wanted"], beta["controller"]) == (0, 0, "deleted")
+    text = reconcile("pools", check=True).stdout.splitlines()
+    assert text[0].split()[:4] == ["POOL", "GENERATION", "WORKERS", "CONTROLLER"]
+    assert text[1].split()[:4] == ["alpha", "1", "1/1", "disabled"]

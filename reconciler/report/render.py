@@ -261,6 +261,27 @@ def render_history(history: list[AppliedSpec]) -> None:
         print(line)
 
 
+def render_pools(rows: list[dict[str, Any]], state_dir: object) -> None:
+    """``reconcile pools``: one line per pool of the state directory."""
+    if not rows:
+        say(f"no pools in {state_dir} (apply a spec: reconcile apply -f workers.yaml)")
+        return
+    table = []
+    for row in rows:
+        if "problem" in row:
+            table.append([cell_text(row["pool"]), "-", "-", "-", "-", "-",
+                          cell_text(row["problem"])])
+            continue
+        q = row["queue"]
+        table.append([cell_text(row["pool"]), str(row["generation"] or "-"),
+                      f"{row['workers_up']}/{row['workers_wanted']}", row["controller"],
+                      f"{q['queued']} queued, {q['running']} running, {q['failed']} failed",
+                      row["runtime"] or "-", cell_text(row["spec_file"] or "-")])
+    for line in columns(("pool", "generation", "workers", "controller", "queue", "runtime",
+                         "spec file"), table):
+        print(line)
+
+
 def short_commit(commit: str | None) -> str:
     """A commit shortened to 12 characters, keeping its ``+dirty`` mark (the spec file
     had changes not committed when it was applied)."""
