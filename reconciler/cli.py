@@ -358,7 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", required=True)
     p.add_argument("--spec-id", type=int, required=True)
     sub._choices_actions = [a for a in sub._choices_actions if a.dest != "worker"]
+    _state_dir_everywhere(parser)
     return parser
+
+
+def _state_dir_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--state-dir`` after the subcommand too (``reconcile status --state-dir D``), as
+    kubectl takes its global flags anywhere; given in neither place, the default."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for sub in action.choices.values():
+            if "--state-dir" not in sub._option_string_actions:
+                sub.add_argument("--state-dir", type=_state_dir, default=argparse.SUPPRESS,
+                                 help="state directory (also before the command)")
+            _state_dir_everywhere(sub)
 
 
 def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -283,3 +283,22 @@ def test_pools_lists_every_pool_of_the_state_directory(host: Path, git_repo: Pat
     text = reconcile("pools", check=True).stdout.splitlines()
     assert text[0].split()[:4] == ["POOL", "GENERATION", "WORKERS", "CONTROLLER"]
     assert text[1].split()[:4] == ["alpha", "1", "1/1", "disabled"]
+
+
+def test_state_dir_works_after_the_command_too(host: Path, git_repo: Path,
+                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Issue 12: global options after the subcommand, as kubectl users type them."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    spec = write_spec(host, name="far", replicas=0)
+    reconcile("apply", "-f", str(spec), "--state-dir", str(elsewhere), check=True)
+    reconcile("task", "add", "--title", "x", "--pool", "far", "--state-dir", str(elsewhere),
+              check=True)
+    listed = json.loads(reconcile("pools", "-o", "json", "--state-dir", str(elsewhere),
+                                  check=True).stdout)
+    assert [row["pool"] for row in listed] == ["far"] and listed[0]["queue"]["queued"] == 1
+    before = reconcile("--state-dir", str(elsewhere), "task", "list", "--pool", "far", "-o",
+                       "json", check=True).stdout
+    after = reconcile("task", "list", "--pool", "far", "-o", "json", "--state-dir",
+                      str(elsewhere), check=True).stdout
+    assert before == after and json.loads(after)[0]["title"] == "x"
+    assert reconcile("pools", "-o", "json", check=True).stdout.strip() == "[]"  # the default
