@@ -406,8 +406,11 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                        help="show the first N tasks (default: 50 as text, all with -o json)")
     group.add_argument("--all", action="store_true", help="show every task")
 
-    p = tsub.add_parser("show", help="one task with its attempts")
+    p = tsub.add_parser("show", help="one task: its prompt and every attempt, with why "
+                        "each ended")
     p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
+    p.add_argument("--full", action="store_true",
+                   help="the whole prompt (else its first 500 characters)")
     _pool_options(p)
 
     p = tsub.add_parser("retry", help="queue a failed or cancelled task again")

@@ -768,7 +768,7 @@ def task_show(args: argparse.Namespace) -> int:
         if args.output == "json":
             print_json(task_document(task, attempts))
         else:
-            _render().render_task(task, attempts)
+            _render().render_task(task, attempts, full=args.full)
         return 0
 
 

@@ -302,3 +302,31 @@ def test_state_dir_works_after_the_command_too(host: Path, git_repo: Path,
                       str(elsewhere), check=True).stdout
     assert before == after and json.loads(after)[0]["title"] == "x"
     assert reconcile("pools", "-o", "json", check=True).stdout.strip() == "[]"  # the default
+
+
+def test_task_show_gives_the_prompt_and_why_each_attempt_ended(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 12: the prompt (cut, --full for all), every attempt's reason (lost ones
+    included), and tries used apart from attempts run."""
+    from reconciler.model import RetryPolicy
+    from reconciler.report.render import PROMPT_SHOWN, render_task
+    from reconciler.store.sqlite import Store
+
+    with Store(tmp_path / "store.db") as store:
+        (task_id,) = store.add_tasks([("t", "first line\n" + "x" * 600, 0)])
+        store.claim_task("w-1", 30)
+        store.requeue_attempts_of("w-1", "worker w-1: pool deleted", consume=False,
+                                  policy=RetryPolicy(max_attempts=2))
+        claim = store.claim_task("w-2", 30)
+        assert claim is not None
+        store.finish_attempt(claim, "failed", exit_code=-9, error="killed by SIGKILL (exit "
+                             "137)", policy=RetryPolicy(max_attempts=1))
+        task, attempts = store.task(task_id), store.attempts(task_id)
+    render_task(task, attempts)
+    out = capsys.readouterr().out
+    assert "(priority 0, 1 try used, 2 attempt(s))" in out
+    assert "first line" in out and f"{600 + 11 - PROMPT_SHOWN} more characters" in out
+    assert "reason:   worker w-1: pool deleted" in out
+    assert "attempt 2 on w-2: failed (killed by SIGKILL (exit 137))" in out
+    render_task(task, attempts, full=True)
+    assert "more characters" not in capsys.readouterr().out

@@ -186,18 +186,33 @@ def render_tasks(tasks: list[TaskRow], commits: Mapping[str, int | None] | None 
         print(line)
 
 
-def render_task(task: TaskRow, attempts: list[AttemptRow]) -> None:
+PROMPT_SHOWN = 500  # characters of the prompt `task show` prints; --full: all of it
+
+
+def render_task(task: TaskRow, attempts: list[AttemptRow], *, full: bool = False) -> None:
     print(f"{paint(f'task {task.id}', 'bold')}: {cell_text(task.title)}")
-    say(f"  status:   {task.status}  (priority {task.priority}, {task.attempts} attempt(s))")
+    tries = f"{task.attempts} tr{'y' if task.attempts == 1 else 'ies'} used"
+    if len(attempts) != task.attempts:  # lost ones that were not the task's fault
+        tries += f", {len(attempts)} attempt(s)"
+    say(f"  status:   {task.status}  (priority {task.priority}, {tries})")
     say(f"  created:  {when(task.created_at)}")
     say(f"  branch:   {cell_text(task.branch or '-')}")
     if task.last_error:
-        say(f"  error:    {task.last_error}")
+        say(f"  error:    {cell_text(task.last_error)}")
+    prompt = task.prompt if full or len(task.prompt) <= PROMPT_SHOWN else \
+        task.prompt[:PROMPT_SHOWN]
+    say("  prompt:")
+    for line in prompt.splitlines() or [""]:
+        say("    " + cell_text(line))
+    if len(prompt) < len(task.prompt):
+        say(f"    ... ({len(task.prompt) - len(prompt)} more characters; --full shows all)")
     for a in attempts:
         took = age(a.ended_at - a.started_at) if a.ended_at else \
             f"for {age(time.time() - a.started_at)}"
         say(f"  attempt {a.number} on {a.worker_id}: {a.status}"
             f"{f' ({describe_exit(a.exit_code)})' if a.exit_code is not None else ''}, {took}")
+        if a.error and a.status != "succeeded":  # why it ended so: lost ones included
+            say(f"    reason:   {cell_text(a.error)}")
         say(f"    worktree: {cell_text(a.worktree or '-')}")
         say(f"    log:      {cell_text(a.log_path or '-')}")
         if a.phases:
