@@ -244,6 +244,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     if pool.spec is None:
         raise PoolError(f"pool {pool.name!r} was never applied",
                         hint="pass -f workers.yaml to apply it and keep it converged")
+    if not pool.spec.controller_enabled:  # it would only be told to stop at once
+        where = args.file or f"the applied spec of pool {pool.name}"
+        raise PoolError(f"controller.enabled is false in {where}: this pool changes only "
+                        "when you run apply", hint="set controller.enabled: true (and apply "
+                        "it), or run `reconcile apply` when you want the pool converged")
     log_to(sys.stderr, "{time} controller {level} {message}", level="INFO", replace=True)
     try:
         log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")

@@ -330,3 +330,17 @@ def test_task_show_gives_the_prompt_and_why_each_attempt_ended(
     assert "attempt 2 on w-2: failed (killed by SIGKILL (exit 137))" in out
     render_task(task, attempts, full=True)
     assert "more characters" not in capsys.readouterr().out
+
+
+def test_a_foreground_controller_of_a_pool_without_one_says_so(host: Path,
+                                                               git_repo: Path) -> None:
+    """Issue 12: with controller.enabled false it claimed it got SIGTERM or that the pool
+    was deleted; now one line with the fix, exit 1."""
+    spec = write_spec(host, replicas=0)  # controller: {enabled: false}
+    for args in (["-f", str(spec)], ["--pool", "testpool"]):
+        if args[0] == "--pool":
+            apply(spec)
+        refused = reconcile("controller", *args, timeout=30)
+        assert refused.returncode == 1
+        line = one_error_line(refused)
+        assert "controller.enabled is false" in line and "set controller.enabled: true" in line
