@@ -585,7 +585,8 @@ def _retire(spec: PoolSpec, observation: Observation, worker_id: str, why: str, 
     if alive:
         return DrainWorker(worker_id, why, instance, then="stop")
     if instance is not None:
-        return RemoveWorker(worker_id, f"{why}; clear its exited window "
+        remains = "exited window" if instance.runtime == "tmux" else "exited process"
+        return RemoveWorker(worker_id, f"{why}; clear its {remains} "
                             f"({instance.exit_description()})", instance, attempts)
     if row is not None:
         return RemoveWorker(worker_id, f"{why}; forget its stopped record", None, attempts)

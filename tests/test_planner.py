@@ -401,3 +401,13 @@ class TestNextWakeup:
         assert moment == NOW - 20 + spec.health.dead_after
         gone = replace(silent, health="dead")
         assert next_wakeup(spec, observation([], [gone]), Plan("p"), NOW) is None
+
+
+def test_process_runtime_words_never_speak_of_windows() -> None:
+    """Issue 12: a process-runtime worker has no tmux window to clear."""
+    spec = make_spec(1, runtime="process")
+    gone = RuntimeInstance("w-2", "process", pid=100, alive=False, exit_status=0)
+    result = plan(spec, observation([alive("w-1", "process"), gone],
+                                    [row("w-1", spec), row("w-2", spec)]), NOW)
+    (remove,) = [a for a in result.actions if isinstance(a, RemoveWorker)]
+    assert "window" not in remove.reason and "clear its exited process (exit 0)" in remove.reason
