@@ -197,6 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p, output=False)
     p.add_argument("--interval", default="1s", metavar="DURATION",
                    help="how often it refreshes (default 1s)")
+    p = sub.add_parser("logs", help="a task's log, a worker's or the controller's",
+                       description="Print the log of a task (its latest attempt, or "
+                       "--attempt N), of a worker (w-N) or of the controller; -f follows it, "
+                       "and for a task ends when its attempt ends.")
+    p.add_argument("target", metavar="TASK|w-N|controller",
+                   help="a task id, a worker id, or controller")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="print what is added until the attempt ends (Ctrl-C for a worker)")
+    p.add_argument("--tail", type=_positive_int, metavar="N", help="only the last N lines")
+    p.add_argument("--attempt", type=_positive_int, metavar="N",
+                   help="a task's attempt N (default: its latest)")
+    p.add_argument("--pool", metavar="NAME", help="a pool by name")
+    p.add_argument("--spec", dest="file", metavar="WORKERS_YAML",
+                   help="the pool spec file (-f here means --follow)")
+
     p = sub.add_parser("pools", help="every pool in the state directory, one line each",
                        description="Every pool of the state directory: its spec file, "
                        "generation, workers up of wanted, controller and queue, read from "

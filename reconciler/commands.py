@@ -81,7 +81,7 @@ def dispatch(args: argparse.Namespace) -> int:
         "restart": cmd_restart, "scale": cmd_scale, "backup": cmd_backup,
         "prune": cmd_prune, "resume": cmd_resume, "report": cmd_report,
         "dashboard": cmd_dashboard, "export": cmd_export, "metrics": cmd_metrics,
-        "pools": cmd_pools,
+        "pools": cmd_pools, "logs": cmd_logs,
     }
     return handlers[args.command](args)
 
@@ -337,6 +337,16 @@ def _open_store(args: argparse.Namespace, create: bool = False,
                         hint="apply its spec first: reconcile apply -f workers.yaml")
     with Store(pool.paths.store, readonly=not (create or write)) as store:
         yield pool, store
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A task's, a worker's or the controller's log; ``-f`` follows it."""
+    from reconciler.logview import log_target, show_log
+
+    with _open_store(args) as (pool, store):
+        path, still_written = log_target(pool.paths, store, args.target, args.attempt)
+        show_log(path, tail=args.tail, follow=args.follow, still_written=still_written)
+    return 0
 
 
 def cmd_pools(args: argparse.Namespace) -> int:

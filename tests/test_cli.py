@@ -344,3 +344,25 @@ def test_a_foreground_controller_of_a_pool_without_one_says_so(host: Path,
         assert refused.returncode == 1
         line = one_error_line(refused)
         assert "controller.enabled is false" in line and "set controller.enabled: true" in line
+
+
+def test_logs_of_a_task_follow_until_it_ends_and_of_a_worker(host: Path,
+                                                             git_repo: Path) -> None:
+    """Issue 12: `reconcile logs TASK -f` ends when the attempt does; `logs w-N`."""
+    spec = write_spec(host, replicas=1, runtime="process")
+    apply(spec)
+    task = add_task(spec, "[seconds=2] slowly", title="followed")
+    followed = reconcile("logs", task, "-f", "--pool", "testpool", timeout=60)
+    assert followed.returncode == 0, followed.stderr
+    assert "slowly" in followed.stdout or "followed" in followed.stdout
+    assert reconcile_json("task", "show", task, "-f", str(spec))["status"] == "succeeded"
+    last = reconcile("logs", task, "--tail", "1", "--spec", str(spec), check=True).stdout
+    assert last.count("\n") == 1 and last == followed.stdout.splitlines(keepends=True)[-1]
+    worker = reconcile("logs", "w-1", "--pool", "testpool", check=True).stdout
+    assert "w-1 started" in worker
+    for target, words in (("999", "no task with id 999"), ("w-9", "no worker w-9"),
+                          ("frob", "neither a task id")):
+        refused = reconcile("logs", target, "--pool", "testpool")
+        assert refused.returncode == 1 and words in one_error_line(refused)
+    assert "has no log: it has not had attempt 5 yet" in one_error_line(
+        reconcile("logs", task, "--attempt", "5", "--pool", "testpool"))
