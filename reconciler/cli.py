@@ -420,6 +420,8 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
     group.add_argument("--limit", type=_positive_int, metavar="N",
                        help="show the first N tasks (default: 50 as text, all with -o json)")
     group.add_argument("--all", action="store_true", help="show every task")
+    p.add_argument("--since", metavar="DURATION",
+                   help="only tasks that changed in the last DURATION (e.g. 2h)")
 
     p = tsub.add_parser("show", help="one task: its prompt and every attempt, with why "
                         "each ended")
@@ -428,12 +430,22 @@ def _task_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="the whole prompt (else its first 500 characters)")
     _pool_options(p)
 
-    p = tsub.add_parser("retry", help="queue a failed or cancelled task again")
-    p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
+    p = tsub.add_parser("retry", help="queue failed or cancelled tasks again",
+                        description="Queue tasks again with a fresh attempt budget: the ids "
+                        "given, or with --failed every failed task (asked to confirm unless "
+                        "--yes). Prints what each became.")
+    p.add_argument("task_ids", type=_task_id, nargs="*", metavar="ID", help="the tasks' ids")
+    p.add_argument("--failed", action="store_true", help="every failed task")
+    p.add_argument("--yes", action="store_true", help="do not ask to confirm --failed")
     _pool_options(p)
 
-    p = tsub.add_parser("cancel", help="cancel a queued task, or stop a running one")
-    p.add_argument("task_id", type=_task_id, metavar="ID", help="the task's id")
+    p = tsub.add_parser("cancel", help="cancel queued tasks, or stop running ones",
+                        description="Cancel the tasks given (a running one is stopped by its "
+                        "worker within a heartbeat), or with --queued every queued task "
+                        "(asked to confirm unless --yes). Prints what each became.")
+    p.add_argument("task_ids", type=_task_id, nargs="*", metavar="ID", help="the tasks' ids")
+    p.add_argument("--queued", action="store_true", help="every queued task")
+    p.add_argument("--yes", action="store_true", help="do not ask to confirm --queued")
     _pool_options(p)
 
     p = tsub.add_parser("wait", help="show progress until tasks finish")

@@ -736,16 +736,18 @@ def task_list(args: argparse.Namespace) -> int:
     """One page (``TASK_PAGE`` tasks, or ``--limit``) as a table; ``-o json`` streams every
     task (or ``--limit``) straight from the store's cursor: with 100,000 tasks neither
     reads more than it shows, nor holds them all in memory (issue 9)."""
+    since = time.time() - _duration_arg(args.since, "--since") if args.since else None
     with _open_store(args) as (pool, store):
         if args.output == "json":
             print_json_array(_task_documents(pool, store.iter_tasks(
-                args.status, limit=None if args.all else args.limit)))
+                args.status, limit=None if args.all else args.limit, since=since)))
             return 0
-        page = store.tasks(args.status, limit=None if args.all else args.limit or TASK_PAGE)
+        page = store.tasks(args.status, limit=None if args.all else args.limit or TASK_PAGE,
+                           since=since)
         counts = store.queue_counts()
     _render().render_tasks(page, _commit_counts(pool, page))
     total = getattr(counts, args.status) if args.status else counts.total
-    if total > len(page):
+    if since is None and total > len(page):
         _print(f"showing the first {len(page)} of {total} tasks; "
                       "--limit N shows more, --all shows every one")
     return 0
@@ -788,26 +790,74 @@ def task_show(args: argparse.Namespace) -> int:
 
 
 def task_retry(args: argparse.Namespace) -> int:
-    with _open_store(args, write=True) as (pool, store):
-        store.retry_task(args.task_id)
-        wake_claimers(pool)
-        if args.output == "json":
-            print_json({"id": args.task_id, "status": "queued"})
-        else:
-            print(f"task {args.task_id}: queued again")
-        return 0
+    def retry(store: Store, task_id: int) -> tuple[str, str]:
+        store.retry_task(task_id)
+        return "queued", "queued again"
+
+    return _bulk(args, args.failed, "failed", "--failed", "queue again", retry, wake=True)
 
 
 def task_cancel(args: argparse.Namespace) -> int:
-    with _open_store(args, write=True) as (_, store):
-        status = store.cancel_task(args.task_id)
-        message = ("cancelled" if status == "cancelled"
-                   else "cancel requested: its worker stops it within a heartbeat")
-        if args.output == "json":
-            print_json({"id": args.task_id, "status": status})
-        else:
-            print(f"task {args.task_id}: {message}")
-        return 0
+    def cancel(store: Store, task_id: int) -> tuple[str, str]:
+        status = store.cancel_task(task_id)
+        return status, ("cancelled" if status == "cancelled"
+                        else "cancel requested: its worker stops it within a heartbeat")
+
+    return _bulk(args, args.queued, "queued", "--queued", "cancel", cancel, wake=False)
+
+
+def _bulk(args: argparse.Namespace, selected: bool, status: str, option: str, verb: str,
+          change: Callable[[Store, int], tuple[str, str]], *, wake: bool) -> int:
+    """``task retry``/``task cancel`` of the ids given, or of every task of ``status``
+    (``option``, confirmed unless ``--yes``): each changed on its own, each line saying
+    what it became; exit 1 if any could not be changed."""
+    if bool(args.task_ids) == selected:
+        raise TaskError(f"give task ids or {option}, not both" if selected
+                        else f"give the ids of the tasks to {verb}, or {option}")
+    with _open_store(args, write=True) as (pool, store):
+        if len(args.task_ids) == 1:  # one task: its error is the command's, one line
+            (task_id,) = args.task_ids
+            new_status, words = change(store, task_id)
+            if wake:
+                wake_claimers(pool)
+            if args.output == "json":
+                print_json({"id": task_id, "status": new_status})
+            else:
+                print(f"task {task_id}: {words}")
+            return 0
+        ids = list(args.task_ids) or [t.id for t in store.iter_tasks(status)]
+        if selected and ids and not args.yes:
+            _confirm(f"{verb} {len(ids)} {status} task(s) of pool {pool.name}?", option)
+        results = []
+        for task_id in ids:
+            try:
+                new_status, words = change(store, task_id)
+            except TaskError as exc:
+                results.append({"id": task_id, "changed": False, "error": exc.one_line()})
+                continue
+            results.append({"id": task_id, "changed": True, "status": new_status,
+                            "message": words})
+        if wake and any(r["changed"] for r in results):
+            wake_claimers(pool)
+    if args.output == "json":
+        print_json(results)
+    else:
+        for r in results:
+            said = r["message"] if r["changed"] else f"not changed: {r['error']}"
+            print(f"task {r['id']}: {said}")
+        if not results:
+            print(f"no {status} tasks")
+    return 0 if all(r["changed"] for r in results) else 1
+
+
+def _confirm(question: str, option: str) -> None:
+    """Ask on the terminal; without one, refuse: a script says --yes."""
+    if not sys.stdin.isatty():
+        raise TaskError(f"{option} changes many tasks and stdin is not a terminal to confirm "
+                        "on", hint="add --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise TaskError("nothing changed: not confirmed")
 
 
 def task_wait(args: argparse.Namespace) -> int:

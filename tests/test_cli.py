@@ -366,3 +366,51 @@ def test_logs_of_a_task_follow_until_it_ends_and_of_a_worker(host: Path,
         assert refused.returncode == 1 and words in one_error_line(refused)
     assert "has no log: it has not had attempt 5 yet" in one_error_line(
         reconcile("logs", task, "--attempt", "5", "--pool", "testpool"))
+
+
+def test_bulk_retry_and_cancel_say_what_each_task_became(host: Path) -> None:
+    """Issue 12: `task retry 1 2 3`, `task retry --failed`, `task cancel --queued` (which
+    asks to confirm unless --yes: without a terminal, it refuses)."""
+    spec = write_spec(host)
+    ids = [add_task(spec, title=f"t{n}") for n in range(4)]
+    refused = reconcile("task", "cancel", "--queued", "-f", str(spec))
+    assert refused.returncode == 1 and "add --yes" in one_error_line(refused)
+    assert [t["status"] for t in tasks(spec)] == ["queued"] * 4  # nothing changed
+    cancelled = reconcile_json("task", "cancel", "--queued", "--yes", "-f", str(spec))
+    assert [(r["id"], r["status"]) for r in cancelled] == [(int(i), "cancelled") for i in ids]
+    mixed = reconcile("task", "retry", ids[0], ids[1], "999", "-f", str(spec))
+    assert mixed.returncode == 1
+    assert mixed.stdout.splitlines() == [f"task {ids[0]}: queued again",
+                                         f"task {ids[1]}: queued again",
+                                         "task 999: not changed: no task with id 999 (see "
+                                         "`reconcile task list`)"]
+    both = reconcile("task", "retry", ids[2], "--failed", "-f", str(spec))
+    assert "give task ids or --failed, not both" in one_error_line(both)
+    none = reconcile("task", "retry", "-f", str(spec))
+    assert "give the ids of the tasks to queue again, or --failed" in one_error_line(none)
+    assert reconcile("task", "retry", "--failed", "--yes", "-f", str(spec),
+                     check=True).stdout == "no failed tasks\n"
+
+
+def test_task_list_since_shows_only_tasks_that_changed_lately(host: Path) -> None:
+    """Issue 12: `task list --status failed --limit 50 --since 2h`."""
+    import time as clock
+
+    from reconciler.store.sqlite import Store
+    from tests.e2e import pool_dir
+
+    spec = write_spec(host)
+    old, new = add_task(spec, title="old"), add_task(spec, title="new")
+    with Store(pool_dir(host) / "store.db") as store:  # the old one changed 3 hours ago
+        store._db.execute("UPDATE tasks SET updated_at = ? WHERE id = ?",
+                          (clock.time() - 3 * 3600, int(old)))
+        store._db.commit()
+    recent = reconcile_json("task", "list", "--since", "2h", "-f", str(spec))
+    assert [t["id"] for t in recent] == [int(new)]
+    assert [t["id"] for t in reconcile_json("task", "list", "--status", "queued", "--since",
+                                            "4h", "--limit", "50", "-f", str(spec))] == \
+        [int(old), int(new)]
+    text = reconcile("task", "list", "--since", "2h", "-f", str(spec), check=True).stdout
+    assert "new" in text and " old " not in text
+    assert "--since" in one_error_line(reconcile("task", "list", "--since", "soon", "-f",
+                                                 str(spec)))

@@ -198,11 +198,13 @@ class StorePort(Protocol):
     def task(self, task_id: int) -> TaskRow:
         """One task; ``TaskError`` when there is no such task."""
 
-    def tasks(self, status: str | None = None, *, limit: int | None = None) -> list[TaskRow]:
-        """Every task (of ``status`` only, if given), by id; the first ``limit`` if given."""
+    def tasks(self, status: str | None = None, *, limit: int | None = None,
+              since: float | None = None) -> list[TaskRow]:
+        """Every task (of ``status`` only, if given; changed since ``since``, if given), by
+        id; the first ``limit`` if given."""
 
-    def iter_tasks(self, status: str | None = None, *,
-                   limit: int | None = None) -> Iterator[TaskRow]:
+    def iter_tasks(self, status: str | None = None, *, limit: int | None = None,
+                   since: float | None = None) -> Iterator[TaskRow]:
         """What ``tasks`` returns, streamed: memory does not grow with the task count."""
 
     def open_task_ids(self) -> list[int]:

@@ -115,10 +115,17 @@ def _claiming_paused(db: sqlite3.Connection, now: float) -> bool:
     return paused is not None and float(paused["value"]) > now
 
 
-def _tasks_query(status: str | None, limit: int | None) -> tuple[str, tuple[object, ...]]:
+def _tasks_query(status: str | None, limit: int | None,
+                 since: float | None = None) -> tuple[str, tuple[object, ...]]:
     """``TASKS_SQL`` or ``TASKS_OF_STATUS_SQL`` (each walks an index in id order and stops
-    at the limit; -1 is none) with its parameters."""
+    at the limit; -1 is none) with its parameters; ``since``: only tasks that changed
+    from then on (``task list --since``: the walk skips the others)."""
     limit = -1 if limit is None else limit
+    if since is not None:
+        sql = TASKS_OF_STATUS_SQL if status else TASKS_SQL
+        sql = sql.replace(" ORDER BY", (" AND" if status else " WHERE") +
+                          " updated_at >= ? ORDER BY")
+        return sql, ((status, since, limit) if status else (since, limit))
     return (TASKS_OF_STATUS_SQL, (status, limit)) if status else (TASKS_SQL, (limit,))
 
 
@@ -155,16 +162,18 @@ class TaskQueue(Database):
             raise TaskError(f"no task with id {task_id}", hint="see `reconcile task list`")
         return _task(rows[0])
 
-    def tasks(self, status: str | None = None, *, limit: int | None = None) -> list[TaskRow]:
-        """Tasks (of ``status`` only, if given) by id, the first ``limit`` if given."""
-        return [_task(r) for r in self._query(*_tasks_query(status, limit))]
+    def tasks(self, status: str | None = None, *, limit: int | None = None,
+              since: float | None = None) -> list[TaskRow]:
+        """Tasks (of ``status`` only, if given; changed since ``since``, if given) by id,
+        the first ``limit`` if given."""
+        return [_task(r) for r in self._query(*_tasks_query(status, limit, since))]
 
     def iter_tasks(self, status: str | None = None, *,
-                   limit: int | None = None) -> Iterator[TaskRow]:
+                   limit: int | None = None, since: float | None = None) -> Iterator[TaskRow]:
         """``tasks`` streamed from the cursor, ``STREAM_CHUNK`` rows at a time: memory stays
         flat however many tasks there are (``task list -o json`` of 100,000)."""
         try:
-            cursor = self._db.execute(*_tasks_query(status, limit))
+            cursor = self._db.execute(*_tasks_query(status, limit, since))
             while rows := cursor.fetchmany(STREAM_CHUNK):
                 yield from map(_task, rows)
         except sqlite3.Error as exc:
