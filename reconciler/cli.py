@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p, output=False)
     p.add_argument("--interval", default="1s", metavar="DURATION",
                    help="how often it refreshes (default 1s)")
+
     p = sub.add_parser("logs", help="a task's log, a worker's or the controller's",
                        description="Print the log of a task (its latest attempt, or "
                        "--attempt N), of a worker (w-N) or of the controller; -f follows it, "
