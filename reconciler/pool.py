@@ -125,6 +125,8 @@ def status_of(pool: Pool, store: StorePort | None,
         spend_today=store.spend_since(day_start(now)),
         endpoint=store.meta_value(ENDPOINT_KEY) or None,
         endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
+    deleted = store.meta_value(DELETED_KEY)
+    document["deleted_at"] = float(deleted) if deleted else None
     sharers = pueue_group_sharers(pool)
     if sharers and pool.spec is not None and pool.spec.pueue is not None:
         document["problems"].append(

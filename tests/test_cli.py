@@ -414,3 +414,18 @@ def test_task_list_since_shows_only_tasks_that_changed_lately(host: Path) -> Non
     assert "new" in text and " old " not in text
     assert "--since" in one_error_line(reconcile("task", "list", "--since", "soon", "-f",
                                                  str(spec)))
+
+
+def test_status_of_a_deleted_pool_says_so(host: Path, git_repo: Path) -> None:
+    """Issue 12 walk: after `delete`, status said "controller: down", as if broken."""
+    spec = write_spec(host, replicas=1, runtime="process", extra={"controller": {"enabled": True}})
+    apply(spec)
+    delete(spec)
+    shown = reconcile("status", "-f", str(spec))
+    assert shown.returncode == 0, shown.stdout
+    assert "controller: stopped (the pool was deleted)" in shown.stdout
+    assert "deleted at " in shown.stdout and "`reconcile apply` brings it back" in shown.stdout
+    assert status(spec)["deleted_at"] is not None
+    apply(spec)
+    assert status(spec)["deleted_at"] is None
+    delete(spec)

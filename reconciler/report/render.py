@@ -96,7 +96,8 @@ def render_status(document: dict[str, Any]) -> None:
     if controller["enabled"] is not None:
         busy = controller.get("busy")
         state = "running" if controller["running"] else (
-            paint("down", "red") if controller["enabled"]
+            "stopped (the pool was deleted)" if document.get("deleted_at")
+            else paint("down", "red") if controller["enabled"]
             else "disabled (pool changes on apply)")
         if busy:
             state += f", busy for {format_duration(time.time() - busy['since'])}: " \
@@ -109,6 +110,9 @@ def render_status(document: dict[str, Any]) -> None:
     if document.get("deleting"):
         print(f"{paint('delete ' + document['deleting']['state'], 'yellow')} (since "
               f"{when(document['deleting']['since'])})")
+    elif document.get("deleted_at"):
+        print(f"{paint('deleted', 'yellow')} at {when(document['deleted_at'])}: its queue, "
+              "logs and history are kept; `reconcile apply` brings it back")
     say(queue_line(QueueCounts(**document["queue"])))
     left = document.get("uncommitted_work") or {}
     if left.get("committed") or left.get("kept"):
