@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", default="60s", help="limit for --wait (default 60s)")
     p.add_argument("--lock-timeout", default="10s",
                    help="how long to wait for another apply to finish (default 10s)")
+    p.add_argument("--force", action="store_true",
+                   help="apply even if the agent, a setup step or a hook cannot be found "
+                   "on this host")
 
     p = sub.add_parser("delete", help="stop the pool's workers; keep queue and history",
                        description="Stop every worker after its current task (or at once "

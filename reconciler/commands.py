@@ -163,7 +163,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
             _render().render_plan(plan, title=f"Applying to pool {pool.name}:")
 
     say = _progress_line if text else (lambda _line: None)
-    result = operations.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say)
+    result = operations.apply(pool, lock_timeout=lock_timeout, on_plan=show_plan, progress=say,
+                              force=args.force)
     checked.save()  # applied: the file's next load skips its checks
     waited = None
     if args.wait:

@@ -166,10 +166,11 @@ class ApplyResult:
 
 
 def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None] = lambda _p: None,
-          lock_timeout: float = LOCK_TIMEOUT) -> ApplyResult:
-    """Record ``pool.spec`` as the newest generation and run one pass toward it."""
+          lock_timeout: float = LOCK_TIMEOUT, force: bool = False) -> ApplyResult:
+    """Record ``pool.spec`` as the newest generation and run one pass toward it
+    (``force``: even if its programs cannot be found on this host)."""
     spec = _spec_of(pool)
-    preflight(spec)
+    preflight(spec, programs=not force)
     check_pueue_group(pool)
     pool.paths.create()
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout), \

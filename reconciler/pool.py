@@ -136,10 +136,13 @@ def status_of(pool: Pool, store: StorePort | None,
     return observation, document
 
 
-def preflight(spec: PoolSpec) -> None:
+def preflight(spec: PoolSpec, *, programs: bool = True) -> None:
     """Read-only checks that the spec can run on this host: repo, baseRef, tmux or
-    pueue, the metrics token."""
+    pueue, the metrics token, and (``programs``) that the agent, setup steps and hooks
+    can be found."""
     check_repo(spec.repo, spec.base_ref)
+    if programs:
+        check_programs(spec)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
                                   hint="install tmux, or set `runtime: process`")
@@ -219,6 +222,32 @@ def check_pueue_group(pool: Pool) -> None:
         raise PoolError(f"pueue group {pool.spec.pueue.group} is already the pool of "
                         f"{', '.join(sharers)} on the same pueue daemon",
                         hint="give each pool its own pueue.group (or delete the other pool)")
+
+
+def check_programs(spec: PoolSpec) -> None:
+    """The first word of ``worker.command``, of each ``worktrees.setup`` step and of each
+    hook must be a program the workers can start: a bare name found on the PATH they
+    get, or an absolute path to an executable file.  A relative path (run inside the
+    task's worktree) and a word with a placeholder are left to run time."""
+    search = dict(spec.worker.env).get("PATH", os.environ.get("PATH", ""))
+    steps = [("worker.command", spec.worker.command)]
+    steps += [(f"worktrees.setup[{i}]", argv) for i, argv in enumerate(spec.worktrees.setup)]
+    steps += [(f"hooks.onSuccess[{i}]", argv) for i, argv in enumerate(spec.hooks.on_success)]
+    steps += [(f"hooks.onFailure[{i}]", argv) for i, argv in enumerate(spec.hooks.on_failure)]
+    for where, argv in steps:
+        program = argv[0] if argv else ""
+        if not program or "{" in program or ("/" in program and not program.startswith("/")):
+            continue
+        if "/" in program:
+            if not (Path(program).is_file() and os.access(program, os.X_OK)):
+                raise ReconcilerError(
+                    f"{where}: {program} is not an executable file",
+                    hint="fix the path, or chmod +x it (apply --force skips this check)")
+        elif shutil.which(program, path=search) is None:
+            raise ReconcilerError(
+                f"{where}: program {program!r} is not found on PATH ({search})",
+                hint="install it, give its full path, or set PATH in worker.env "
+                     "(apply --force skips this check)")
 
 
 def read_token(path: Path) -> str:

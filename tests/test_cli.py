@@ -429,3 +429,23 @@ def test_status_of_a_deleted_pool_says_so(host: Path, git_repo: Path) -> None:
     apply(spec)
     assert status(spec)["deleted_at"] is None
     delete(spec)
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"worker": {"command": ["no-such-agent-xyz", "{task.prompt}"]}},
+     "worker.command: program 'no-such-agent-xyz' is not found on PATH ("),
+    ({"worktrees": {"setup": [["npm-not-here-xyz", "ci"]]}},
+     "worktrees.setup[0]: program 'npm-not-here-xyz' is not found on PATH"),
+    ({"worker": {"command": ["/nonexistent/agent"]}},
+     "worker.command: /nonexistent/agent is not an executable file"),
+])
+def test_diff_and_apply_catch_a_program_that_is_not_there(host: Path, git_repo: Path,
+                                                          extra: dict[str, object],
+                                                          words: str) -> None:
+    """Issue 12 preflight: caught at diff time, not after every task failed; apply
+    refuses unless --force."""
+    spec = write_spec(host, replicas=0, extra=extra)
+    for command in (["diff"], ["apply"]):
+        refused = reconcile(*command, "-f", str(spec))
+        assert refused.returncode == 1 and words in one_error_line(refused)
+    assert reconcile("apply", "-f", str(spec), "--force").returncode == 0
