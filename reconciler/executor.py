@@ -349,24 +349,19 @@ class Executor:
 
     def _start(self, worker_id: str, *, restarted: bool, counted: bool, reason: str,
                reset_budget: str | None, now: float) -> None:
-        if self.spec.runtime == "pueue":  # a slot of pueue's group: a record, no process
-            self.store.register_worker(
-                worker_id, runtime="pueue", pid=None, pid_create_time=None,
-                spec_id=self.generation, template_hash=self.spec.template_hash(),
-                template_digests=self.spec.template_digests(), restarted=restarted,
-                counted=counted, reason=reason, reset_budget=reset_budget is not None,
-                budget_reason=reset_budget, now=now)
-            self.store.set_worker_state(worker_id, "idle")
-            return
-        runtime = self.ports.runtimes[self.spec.runtime]
+        runtime = self.spec.runtime
         self.store.register_worker(
-            worker_id, runtime=runtime.name, pid=None, pid_create_time=None,
+            worker_id, runtime=runtime, pid=None, pid_create_time=None,
             spec_id=self.generation, template_hash=self.spec.template_hash(),
             template_digests=self.spec.template_digests(), restarted=restarted,
-            tmux_socket=self.spec.tmux_socket if runtime.name == "tmux" else None,
+            tmux_socket=self.spec.tmux_socket if runtime == "tmux" else None,
             counted=counted, reason=reason, reset_budget=reset_budget is not None,
             budget_reason=reset_budget, now=now)
-        started = runtime.start(worker_id, worker_argv(self.paths, worker_id, self.generation))
+        if runtime == "pueue":  # a slot of pueue's group: a record, no process of its own
+            self.store.set_worker_state(worker_id, "idle")
+            return
+        started = self.ports.runtimes[runtime].start(
+            worker_id, worker_argv(self.paths, worker_id, self.generation))
         self.store.set_worker_process(worker_id, started.pid, started.create_time)
 
     def _end(self, worker_id: str, instance: RuntimeInstance | None,
@@ -400,9 +395,10 @@ SETTLE_SECONDS = 0.3  # the one wait of a pass for the processes it signalled
 
 def note_pueue_up(store: StorePort, now: float) -> None:
     """Record that the pueue daemon answers: ``pueue.up`` if it had been down."""
-    if store.meta_value(PUEUE_DOWN_KEY):
+    down_since = store.meta_value(PUEUE_DOWN_KEY)
+    if down_since:
         store.add_event("pueue.up", "the pueue daemon answers again", now=now)
-    if store.meta_value(PUEUE_DOWN_KEY) != "":
+    if down_since != "":
         store.set_meta_value(PUEUE_DOWN_KEY, "")
 
 

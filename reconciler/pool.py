@@ -127,11 +127,9 @@ def status_of(pool: Pool, store: StorePort | None,
         endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
     deleted = store.meta_value(DELETED_KEY)
     document["deleted_at"] = float(deleted) if deleted else None
-    sharers = pueue_group_sharers(pool)
-    if sharers and pool.spec is not None and pool.spec.pueue is not None:
-        document["problems"].append(
-            f"pueue group {pool.spec.pueue.group} is also the pool of {', '.join(sharers)} "
-            "on the same pueue daemon: give each pool its own pueue.group")
+    shared = pueue_group_shared(pool)
+    if shared:
+        document["problems"].append(f"{shared}: give each pool its own pueue.group")
         document["ok"] = False
     return observation, document
 
@@ -215,13 +213,21 @@ def pueue_group_sharers(pool: Pool) -> list[str]:
     return sharers
 
 
+def pueue_group_shared(pool: Pool) -> str | None:
+    """``pueue group G is already the pool of P on the same pueue daemon``, when it is."""
+    sharers = pueue_group_sharers(pool)
+    if not sharers or pool.spec is None or pool.spec.pueue is None:
+        return None
+    return (f"pueue group {pool.spec.pueue.group} is already the pool of "
+            f"{', '.join(sharers)} on the same pueue daemon")
+
+
 def check_pueue_group(pool: Pool) -> None:
     """Refuse a pueue group another pool of this state directory already has."""
-    sharers = pueue_group_sharers(pool)
-    if sharers and pool.spec is not None and pool.spec.pueue is not None:
-        raise PoolError(f"pueue group {pool.spec.pueue.group} is already the pool of "
-                        f"{', '.join(sharers)} on the same pueue daemon",
-                        hint="give each pool its own pueue.group (or delete the other pool)")
+    shared = pueue_group_shared(pool)
+    if shared:
+        raise PoolError(shared, hint="give each pool its own pueue.group (or delete the "
+                        "other pool)")
 
 
 def check_programs(spec: PoolSpec) -> None:

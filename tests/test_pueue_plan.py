@@ -39,7 +39,10 @@ from tests.test_planner import NOW
 GROUP = "agents"
 
 
-def pueue_spec(replicas: int = 2, supervise: str = "ours", tasks: str = "") -> PoolSpec:
+def pueue_spec(replicas: int = 2, supervise: str = "ours", tasks: str = "",
+               pueue: str | None = None) -> PoolSpec:
+    """``pueue``: the spec's pueue section as written (default: group agents)."""
+    section = pueue or f"{{group: {GROUP}, supervise: {supervise}}}"
     text = f"""
 apiVersion: reconciler/v1
 kind: WorkerPool
@@ -48,7 +51,7 @@ spec:
   replicas: {replicas}
   repo: /srv/repo
   runtime: pueue
-  pueue: {{group: {GROUP}, supervise: {supervise}}}
+  pueue: {section}
   worker: {{command: [agent, "{{task.prompt}}"], stopGrace: 5s}}
   tasks: {{timeout: 60s, maxAttempts: 3, retryBackoff: 10s{tasks}}}
 """
@@ -466,17 +469,7 @@ def test_pueue_delete_while_the_daemon_is_down_starts_it_first() -> None:
 
 
 def test_pueue_config_path_may_start_with_a_tilde() -> None:
-    spec = parse_spec("""
-apiVersion: reconciler/v1
-kind: WorkerPool
-metadata: {name: p}
-spec:
-  replicas: 1
-  repo: /srv/repo
-  runtime: pueue
-  pueue: {config: ~/.config/pueue/pueue.yml}
-  worker: {command: [agent]}
-""", label="t.yaml", base_dir=Path("/srv"))
+    spec = pueue_spec(pueue="{config: ~/.config/pueue/pueue.yml}")
     assert spec.pueue is not None and spec.pueue.group == "p"  # the pool's name
     assert spec.pueue.config == Path.home() / ".config/pueue/pueue.yml"
 

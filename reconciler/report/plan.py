@@ -90,14 +90,19 @@ def _requeues(attempts: tuple[AttemptRef, ...]) -> str:
     return f"{words} once its {live} process{'es' * (live != 1)} {verb_} ({how})"
 
 
+def lead(action: Action) -> str:
+    """How a plan line starts: its symbol and verb (``~ restart``); a pueue group's line
+    names no verb (``~ pueue group agents: parallel 4 -> 8``)."""
+    if isinstance(_outcome(action), SetPueueGroup):
+        return symbol(action)
+    return f"{symbol(action)} {verb(action)}"
+
+
 def describe(action: Action) -> str:
     """One line: ``~ restart w-2: process gone (exit 1) (counted) [in 0.8s (restart backoff)]``."""
     what = "worktree " if isinstance(_outcome(action), CleanWorktree) else ""
     more = detail(action)
-    if isinstance(_outcome(action), SetPueueGroup):  # ~ pueue group agents: parallel 4 -> 8
-        return f"{symbol(action)} {target(action)}: {_outcome(action).reason}" \
-               + (f" {more}" if more else "")
-    return f"{symbol(action)} {verb(action)} {what}{target(action)}: {_outcome(action).reason}" \
+    return f"{lead(action)} {what}{target(action)}: {_outcome(action).reason}" \
            + (f" {more}" if more else "")
 
 

@@ -48,7 +48,7 @@ def age(seconds: float | None) -> str:
 
 def render_plan(plan: Plan, *, title: str) -> None:
     from reconciler.actions import verb  # the actions' 15 classes: only plans need them
-    from reconciler.report.plan import describe, symbol
+    from reconciler.report.plan import describe, lead
 
     if plan.steps:
         say("Health transitions this pass records:")
@@ -63,11 +63,8 @@ def render_plan(plan: Plan, *, title: str) -> None:
         line = cell_text(change.describe())
         print(f"  {paint(line[0], _STYLE.get('restart', 'yellow'))}{line[1:]}")
     for action in plan.actions:
-        text = describe(action)
-        head = f"{symbol(action)} {verb(action)}"
-        if not text.startswith(head + " "):  # a pueue group's line names no verb
-            head = symbol(action)
-        line = cell_text(text.removeprefix(head))
+        head = lead(action)
+        line = cell_text(describe(action).removeprefix(head))
         print(f"  {paint(head, _STYLE.get(verb(action), 'red'))}{line}")
     say()
     say(plan.summary(), "bold")
