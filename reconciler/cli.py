@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait for another apply to finish (default 10s)")
     p.add_argument("--force", action="store_true",
                    help="apply even if the agent, a setup step or a hook cannot be found "
-                   "on this host")
+                   "on this host, worktrees.dir is inside the repository unignored, or "
+                   "tmux.socket is a server reconciler did not start")
 
     p = sub.add_parser("delete", help="stop the pool's workers; keep queue and history",
                        description="Stop every worker after its current task (or at once "

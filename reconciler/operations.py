@@ -128,7 +128,7 @@ def latest_generation(store: StorePort) -> tuple[int, PoolSpec] | None:
 def diff(pool: Pool) -> Plan:
     """The plan ``apply`` would execute now; changes nothing on the host."""
     spec = _spec_of(pool)
-    preflight(spec)  # what apply would refuse, diff refuses too
+    preflight(spec, pool.paths)  # what apply would refuse, diff refuses too
     check_pueue_group(pool)
     observation = observe_pool(pool)
     generation: int = 0
@@ -170,7 +170,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
     """Record ``pool.spec`` as the newest generation and run one pass toward it
     (``force``: even if its programs cannot be found on this host)."""
     spec = _spec_of(pool)
-    preflight(spec, programs=not force)
+    preflight(spec, pool.paths, force=force)
     check_pueue_group(pool)
     pool.paths.create()
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout), \

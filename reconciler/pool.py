@@ -21,8 +21,8 @@ from reconciler.pueueview import due_limit
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
-from reconciler.tmuxcli import tmux_available
-from reconciler.worktrees import check_repo, git
+from reconciler.tmuxcli import foreign_server, pool_socket, tmux_available
+from reconciler.worktrees import check_repo, check_worktree_dir, git
 
 ENDPOINT_KEY = "http_endpoint"  # in the store's meta: the URL the controller serves
 ENDPOINT_PROBLEM_KEY = "http_endpoint_problem"  # and why it serves none where it should
@@ -134,16 +134,20 @@ def status_of(pool: Pool, store: StorePort | None,
     return observation, document
 
 
-def preflight(spec: PoolSpec, *, programs: bool = True) -> None:
+def preflight(spec: PoolSpec, paths: PoolPaths, *, force: bool = False) -> None:
     """Read-only checks that the spec can run on this host: repo, baseRef, tmux or
-    pueue, the metrics token, and (``programs``) that the agent, setup steps and hooks
-    can be found."""
+    pueue and the metrics token; and, unless ``force``, the mistakes a pool could run
+    with, badly: an agent, setup step or hook that cannot be found, worktrees the
+    repository would see as untracked, and a tmux socket someone else's server has."""
     check_repo(spec.repo, spec.base_ref)
-    if programs:
+    if not force:
         check_programs(spec)
+        check_worktree_dir(spec.repo, spec.worktrees.dir)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
                                   hint="install tmux, or set `runtime: process`")
+    if spec.runtime == "tmux" and not force:
+        check_tmux_socket(spec, paths)
     if spec.pueue is not None:
         for program in ("pueue", "pueued"):
             if shutil.which(program) is None:
@@ -254,6 +258,18 @@ def check_programs(spec: PoolSpec) -> None:
                 f"{where}: program {program!r} is not found on PATH ({search})",
                 hint="install it, give its full path, or set PATH in worker.env "
                      "(apply --force skips this check)")
+
+
+def check_tmux_socket(spec: PoolSpec, paths: PoolPaths) -> None:
+    """Refuse a ``tmux.socket`` whose server no pool started (``tmux -L default`` is
+    the operator's own server): the pool's windows would land among their sessions."""
+    socket = pool_socket(paths.root, spec.tmux_socket, paths.tmux_conf)
+    if foreign_server(socket):
+        raise RuntimeBackendError(
+            f"tmux.socket {spec.tmux_socket!r} ({socket}) is used by a tmux server that "
+            "reconciler did not start",
+            hint="give the pool a socket of its own, e.g. tmux.socket: "
+                 f"reconciler-{spec.name} (apply --force uses that server anyway)")
 
 
 def read_token(path: Path) -> str:

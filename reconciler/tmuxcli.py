@@ -28,6 +28,8 @@ from reconciler.errors import RuntimeBackendError
 
 TMUX_TIMEOUT = 15.0
 SOCKETS_FILE = "tmux-sockets.json"  # in the pool's directory: socket name -> absolute path
+POOL_OPTION = "@reconciler-pool"  # on each worker window: the state directory of its pool
+SERVER_OPTION = "@reconciler-server"  # global, from the config a pool starts its server with
 
 
 def tmux_available() -> bool:
@@ -70,6 +72,20 @@ def server_missing(proc: subprocess.CompletedProcess[str]) -> bool:
     return proc.returncode != 0 and ("no server running" in err or "error connecting" in err
                                      or "No such file or directory" in err
                                      or "server exited" in err or "lost server" in err)
+
+
+def foreign_server(socket: str) -> bool:
+    """True when a tmux server answers on ``socket`` that no pool started: its global
+    ``@reconciler-server`` option is unset (servers started before that option existed
+    are still known by a window tagged ``@reconciler-pool``).  A pool that put its
+    windows there would mix them with someone's own sessions, and its tmux options
+    (``remain-on-exit``, which the observer needs) would not be set."""
+    marked = run_tmux(socket, ["show-options", "-gqv", SERVER_OPTION], check=False)
+    if marked.returncode != 0 or marked.stdout.strip():
+        return False  # no server (or none we can reach), or one of ours
+    windows = run_tmux(socket, ["list-windows", "-a", "-F", f"#{{{POOL_OPTION}}}"], check=False)
+    return windows.returncode == 0 and not any(line.strip() for line in
+                                               windows.stdout.splitlines())
 
 
 # --------------------------------------------------------------------------- socket paths

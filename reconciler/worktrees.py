@@ -78,6 +78,36 @@ def check_repo(repo: Path, base_ref: str) -> str:
     return commit.stdout.strip()
 
 
+def check_worktree_dir(repo: Path, directory: Path | None) -> None:
+    """A ``worktrees.dir`` inside the repository must be ignored by it: git shows an
+    unignored one as untracked (each worktree a nested repository), so a `git add -A`
+    in the repository, by the operator or an agent working there, would commit every
+    task's worktree as an embedded repository.  Inside ``.git`` it is never seen."""
+    if directory is None:  # the default: the pool's state directory
+        return
+    top = git(repo, ["rev-parse", "--show-toplevel"], check=False).stdout.strip()
+    git_dir = git(repo, ["rev-parse", "--absolute-git-dir"], check=False).stdout.strip()
+    if not top:
+        return  # a bare repository has no working tree to clutter
+    where = directory.resolve()
+    root = Path(top).resolve()
+    if not where.is_relative_to(root) or (git_dir and where.is_relative_to(Path(git_dir))):
+        return
+    if where == root:
+        raise GitError(f"worktrees.dir {directory} is the repository {root} itself",
+                       hint="remove worktrees.dir (the default keeps worktrees in the "
+                            "pool's state directory) or point it outside the repository")
+    # a trailing slash: a directory-only pattern such as `/.worktrees/` matches too
+    ignored = git(repo, ["check-ignore", "-q", "--", f"{where}/"], check=False)
+    if ignored.returncode == 1:  # 0: ignored; 128: git could not tell, so say nothing
+        relative = where.relative_to(root)
+        raise GitError(
+            f"worktrees.dir {directory} is inside the repository {root} and git does not "
+            "ignore it: every task's worktree would show as untracked there",
+            hint=f"add `/{relative}/` to {root}/.gitignore (or .git/info/exclude), or remove "
+                 "worktrees.dir to keep worktrees in the pool's state directory")
+
+
 def branch_exists(repo: Path, branch: str) -> bool:
     proc = git(repo, ["rev-parse", "--verify", "--quiet", "--end-of-options",
                       f"refs/heads/{branch}"], check=False)

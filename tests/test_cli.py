@@ -449,3 +449,46 @@ def test_diff_and_apply_catch_a_program_that_is_not_there(host: Path, git_repo: 
         refused = reconcile(*command, "-f", str(spec))
         assert refused.returncode == 1 and words in one_error_line(refused)
     assert reconcile("apply", "-f", str(spec), "--force").returncode == 0
+
+
+def test_a_worktree_directory_inside_the_repository_must_be_ignored_by_it(
+        host: Path, git_repo: Path) -> None:
+    """Issue 12 preflight: unignored, every task's worktree shows as untracked in the
+    repository (and a `git add -A` there commits them); ignored, or inside .git, is fine."""
+    spec = write_spec(host, replicas=0, extra={"worktrees": {"dir": "repo/.worktrees"}})
+    for command in (["diff"], ["apply"]):
+        refused = reconcile(*command, "-f", str(spec))
+        line = one_error_line(refused)
+        assert refused.returncode == 1, line
+        assert f"worktrees.dir {git_repo}/.worktrees is inside the repository" in line
+        assert "git does not ignore it" in line and "add `/.worktrees/` to" in line
+    assert not (git_repo / ".worktrees").exists()  # refused before anything was made
+    (git_repo / ".git" / "info" / "exclude").write_text("/.worktrees/\n")
+    assert reconcile("diff", "-f", str(spec)).returncode == 0  # no refusal (replicas: 0)
+    inside_git = write_spec(host, name="gitdir", replicas=0,
+                            extra={"worktrees": {"dir": "repo/.git/agent-worktrees"}},
+                            filename="gitdir.yaml")
+    assert reconcile("diff", "-f", str(inside_git)).returncode == 0
+
+
+def test_a_tmux_socket_held_by_someone_elses_server_is_refused(host: Path,
+                                                               git_repo: Path) -> None:
+    """Issue 12 preflight: `tmux.socket: default` is the operator's own server; a pool
+    must not put its windows among their sessions.  Our own server is accepted again,
+    and --force uses the foreign one anyway."""
+    spec = write_spec(host, replicas=0)
+    foreign = subprocess.run(["tmux", "-L", "rt-testpool", "-f", "/dev/null", "new-session",
+                              "-d", "-s", "mine", "sleep", "600"], check=False)
+    assert foreign.returncode == 0
+    for command in (["diff"], ["apply"]):
+        refused = reconcile(*command, "-f", str(spec))
+        line = one_error_line(refused)
+        assert refused.returncode == 1, line
+        assert "tmux.socket 'rt-testpool'" in line and "reconciler did not start" in line
+        assert "tmux.socket: reconciler-testpool" in line
+    assert reconcile("apply", "-f", str(spec), "--force").returncode == 0
+    subprocess.run(["tmux", "-L", "rt-testpool", "kill-server"], check=True)
+    spec = write_spec(host, replicas=1)
+    reconcile("apply", "-f", str(spec), "--wait", check=True)  # starts a server of its own
+    assert reconcile("diff", "-f", str(spec)).returncode == 0  # ... which is ours
+    delete(spec)

@@ -6,10 +6,10 @@ import re
 
 from reconciler.errors import RuntimeBackendError
 from reconciler.model import RuntimeInstance
-from reconciler.tmuxcli import run_tmux, server_flag, server_missing, tmux_available
+from reconciler.tmuxcli import POOL_OPTION, run_tmux, server_flag, server_missing, tmux_available
 
 _FIELDS = ("session_name", "window_name", "window_id", "pane_pid", "pane_dead",
-           "pane_dead_status", "pane_dead_signal", "@reconciler-pool")
+           "pane_dead_status", "pane_dead_signal", POOL_OPTION)
 _FORMAT = "\t".join("#{" + f + "}" for f in _FIELDS)
 WORKER_NAME = re.compile(r"^w-[1-9][0-9]*$")
 

@@ -22,6 +22,8 @@ from reconciler.model import RuntimeInstance
 from reconciler.proctree import create_time_of, kill_supervised, process_matches, request_stop
 from reconciler.runtimes.base import Started
 from reconciler.tmuxcli import (
+    POOL_OPTION,
+    SERVER_OPTION,
     default_socket_path,
     pin_socket,
     pool_socket,
@@ -29,9 +31,9 @@ from reconciler.tmuxcli import (
     server_missing,
 )
 
-POOL_OPTION = "@reconciler-pool"
-TMUX_CONF = """\
+TMUX_CONF = f"""\
 # written by reconciler: options for the pool's own tmux server
+set-option -g {SERVER_OPTION} on
 set-option -g remain-on-exit on
 set-option -g history-limit 20000
 set-option -g status-left-length 40
