@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.paths import pool_paths
-from reconciler.report.term import clip, colour_wanted, columns, paint, say, width
+from reconciler.report.term import clip, colour_wanted, columns, fit, paint, say, width
 from reconciler.store.sqlite import Store
 
 
@@ -37,6 +37,21 @@ def test_wide_and_combining_characters_take_their_real_width() -> None:
     assert width("a\u200bb\u202e") == 2  # zero-width space, a bidi control (Cf)
     lines = columns(("a", "b"), [["日本", "x"], ["ab", "y"]], stream=io.StringIO())
     assert lines[1] == "日本  x" and lines[2] == "ab    y"
+
+
+def test_fit_cuts_only_on_a_terminal() -> None:
+    """Issue 12: piped or redirected output is never cut mid-word; a terminal gets
+    columns that fit."""
+    title = "Refactor the session middleware so that tokens rotate"
+    controller, terminal = os.openpty()
+    with open(terminal, "w") as tty, open(os.devnull, "w") as redirected:
+        assert fit(title, 20, stream=tty) == "Refactor the sessio…"
+        assert fit(title, 20, stream=redirected) == title
+    os.close(controller)
+    reader, writer = os.pipe()
+    with open(writer, "w") as pipe:
+        assert fit(title, 20, stream=pipe) == title
+    os.close(reader)
 
 
 def test_clip_cuts_by_columns_and_says_so() -> None:

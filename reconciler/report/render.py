@@ -25,7 +25,7 @@ from reconciler.model import (
     TaskRow,
 )
 from reconciler.report.documents import printable
-from reconciler.report.term import HEALTH_STYLE, cell_text, clip, columns, paint, say
+from reconciler.report.term import HEALTH_STYLE, cell_text, columns, fit, paint, say
 
 if TYPE_CHECKING:
     from reconciler.actions import Plan
@@ -151,6 +151,7 @@ def pueue_line(pueue: dict[str, Any]) -> str:
 
 TITLE_WIDTH = 40  # status shows a title's start; -o json and `task show` have all of it
 LIST_TITLE_WIDTH = 60  # `task list` too: one long title would push every row's branch out
+ERROR_WIDTH = 60  # and its last error (all of each when piped: see term.fit)
 
 
 def _task_cell(worker: dict[str, Any]) -> str:
@@ -160,7 +161,7 @@ def _task_cell(worker: dict[str, Any]) -> str:
     title = worker.get("task_title")
     if not title:
         return str(worker["current_task"])
-    return f"{worker['current_task']} {clip(cell_text(title), TITLE_WIDTH)}"
+    return f"{worker['current_task']} {fit(cell_text(title), TITLE_WIDTH)}"
 
 
 def queue_line(queue: QueueCounts) -> str:
@@ -180,8 +181,8 @@ def render_tasks(tasks: list[TaskRow], commits: Mapping[str, int | None] | None 
         count = (commits or {}).get(t.branch) if t.branch else None
         rows.append([str(t.id), (t.status, _TASK_STYLE.get(t.status, "")), str(t.priority),
                      str(t.attempts), "-" if count is None else str(count),
-                     clip(cell_text(t.title), LIST_TITLE_WIDTH), cell_text(t.branch or "-"),
-                     cell_text((t.last_error or "")[:60]) or "-"])
+                     fit(cell_text(t.title), LIST_TITLE_WIDTH), cell_text(t.branch or "-"),
+                     fit(cell_text(t.last_error or ""), ERROR_WIDTH) or "-"])
     for line in columns(("id", "status", "prio", "tries", "commits", "title", "branch",
                          "last error"), rows, right=("id", "commits")):
         print(line)

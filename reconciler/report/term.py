@@ -4,7 +4,8 @@ The read commands' text output is drawn here rather than with rich, for two reas
 - speed: importing rich and drawing a first table cost ``status`` about 150 ms on
   the 2-core machine, more than everything else it does (issue 9);
 - what operators expect: columns as ``kubectl get`` and ``pm2 ls`` print them,
-  never wrapped or cut, so a pipe into ``grep``, ``awk`` or a file gets whole lines.
+  never wrapped, and never cut when piped or redirected (``fit``), so ``grep``,
+  ``awk`` or a file gets whole lines.
 
 rich remains for what it is good at: progress bars and the live demo view.
 
@@ -97,6 +98,17 @@ def clip(text: str, columns: int) -> str:
             break
         out.append(char)
     return "".join(out) + "…"
+
+
+def fit(text: str, columns: int, *, stream: TextIO | None = None) -> str:
+    """``text`` clipped to ``columns`` on a terminal, where one long cell would push the
+    row's other columns off the screen; whole when piped or redirected, so ``grep``,
+    ``awk`` and a saved file get every word (``-o json`` has it all, always)."""
+    try:
+        tty = (stream or sys.stdout).isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return clip(text, columns) if tty else text
 
 
 def columns(headers: Sequence[str], rows: Sequence[Sequence[Cell]], *,
