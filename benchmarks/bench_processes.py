@@ -1,6 +1,7 @@
 """What a process of the pool costs: an idle worker's memory, and ``status``/``diff`` latency.
 
-Issue 9's goals: a worker ≤ 20 MB PSS; ``reconcile status`` and ``reconcile
+Issue 9's goals: a worker ≤ 20 MB PSS (issue 12 adds its reaper parent, which
+records how it ended: printed apart); ``reconcile status`` and ``reconcile
 diff`` ≤ 100 ms as whole processes at 32 workers.  Everything is real: a
 throwaway git repository and state directory, and a pool (``runtime:
 process``, no controller) applied with ``reconcile apply --wait``, so its
@@ -48,6 +49,11 @@ def pss_kb(pid: int) -> tuple[int, int]:
     return fields["Pss"], fields["Rss"]
 
 
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``, from /proc (field 4 of stat, after the command's name)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
 def make_pool(root: Path, workers: int) -> Path:
     """A git repository and a pool spec for ``workers`` idle process workers."""
     repo = root / "repo"
@@ -86,6 +92,7 @@ def measure_memory(state: Path, workers: int) -> None:
     if len(pids) != workers:
         raise SystemExit(f"error: {len(pids)} of {workers} workers are running")
     samples = [pss_kb(pid) for pid in pids]
+    reapers = [pss_kb(parent_pid(pid)) for pid in pids]  # each worker's, which records its exit
     bare = [subprocess.Popen(BARE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              env=poolkit.reconciler_env(state.parent))
             for _ in range(min(workers, 8))]
@@ -104,8 +111,12 @@ def measure_memory(state: Path, workers: int) -> None:
     pss = statistics.median(s[0] for s in samples) / 1024
     rss = statistics.median(s[1] for s in samples) / 1024
     base = statistics.median(s[0] for s in baseline) / 1024
+    reaper = statistics.median(s[0] for s in reapers) / 1024
     print(f"idle worker PSS: {pss:.1f} MB median of {len(samples)} (RSS {rss:.1f} MB); "
           f"bare python PSS: {base:.1f} MB; ratio {pss / base:.1f}x")
+    print(f"its reaper (parent) PSS: {reaper:.1f} MB median (RSS "
+          f"{statistics.median(s[1] for s in reapers) / 1024:.1f} MB); worker and reaper "
+          f"{pss + reaper:.1f} MB; reaper / bare python {reaper / base:.1f}x")
 
 
 def measure_latency(root: Path, state: Path, spec: Path, runs: int) -> None:

@@ -152,6 +152,13 @@ def process_matches(pid: int | None, create_time: float | None) -> bool:
     return state != "Z" and (create_time is None or abs(started - create_time) < 1.0)
 
 
+def process_state(pid: int) -> str | None:
+    """The process's state letter (``Z``: a zombie, exited but not reaped), or None
+    if there is no such process."""
+    found = _state_and_start(pid)
+    return found[0] if found else None
+
+
 def create_time_of(pid: int) -> float | None:
     found = _state_and_start(pid)
     return found[1] if found else None

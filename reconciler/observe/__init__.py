@@ -54,7 +54,7 @@ def observe(paths: PoolPaths, sockets: Iterable[str | None], store: StorePort | 
                  for i in tmux_instances(pool_socket(paths.root, socket, paths.tmux_conf),
                                          paths.name, str(paths.root), socket)]
     instances += _unseen_tmux_workers(rows, {i.worker_id for i in instances})
-    instances += process_instances(rows)
+    instances += process_instances(rows, paths.logs)
     worktrees, worker_worktrees = pool_worktrees(repo, worktree_root) \
         if repo and worktree_root else ((), ())
     controller = store.controller() if store is not None else None

@@ -1,8 +1,9 @@
 """Workers as detached processes, for hosts without tmux.
 
 A worker is started through a short-lived launcher (``reconciler/runtimes/spawn.py``)
-that puts it in a new session and exits at once, so the worker is re-parented
-to init and never becomes a zombie of a long-running controller.
+that puts it in a new session and exits at once, so the worker never becomes a
+zombie of a long-running controller.  Its parent is a small reaper that records
+how it ended (``<worker>.exit`` beside its output), which only a parent can learn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from reconciler.model import RuntimeInstance
 from reconciler.proctree import create_time_of, kill_supervised, process_matches, request_stop
 from reconciler.runtimes import spawn
 from reconciler.runtimes.base import Started
+from reconciler.runtimes.exits import exit_record
 
 
 class ProcessRuntime:
@@ -27,11 +29,13 @@ class ProcessRuntime:
 
     def start(self, worker_id: str, argv: Sequence[str]) -> Started:
         log = self.log_dir / f"{worker_id}.out"
+        exit_record(self.log_dir, worker_id).unlink(missing_ok=True)  # a predecessor's
         # run as a file in isolated mode without site (-I -S): it needs only the standard
         # library, so it starts in a third of the time, and no directory or PYTHON*
         # variable of the caller's can change what it imports
         proc = subprocess.run(
-            [sys.executable, "-I", "-S", spawn.__file__, str(log), "--", *argv],
+            [sys.executable, "-I", "-S", spawn.__file__, str(log),
+             str(exit_record(self.log_dir, worker_id)), "--", *argv],
             capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL,
             cwd=self.log_dir.parent)
         if proc.returncode != 0 or not proc.stdout.strip().isdigit():
