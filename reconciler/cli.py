@@ -268,9 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Keep the pool converged: observe, plan and act on every "
                        "change and at least every controller.interval. With -f, apply that "
                        "file first. One controller runs per pool; `apply` starts one in the "
-                       "background unless spec.controller.enabled is false. For systemd, see "
-                       "examples/reconciler-controller.service.")
+                       "background unless spec.controller.enabled is false; a controller "
+                       "run here takes over from that one (it is asked to stop, and exits "
+                       "after its pass), but never from another foreground one (exit 1). "
+                       "For systemd, see examples/reconciler-controller.service.")
     _pool_options(p, output=False)
+    p.add_argument("--detached", action="store_true",
+                   help="what apply passes to the controller it starts in the background: "
+                   "it yields to a foreground controller and exits quietly when one runs")
 
     p = sub.add_parser("restart", help="restart a worker and give it a fresh restart budget",
                        description="Clear a worker's restart count (e.g. one that is `failed` "

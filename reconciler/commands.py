@@ -260,7 +260,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         logger.error("cannot open {}: {}; logging to stderr only",
                      pool.paths.logs / "controller.log", exc.strerror or exc)
     # with -f, the file given is applied (once the lock is ours) and kept converged
-    return controller.run_controller(pool, apply_first=bool(args.file))
+    return controller.run_controller(pool, apply_first=bool(args.file), detached=args.detached)
 
 
 def cmd_restart(args: argparse.Namespace) -> int:

@@ -63,14 +63,17 @@ EXIT_RECHECK_SECONDS = 0.05  # a watched exit the observers do not show yet (tmu
 EXIT_RECHECKS = 20
 UNFINISHED_RETRY_FIRST = 0.2  # changes a pass left undone: again this soon, doubling
 BELL_PASS_GAP = 0.2  # passes for rings (tasks starting and ending) at most this often
+DETACHED_KEY = "controller_detached"  # in the store's meta: "1" while apply's runs
+TAKEOVER_SECONDS = 60.0  # a detached controller ends its pass and exits within this
 
 
 class Controller:
     """The loop behind ``reconcile controller``: one per pool (its lock says so)."""
 
-    def __init__(self, pool: Pool, *, apply_first: bool = False) -> None:
+    def __init__(self, pool: Pool, *, apply_first: bool = False, detached: bool = False) -> None:
         self.pool = pool
         self.apply_first = apply_first
+        self.detached = detached  # started by apply in the background (else by an operator)
         self.stop = threading.Event()
         self.interval = pool.spec.controller_interval if pool.spec else 1.0
         self._bell: Bell | None = None
@@ -86,10 +89,19 @@ class Controller:
     def run(self) -> int:
         paths = self.pool.paths
         paths.create()
-        fd = take_lock(paths.controller_lock, 2.0)
+        # an operator's controller looks at once for a detached one to take over from
+        fd = take_lock(paths.controller_lock, 2.0 if self.detached else 0.0)
+        if fd is None and not self.detached:
+            fd = self._take_over()
+            if fd is None:  # e.g. a controller just starting, or a delete finishing
+                fd = take_lock(paths.controller_lock, 2.0)
         if fd is None:
-            logger.info("a controller already runs for pool {}; nothing to do", paths.name)
-            return 0
+            if self.detached:  # apply's: the running one keeps the pool converged
+                logger.info("a controller already runs for pool {}; nothing to do", paths.name)
+                return 0
+            logger.error("another foreground controller runs for pool {} (see `reconcile "
+                         "status`); stop it first: one controller per pool", paths.name)
+            return 1
         opened = self._open_store()
         if opened is None:  # stopped while the store could not be opened
             os.close(fd)
@@ -106,6 +118,7 @@ class Controller:
             return 0
         if not self.apply_first:  # already registered before applying
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
+        store.set_meta_value(DETACHED_KEY, "1" if self.detached else "")
         store.controller_back(os.getpid())
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         self._bell = Bell(controller_bell(paths.root))
@@ -123,6 +136,31 @@ class Controller:
             os.close(fd)
         logger.info("controller of pool {} stopped", paths.name)
         return 0
+
+    def _take_over(self) -> int | None:
+        """The lock, taken from the controller ``apply`` started in the background: a
+        foreground controller (a systemd unit's) is the one the operator wants, so the
+        detached one is asked to stop (SIGTERM: it ends its pass and exits) and its lock
+        waited for.  None when the holder is another foreground controller, which is
+        left alone (two would take the pool from each other as systemd restarts them)."""
+        paths = self.pool.paths
+        try:
+            with Store(paths.store) as store:
+                holder, detached = store.controller(), store.meta_value(DETACHED_KEY)
+        except (ReconcilerError, sqlite3.Error, OSError):
+            return None
+        if holder is None or not holder.pid or detached != "1" \
+                or not process_matches(holder.pid, holder.pid_create_time):
+            return None
+        logger.info("taking over pool {} from the controller apply started (pid {}): "
+                    "asking it to stop", paths.name, holder.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(holder.pid, signal.SIGTERM)
+        fd = take_lock(paths.controller_lock, TAKEOVER_SECONDS)
+        if fd is None:
+            logger.error("the detached controller (pid {}) did not stop within {:.0f}s",
+                         holder.pid, TAKEOVER_SECONDS)
+        return fd
 
     def _open_store(self) -> Store | None:
         """The pool's store, waiting out faults (a full or read-only disk) until it opens;
@@ -345,9 +383,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_controller(pool: Pool, *, apply_first: bool = False) -> int:
+def run_controller(pool: Pool, *, apply_first: bool = False, detached: bool = False) -> int:
     """Entry point of ``reconcile controller``: run until SIGTERM/SIGINT or ``delete``."""
-    controller = Controller(pool, apply_first=apply_first)
+    controller = Controller(pool, apply_first=apply_first, detached=detached)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame

@@ -141,8 +141,9 @@ def worker_argv(paths: PoolPaths, worker_id: str, generation: int) -> list[str]:
 
 
 def controller_argv(paths: PoolPaths) -> list[str]:
+    """The controller apply starts in the background (a foreground one takes over)."""
     return [*PYTHON, "-m", "reconciler", "--state-dir", str(paths.state_dir.absolute()),
-            "controller", "--pool", paths.name]
+            "controller", "--pool", paths.name, "--detached"]
 
 
 class Executor:

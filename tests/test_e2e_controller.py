@@ -45,7 +45,14 @@ from tests.e2e import (
     workers,
     worktree_paths,
 )
-from tests.helpers import gone, processes_mentioning, reconcile, wait_for, write_spec
+from tests.helpers import (
+    gone,
+    processes_mentioning,
+    reconcile,
+    reconcile_background,
+    wait_for,
+    write_spec,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -268,3 +275,27 @@ def test_diff_shows_the_health_transitions_a_pass_would_record(host: Path,
     assert plan["transitions"][0]["to"] == "dead"
     text = diff(spec).stdout
     assert "Health transitions this pass records:" in text and "w-1: healthy → dead" in text
+
+
+def test_a_foreground_controller_takes_over_from_the_one_apply_started(
+        host: Path, git_repo: Path) -> None:
+    """Issue 12: under systemd, `reconcile controller` must end up the pool's controller,
+    not exit because apply's detached one holds the lock; a second foreground one is
+    refused (two would take the pool from each other as systemd restarts them)."""
+    spec = controlled_spec(host, replicas=1)
+    apply(spec)
+    detached = status(spec)["controller"]["pid"]
+    foreground = reconcile_background("controller", "-f", str(spec))
+    try:
+        wait_for(lambda: status(spec)["controller"]["pid"] == foreground.pid, timeout=30,
+                 message="the foreground controller to take over")
+        wait_for(lambda: gone(detached), timeout=10, message="the detached one to exit")
+        second = reconcile("controller", "--pool", "testpool", timeout=30)
+        assert second.returncode == 1
+        assert "another foreground controller runs for pool testpool" in second.stderr
+        apply(spec)  # sees the foreground one and starts no other
+        assert status(spec)["controller"]["pid"] == foreground.pid
+    finally:
+        foreground.terminate()
+        foreground.wait(timeout=30)
+    delete(spec)
