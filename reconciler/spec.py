@@ -62,6 +62,11 @@ __all__ = ["HealthSpec", "HooksSpec", "PoolSpec", "RateLimit", "RestartPolicy", 
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "workers.schema.json"
 
+# What the shipped examples say for ``repo``: a path that cannot be anyone's repository,
+# so an example run as is stops at ``validate`` with how to fix it (issue 12), instead
+# of quietly making some other checkout (the tool's own clone, say) the target.
+REPO_PLACEHOLDER = "/path/to/your/repo"
+
 
 @cache
 def load_schema() -> dict[str, Any]:
@@ -359,6 +364,12 @@ def _sort_key(pos: Position | None) -> tuple[int, int]:
 def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
     """What the schema cannot express: placeholders and threshold order."""
     spec = loaded.data["spec"]
+    if spec["repo"].rstrip("/") == REPO_PLACEHOLDER:
+        repo: PathKey = ("spec", "repo")
+        yield _locate(label, loaded.position_of(repo), repo,
+                      f"{REPO_PLACEHOLDER} is the example's placeholder (copy this file "
+                      "into your repository and set `repo: .`, or set repo to your "
+                      "repository's path, absolute or relative to this file)")
     checks: list[tuple[PathKey, str, frozenset[str]]] = []
     for i, element in enumerate(spec["worker"]["command"]):
         checks.append((("spec", "worker", "command", i), element, COMMAND_PLACEHOLDERS))

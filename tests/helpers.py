@@ -20,6 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_AGENT = ROOT / "examples" / "agents" / "fake-agent"
+EXAMPLE_SPECS = sorted((ROOT / "examples").glob("*.yaml"))
 GIT_IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
 
 
@@ -92,6 +93,21 @@ def write_spec(directory: Path, *, name: str = "testpool", replicas: int = 2,
     path = directory / filename
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def example_for(example: Path, directory: Path, repo: Path) -> Path:
+    """A copy of the shipped ``example`` in ``directory`` with only its ``repo:``
+    placeholder line changed, to ``repo``: what an operator gets by following the
+    example's own instructions."""
+    from reconciler.spec import REPO_PLACEHOLDER
+
+    text = example.read_text(encoding="utf-8")
+    marker = f"repo: {REPO_PLACEHOLDER}"
+    assert text.count(marker) == 1, \
+        f"{example.name} must name its repository as `{marker}` (once), which validate explains"
+    copy = directory / example.name
+    copy.write_text(text.replace(marker, f"repo: {repo}"), encoding="utf-8")
+    return copy
 
 
 CLI = [sys.executable, "-m", "reconciler"]

@@ -20,8 +20,8 @@ BIN = Path(sys.executable).parent
 
 def test_ruff_is_clean() -> None:
     proc = subprocess.run([str(BIN / "ruff"), "check", "reconciler", "tests", "benchmarks",
-                           "examples/agents/fake-agent"], cwd=ROOT, capture_output=True,
-                          text=True, check=False)
+                           "examples/agents/fake-agent", "tests/bin/claude"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -17,10 +17,17 @@ from reconciler.errors import SpecError
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
 from reconciler.templates import render_argv
 from reconciler.yamlsafe import MAX_ALIASES, MAX_BYTES, Position, YamlLoadError, load_yaml
-from tests.helpers import FAKE_AGENT, ROOT, dedent, error_lines, reconcile
+from tests.helpers import (
+    EXAMPLE_SPECS,
+    FAKE_AGENT,
+    ROOT,
+    dedent,
+    error_lines,
+    example_for,
+    reconcile,
+)
 
 DEMO_SPEC = ROOT / "specs" / "workers.yaml"
-EXAMPLE_SPECS = sorted((ROOT / "examples").glob("*.yaml"))
 
 # Line numbers below refer to this text; cases either replace part of it or append
 # lines to the ``spec`` mapping (appended lines start at line 10).
@@ -89,7 +96,9 @@ class TestValidSpecs:
         pytest.param(DEMO_SPEC, id="specs/workers.yaml"),
         *[pytest.param(p, id=f"examples/{p.name}") for p in EXAMPLE_SPECS],
     ])
-    def test_shipped_spec_loads(self, path: Path) -> None:
+    def test_shipped_spec_loads(self, path: Path, tmp_path: Path) -> None:
+        if path in EXAMPLE_SPECS:  # an example loads once its repo placeholder is set
+            path = example_for(path, tmp_path, tmp_path / "repo")
         spec = load_spec(path)
         assert spec.name
         assert spec.worker.command
@@ -274,6 +283,11 @@ class TestLocatedProblems:
         pytest.param(BASE.replace("reconciler/v1", "reconciler/v2"), 1, 13, "apiVersion",
                      'expected the string reconciler/v1, got a string "reconciler/v2"',
                      id="wrong-api-version"),
+        pytest.param(BASE.replace("repo: repo", "repo: /path/to/your/repo/"), 7, 9,
+                     "spec.repo", "/path/to/your/repo is the example's placeholder (copy this "
+                     "file into your repository and set `repo: .`, or set repo to your "
+                     "repository's path, absolute or relative to this file)",
+                     id="example-repo-placeholder"),
         pytest.param(BASE + "  runtime: docker\n", 10, 12, "spec.runtime",
                      'expected one of tmux, process, pueue, got a string "docker"',
                      id="bad-runtime"),
