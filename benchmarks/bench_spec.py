@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from reconciler.demo import DEMO_SPEC
 from reconciler.errors import SpecError
 from reconciler.spec import parse_spec
 
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeat < 1 or args.number < 1:
         parser.error("--repeat and --number must be at least 1")
     repeat, number = args.repeat, args.number
-    text = (ROOT / "specs" / "workers.yaml").read_text()
-    ours = best_of(lambda: parse_spec(text, label="workers.yaml", base_dir=ROOT / "specs"),
+    text = DEMO_SPEC.read_text()
+    ours = best_of(lambda: parse_spec(text, label="workers.yaml", base_dir=DEMO_SPEC.parent),
                    repeat, number)
     baseline = best_of(lambda: yaml.safe_load(text), repeat, number)
     print(f"load+validate demo spec: {ours * 1e3:.2f} ms "

@@ -4,6 +4,9 @@ It creates a git repository and a state directory under a new temporary
 directory (never the operator's own), applies the demo spec to that
 repository, enqueues sample tasks for the simulated agent, shows live progress
 until the queue drains and prints a summary with the commands to look around.
+
+The demo spec and its simulated agent ship inside the package (``demo_pool/``,
+declared as package data), so the demo runs from any directory, clone or not.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ class _SafeConsole(Console):
 
 
 console: Console = _SafeConsole(highlight=False, soft_wrap=True)
+# next to the package's modules, as the schema is (spec.SCHEMA_PATH): a real file even
+# in a non-editable install, whose ``{spec_dir}/fake-agent`` the workers can execute
+DEMO_SPEC = Path(__file__).resolve().parent / "demo_pool" / "workers.yaml"
 DEMO_TIMEOUT = 600.0
 IDENTITY = ["-c", "user.name=reconciler demo", "-c", "user.email=demo@localhost"]
 
@@ -108,7 +114,7 @@ def _dashboard(pool: Pool, store: Store, progress: Progress, bar: TaskID) -> Gro
 
 
 def run(args: argparse.Namespace) -> int:
-    spec_file = Path(args.file)
+    spec_file = Path(args.file) if args.file is not None else DEMO_SPEC
     base_spec = load_spec(spec_file)
     if args.tasks < 1:
         raise ReconcilerError("--tasks must be at least 1")

@@ -1,11 +1,16 @@
-"""The README's main job: `reconcile demo` end to end, leaving the clone clean."""
+"""The README's main job: `reconcile demo` end to end, leaving the clone clean, from the
+clone or from any other directory (its spec and agent ship in the package)."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import tomllib
 from pathlib import Path
 
 import pytest
 
+from reconciler.demo import DEMO_SPEC
 from tests.helpers import ROOT, git, kill_processes_mentioning, one_error_line, reconcile
 
 pytestmark = pytest.mark.e2e
@@ -42,3 +47,34 @@ def test_demo_refuses_a_directory_that_already_holds_one(host: Path) -> None:
     (host / "demo" / "repo").mkdir(parents=True)
     line = one_error_line(reconcile("demo", "--dir", str(host / "demo"), cwd=ROOT, timeout=60))
     assert "already holds a demo" in line
+
+
+def test_demo_runs_from_a_directory_that_is_not_the_clone(host: Path) -> None:
+    elsewhere = host / "elsewhere"
+    elsewhere.mkdir()
+    demo_dir = host / "demo"
+    try:
+        proc = reconcile("demo", "--tasks", "2", "--no-kill", "--dir", str(demo_dir),
+                         "--teardown", cwd=elsewhere, timeout=120)
+    finally:
+        kill_processes_mentioning(str(demo_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tasks:     2 succeeded, 0 failed, 0 cancelled, 0 unfinished (of 2)" in proc.stdout
+    assert "branches:  2 with the agent's commits" in proc.stdout
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_demo_spec_and_agent_are_package_data() -> None:
+    """A non-editable install (a wheel) holds only what pyproject.toml declares: the
+    demo spec, its executable agent, and every other non-Python file of the package
+    must match a package-data pattern."""
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["reconciler"]
+    package = ROOT / "reconciler"
+    tracked = git(ROOT, "ls-files", "--", "reconciler").splitlines()
+    data = [Path(f).relative_to("reconciler").as_posix() for f in tracked
+            if not f.endswith(".py")]
+    assert DEMO_SPEC.relative_to(package).as_posix() in data
+    assert "demo_pool/fake-agent" in data
+    assert [f for f in data if not any(fnmatch.fnmatch(f, glob) for glob in declared)] == []
+    assert os.access(DEMO_SPEC.parent / "fake-agent", os.X_OK)

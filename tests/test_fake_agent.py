@@ -1,4 +1,5 @@
-"""Tests for examples/agents/fake-agent, run as a real subprocess in real git repos."""
+"""Tests for reconciler/demo_pool/fake-agent (the demo's simulated agent), run as a real
+subprocess in real git repos."""
 
 from __future__ import annotations
 

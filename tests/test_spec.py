@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.demo import DEMO_SPEC
 from reconciler.errors import SpecError
 from reconciler.spec import PoolSpec, load_spec, spec_from_document
 from reconciler.templates import render_argv
@@ -26,8 +27,6 @@ from tests.helpers import (
     example_for,
     reconcile,
 )
-
-DEMO_SPEC = ROOT / "specs" / "workers.yaml"
 
 # Line numbers below refer to this text; cases either replace part of it or append
 # lines to the ``spec`` mapping (appended lines start at line 10).
@@ -93,7 +92,7 @@ def doubling_bomb(levels: int = 30) -> str:
 
 class TestValidSpecs:
     @pytest.mark.parametrize("path", [
-        pytest.param(DEMO_SPEC, id="specs/workers.yaml"),
+        pytest.param(DEMO_SPEC, id="demo_pool/workers.yaml"),
         *[pytest.param(p, id=f"examples/{p.name}") for p in EXAMPLE_SPECS],
     ])
     def test_shipped_spec_loads(self, path: Path, tmp_path: Path) -> None:
@@ -113,9 +112,10 @@ class TestValidSpecs:
         assert spec.runtime == "tmux"
         assert spec.tmux_socket == "reconciler-demo"
         assert spec.base_ref == "main"
-        assert spec.repo == (ROOT / "demo-repo").resolve()
+        assert spec.repo == (ROOT / "reconciler" / "demo-repo").resolve()
         agent = spec.worker.command[0]
-        assert agent.startswith(str((ROOT / "specs").resolve()))
+        # the agent next to the spec, both inside the package: the demo runs from anywhere
+        assert agent == str((ROOT / "reconciler" / "demo_pool" / "fake-agent").resolve())
         assert Path(agent).resolve() == FAKE_AGENT.resolve()
         assert spec.worker.command[1:] == ("--prompt-file", "{task.prompt_file}",
                                            "--title", "{task.title}")
