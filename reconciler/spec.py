@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from functools import cache
@@ -126,17 +127,24 @@ def _typed(document: dict[str, Any], base_dir: Path, source_path: Path | None,
     """A checked document with its paths resolved against ``base_dir``, as a ``PoolSpec``
     (the document is changed in place)."""
     spec = document["spec"]
-    spec["repo"] = str((base_dir / spec["repo"]).resolve())
+    spec["repo"] = _path(base_dir, spec["repo"])
     if "dir" in spec["worktrees"]:
-        spec["worktrees"]["dir"] = str((base_dir / spec["worktrees"]["dir"]).resolve())
+        spec["worktrees"]["dir"] = _path(base_dir, spec["worktrees"]["dir"])
     if "config" in spec.get("pueue", {}):
-        spec["pueue"]["config"] = str(
-            (base_dir / Path(spec["pueue"]["config"]).expanduser()).resolve())
+        spec["pueue"]["config"] = _path(base_dir, spec["pueue"]["config"])
     if "bearerTokenFile" in spec.get("metrics", {}):
         spec["metrics"]["bearerTokenFile"] = str(
             (base_dir / spec["metrics"]["bearerTokenFile"]).resolve())
     _resolve_spec_dir(spec, base_dir)
     return spec_from_document(document, source_path=source_path, source_sha256=sha)
+
+
+def _path(base_dir: Path, written: str) -> str:
+    """A path of the spec, absolute: ``~`` and ``~user`` as a shell reads them
+    (``repo: ~/src/app`` is the operator's checkout, not a directory named ``~``), the
+    rest relative to the spec file.  ``os.path.expanduser`` leaves a ``~nobody`` it
+    cannot expand as written (``Path.expanduser`` would raise)."""
+    return str((base_dir / os.path.expanduser(written)).resolve())  # noqa: PTH111
 
 
 def _checked_document(text: str, label: str) -> dict[str, Any]:
@@ -369,7 +377,7 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
         yield _locate(label, loaded.position_of(repo), repo,
                       f"{REPO_PLACEHOLDER} is the example's placeholder (copy this file "
                       "into your repository and set `repo: .`, or set repo to your "
-                      "repository's path, absolute or relative to this file)")
+                      "repository's path: absolute, ~/..., or relative to this file)")
     checks: list[tuple[PathKey, str, frozenset[str]]] = []
     for i, element in enumerate(spec["worker"]["command"]):
         checks.append((("spec", "worker", "command", i), element, COMMAND_PLACEHOLDERS))

@@ -123,6 +123,17 @@ class TestValidSpecs:
         assert spec.health.heartbeat_interval == 1.0
         assert spec.worktrees.branch == "agent/{task.id}-{task.slug}"
 
+    def test_repo_and_worktrees_dir_may_start_with_a_tilde(self, tmp_path: Path) -> None:
+        """As a shell reads it (the hint for an example's placeholder suggests it)."""
+        spec = load_text(tmp_path, BASE.replace("repo: repo", "repo: ~/src/myproject")
+                         + "  worktrees:\n    dir: ~/worktrees\n")
+        assert spec.repo == Path.home() / "src" / "myproject"
+        assert spec.worktrees.dir == Path.home() / "worktrees"
+        relative = load_text(tmp_path, BASE.replace("repo: repo", "repo: ./~x"))
+        assert relative.repo == tmp_path.resolve() / "~x"  # only a leading ~ is home
+        nobody = load_text(tmp_path, BASE.replace("repo: repo", "repo: ~no-such-user-x/app"))
+        assert nobody.repo == tmp_path.resolve() / "~no-such-user-x" / "app"  # as written
+
     def test_normalised_document_round_trips(self, tmp_path: Path) -> None:
         spec = load_text(tmp_path, BASE)
         again = spec_from_document(json.loads(spec.document_json))
@@ -286,7 +297,7 @@ class TestLocatedProblems:
         pytest.param(BASE.replace("repo: repo", "repo: /path/to/your/repo/"), 7, 9,
                      "spec.repo", "/path/to/your/repo is the example's placeholder (copy this "
                      "file into your repository and set `repo: .`, or set repo to your "
-                     "repository's path, absolute or relative to this file)",
+                     "repository's path: absolute, ~/..., or relative to this file)",
                      id="example-repo-placeholder"),
         pytest.param(BASE + "  runtime: docker\n", 10, 12, "spec.runtime",
                      'expected one of tmux, process, pueue, got a string "docker"',
