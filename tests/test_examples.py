@@ -19,7 +19,14 @@ import yaml
 
 from reconciler.spec import REPO_PLACEHOLDER
 from tests.e2e import add_task, apply, delete, show_task, wait_tasks
-from tests.helpers import EXAMPLE_SPECS, example_for, git, one_error_line, reconcile
+from tests.helpers import (
+    EXAMPLE_SPECS,
+    GIT_IDENTITY,
+    example_for,
+    git,
+    one_error_line,
+    reconcile,
+)
 
 STAND_INS = Path(__file__).resolve().parent / "bin"
 CLAUDE = STAND_INS / "claude"
@@ -41,14 +48,26 @@ def claude_figures(scratch: Path) -> dict[str, object]:
             "message": None}
 
 
+def any_repository(path: Path) -> Path:
+    """A repository as a stranger's might be: its branch is not called main, and it
+    holds none of the files an example might wrongly expect (.env.example...)."""
+    path.mkdir()
+    git(path, "init", "-q", "-b", "trunk")
+    (path / "app.py").write_text("print('hello')\n")
+    git(path, "add", "app.py")
+    git(path, *GIT_IDENTITY, "commit", "-q", "-m", "initial")
+    return path
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("example", EXAMPLES)
-def test_every_example_runs_as_shipped(example: Path, host: Path, git_repo: Path,
+def test_every_example_runs_as_shipped(example: Path, host: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", f"{STAND_INS}{os.pathsep}{os.environ['PATH']}")
-    spec = example_for(example, host, git_repo)
+    repo = any_repository(host / "project")
+    base = git(repo, "rev-parse", "HEAD").strip()
+    spec = example_for(example, host, repo)
     document = yaml.safe_load(spec.read_text())["spec"]
-    base = document.get("baseRef", "HEAD")
     try:
         apply(spec)
         ids = [add_task(spec, f"Write down part {n}: keep \"quotes\" and $(this) as text",
@@ -58,14 +77,14 @@ def test_every_example_runs_as_shipped(example: Path, host: Path, git_repo: Path
             shown = show_task(spec, task_id)
             assert shown["status"] == "succeeded", shown
             (attempt,) = shown["attempt_details"]
-            ahead = git(git_repo, "rev-list", "--count", f"{base}..{attempt['branch']}", "--")
+            ahead = git(repo, "rev-list", "--count", f"{base}..{attempt['branch']}", "--")
             assert int(ahead) >= 1, f"no commit on {attempt['branch']}"
             if document["worker"]["command"][0] == "claude":
                 report = dict(attempt["report"] or {})
                 assert report.pop("session_id"), attempt
                 assert report == claude_figures(host / f"probe-{task_id}")
         # worktrees live outside the repository: the checkout itself is left as it was
-        assert git(git_repo, "status", "--porcelain", "--untracked-files=all") == ""
+        assert git(repo, "status", "--porcelain", "--untracked-files=all") == ""
     finally:
         delete(spec)
 
