@@ -355,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "tmux socket, never yours.")
     p.add_argument("-f", "--file", default=None, metavar="WORKERS_YAML",
                    help="the demo's spec (default: the one shipped in the package, "
-                   "reconciler/demo_pool/workers.yaml)")
+                   "a copy of specs/workers.yaml)")
     p.add_argument("--tasks", type=int, default=12, help="how many sample tasks (default 12)")
     p.add_argument("--dir", type=Path, default=None,
                    help="where to put the throwaway repo and state (default: a new temp dir)")

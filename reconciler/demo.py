@@ -7,6 +7,8 @@ until the queue drains and prints a summary with the commands to look around.
 
 The demo spec and its simulated agent ship inside the package (``demo_pool/``,
 declared as package data), so the demo runs from any directory, clone or not.
+In the repository they are symlinks to ``specs/`` (as ``schema/`` is to
+``schemas/``); a wheel holds the files themselves.
 """
 
 from __future__ import annotations

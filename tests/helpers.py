@@ -19,7 +19,7 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FAKE_AGENT = ROOT / "reconciler" / "demo_pool" / "fake-agent"
+FAKE_AGENT = ROOT / "specs" / "fake-agent"
 EXAMPLE_SPECS = sorted((ROOT / "examples").glob("*.yaml"))
 GIT_IDENTITY = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
 

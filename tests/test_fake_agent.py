@@ -1,4 +1,4 @@
-"""Tests for reconciler/demo_pool/fake-agent (the demo's simulated agent), run as a real
+"""Tests for specs/fake-agent (the demo's simulated agent), run as a real
 subprocess in real git repos."""
 
 from __future__ import annotations

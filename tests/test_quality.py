@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 def test_ruff_is_clean() -> None:
     proc = subprocess.run([str(BIN / "ruff"), "check", "reconciler", "tests", "benchmarks",
-                           "reconciler/demo_pool/fake-agent", "tests/bin/claude"], cwd=ROOT,
+                           "specs/fake-agent", "tests/bin/claude"], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -21,7 +21,6 @@ from reconciler.yamlsafe import MAX_ALIASES, MAX_BYTES, Position, YamlLoadError,
 from tests.helpers import (
     EXAMPLE_SPECS,
     FAKE_AGENT,
-    ROOT,
     dedent,
     error_lines,
     example_for,
@@ -112,10 +111,13 @@ class TestValidSpecs:
         assert spec.runtime == "tmux"
         assert spec.tmux_socket == "reconciler-demo"
         assert spec.base_ref == "main"
-        assert spec.repo == (ROOT / "reconciler" / "demo-repo").resolve()
+        # the packaged spec is a symlink to specs/workers.yaml in a clone (a file in a
+        # wheel): paths in it are relative to the file it resolves to
+        home = DEMO_SPEC.resolve().parent
+        assert spec.repo == (home.parent / "demo-repo").resolve()
         agent = spec.worker.command[0]
-        # the agent next to the spec, both inside the package: the demo runs from anywhere
-        assert agent == str((ROOT / "reconciler" / "demo_pool" / "fake-agent").resolve())
+        # the agent next to the spec, both shipped in the package: the demo runs from anywhere
+        assert agent == str(home / "fake-agent")
         assert Path(agent).resolve() == FAKE_AGENT.resolve()
         assert spec.worker.command[1:] == ("--prompt-file", "{task.prompt_file}",
                                            "--title", "{task.title}")
