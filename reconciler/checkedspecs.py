@@ -39,8 +39,8 @@ KEEP = 8  # texts remembered per state directory: the spec files of a few pools,
 # list holds every package module spec.py imports, directly or not).
 CHECKER_SOURCES = ("spec.py", "specmodel.py", "yamlsafe.py", "templates.py", "naming.py",
                    "durations.py", "limits.py", "errors.py", "model.py", "agentresult.py",
-                   "severity.py", "pueueview.py", "pueuestatus.py", "paths.py", "exitstatus.py",
-                   "schema/workers.schema.json")
+                   "severity.py", "sync.py", "pueueview.py", "pueuestatus.py", "paths.py",
+                   "exitstatus.py", "schema/workers.schema.json")
 _LIBRARIES = ("yaml", "jsonschema")  # their code checks too: an upgrade checks again
 
 

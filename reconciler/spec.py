@@ -428,6 +428,7 @@ def _semantic_problems(loaded: LoadedYaml, label: str) -> Iterable[str]:
                       f"is read only with runtime: pueue (runtime is {full['runtime']}); set "
                       "runtime: pueue, or remove this section")
     yield from _webhook_event_problems(loaded, label, full.get("alerts", {}))
+    yield from _sync_problems(loaded, label, full.get("sync"))
     for section, key in (("health", "heartbeatInterval"), ("tasks", "timeout"),
                          ("worker", "stopGrace")):
         if parse_duration(full[section][key]) <= 0 and key != "stopGrace":
@@ -460,6 +461,28 @@ def _webhook_event_problems(loaded: LoadedYaml, label: str,
                 "alerts are " + ", ".join(ALERT_KINDS) + " (or a prefix such as attempt)"
             yield _locate(label, loaded.position_of(path), path,
                           f"{prefix!r} matches no alert ({fix})")
+
+
+def _sync_problems(loaded: LoadedYaml, label: str,
+                   sync: Mapping[str, Any] | None) -> Iterable[str]:
+    """A ref git can fetch (REMOTE/BRANCH), a path inside the repository, an interval."""
+    from reconciler.sync import check_path, split_ref
+
+    if sync is None:
+        return
+    checks: list[tuple[str, Any]] = [("ref", lambda: split_ref(sync["ref"]))]
+    if "path" in sync:
+        checks.append(("path", lambda: check_path(sync["path"])))
+    for key, check in checks:
+        try:
+            check()
+        except (GitError, SpecError) as exc:
+            path = ("spec", "sync", key)
+            yield _locate(label, loaded.position_of(path), path, exc.one_line())
+    if parse_duration(sync["interval"]) <= 0:
+        path = ("spec", "sync", "interval")
+        yield _locate(label, loaded.position_of(path), path,
+                      f"must be longer than 0, got {sync['interval']}")
 
 
 def _metrics_problems(loaded: LoadedYaml, label: str,

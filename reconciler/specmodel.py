@@ -19,6 +19,7 @@ from typing import Any
 
 from reconciler.durations import parse_duration
 from reconciler.model import RetryPolicy
+from reconciler.sync import SyncConfig, config_of
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ class PoolSpec:
     metrics: MetricsSpec | None = None  # None: the controller serves no HTTP
     min_free_disk_percent: float = 5.0  # an alert below this much free disk; 0: never
     pueue: PueueSpec | None = None  # set exactly when runtime is pueue
+    sync: SyncConfig | None = None  # spec.sync: the controller follows a git ref
 
     @property
     def document_json(self) -> str:
@@ -271,6 +273,7 @@ def spec_from_document(document: Mapping[str, Any], *, source_path: Path | None 
         min_free_disk_percent=spec.get("alerts", {}).get("minFreeDiskPercent", 5.0),
         pueue=_pueue(spec.get("pueue"), document["metadata"]["name"])
         if spec["runtime"] == "pueue" else None,
+        sync=config_of(document),
     )
 
 
