@@ -271,11 +271,26 @@ def build_parser() -> argparse.ArgumentParser:
                        "background unless spec.controller.enabled is false; a controller "
                        "run here takes over from that one (it is asked to stop, and exits "
                        "after its pass), but never from another foreground one (exit 1). "
-                       "For systemd, see examples/reconciler-controller.service.")
+                       "For systemd, see examples/reconciler-controller.service. With --sync "
+                       "(or a spec.sync section), it also follows a git ref: it fetches the "
+                       "ref from the spec file's repository every --sync-interval and applies "
+                       "the spec committed there when it differs from what runs.")
     _pool_options(p, output=False)
     p.add_argument("--detached", action="store_true",
                    help="what apply passes to the controller it starts in the background: "
                    "it yields to a foreground controller and exits quietly when one runs")
+    p.add_argument("--sync", action="store_true",
+                   help="follow a git ref (GitOps) even if the spec has no sync section; "
+                   "default ref origin/main, every 1m")
+    p.add_argument("--sync-ref", metavar="REMOTE/BRANCH",
+                   help="the ref to follow, e.g. origin/main (implies --sync; overrides "
+                   "spec.sync.ref)")
+    p.add_argument("--sync-path", metavar="PATH",
+                   help="the spec file in that commit, relative to the repository's root "
+                   "(implies --sync; default: the applied spec file's own path)")
+    p.add_argument("--sync-interval", metavar="DURATION",
+                   help="how often to fetch, e.g. 30s (implies --sync; default "
+                   "spec.sync.interval, else 1m)")
 
     p = sub.add_parser("restart", help="restart a worker and give it a fresh restart budget",
                        description="Clear a worker's restart count (e.g. one that is `failed` "

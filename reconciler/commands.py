@@ -17,7 +17,7 @@ from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from reconciler import pool as pools
 from reconciler.checkedspecs import CheckedSpecs
@@ -32,6 +32,9 @@ from reconciler.report.status import UNHEALTHY_EXIT
 from reconciler.spec import load_spec
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_controller, ring_workers
+
+if TYPE_CHECKING:
+    from reconciler.sync import SyncDrift, SyncFlags
 
 
 def wake_claimers(pool: Pool) -> None:
@@ -138,11 +141,43 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     pool = pools.resolve_pool(args.state_dir, args.file, None)
     plan = operations.diff(pool)
+    drift = _sync_drift(pool)
     if args.output == "json":
-        print_json(plan_document(plan))
+        document = plan_document(plan)
+        if drift is not None:  # only with sync on: the plan's contract is unchanged without
+            document["sync"] = asdict(drift) | {"pending": drift.pending}
+        print_json(document)
     else:
         _render().render_plan(plan, title=f"reconcile apply would change pool {pool.name}:")
-    return 0 if plan.in_sync else 2
+        if drift is not None:
+            _print(drift.describe(), "yellow" if drift.pending or drift.problem else None)
+    return 0 if plan.in_sync and not (drift and drift.pending) else 2
+
+
+def _sync_drift(pool: Pool) -> SyncDrift | None:
+    """What ``diff`` says of GitOps sync, when the spec or a controller's ``--sync`` turns
+    it on: the ref as last fetched against what runs (it never fetches: a fetch changes
+    the repository, and ``diff`` changes nothing)."""
+    from reconciler import gitsync
+    from reconciler.specmodel import document_hash
+    from reconciler.sync import SYNC_KEY, SyncConfig, state_from_json
+
+    if pool.spec is None or pool.spec.source_path is None:
+        return None
+    state, running = None, None
+    if pool.paths.exists():
+        with Store(pool.paths.store, readonly=True) as store:
+            state = state_from_json(store.meta_value(SYNC_KEY))
+            latest, history = store.latest_spec(), store.history()
+        if latest is not None:
+            running = (latest[0], document_hash(latest[1]),
+                       history[-1].git_commit if history else None)
+    config = pool.spec.sync or (SyncConfig(state.ref, state.path or None, state.interval)
+                                if state else None)
+    if config is None:
+        return None
+    fetched_at = state.fetched_at if state and state.ref == config.ref else None
+    return gitsync.drift(pool.spec.source_path, config, pool.name, running, fetched_at)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -250,6 +285,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         raise PoolError(f"controller.enabled is false in {where}: this pool changes only "
                         "when you run apply", hint="set controller.enabled: true (and apply "
                         "it), or run `reconcile apply` when you want the pool converged")
+    flags = _sync_flags(args, pool)
     log_to(sys.stderr, "{time} controller {level} {message}", level="INFO", replace=True)
     try:
         log = enable_crash_log(pool.paths.logs / "controller.log", who="controller")
@@ -260,7 +296,43 @@ def cmd_controller(args: argparse.Namespace) -> int:
         logger.error("cannot open {}: {}; logging to stderr only",
                      pool.paths.logs / "controller.log", exc.strerror or exc)
     # with -f, the file given is applied (once the lock is ours) and kept converged
-    return controller.run_controller(pool, apply_first=bool(args.file), detached=args.detached)
+    return controller.run_controller(pool, apply_first=bool(args.file),
+                                     detached=args.detached, sync=flags)
+
+
+def _sync_flags(args: argparse.Namespace, pool: Pool) -> SyncFlags:
+    """``--sync`` and ``--sync-*`` checked, and, when sync will be on, its repository and
+    remote too (only reads): a wrong ref is one line now, not an event a minute later."""
+    from reconciler import gitsync
+    from reconciler.sync import SyncFlags, check_path, effective_config, split_ref
+
+    interval = _duration_arg(args.sync_interval, "--sync-interval") \
+        if args.sync_interval else None
+    if interval is not None and interval <= 0:
+        raise ReconcilerError(f"--sync-interval {args.sync_interval} must be longer than 0",
+                              hint="e.g. --sync-interval 1m")
+    if args.sync_ref:
+        split_ref(args.sync_ref)
+    if args.sync_path:
+        check_path(args.sync_path)
+    flags = SyncFlags(args.sync or bool(args.sync_ref or args.sync_path or interval),
+                      args.sync_ref, args.sync_path, interval)
+    config = effective_config(pool.spec.sync if pool.spec else None, flags.forced, flags.ref,
+                              flags.path, flags.interval)
+    if config is None:
+        return flags
+    spec_file = pool.spec.source_path if args.file and pool.spec else None
+    if spec_file is None and pool.paths.exists():
+        with Store(pool.paths.store, readonly=True) as store:
+            history = store.history()
+        spec_file = Path(history[-1].source_path) if history and history[-1].source_path \
+            else None
+    if spec_file is None:
+        raise PoolError(f"pool {pool.name!r}: sync needs the spec file the pool was applied "
+                        "from", hint="pass -f workers.yaml (in a clone of the repository "
+                        "to follow)")
+    gitsync.check_remote(gitsync.locate(spec_file, config), config)
+    return flags
 
 
 def cmd_restart(args: argparse.Namespace) -> int:

@@ -52,6 +52,8 @@ from reconciler.pool import ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool
 from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
+from reconciler.sync import SyncFlags
+from reconciler.syncer import Syncer
 from reconciler.wakeup import Bell, controller_bell, ring_controller
 from reconciler.web.serving import ServedEndpoint
 
@@ -70,10 +72,12 @@ TAKEOVER_SECONDS = 60.0  # a detached controller ends its pass and exits within 
 class Controller:
     """The loop behind ``reconcile controller``: one per pool (its lock says so)."""
 
-    def __init__(self, pool: Pool, *, apply_first: bool = False, detached: bool = False) -> None:
+    def __init__(self, pool: Pool, *, apply_first: bool = False, detached: bool = False,
+                 sync: SyncFlags | None = None) -> None:
         self.pool = pool
         self.apply_first = apply_first
         self.detached = detached  # started by apply in the background (else by an operator)
+        self._syncer = Syncer(pool.paths, sync or SyncFlags())
         self.stop = threading.Event()
         self.interval = pool.spec.controller_interval if pool.spec else 1.0
         self._bell: Bell | None = None
@@ -129,6 +133,7 @@ class Controller:
                     store.set_meta_value(key, "")
             self._loop(store, self._bell)
         finally:
+            self._syncer.close()  # before the lock goes: no sync apply after we stopped
             self._endpoint.close(store)
             self._alerts.close()
             self._bell.close()
@@ -286,6 +291,7 @@ class Controller:
         if result is None:
             return True, None
         self.interval = result.spec.controller_interval  # the newest generation's
+        self._syncer.retarget(result.spec)  # ... and its spec.sync (or --sync)
         current = Pool(self.pool.paths, result.spec)  # the newest generation's
         self._endpoint.passed(current, time.monotonic() - began)
         try:
@@ -383,9 +389,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_controller(pool: Pool, *, apply_first: bool = False, detached: bool = False) -> int:
-    """Entry point of ``reconcile controller``: run until SIGTERM/SIGINT or ``delete``."""
-    controller = Controller(pool, apply_first=apply_first, detached=detached)
+def run_controller(pool: Pool, *, apply_first: bool = False, detached: bool = False,
+                   sync: SyncFlags | None = None) -> int:
+    """Entry point of ``reconcile controller``: run until SIGTERM/SIGINT or ``delete``
+    (``sync``: follow a git ref even if the spec has no ``sync`` section)."""
+    controller = Controller(pool, apply_first=apply_first, detached=detached, sync=sync)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         del frame

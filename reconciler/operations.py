@@ -166,9 +166,11 @@ class ApplyResult:
 
 
 def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None] = lambda _p: None,
-          lock_timeout: float = LOCK_TIMEOUT, force: bool = False) -> ApplyResult:
+          lock_timeout: float = LOCK_TIMEOUT, force: bool = False,
+          git_commit: str | None = None) -> ApplyResult:
     """Record ``pool.spec`` as the newest generation and run one pass toward it
-    (``force``: even if its programs cannot be found on this host)."""
+    (``force``: even if its programs cannot be found on this host; ``git_commit``: the
+    commit the spec was read at, as GitOps sync does, instead of the file's last one)."""
     spec = _spec_of(pool)
     preflight(spec, pool.paths, force=force)
     check_pueue_group(pool)
@@ -181,7 +183,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
         observation = observe_pool(pool, store)
         changes = _changes_since_applied(store, spec)
         first = replace(plan(spec, observation, observation.observed_at), spec_changes=changes)
-        generation, recorded = _record_spec(store, spec, first.summary())
+        generation, recorded = _record_spec(store, spec, first.summary(), git_commit)
         result = run_pass(pool, store, generation, desired(spec, generation),
                           progress=progress,
                           on_plan=lambda p: on_plan(replace(p, spec_changes=changes)))
@@ -190,14 +192,16 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
                        recorded, result.remaining)
 
 
-def _record_spec(store: StorePort, spec: PoolSpec, summary: str) -> tuple[int, bool]:
+def _record_spec(store: StorePort, spec: PoolSpec, summary: str,
+                 git_commit: str | None = None) -> tuple[int, bool]:
     """The generation of ``spec``: the latest one if it is the same document, else a new one."""
     same = _newest_generation_if_same(store, spec)
     if same is not None:
         return same, False
     return store.record_applied_spec(
         source_path=str(spec.source_path) if spec.source_path else None,
-        source_sha256=spec.source_sha256, git_commit=spec_git_commit(spec.source_path),
+        source_sha256=spec.source_sha256,
+        git_commit=git_commit or spec_git_commit(spec.source_path),
         document_hash=spec.document_hash, document=spec.document_json, summary=summary), True
 
 

@@ -127,11 +127,29 @@ def status_of(pool: Pool, store: StorePort | None,
         endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
     deleted = store.meta_value(DELETED_KEY)
     document["deleted_at"] = float(deleted) if deleted else None
+    document["sync"] = None if deleted else sync_status(store)  # deleted: nothing follows
     shared = pueue_group_shared(pool)
     if shared:
         document["problems"].append(f"{shared}: give each pool its own pueue.group")
         document["ok"] = False
     return observation, document
+
+
+def sync_status(store: StorePort) -> dict[str, Any] | None:
+    """GitOps sync as ``status`` shows it: the ref followed, the commit last fetched, the
+    commit the pool was found running and the last error (None: sync is off). Only reads
+    the store: no git."""
+    from dataclasses import asdict
+
+    from reconciler.sync import SYNC_KEY, state_from_json
+
+    state = state_from_json(store.meta_value(SYNC_KEY))
+    if state is None:
+        return None
+    history = store.history()
+    running = history[-1] if history else None
+    return {**asdict(state), "running_generation": running.id if running else None,
+            "running_commit": running.git_commit if running else None}
 
 
 def preflight(spec: PoolSpec, paths: PoolPaths, *, force: bool = False) -> None:

@@ -24,7 +24,7 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
     if kind in ("controller.down", "pueue.down"):
         return "critical"  # nothing heals the pool until it runs again
     if kind in ("pool.paused", "pool.over_budget", "alert.delivery_failed", "disk.low",
-                "metrics.unavailable"):
+                "metrics.unavailable", "sync.invalid", "sync.failed"):
         return "warning"
     return None
 
@@ -33,7 +33,7 @@ def severity_of(kind: str, fields: Mapping[str, Any] | None) -> str | None:
 # what ``alerts.webhooks[].events`` may name, whole or as a prefix
 ALERT_KINDS = ("worker.health", "attempt.failed", "attempt.timeout", "attempt.lost",
                "attempt.rate_limited", "pool.paused", "pool.over_budget", "controller.down",
-               "disk.low", "metrics.unavailable", "pueue.down")
+               "disk.low", "metrics.unavailable", "pueue.down", "sync.invalid", "sync.failed")
 
 
 def names_an_alert(prefix: str) -> bool:

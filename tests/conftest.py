@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import state_dir
-from tests.helpers import GIT_IDENTITY, git, kill_processes_mentioning, kill_tmux_servers_under
+from tests.helpers import (
+    GIT_IDENTITY,
+    git,
+    kill_processes_mentioning,
+    kill_tmux_servers_under,
+    write_spec,
+)
 
 # Every process a test starts (each CLI call, worker and controller) imports the
 # package.  Where PYTHONDONTWRITEBYTECODE is set, as on some CI machines, each would
@@ -62,3 +68,21 @@ def git_repo(tmp_path: Path) -> Path:
     return repo
 
 
+
+
+@pytest.fixture
+def git_remote(tmp_path: Path, git_repo: Path) -> dict[str, Path]:
+    """For GitOps sync: a bare repository as the remote (``bare``); ``ops``, the
+    operator's clone, holding workers.yaml (pool ``syncpool``, ``replicas: 0``, its
+    ``repo`` the ``git_repo`` fixture, written relative: ``../repo``); ``dev``, another
+    clone that pushes changes to it (``tests.helpers.push_spec``)."""
+    bare = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(bare))
+    ops, dev = tmp_path / "ops", tmp_path / "dev"
+    git(tmp_path, "clone", "-q", str(bare), str(ops))
+    write_spec(ops, name="syncpool", replicas=0, repo="../repo", runtime="process")
+    git(ops, "add", "workers.yaml")
+    git(ops, *GIT_IDENTITY, "commit", "-q", "-m", "the pool")
+    git(ops, "push", "-q", "origin", "HEAD:main")
+    git(tmp_path, "clone", "-q", str(bare), str(dev))
+    return {"bare": bare, "ops": ops, "dev": dev}

@@ -110,6 +110,20 @@ def example_for(example: Path, directory: Path, repo: Path) -> Path:
     return copy
 
 
+def push_spec(clone: Path, message: str, **changes: Any) -> str:
+    """Edit ``clone``'s workers.yaml (``replicas=3``... into ``spec``), commit it, push it
+    to origin's main and return the commit (GitOps sync tests)."""
+    git(clone, "pull", "-q", "--ff-only", "origin", "main")  # what others pushed first
+    path = clone / "workers.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["spec"].update(changes)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    git(clone, "add", "workers.yaml")
+    git(clone, *GIT_IDENTITY, "commit", "-q", "-m", message)
+    git(clone, "push", "-q", "origin", "HEAD:main")
+    return git(clone, "rev-parse", "HEAD").strip()
+
+
 CLI = [sys.executable, "-m", "reconciler"]
 
 

@@ -104,6 +104,9 @@ def render_status(document: dict[str, Any]) -> None:
         print(f"controller: {state}")
     if document.get("pueue"):
         say(pueue_line(document["pueue"]))
+    if document.get("sync"):
+        for line in sync_lines(document["sync"]):
+            print(line)
     if document.get("deleting"):
         print(f"{paint('delete ' + document['deleting']['state'], 'yellow')} (since "
               f"{when(document['deleting']['since'])})")
@@ -125,6 +128,31 @@ def render_status(document: dict[str, Any]) -> None:
                     "yellow") + f": {cell_text(reason)} (`reconcile resume` lifts it)")
     for problem in document["problems"]:
         print(f"{paint('problem:', 'red')} {printable(problem, multiline=True)}")
+
+
+def sync_lines(sync: dict[str, Any]) -> list[str]:
+    """``sync: origin/main:workers.yaml at 1a2b3c4d5e6f (fetched 12s ago); runs it
+    (generation 3)``, and the last error, if any."""
+    fetched = sync.get("fetched_commit")
+    line = f"sync: {cell_text(sync['ref'])}:{cell_text(sync['path'] or '?')} "
+    line += (f"at {fetched[:12]} (fetched {_ago(sync.get('fetched_at'))})" if fetched
+             else "not fetched yet")
+    running, generation = sync.get("running_commit"), sync.get("running_generation")
+    if fetched and sync.get("synced_commit") == fetched \
+            and sync.get("synced_generation") == generation:
+        line += f"; runs it (generation {generation})"
+    elif generation is not None:
+        line += f"; runs generation {generation}" + (
+            f" (commit {str(running)[:12]})" if running else "")
+    lines = [line]
+    if sync.get("error"):
+        lines.append(f"{paint('sync error', 'red')} (since {_ago(sync.get('error_at'))}): "
+                     f"{printable(sync['error'])}")
+    return lines
+
+
+def _ago(ts: float | None) -> str:
+    return f"{format_duration(time.time() - ts)} ago" if ts else "never"
 
 
 def pueue_line(pueue: dict[str, Any]) -> str:
