@@ -22,6 +22,11 @@ Every pass works toward the newest applied generation, read under the pool
 lock, so ``apply``, ``delete`` and the controller can take turns at the lock
 without undoing each other.
 
+With GitOps sync on (``spec.sync`` or ``--sync``), a thread of its own
+(``reconciler.syncer``) fetches the followed ref and applies the spec committed
+there; it takes the pool lock like any ``apply``, so the loop above never waits
+on a remote.
+
 A fault of the store or the disk (busy, full, read-only, I/O errors) never
 ends the controller: the pass fails with one log line, the next one waits
 with a growing backoff (up to ``FAULT_BACKOFF_MAX``), and the controller keeps
