@@ -176,6 +176,8 @@ class SyncState:
     error: str | None = None  # the last error (fetch, read, validation, apply); None: none
     error_at: float | None = None
     checked_at: float | None = None  # the last attempt, successful or not
+    invalid_commit: str | None = None  # the commit whose spec did not validate (error says
+    # why): a restarted controller does not report it again
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -122,6 +122,8 @@ class Syncer:
             state = replace(state, fetched_commit=commit, fetched_at=now)
             latest = store.latest_spec()
             running = document_hash(latest[1]) if latest else None
+            if self._checked is None and state.invalid_commit == commit:  # said before
+                self._checked = Checked(commit, None, state.error)
             decision = decide(commit, self._checked, running)
             if decision.kind == "check":
                 self._check(store, config, source.path, commit, latest[0] if latest else None,
@@ -129,7 +131,7 @@ class Syncer:
                 decision = decide(commit, self._checked, running)
             if decision.kind == "invalid":
                 error = self._checked.error if self._checked else decision.reason
-                state = replace(state, error=error,
+                state = replace(state, error=error, invalid_commit=commit,
                                 error_at=state.error_at if state.error == error else now)
             elif decision.kind == "apply" and self._spec is not None:
                 if self._stopping(store):
@@ -143,12 +145,13 @@ class Syncer:
                 logger.info("sync: applied {} at {} as generation {}", config.ref,
                             commit[:12], result.generation)
                 state = replace(state, synced_commit=commit, synced_generation=result.generation,
-                                synced_at=now, error=None, error_at=None)
+                                synced_at=now, error=None, error_at=None, invalid_commit=None)
             elif decision.kind == "in_sync":
                 state = replace(state, synced_commit=commit,
                                 synced_generation=latest[0] if latest else None,
                                 synced_at=now if state.synced_commit != commit
-                                else state.synced_at, error=None, error_at=None)
+                                else state.synced_at, error=None, error_at=None,
+                                invalid_commit=None)
         except LockHeldError as exc:  # another command is applying: soon again, no event
             logger.info("sync: {}; trying again in {:.0f}s", exc.one_line(), LOCK_RETRY)
             wait = min(wait, LOCK_RETRY)

@@ -236,6 +236,9 @@ class TestSyncer:
             state = state_from_json(store.meta_value(SYNC_KEY))
             assert state is not None and state.fetched_commit == broken
             assert state.synced_commit == two and state.error_at == 102.0
+            # a controller that starts again knows the commit was said to be invalid
+            Syncer(paths, SyncFlags(forced=True)).sync_once(store, config, 103.5)
+            assert len(store.find_events(kind="sync.invalid")) == 1
 
             git_remote["bare"].rename(git_remote["bare"].with_name("moved.git"))
             for now in (104.0, 105.0):
