@@ -86,9 +86,20 @@ def git_input(repo: Path, args: list[str], stdin: str) -> str:
 
 def checked_out_branches(repo: Path) -> set[str]:
     """Branches checked out in any worktree of ``repo``, the main checkout included."""
+    return set(checked_out_in(repo))
+
+
+def checked_out_in(repo: Path) -> dict[str, str]:
+    """Each branch checked out in a worktree of ``repo`` (the main checkout included) and
+    the path of that worktree: one ``git worktree list --porcelain``."""
     proc = git(repo, ["worktree", "list", "--porcelain"])
-    return {line.removeprefix("branch refs/heads/") for line in proc.stdout.splitlines()
-            if line.startswith("branch refs/heads/")}
+    found, path = {}, ""
+    for line in proc.stdout.splitlines():
+        if line.startswith("worktree "):
+            path = line.removeprefix("worktree ")
+        elif line.startswith("branch refs/heads/"):
+            found[line.removeprefix("branch refs/heads/")] = path
+    return found
 
 
 @dataclass
@@ -127,15 +138,22 @@ def prune_empty_branches(repo: Path, base_ref: str, *, naming: re.Pattern[str],
     if dry_run:
         result.deleted = empty
         return result
-    for start in range(0, len(empty), DELETE_BATCH):
-        batch = empty[start:start + DELETE_BATCH]
+    result.deleted, result.failed = delete_branches(repo, empty, directory)
+    return result
+
+
+def delete_branches(repo: Path, branches: list[str],
+                    directory: str) -> tuple[list[str], dict[str, str]]:
+    """``git branch -D`` every one of ``branches`` (checked names, all under ``directory``),
+    a batch of names per call; returns those deleted and, for each git refused, why.
+    What is gone is read back from git, not from its exit code."""
+    for start in range(0, len(branches), DELETE_BATCH):
+        batch = [check_branch_name(b) for b in branches[start:start + DELETE_BATCH]]
         git(repo, ["branch", "-D", "--", *batch], check=False)  # refusals are found below
     left = branch_tips(repo, directory)
-    result.deleted = [b for b in empty if b not in left]
-    for branch in empty:
-        if branch in left:
-            result.failed[branch] = "git refused to delete it (see `git branch -D`)"
-    return result
+    failed = {b: "git refused to delete it (see `git branch -D`)" for b in branches
+              if b in left}
+    return [b for b in branches if b not in left], failed
 
 
 def known_counts(repo: Path, base_ref: str, directory: str,
