@@ -18,6 +18,7 @@ from reconciler import __version__
 from reconciler.errors import ReconcilerError
 from reconciler.log import warnings_to_stderr
 from reconciler.paths import check_state_dir, default_state_dir
+from reconciler.pruneplan import BRANCH_POLICIES, DEFAULT_OLDER_THAN
 from reconciler.report.documents import printable
 
 EPILOG = """\
@@ -251,18 +252,35 @@ def build_parser() -> argparse.ArgumentParser:
     _pool_options(p)
     p.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
 
-    p = sub.add_parser("prune", help="delete task branches that got no commits",
-                       description="With --empty-branches: delete the pool's task branches "
-                       "(named by its worktrees.branch template and recorded by one of its "
-                       "attempts) that have no commit beyond the spec's baseRef. A branch whose "
-                       "attempt is running, or that any worktree has checked out, is kept. "
-                       "It asks nothing: every ref deleted is printed (--dry-run: would be). "
-                       "Branches with commits are never touched.")
+    p = sub.add_parser("prune", help="remove what ended attempts left: worktrees, "
+                       "branches, old logs",
+                       description="Remove what ended attempts of the pool left behind: "
+                       "their worktrees (never one of a running attempt or of a queued or "
+                       "running task; one holding uncommitted work only with "
+                       "--dirty-worktrees, which commits that work to its branch first; a "
+                       "worker's own perWorker worktree only once the pool is deleted), the "
+                       "branches of tasks that ended failed or cancelled (--branches), and "
+                       "the logs of attempts that ended more than --older-than ago. Only "
+                       "what the pool's attempts recorded and its naming fits is touched. "
+                       "It asks nothing: every path and ref removed is printed, and every "
+                       "one kept with the reason (--dry-run: what would be removed). Exit 1 "
+                       "if something could not be removed (listed). With --empty-branches it "
+                       "only deletes the task branches that have no commit beyond baseRef. "
+                       "Works on a deleted pool too.")
     _pool_options(p)
     p.add_argument("--empty-branches", action="store_true",
-                   help="delete task branches with no commits beyond baseRef")
+                   help="only delete task branches with no commits beyond baseRef")
     p.add_argument("--dry-run", action="store_true",
-                   help="only print what would be deleted")
+                   help="only print what would be removed")
+    p.add_argument("--branches", choices=BRANCH_POLICIES, default=None,
+                   help="whose branches go: unsucceeded (default) those of failed and "
+                   "cancelled tasks, all those of succeeded tasks too, none no branch")
+    p.add_argument("--older-than", metavar="DURATION", default=None,
+                   help=f"remove the logs of attempts that ended at least this long ago "
+                   f"(default {DEFAULT_OLDER_THAN}, a week)")
+    p.add_argument("--dirty-worktrees", action="store_true",
+                   help="also remove worktrees holding uncommitted work (kept by "
+                   "worktrees.onDirty: keep), committing that work to their branch first")
 
     p = sub.add_parser("controller", help="run the pool's controller in the foreground",
                        description="Keep the pool converged: observe, plan and act on every "

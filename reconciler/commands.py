@@ -30,6 +30,7 @@ from reconciler.pool import Pool
 from reconciler.report.documents import print_json, print_json_array, printable, task_document
 from reconciler.report.status import UNHEALTHY_EXIT
 from reconciler.spec import load_spec
+from reconciler.specmodel import PoolSpec
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_controller, ring_workers
 
@@ -693,18 +694,73 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    """Delete the pool's empty task branches; asks nothing (--dry-run shows them first)."""
+    """Remove what ended attempts left (worktrees, branches, old logs), or with
+    ``--empty-branches`` only the task branches with no commits; asks nothing
+    (--dry-run shows it first)."""
+    if args.empty_branches:
+        given = [option for option, value in (("--branches", args.branches),
+                                              ("--older-than", args.older_than),
+                                              ("--dirty-worktrees", args.dirty_worktrees))
+                 if value]
+        if given:
+            raise ReconcilerError(f"prune --empty-branches takes no {given[0]}: it deletes "
+                                  "only branches without commits", hint="leave out "
+                                  "--empty-branches to prune what ended attempts left")
+        return _prune_empty_branches(args)
+    return _prune_leftovers(args)
+
+
+def _prune_leftovers(args: argparse.Namespace) -> int:
+    from reconciler.pruneplan import DEFAULT_BRANCH_POLICY, DEFAULT_OLDER_THAN, PruneOptions
+    from reconciler.worktrees import check_repo
+
+    older_than = args.older_than or DEFAULT_OLDER_THAN
+    options = PruneOptions(branches=args.branches or DEFAULT_BRANCH_POLICY,
+                           older_than=_duration_arg(older_than, "--older-than"),
+                           dirty=args.dirty_worktrees)
+    with _open_store(args) as (pool, store):  # read-only: it records nothing
+        spec = _applied(pool)
+        check_repo(spec.repo, spec.base_ref)
+        from reconciler.prune import prune_leftovers
+
+        outcome = prune_leftovers(pool.paths, spec, store, options, dry_run=args.dry_run,
+                                  pool_deleted=bool(store.meta_value(pools.DELETED_KEY)),
+                                  now=time.time())
+    def rows(items: Iterable[Any]) -> list[dict[str, Any]]:
+        return [{"kind": i.kind, "name": i.name, "reason": i.reason, "task_id": i.task_id}
+                for i in items]
+    document = {"pool": pool.name, "repo": str(spec.repo), "dry_run": args.dry_run,
+                "branches": options.branches, "older_than": older_than,
+                "dirty_worktrees": options.dirty, "removed": rows(outcome.done),
+                "kept": rows(outcome.plan.keep), "recent_logs": outcome.plan.recent_logs,
+                "failed": rows(outcome.failed)}
+    if args.output == "json":
+        print_json(document)
+    else:
+        _render().render_prune_leftovers(document)
+    if outcome.failed:
+        print(f"error: {len(outcome.failed)} item(s) could not be removed (listed above)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _applied(pool: Pool) -> PoolSpec:
+    """The pool's spec (the file's, else the newest applied), or one line saying why
+    there is none."""
+    if pool.spec is None:
+        raise PoolError(f"pool {pool.name!r} was never applied, so its branch naming and "
+                        "baseRef are unknown", hint="pass -f workers.yaml")
+    return pool.spec
+
+
+def _prune_empty_branches(args: argparse.Namespace) -> int:
+    """Delete the pool's empty task branches."""
     from reconciler.branches import prune_empty_branches
     from reconciler.worktrees import check_repo, repo_lock
 
-    if not args.empty_branches:
-        raise ReconcilerError("prune: say what to prune", hint="reconcile prune "
-                              "--empty-branches [--dry-run] deletes task branches with no commits")
     with _open_store(args) as (pool, store):  # read-only: branches are git's, not the store's
-        spec = pool.spec
-        if spec is None:
-            raise PoolError(f"pool {pool.name!r} was never applied, so its branch naming and "
-                            "baseRef are unknown", hint="pass -f workers.yaml")
+        spec = _applied(pool)
         check_repo(spec.repo, spec.base_ref)
         # under the lock every worker takes to add a worktree: no attempt starts meanwhile
         with repo_lock(pool.paths.repo_locks, spec.repo):

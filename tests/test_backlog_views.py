@@ -212,13 +212,10 @@ class TestCommitsAndPrune:
         row = next(line for line in text.splitlines() if "empty one" in line)
         assert _cells(row)[4] == "-"  # the commits column of a pruned branch
 
-    def test_prune_needs_to_be_told_what(self, host: Path, git_repo: Path) -> None:
-        spec = write_spec(host)
-        add_task(spec, title="t")
-        line = one_error_line(reconcile("prune", "-f", str(spec)))
-        assert "--empty-branches" in line
+    def test_prune_of_an_unknown_pool_is_one_line(self, host: Path, git_repo: Path) -> None:
         line = one_error_line(reconcile("prune", "--empty-branches", "--pool", "nope"))
         assert "nope" in line
+        assert "nope" in one_error_line(reconcile("prune", "--pool", "nope"))
 
     def test_prune_without_a_spec_or_repo_is_one_line(self, host: Path,
                                                       git_repo: Path) -> None:

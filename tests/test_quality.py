@@ -34,7 +34,7 @@ def test_mypy_is_clean() -> None:
 PURE_MODULES = ("reconciler.model", "reconciler.actions", "reconciler.specmodel",
                 "reconciler.naming", "reconciler.policies", "reconciler.retry",
                 "reconciler.health", "reconciler.planner", "reconciler.report.plan",
-                "reconciler.sync")
+                "reconciler.sync", "reconciler.pruneplan")
 IO_MODULES = ("subprocess", "sqlite3", "psutil", "fcntl", "socket", "reconciler.store",
               "reconciler.observe", "reconciler.runtimes", "reconciler.worktrees",
               "reconciler.proctree", "reconciler.lock", "reconciler.spec")

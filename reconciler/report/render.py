@@ -294,6 +294,36 @@ def render_prune(document: dict[str, Any]) -> None:
         f"{document['with_commits']} with commits untouched")
 
 
+def render_prune_leftovers(document: dict[str, Any]) -> None:
+    """What ``prune`` removed of what ended attempts left (or would), what it kept and
+    why, and what it could not remove: one line per path or ref."""
+    dry = document["dry_run"]
+    verbs = {"branch": "would delete" if dry else "deleted",
+             "worktree": "would remove" if dry else "removed",
+             "log": "would remove" if dry else "removed"}
+
+    def named(item: dict[str, Any]) -> str:
+        name = cell_text(item["name"])
+        return f"{item['kind']} refs/heads/{name}" if item["kind"] == "branch" \
+            else f"{item['kind']} {name}"
+    for item in document["removed"]:
+        say(f"{verbs[item['kind']]} {named(item)}: {cell_text(item['reason'])}")
+    for item in document["kept"]:
+        say(f"kept {named(item)}: {cell_text(item['reason'])}", "dim")
+    for item in document["failed"]:
+        print(f"{paint('not removed', 'red')} {named(item)}: {cell_text(item['reason'])}")
+
+    def count(items: list[dict[str, Any]], kind: str) -> int:
+        return sum(item["kind"] == kind for item in items)
+    removed, kept = document["removed"], document["kept"]
+    say(f"pool {cell_text(document['pool'])}: {verbs['worktree']} "
+        f"{count(removed, 'worktree')} worktree(s), {count(removed, 'log')} log(s), "
+        f"{verbs['branch']} {count(removed, 'branch')} branch(es) (--branches "
+        f"{document['branches']}); kept {count(kept, 'worktree')} worktree(s), "
+        f"{count(kept, 'branch')} branch(es), {document['recent_logs']} log(s) of attempts "
+        f"that ended less than {document['older_than']} ago or still run")
+
+
 def render_history(history: list[AppliedSpec]) -> None:
     if not history:
         say("nothing applied yet")
