@@ -178,11 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
                    "on this host, worktrees.dir is inside the repository unignored, or "
                    "tmux.socket is a server reconciler did not start")
 
-    p = sub.add_parser("delete", help="stop the pool's workers; keep queue and history",
-                       description="Stop every worker after its current task (or at once "
-                       "with --force, requeueing its task). The queue, logs and history stay.")
+    p = sub.add_parser("delete", help="stop the pool's workers; keep queue and history "
+                       "(--purge: drop them too)",
+                       description="Stop the controller and every worker after its current "
+                       "task (or at once with --force, requeueing its task). The queue, logs "
+                       "and history stay (their paths are printed) for `apply` to bring the "
+                       "pool back; --purge removes them too, once every worker has stopped, "
+                       "so the pool is gone and its spec starts fresh. Task branches stay "
+                       "either way (they hold the agents' work); purge refuses while the "
+                       "pool still has worktrees: `reconcile prune` first.")
     _pool_options(p, output=False)
     p.add_argument("--force", action="store_true", help="kill workers now; requeue their tasks")
+    p.add_argument("--purge", action="store_true",
+                   help="also remove the pool's store (queue, attempts, history, events), "
+                   "logs and prompts; branches stay")
     p.add_argument("--lock-timeout", default="10s",
                    help="how long to wait for another apply or delete (default 10s)")
 

@@ -34,7 +34,8 @@ from reconciler.specmodel import PoolSpec
 from reconciler.store.sqlite import Store
 from reconciler.wakeup import ring_controller, ring_workers
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # names for types only: they load nothing when the program runs
+    from reconciler.purge import Remains
     from reconciler.sync import SyncDrift, SyncFlags
 
 
@@ -260,16 +261,46 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     pool = _pool(args)
     result = operations.delete(
-        pool, force=args.force, lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
+        pool, force=args.force, purge=args.purge,
+        lock_timeout=_duration_arg(args.lock_timeout, "--lock-timeout"),
         progress=_progress_line)
     for problem in result.report.problems:
         print(f"warning: {printable(problem)}", file=sys.stderr)
     if not result.done:
         print("error: some workers did not stop in time; run `reconcile delete --force` to "
-              "stop them now (their tasks go back to the queue)", file=sys.stderr)
+              "stop them now (their tasks go back to the queue)" +
+              (", then --purge again" if args.purge else ""), file=sys.stderr)
         return 1
-    _print(f"Pool {pool.name} deleted; the queue, logs and history are kept.")
+    if result.purged is not None:
+        _print(f"Pool {pool.name} deleted and purged; removed:")
+        for path, held in result.purged.removed:
+            _print(f"  {path} ({held})")
+    else:
+        _print(f"Pool {pool.name} deleted. Kept, for `reconcile apply` to bring it back:")
+        _print(f"  the queue, attempts, history and events: {pool.paths.store}")
+        _print(f"  logs: {pool.paths.logs}")
+    if result.remains is not None:
+        for line in _remains_lines(result.remains, purged=result.purged is not None):
+            _print(line)
     return 1 if result.report.problems else 0
+
+
+def _remains_lines(left: Remains, *, purged: bool) -> list[str]:
+    """What a deleted pool leaves in its repository, and how to remove it."""
+    repo, where = left.repo, f"{left.branch_directory}*" if left.branch_directory else "*"
+    lines = []
+    if left.worktrees:
+        lines.append(f"  worktrees: {len(left.worktrees)} under {left.worktree_root}")
+    lines.append(f"  task branches: {left.branches} in {repo} ({where}); they hold the "
+                 f"agents' work and stay{' (not purged)' if purged else ''}")
+    if purged:
+        lines.append(f"To remove them: git -C {repo} branch --list '{where}' lists them, "
+                     f"git -C {repo} branch -D NAME deletes one.")
+    else:
+        lines.append("`reconcile prune` removes the worktrees and the branches of failed "
+                     "tasks (--branches all: every one) and old logs; `reconcile delete "
+                     "--purge` then removes the store and logs (branches stay).")
+    return lines
 
 
 def cmd_controller(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from reconciler.pool import (
     resolve_pool,
     spec_git_commit,
 )
+from reconciler.purge import Purged, Remains, check_purgeable, purge_state, remains
 from reconciler.scale import rewrite_replicas
 from reconciler.specdiff import spec_changes
 from reconciler.specmodel import PoolSpec, document_hash, spec_from_document
@@ -263,12 +264,16 @@ def converge(pool: Pool, generation: int, *, timeout: float, progress: Say = _qu
 class DeleteResult:
     done: bool  # every worker stopped
     report: ExecutionReport = field(default_factory=ExecutionReport)
+    remains: Remains | None = None  # what the pool keeps in its repository (once done)
+    purged: Purged | None = None  # with purge: what was removed
 
 
-def delete(pool: Pool, *, force: bool = False, progress: Say = _quiet,
+def delete(pool: Pool, *, force: bool = False, purge: bool = False, progress: Say = _quiet,
            lock_timeout: float = LOCK_TIMEOUT) -> DeleteResult:
     """Stop the controller, then every worker (after its current task unless ``force``),
-    holding the pool lock throughout; the queue, logs and history stay."""
+    holding the pool lock throughout; the queue, logs and history stay, unless ``purge``:
+    then, once every worker has stopped and still holding both locks, the pool's state
+    directory goes too (``reconciler.purge``; refused while anything could write)."""
     spec = pool.spec
     if spec is None or not pool.paths.exists():
         raise PoolError(f"pool {pool.name!r} was never applied; nothing to delete")
@@ -295,12 +300,18 @@ def delete(pool: Pool, *, force: bool = False, progress: Say = _quiet,
             done = result.remaining.empty
             store.add_event("pool.deleted", "every worker stopped" if done
                             else "some workers did not stop in time")
-            if done:
-                store.set_deleting(None)
-                store.set_meta_value(DELETED_KEY, str(time.time()))
+            if not done:
+                return DeleteResult(done, report)
+            store.set_deleting(None)
+            store.set_meta_value(DELETED_KEY, str(time.time()))
+            left = remains(pool.paths, spec, store)
+            if not purge:
+                return DeleteResult(done, report, left)
+            check_purgeable(pool.paths, store, left)
+            store.close()  # before its files go
+            return DeleteResult(done, report, left, purge_state(pool.paths))
         finally:
             os.close(controller_fd)
-    return DeleteResult(done, report)
 
 
 def stop_controller(pool: Pool, store: StorePort, ports: Ports, progress: Say) -> int:

@@ -20,7 +20,7 @@ from reconciler.model import AttemptRow, RetryPolicy
 from reconciler.pruneplan import Leftover, PruneInputs, PruneOptions, plan_prune
 from reconciler.store.sqlite import Store
 from reconciler.worktrees import add_worktree
-from tests.e2e import pool_dir, reconcile_json
+from tests.e2e import apply, pool_dir, reconcile_json, state_dir
 from tests.helpers import GIT_IDENTITY, git, one_error_line, reconcile, write_spec
 
 DAY = 24 * 3600.0
@@ -292,3 +292,60 @@ class TestPrune:
                                                           "-f", str(spec)))
         assert "--branches" in one_error_line(reconcile("prune", "--branches", "some",
                                                         "-f", str(spec)))
+
+
+# --------------------------------------------------------------------------- delete, purge
+
+
+class TestDeleteAndPurge:
+    def test_delete_says_what_it_keeps_and_where_and_purge_drops_it(
+            self, host: Path, git_repo: Path) -> None:
+        # worktrees.cleanup: never, else delete's own pass would remove the worktrees
+        spec = write_spec(host, replicas=0, runtime="process",
+                          extra={"worktrees": {"cleanup": "never"}})
+        apply(spec)
+        left = _history(host, git_repo, [{"title": "failed", "status": "failed",
+                                          "commit": True},
+                                         {"title": "succeeded", "status": "succeeded"}])
+        store, logs = pool_dir(host) / "store.db", pool_dir(host) / "logs"
+
+        kept = reconcile("delete", "-f", str(spec), check=True).stdout
+        assert f"the queue, attempts, history and events: {store}" in kept
+        assert f"logs: {logs}" in kept
+        assert f"worktrees: 2 under {(pool_dir(host) / 'worktrees').resolve()}" in kept
+        assert f"task branches: 2 in {git_repo.resolve()} (reconciler/{POOL}/*)" in kept
+        assert "`reconcile delete --purge` then removes the store and logs" in kept
+
+        refused = reconcile("delete", "--purge", "-f", str(spec))
+        line = one_error_line(refused)
+        assert "2 worktree(s)" in line and "reconcile prune" in line
+        assert store.exists() and left["failed"].log.exists()  # nothing half-done
+
+        reconcile("prune", "--pool", POOL, check=True)  # a deleted pool: its store knows it
+        purged = reconcile("delete", "--purge", "-f", str(spec), check=True).stdout
+        assert f"Pool {POOL} deleted and purged; removed:" in purged
+        assert f"  {store} (the queue, attempts, history and events)" in purged
+        assert f"  {logs} (" in purged
+        assert f"task branches: 1 in {git_repo.resolve()}" in purged
+        assert f"git -C {git_repo.resolve()} branch -D NAME" in purged
+        assert not pool_dir(host).exists()
+        assert _branches(git_repo) == {"main", left["succeeded"].branch}
+        assert reconcile_json("pools") == []
+
+        apply(spec)  # starts fresh: no tasks, one generation
+        assert reconcile_json("task", "list", "-f", str(spec)) == []
+        assert len(reconcile_json("history", "-f", str(spec))) == 1
+        reconcile("delete", "--purge", "-f", str(spec), check=True)
+        assert not (state_dir(host) / "pools" / POOL).exists()
+
+    def test_purge_is_refused_while_an_attempt_still_runs(self, host: Path,
+                                                          git_repo: Path) -> None:
+        """An attempt run by hand (``reconcile run-task``, no worker of the pool) may still
+        write to the store and its log: purge waits for it, and removes nothing."""
+        spec = write_spec(host, replicas=0, runtime="process")
+        apply(spec)
+        left = _history(host, git_repo, [{"title": "by-hand", "status": "running"}])
+        line = one_error_line(reconcile("delete", "--purge", "-f", str(spec)))
+        assert f"attempt 1 of task {left['by-hand'].task_id} is still running" in line
+        assert (pool_dir(host) / "store.db").exists() and left["by-hand"].log.exists()
+        assert [p["pool"] for p in reconcile_json("pools")] == [POOL]

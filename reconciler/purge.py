@@ -1,0 +1,123 @@
+"""What a deleted pool keeps, where, and ``delete --purge``, which drops it.
+
+``reconcile delete`` stops the pool but keeps its store (queue, attempts, history,
+events), its logs and prompts, and the task branches and worktrees in the
+repository, so ``apply`` brings it back as it was.  ``delete --purge`` also
+removes the pool's state directory (``<state dir>/pools/<name>/``), after which
+``reconcile pools`` no longer lists it and an ``apply`` of its spec starts fresh.
+
+Task branches stay, purged or not: they are git's, in the operator's repository,
+and hold the agents' work.  Worktrees are checked out files git knows about, some
+perhaps holding uncommitted work: purge refuses while the pool has any, and names
+them, rather than deleting them from under git (``reconcile prune`` first).
+Purging runs only inside ``delete``, holding the pool lock and the controller's
+lock once every worker has stopped, and only when no attempt is still running,
+so nothing of the pool can write to what it removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reconciler.branches import branch_tips
+from reconciler.errors import PoolError, ReconcilerError
+from reconciler.naming import branch_directory, branch_pattern
+from reconciler.observe.git import pool_worktrees
+from reconciler.paths import PoolPaths
+from reconciler.specmodel import PoolSpec
+from reconciler.store.port import StorePort
+
+STORE_FILES = ("store.db", "store.db-wal", "store.db-shm")
+
+
+@dataclass(frozen=True)
+class Remains:
+    """What the pool keeps outside its store once deleted, and where."""
+
+    repo: Path
+    branch_directory: str  # e.g. reconciler/pool/ ('' when the naming has no directory)
+    branches: int  # the pool's task branches still in the repository
+    worktree_root: Path
+    worktrees: tuple[str, ...]  # the pool's worktrees git still knows
+
+
+def remains(paths: PoolPaths, spec: PoolSpec, store: StorePort) -> Remains:
+    """The pool's task branches (recorded by its attempts, fitting its naming) and worktrees
+    still in its repository; none when the repository cannot be read."""
+    root = spec.worktrees.dir or paths.default_worktrees
+    directory = branch_directory(spec.worktrees.branch, pool=spec.name)
+    naming = branch_pattern(spec.worktrees.branch, pool=spec.name)
+    try:
+        recorded = store.attempt_branches()
+        branches = sum(1 for b in branch_tips(spec.repo, directory)
+                       if naming.fullmatch(b) and b in recorded)
+        task_trees, worker_trees = pool_worktrees(spec.repo, root) if root.is_dir() \
+            else ((), ())
+    except ReconcilerError:  # no repository: nothing of the pool is left in it
+        return Remains(spec.repo, directory, 0, root, ())
+    return Remains(spec.repo, directory, branches, root, (*task_trees, *worker_trees))
+
+
+@dataclass
+class Purged:
+    """What ``delete --purge`` removed: each path with what it held."""
+
+    removed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def check_purgeable(paths: PoolPaths, store: StorePort, left: Remains) -> None:
+    """Refuse (one line, nothing removed) while anything of the pool could still write to
+    its state, or while git still has worktrees of the pool."""
+    running = store.running_attempts()
+    if running:
+        first = running[0]
+        raise PoolError(f"pool {paths.name} is deleted but not purged: attempt "
+                        f"{first.number} of task {first.task_id} is still running",
+                        hint="wait for it to end (reconcile status), or `reconcile delete "
+                        "--force --purge` to stop it now")
+    if left.worktrees:
+        raise PoolError(f"pool {paths.name} is deleted but not purged: {len(left.worktrees)} "
+                        f"worktree(s) of it are left in {left.repo}, e.g. {left.worktrees[0]}",
+                        hint="remove them first: `reconcile prune` (with --dirty-worktrees "
+                        "for those holding uncommitted work), or `git worktree remove PATH`; "
+                        "then `reconcile delete --purge` again")
+
+
+def purge_state(paths: PoolPaths) -> Purged:
+    """Remove the pool's state directory: store, logs, prompts and the rest.
+
+    The directory must be the pool's own (``<state dir>/pools/<name>``, a real
+    directory, not a symbolic link); nothing outside it is touched (``rmtree``
+    removes a symlink inside it, never what it points to).  The store goes first,
+    so a purge cut short leaves no pool that looks whole.
+    """
+    root = paths.root
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        return Purged()
+    if not stat.S_ISDIR(info.st_mode) or \
+            root.resolve() != (paths.state_dir / "pools").resolve() / paths.name:
+        raise PoolError(f"{root} is not a directory of the state directory "
+                        f"{paths.state_dir}; not purging it",
+                        hint="remove it by hand if it is really the pool's")
+    purged = Purged()
+    for name in STORE_FILES:
+        path = root / name
+        if path.exists():
+            path.unlink()
+            if name == "store.db":
+                purged.removed.append((str(path), "the queue, attempts, history and events"))
+    for directory, what in ((paths.logs, "logs"), (paths.prompts, "prompts")):
+        if directory.is_dir() and not directory.is_symlink():
+            count = sum(1 for _ in directory.iterdir())
+            shutil.rmtree(directory)
+            purged.removed.append((str(directory), f"{count} {what} file(s)"))
+    shutil.rmtree(root)
+    purged.removed.append((str(root), "the pool's state directory (locks, tmux config, "
+                           "results not yet recorded)"))
+    return purged
