@@ -77,8 +77,8 @@ def check_purgeable(paths: PoolPaths, store: StorePort, left: Remains) -> None:
         first = running[0]
         raise PoolError(f"pool {paths.name} is deleted but not purged: attempt "
                         f"{first.number} of task {first.task_id} is still running",
-                        hint="wait for it to end (reconcile status), or `reconcile delete "
-                        "--force --purge` to stop it now")
+                        hint=f"wait for it to end (`reconcile task show {first.task_id}`), "
+                        "then `reconcile delete --purge` again")
     if left.worktrees:
         raise PoolError(f"pool {paths.name} is deleted but not purged: {len(left.worktrees)} "
                         f"worktree(s) of it are left in {left.repo}, e.g. {left.worktrees[0]}",
@@ -112,7 +112,7 @@ def purge_state(paths: PoolPaths) -> Purged:
             path.unlink()
             if name == "store.db":
                 purged.removed.append((str(path), "the queue, attempts, history and events"))
-    for directory, what in ((paths.logs, "logs"), (paths.prompts, "prompts")):
+    for directory, what in ((paths.logs, "log"), (paths.prompts, "prompt")):
         if directory.is_dir() and not directory.is_symlink():
             count = sum(1 for _ in directory.iterdir())
             shutil.rmtree(directory)

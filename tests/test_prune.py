@@ -281,6 +281,21 @@ class TestPrune:
         assert held in _branches(git_repo)
         lock.unlink()
 
+    def test_a_log_that_is_a_symlink_is_never_followed_out(self, host: Path,
+                                                           git_repo: Path) -> None:
+        spec = write_spec(host, replicas=0, runtime="process")
+        reconcile("task", "add", "-f", str(spec), "--title", "first", check=True)
+        reconcile("task", "cancel", "1", "-f", str(spec), check=True)
+        left = _history(host, git_repo, [{"title": "failed", "status": "failed"}])
+        outside = host / "precious.txt"
+        outside.write_text("not the pool's\n")
+        log = left["failed"].log
+        log.unlink()
+        log.symlink_to(outside)  # planted where the attempt's log was
+        done = reconcile_json("prune", "--older-than", "0s", "-f", str(spec))
+        assert [i["kind"] for i in done["removed"]] == ["worktree", "branch"]
+        assert outside.read_text() == "not the pool's\n" and log.is_symlink()
+
     def test_empty_branches_stays_apart_and_options_are_checked(self, host: Path,
                                                                 git_repo: Path) -> None:
         spec = write_spec(host, replicas=0, runtime="process")
