@@ -4,7 +4,8 @@ where, or with ``--purge`` drops it.
 
 The pool's history is built straight into a real store and a real repository (attempts
 claimed, their worktrees made by the workers' own code, finished), so no pool has to
-run; the CLI is the real one.
+run; the CLI is the real one.  One compact test prunes after a real pool ran, to hold the
+rest to what real workers record.
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ from reconciler.model import AttemptRow, RetryPolicy
 from reconciler.pruneplan import Leftover, PruneInputs, PruneOptions, plan_prune
 from reconciler.store.sqlite import Store
 from reconciler.worktrees import add_worktree
-from tests.e2e import apply, pool_dir, reconcile_json, state_dir
+from tests.e2e import (
+    add_task,
+    apply,
+    delete,
+    pool_dir,
+    reconcile_json,
+    show_task,
+    state_dir,
+    wait_tasks,
+)
 from tests.helpers import GIT_IDENTITY, git, one_error_line, reconcile, write_spec
 
 DAY = 24 * 3600.0
@@ -307,6 +317,31 @@ class TestPrune:
                                                           "-f", str(spec)))
         assert "--branches" in one_error_line(reconcile("prune", "--branches", "some",
                                                         "-f", str(spec)))
+
+
+def test_prune_after_a_real_pool_ran(host: Path, git_repo: Path) -> None:
+    """End to end, with what real workers recorded: a failed attempt's worktree (kept by
+    cleanup: onSuccess) and its branch go, a succeeded task's branch and every recent
+    log stay; then the logs go with --older-than 0s."""
+    spec = write_spec(host, replicas=1, runtime="process",
+                      extra={"worktrees": {"cleanup": "onSuccess"},
+                             "tasks": {"maxAttempts": 1}})
+    bad = add_task(spec, "[fail]", title="breaks")
+    good = add_task(spec, "fine", title="works")
+    apply(spec)
+    wait_tasks(spec, bad, good)
+    shown = {t["title"]: t for t in reconcile_json("task", "list", "-f", str(spec))}
+    assert shown["breaks"]["status"] == "failed" and shown["works"]["status"] == "succeeded"
+    attempt = show_task(spec, bad)["attempt_details"][0]
+    first = reconcile_json("prune", "-f", str(spec))
+    assert {(i["kind"], i["name"]) for i in first["removed"]} == {
+        ("worktree", attempt["worktree"]), ("branch", shown["breaks"]["branch"])}
+    assert first["recent_logs"] == 2 and not Path(attempt["worktree"]).exists()
+    assert shown["works"]["branch"] in _branches(git_repo)
+    logs = reconcile_json("prune", "--older-than", "0s", "-f", str(spec))
+    assert sorted(i["kind"] for i in logs["removed"]) == ["log", "log"]
+    assert not Path(attempt["log_path"]).exists()
+    delete(spec)
 
 
 # --------------------------------------------------------------------------- delete, purge
