@@ -168,7 +168,9 @@ def _sync_drift(pool: Pool) -> SyncDrift | None:
         return None
     state, running = None, None
     if pool.paths.exists():
-        with Store(pool.paths.store, readonly=True) as store:
+        # opened as operations.diff opens it: a read-only connection closing last would
+        # leave the -wal and -shm files behind, which changes how a later write fails
+        with Store(pool.paths.store) as store:
             state = state_from_json(store.meta_value(SYNC_KEY))
             latest, history = store.latest_spec(), store.history()
         if latest is not None:
