@@ -767,13 +767,20 @@ def _prune_leftovers(args: argparse.Namespace) -> int:
                 "dirty_worktrees": options.dirty, "removed": rows(outcome.done),
                 "kept": rows(outcome.plan.keep), "recent_logs": outcome.plan.recent_logs,
                 "failed": rows(outcome.failed)}
+    return _pruned(args, document, _render().render_prune_leftovers, len(outcome.failed),
+                   "item(s) could not be removed")
+
+
+def _pruned(args: argparse.Namespace, document: dict[str, Any],
+            render: Callable[[dict[str, Any]], None], failures: int, what: str) -> int:
+    """A prune's document as JSON or text; exit 1, with one line, if anything failed
+    (each failure is in the document)."""
     if args.output == "json":
         print_json(document)
     else:
-        _render().render_prune_leftovers(document)
-    if outcome.failed:
-        print(f"error: {len(outcome.failed)} item(s) could not be removed (listed above)",
-              file=sys.stderr)
+        render(document)
+    if failures:
+        print(f"error: {failures} {what} (listed above)", file=sys.stderr)
         return 1
     return 0
 
@@ -807,15 +814,8 @@ def _prune_empty_branches(args: argparse.Namespace) -> int:
                 "kept": [{"branch": b, "reason": r} for b, r in result.kept.items()],
                 "with_commits": result.with_commits,
                 "failed": [{"branch": b, "reason": r} for b, r in result.failed.items()]}
-    if args.output == "json":
-        print_json(document)
-    else:
-        _render().render_prune(document)
-    if result.failed:
-        print(f"error: {len(result.failed)} branch(es) could not be deleted (listed above)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return _pruned(args, document, _render().render_prune, len(result.failed),
+                   "branch(es) could not be deleted")
 
 
 def cmd_scale(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from tests.helpers import (
     git,
     kill_processes_mentioning,
     kill_tmux_servers_under,
+    make_repository,
     write_spec,
 )
 
@@ -59,13 +60,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
     """A real repository on branch main with one commit."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / "README.md").write_text("# test repo\n")
-    git(repo, "add", "README.md")
-    git(repo, *GIT_IDENTITY, "commit", "-q", "-m", "initial")
-    return repo
+    return make_repository(tmp_path / "repo")
 
 
 

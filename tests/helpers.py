@@ -62,6 +62,17 @@ def kill_tmux_servers_under(directory: Path) -> None:
                        check=False)
 
 
+def make_repository(path: Path, *, branch: str = "main", filename: str = "README.md",
+                    text: str = "# test repo\n") -> Path:
+    """A real repository at ``path`` on ``branch``, with one commit of one file."""
+    path.mkdir()
+    git(path, "init", "-q", "-b", branch)
+    (path / filename).write_text(text)
+    git(path, "add", filename)
+    git(path, *GIT_IDENTITY, "commit", "-q", "-m", "initial")
+    return path
+
+
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
                           text=True).stdout

@@ -21,9 +21,9 @@ from reconciler.spec import REPO_PLACEHOLDER
 from tests.e2e import add_task, apply, delete, show_task, wait_tasks
 from tests.helpers import (
     EXAMPLE_SPECS,
-    GIT_IDENTITY,
     example_for,
     git,
+    make_repository,
     one_error_line,
     reconcile,
 )
@@ -51,12 +51,7 @@ def claude_figures(scratch: Path) -> dict[str, object]:
 def any_repository(path: Path) -> Path:
     """A repository as a stranger's might be: its branch is not called main, and it
     holds none of the files an example might wrongly expect (.env.example...)."""
-    path.mkdir()
-    git(path, "init", "-q", "-b", "trunk")
-    (path / "app.py").write_text("print('hello')\n")
-    git(path, "add", "app.py")
-    git(path, *GIT_IDENTITY, "commit", "-q", "-m", "initial")
-    return path
+    return make_repository(path, branch="trunk", filename="app.py", text="print('hello')\n")
 
 
 @pytest.mark.e2e
