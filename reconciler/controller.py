@@ -47,10 +47,10 @@ from types import FrameType
 from reconciler.actions import Plan, target, verb
 from reconciler.alerts import Alerts, webhooks_of
 from reconciler.diskwatch import check_disks
-from reconciler.errors import LockHeldError, ReconcilerError
+from reconciler.errors import LockHeldError, PoolError, ReconcilerError
 from reconciler.lock import take_lock
 from reconciler.log import logger
-from reconciler.model import Observation
+from reconciler.model import ControllerRow, Observation
 from reconciler.operations import PassResult, apply, controller_pass
 from reconciler.planner import next_wakeup
 from reconciler.pool import ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool
@@ -108,9 +108,11 @@ class Controller:
             if self.detached:  # apply's: the running one keeps the pool converged
                 logger.info("a controller already runs for pool {}; nothing to do", paths.name)
                 return 0
-            logger.error("another foreground controller runs for pool {} (see `reconcile "
-                         "status`); stop it first: one controller per pool", paths.name)
-            return 1
+            holder = self._holder()
+            raise PoolError(f"another foreground controller runs for pool {paths.name}"
+                            + (f" (pid {holder.pid})" if holder and holder.pid else ""),
+                            hint="one controller per pool: stop that one first (SIGTERM), "
+                            "or leave the pool to it")
         opened = self._open_store()
         if opened is None:  # stopped while the store could not be opened
             os.close(fd)
@@ -120,6 +122,12 @@ class Controller:
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
             apply(self.pool)
         info = store.controller()
+        if info is not None and info.stop_requested and not self.detached:
+            store.close()
+            os.close(fd)
+            raise PoolError(f"pool {paths.name} was deleted, so there is nothing to keep "
+                            "converged", hint="`reconcile controller -f workers.yaml` applies "
+                            "the spec again and runs (or `reconcile apply` it first)")
         if info is not None and info.stop_requested:
             logger.info("pool {} was deleted; `reconcile apply` it first", paths.name)
             store.close()
@@ -146,6 +154,14 @@ class Controller:
             os.close(fd)
         logger.info("controller of pool {} stopped", paths.name)
         return 0
+
+    def _holder(self) -> ControllerRow | None:
+        """The controller the store names (the lock's holder, as far as the store knows)."""
+        try:
+            with Store(self.pool.paths.store) as store:
+                return store.controller()
+        except (ReconcilerError, sqlite3.Error, OSError):
+            return None
 
     def _take_over(self) -> int | None:
         """The lock, taken from the controller ``apply`` started in the background: a

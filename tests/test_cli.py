@@ -346,6 +346,17 @@ def test_a_foreground_controller_of_a_pool_without_one_says_so(host: Path,
         assert "controller.enabled is false" in line and "set controller.enabled: true" in line
 
 
+def test_a_foreground_controller_of_a_deleted_pool_says_so(host: Path, git_repo: Path) -> None:
+    """It logged an INFO line and exited 0, which a systemd unit takes for a clean stop."""
+    spec = write_spec(host, replicas=0, extra={"controller": {"enabled": True}})
+    apply(spec)
+    delete(spec)
+    refused = reconcile("controller", "--pool", "testpool", timeout=30)
+    assert refused.returncode == 1
+    line = one_error_line(refused)
+    assert "pool testpool was deleted" in line and "reconcile controller -f workers.yaml" in line
+
+
 def test_logs_of_a_task_follow_until_it_ends_and_of_a_worker(host: Path,
                                                              git_repo: Path) -> None:
     """Issue 12: `reconcile logs TASK -f` ends when the attempt does; `logs w-N`."""
