@@ -53,7 +53,7 @@ from reconciler.log import logger
 from reconciler.model import ControllerRow, Observation
 from reconciler.operations import PassResult, apply, controller_pass
 from reconciler.planner import next_wakeup
-from reconciler.pool import ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool
+from reconciler.pool import DETACHED_KEY, ENDPOINT_KEY, ENDPOINT_PROBLEM_KEY, Pool
 from reconciler.proctree import create_time_of, process_matches
 from reconciler.store.port import StorePort
 from reconciler.store.sqlite import Store
@@ -70,7 +70,6 @@ EXIT_RECHECK_SECONDS = 0.05  # a watched exit the observers do not show yet (tmu
 EXIT_RECHECKS = 20
 UNFINISHED_RETRY_FIRST = 0.2  # changes a pass left undone: again this soon, doubling
 BELL_PASS_GAP = 0.2  # passes for rings (tasks starting and ending) at most this often
-DETACHED_KEY = "controller_detached"  # in the store's meta: "1" while apply's runs
 TAKEOVER_SECONDS = 60.0  # a detached controller ends its pass and exits within this
 
 

@@ -27,6 +27,7 @@ from reconciler.worktrees import check_repo, check_worktree_dir, git
 ENDPOINT_KEY = "http_endpoint"  # in the store's meta: the URL the controller serves
 ENDPOINT_PROBLEM_KEY = "http_endpoint_problem"  # and why it serves none where it should
 PUEUE_DOWN_KEY = "pueue_down_since"  # runtime: pueue -- "" while the daemon answers
+DETACHED_KEY = "controller_detached"  # "1" while the controller is the one apply started
 DELETED_KEY = "deleted_at"  # when a delete finished ("" once applied again): run-task refuses
 
 
@@ -127,6 +128,8 @@ def status_of(pool: Pool, store: StorePort | None,
         endpoint_problem=store.meta_value(ENDPOINT_PROBLEM_KEY) or None)
     deleted = store.meta_value(DELETED_KEY)
     document["deleted_at"] = float(deleted) if deleted else None
+    if document["controller"]["running"]:  # apply's, or one an operator (systemd) runs
+        document["controller"]["detached"] = store.meta_value(DETACHED_KEY) == "1"
     document["sync"] = None if deleted else sync_status(store)  # deleted: nothing follows
     shared = pueue_group_shared(pool)
     if shared:

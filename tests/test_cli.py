@@ -283,6 +283,7 @@ def test_pools_lists_every_pool_of_the_state_directory(host: Path, git_repo: Pat
     text = reconcile("pools", check=True).stdout.splitlines()
     assert text[0].split()[:4] == ["POOL", "GENERATION", "WORKERS", "CONTROLLER"]
     assert text[1].split()[:4] == ["alpha", "1", "1/1", "disabled"]
+    assert " 0 succeeded, 0 failed " in text[1]  # every count of the queue, as status has
 
 
 def test_state_dir_works_after_the_command_too(host: Path, git_repo: Path,

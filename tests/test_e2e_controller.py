@@ -286,6 +286,8 @@ def test_a_foreground_controller_takes_over_from_the_one_apply_started(
     spec = controlled_spec(host, replicas=1)
     apply(spec)
     detached = status(spec)["controller"]["pid"]
+    assert (f"controller: running (pid {detached}, started by apply)"
+            in reconcile("status", "-f", str(spec)).stdout)
     foreground = reconcile_background("controller", "-f", str(spec))
     try:
         wait_for(lambda: status(spec)["controller"]["pid"] == foreground.pid, timeout=30,
@@ -296,6 +298,8 @@ def test_a_foreground_controller_takes_over_from_the_one_apply_started(
                 in one_error_line(second))
         apply(spec)  # sees the foreground one and starts no other
         assert status(spec)["controller"]["pid"] == foreground.pid
+        assert (f"controller: running (pid {foreground.pid}, in the foreground)"
+                in reconcile("status", "-f", str(spec)).stdout)
     finally:
         foreground.terminate()
         foreground.wait(timeout=30)

@@ -92,7 +92,7 @@ def render_status(document: dict[str, Any]) -> None:
     controller = document["controller"]
     if controller["enabled"] is not None:
         busy = controller.get("busy")
-        state = "running" if controller["running"] else (
+        state = _controller_running(controller) if controller["running"] else (
             "stopped (the pool was deleted)" if document.get("deleted_at")
             else paint("down", "red") if controller["enabled"]
             else "disabled (pool changes on apply)")
@@ -190,6 +190,15 @@ def _task_cell(worker: dict[str, Any]) -> str:
     if not title:
         return str(worker["current_task"])
     return f"{worker['current_task']} {fit(cell_text(title), TITLE_WIDTH)}"
+
+
+def _controller_running(controller: dict[str, Any]) -> str:
+    """``running (pid 42, started by apply)``, or ``in the foreground`` for one an
+    operator (or systemd) runs, which takes over from apply's."""
+    details = [f"pid {controller['pid']}"] if controller.get("pid") else []
+    if controller.get("detached") is not None:
+        details.append("started by apply" if controller["detached"] else "in the foreground")
+    return "running" + (f" ({', '.join(details)})" if details else "")
 
 
 def queue_line(queue: QueueCounts) -> str:
@@ -350,7 +359,8 @@ def render_pools(rows: list[dict[str, Any]], state_dir: object) -> None:
         q = row["queue"]
         table.append([cell_text(row["pool"]), str(row["generation"] or "-"),
                       f"{row['workers_up']}/{row['workers_wanted']}", row["controller"],
-                      f"{q['queued']} queued, {q['running']} running, {q['failed']} failed",
+                      f"{q['queued']} queued, {q['running']} running, {q['succeeded']} "
+                      f"succeeded, {q['failed']} failed",
                       row["runtime"] or "-", cell_text(row["spec_file"] or "-")])
     for line in columns(("pool", "generation", "workers", "controller", "queue", "runtime",
                          "spec file"), table):
