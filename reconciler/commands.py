@@ -760,7 +760,8 @@ def _prune_leftovers(args: argparse.Namespace) -> int:
                                   pool_deleted=bool(store.meta_value(pools.DELETED_KEY)),
                                   now=time.time())
     def rows(items: Iterable[Any]) -> list[dict[str, Any]]:
-        return [{"kind": i.kind, "name": i.name, "reason": i.reason, "task_id": i.task_id}
+        return [{"kind": i.kind, "name": i.name, "reason": i.reason, "task_id": i.task_id,
+                 "commit": outcome.tips.get(i.name) if i.kind == "branch" else None}
                 for i in items]
     document = {"pool": pool.name, "repo": str(spec.repo), "dry_run": args.dry_run,
                 "branches": options.branches, "older_than": older_than,

@@ -45,6 +45,8 @@ class PruneOutcome:
     plan: PrunePlan
     done: list[Leftover] = field(default_factory=list)  # removed (dry run: would be)
     failed: list[Leftover] = field(default_factory=list)  # each with why it is still there
+    # each branch deleted (or that would be) -> the commit it pointed at, to get it back
+    tips: dict[str, str] = field(default_factory=dict)
 
 
 def prune_leftovers(paths: PoolPaths, spec: PoolSpec, store: StorePort,
@@ -58,6 +60,7 @@ def prune_leftovers(paths: PoolPaths, spec: PoolSpec, store: StorePort,
         outcome = PruneOutcome(plan)
         if dry_run:
             outcome.done = list(plan.remove)
+            outcome.tips = _tips(spec, item_names(plan, "branch"))
             return outcome
         for item in plan.remove:
             if item.kind == "worktree":
@@ -159,11 +162,19 @@ def _delete_branches(spec: PoolSpec, names: list[str], plan: PrunePlan,
                                            f"worktree {holders[name]}", by_name[name].task_id))
         else:
             free.append(name)
+    outcome.tips = _tips(spec, free)  # now: a rescue commit may have moved one
     deleted, refused = delete_branches(spec.repo, free,
                                        branch_directory(spec.worktrees.branch, pool=spec.name))
     outcome.done.extend(by_name[name] for name in deleted)
     outcome.failed.extend(Leftover("branch", name, why, by_name[name].task_id)
                           for name, why in refused.items())
+
+
+def _tips(spec: PoolSpec, names: list[str]) -> dict[str, str]:
+    """The commit each of ``names`` points at: printed with its deletion, so a branch
+    pruned by mistake is one ``git branch NAME COMMIT`` away."""
+    tips = branch_tips(spec.repo, branch_directory(spec.worktrees.branch, pool=spec.name))
+    return {name: tips[name] for name in names if name in tips}
 
 
 def _remove_log(item: Leftover, outcome: PruneOutcome) -> None:

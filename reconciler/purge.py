@@ -83,8 +83,9 @@ def check_purgeable(paths: PoolPaths, store: StorePort, left: Remains) -> None:
         raise PoolError(f"pool {paths.name} is deleted but not purged: {len(left.worktrees)} "
                         f"worktree(s) of it are left in {left.repo}, e.g. {left.worktrees[0]}",
                         hint="remove them first: `reconcile prune` (with --dirty-worktrees "
-                        "for those holding uncommitted work), or `git worktree remove PATH`; "
-                        "then `reconcile delete --purge` again")
+                        "for those holding uncommitted work; a queued task keeps its worktree "
+                        "until `reconcile task cancel --queued`), or `git worktree remove "
+                        "PATH`; then `reconcile delete --purge` again")
 
 
 def purge_state(paths: PoolPaths) -> Purged:

@@ -249,9 +249,14 @@ class TestPrune:
         assert _branches(git_repo) == before_branches
         assert _worktrees(git_repo) == before_trees and failed.log.exists()
 
+        tip = git(git_repo, "rev-parse", f"refs/heads/{failed.branch}").strip()
+        assert [r["commit"] for r in dry["removed"] if r["kind"] == "branch"] == [tip]
         done = reconcile("prune", "-f", str(spec), check=True).stdout
         assert f"removed worktree {failed.worktree}: left by attempt 1" in done
-        assert f"deleted branch refs/heads/{failed.branch}: task {failed.task_id} failed" in done
+        # with the commit it pointed at: a branch pruned by mistake is one command away
+        assert (f"deleted branch refs/heads/{failed.branch} (was {tip[:12]}): task "
+                f"{failed.task_id} failed") in done
+        assert "a deleted branch comes back with: git branch NAME COMMIT" in done
         assert f"removed log {failed.log}: attempt 1 of task {failed.task_id} ended" in done
         assert f"kept worktree {dirty.worktree}: holds uncommitted work" in done
         assert "removed 2 worktree(s), 3 log(s), deleted 1 branch(es)" in done

@@ -316,7 +316,8 @@ def render_prune_leftovers(document: dict[str, Any]) -> None:
         return f"{item['kind']} refs/heads/{name}" if item["kind"] == "branch" \
             else f"{item['kind']} {name}"
     for item in document["removed"]:
-        say(f"{verbs[item['kind']]} {named(item)}: {cell_text(item['reason'])}")
+        was = f" (was {item['commit'][:12]})" if item.get("commit") else ""
+        say(f"{verbs[item['kind']]} {named(item)}{was}: {cell_text(item['reason'])}")
     for item in document["kept"]:
         say(f"kept {named(item)}: {cell_text(item['reason'])}", "dim")
     for item in document["failed"]:
@@ -331,6 +332,9 @@ def render_prune_leftovers(document: dict[str, Any]) -> None:
         f"{document['branches']}); kept {count(kept, 'worktree')} worktree(s), "
         f"{count(kept, 'branch')} branch(es), {document['recent_logs']} log(s) of attempts "
         f"that ended less than {document['older_than']} ago or still run")
+    if any(item.get("commit") for item in removed) and not dry:
+        say("a deleted branch comes back with: git branch NAME COMMIT (the commit shown)",
+            "dim")
 
 
 def render_history(history: list[AppliedSpec]) -> None:
