@@ -181,7 +181,8 @@ def _sync_drift(pool: Pool) -> SyncDrift | None:
     if config is None:
         return None
     fetched_at = state.fetched_at if state and state.ref == config.ref else None
-    return gitsync.drift(pool.spec.source_path, config, pool.name, running, fetched_at)
+    return gitsync.drift(pool.spec.source_path, config, pool.name, running, fetched_at,
+                         pool.spec.document_hash)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

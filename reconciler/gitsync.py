@@ -158,9 +158,11 @@ def load_at(source: SyncSource, commit: str) -> PoolSpec:
 
 
 def drift(spec_file: Path, config: SyncConfig, pool: str,
-          running: tuple[int, str, str | None] | None, fetched_at: float | None) -> SyncDrift:
+          running: tuple[int, str, str | None] | None, fetched_at: float | None,
+          local_hash: str | None = None) -> SyncDrift:
     """For ``diff``: the spec at the ref as last fetched against ``running`` (generation,
-    document hash, git commit).  Only reads git: no fetch (see the module's docstring)."""
+    document hash, git commit), and against the file given (``local_hash``).  Only reads
+    git: no fetch (see the module's docstring)."""
     try:
         source = locate(spec_file, config)
     except GitError as exc:
@@ -177,4 +179,6 @@ def drift(spec_file: Path, config: SyncConfig, pool: str,
         spec = load_at(source, commit)
     except (SpecError, GitError) as exc:
         return replace(base, problem=f"the spec there is invalid: {exc.one_line()}")
-    return replace(base, differs=running is None or spec.document_hash != running[1])
+    return replace(base, differs=running is None or spec.document_hash != running[1],
+                   local_differs=None if local_hash is None
+                   else spec.document_hash != local_hash)

@@ -211,6 +211,7 @@ class SyncDrift:
     running_commit: str | None
     differs: bool | None
     problem: str | None = None
+    local_differs: bool | None = None  # the file diff was given is not the one at the ref
 
     @property
     def pending(self) -> bool:
@@ -227,7 +228,10 @@ class SyncDrift:
             f" (commit {self.running_commit[:12]})" if self.running_commit else "")
         if self.problem:
             return f"{at}: {self.problem}; {running} keeps running"
+        local = ("; your file differs from the one at the ref, so the plan above shows "
+                 "what applying it would do, and the next sync would undo that (push it "
+                 "instead)") if self.local_differs else ""
         if self.differs:
             return (f"{at} differs from what runs ({running}): the controller applies it "
-                    "at its next sync")
-        return f"{at}: in sync, {running} runs it"
+                    f"at its next sync{local}")
+        return f"{at}: in sync, {running} runs it{local}"

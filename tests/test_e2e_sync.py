@@ -37,6 +37,8 @@ def test_the_pool_follows_pushes_and_keeps_running_on_a_broken_one(
     assert [h["git_commit"] for h in history] == [first, scaled]
     assert git(ops, "rev-parse", "HEAD").strip() == first  # the operator's clone: untouched
     assert git(ops, "status", "--porcelain") == ""
+    behind = reconcile("diff", "-f", str(spec)).stdout  # the clone's file still says 1
+    assert "- stop w-2" in behind and "your file differs from the one at the ref" in behind
 
     broken = push_spec(dev, "oops", replicas="two")
     invalid = wait_for(lambda: events(spec, "sync.invalid"), timeout=30,

@@ -123,6 +123,10 @@ class TestDecide:
                      False, "invalid: w.yaml:2:1; generation 3", id="invalid"),
         pytest.param(SyncDrift("o/m", "w.yaml", None, None, 3, B, None), False,
                      "not fetched yet", id="never-fetched"),
+        pytest.param(SyncDrift("o/m", "w.yaml", A, 1.0, 3, A, False, local_differs=True),
+                     False, "your file differs from the one at the ref, so the plan above "
+                     "shows what applying it would do, and the next sync would undo that",
+                     id="local-file-behind"),
     ])
     def test_drift_lines(self, found: SyncDrift, pending: bool, words: str) -> None:
         assert found.pending is pending
