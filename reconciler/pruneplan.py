@@ -13,7 +13,10 @@ The rules, most cautious first:
 - Nothing of a running attempt, nor of a task that is queued or running (it may
   run again, and a worker's own worktree is used by its next task).
 - A worktree that holds uncommitted work stays unless ``dirty`` says otherwise;
-  then the work is committed to its branch before the worktree goes.
+  then the work is committed to its branch before the worktree goes, and that
+  branch stays, whatever ``branches`` says.
+- A worktree whose checked-out branch is not its attempt's is another pool's (two
+  pools sharing ``worktrees.dir`` name worktrees alike): it stays.
 - A worker's own worktree (``worktrees.reuse: perWorker``) is the worker's while the
   pool exists: ``apply`` removes it once the worker is gone; prune only after delete.
 - Branches by task outcome: ``unsucceeded`` (the default) deletes those of failed or
@@ -93,19 +96,23 @@ def plan_prune(inputs: PruneInputs, options: PruneOptions) -> PrunePlan:
                 running_branches.add(attempt.branch)
     running_worktrees = {a.worktree for a in inputs.attempts if a.status == "running"}
     removed_paths: set[str] = set()
+    committed_paths: set[str] = set()  # removed once their uncommitted work is committed
     for path in sorted(inputs.worktrees):
         decision = _worktree(path, latest_at.get(path), path in running_worktrees,
                              inputs, options)
         (plan.remove if decision[0] else plan.keep).append(decision[1])
         if decision[0]:
             removed_paths.add(path)
+            if decision[1].commit_first:
+                committed_paths.add(path)
     if options.branches != "none":
         deleted = _DELETED_TASKS[options.branches]
         for branch in sorted(inputs.branches):
             if branch not in tasks_of_branch:
                 continue  # no attempt of the pool made it: not the pool's
             go, leftover = _branch(branch, sorted(tasks_of_branch[branch]),
-                                   branch in running_branches, deleted, removed_paths, inputs)
+                                   branch in running_branches, deleted, removed_paths,
+                                   committed_paths, inputs)
             (plan.remove if go else plan.keep).append(leftover)
     _logs(plan, inputs, options)
     return plan
@@ -125,6 +132,11 @@ def _worktree(path: str, attempt: AttemptRow | None, running: bool, inputs: Prun
     if task_status in ("queued", "running"):
         return keep(f"task {attempt.task_id} is {task_status}: it may run again")
     own = path.rsplit("/", 1)[-1].startswith(WORKER_WORKTREE_PREFIX)
+    on = next((b for b, p in inputs.checked_out.items() if p == path), None)
+    if not own and attempt.branch and on is not None and on != attempt.branch:
+        # another pool's attempt at the same path (two pools sharing worktrees.dir)
+        return keep(f"it has branch {on} checked out, not its attempt's {attempt.branch}: "
+                    "not this pool's")
     if own and not inputs.pool_deleted:
         worker = path.rsplit("/", 1)[-1].removeprefix(WORKER_WORKTREE_PREFIX)
         return keep(f"worker {worker}'s own worktree (worktrees.reuse: perWorker): apply "
@@ -144,7 +156,8 @@ def _worktree(path: str, attempt: AttemptRow | None, running: bool, inputs: Prun
 
 
 def _branch(branch: str, task_ids: list[int], running: bool, deleted: frozenset[str],
-            removed_paths: set[str], inputs: PruneInputs) -> tuple[bool, Leftover]:
+            removed_paths: set[str], committed_paths: set[str],
+            inputs: PruneInputs) -> tuple[bool, Leftover]:
     first = task_ids[0]
     statuses = {t: inputs.task_statuses.get(t, "gone") for t in task_ids}
     if running:
@@ -154,6 +167,10 @@ def _branch(branch: str, task_ids: list[int], running: bool, deleted: frozenset[
             return False, Leftover("branch", branch, f"task {task_id} is {status}: it may "
                                    "run again", task_id)
     holder = inputs.checked_out.get(branch)
+    if holder is not None and holder in committed_paths:
+        return False, Leftover("branch", branch, "it gets the uncommitted work of the "
+                               f"worktree {holder} (--dirty-worktrees commits it there)",
+                               first)
     if holder is not None and holder not in removed_paths:
         return False, Leftover("branch", branch, f"checked out in the worktree {holder}",
                                first)

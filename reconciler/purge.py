@@ -17,6 +17,7 @@ so nothing of the pool can write to what it removes.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -32,6 +33,7 @@ from reconciler.specmodel import PoolSpec
 from reconciler.store.port import StorePort
 
 STORE_FILES = ("store.db", "store.db-wal", "store.db-shm")
+REMOVE_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class Remains:
     branches: int  # the pool's task branches still in the repository
     worktree_root: Path
     worktrees: tuple[str, ...]  # the pool's worktrees git still knows
+    unknown: str | None = None  # why git could not tell (then purge refuses)
 
 
 def remains(paths: PoolPaths, spec: PoolSpec, store: StorePort) -> Remains:
@@ -57,8 +60,11 @@ def remains(paths: PoolPaths, spec: PoolSpec, store: StorePort) -> Remains:
                        if naming.fullmatch(b) and b in recorded)
         task_trees, worker_trees = pool_worktrees(spec.repo, root) if root.is_dir() \
             else ((), ())
-    except ReconcilerError:  # no repository: nothing of the pool is left in it
-        return Remains(spec.repo, directory, 0, root, ())
+    except ReconcilerError as exc:
+        # no repository any more: nothing of the pool is left in it; but when git cannot
+        # answer, purge must not guess that none of its worktrees is left
+        gone = not spec.repo.exists()
+        return Remains(spec.repo, directory, 0, root, (), None if gone else exc.one_line())
     return Remains(spec.repo, directory, branches, root, (*task_trees, *worker_trees))
 
 
@@ -79,6 +85,11 @@ def check_purgeable(paths: PoolPaths, store: StorePort, left: Remains) -> None:
                         f"{first.number} of task {first.task_id} is still running",
                         hint=f"wait for it to end (`reconcile task show {first.task_id}`), "
                         "then `reconcile delete --purge` again")
+    if left.unknown is not None:
+        raise PoolError(f"pool {paths.name} is deleted but not purged: cannot tell which of "
+                        f"its worktrees git still has in {left.repo} ({left.unknown})",
+                        hint="make the repository readable again (or remove the pool's "
+                        "worktrees by hand), then `reconcile delete --purge` again")
     if left.worktrees:
         raise PoolError(f"pool {paths.name} is deleted but not purged: {len(left.worktrees)} "
                         f"worktree(s) of it are left in {left.repo}, e.g. {left.worktrees[0]}",
@@ -86,6 +97,15 @@ def check_purgeable(paths: PoolPaths, store: StorePort, left: Remains) -> None:
                         "for those holding uncommitted work; a queued task keeps its worktree "
                         "until `reconcile task cancel --queued`), or `git worktree remove "
                         "PATH`; then `reconcile delete --purge` again")
+    inside = sorted(p.name for p in paths.default_worktrees.iterdir()) \
+        if paths.default_worktrees.is_dir() else []
+    if inside:  # worktrees of an earlier worktrees.dir, or of a repository since moved
+        raise PoolError(f"pool {paths.name} is deleted but not purged: "
+                        f"{paths.default_worktrees} still holds {len(inside)} worktree(s) "
+                        f"(e.g. {inside[0]}) that purging would delete with their files",
+                        hint="look at them, then `git worktree remove PATH` in their "
+                        "repository (or remove them by hand); then `reconcile delete "
+                        "--purge` again")
 
 
 def purge_state(paths: PoolPaths) -> Purged:
@@ -107,18 +127,37 @@ def purge_state(paths: PoolPaths) -> Purged:
                         f"{paths.state_dir}; not purging it",
                         hint="remove it by hand if it is really the pool's")
     purged = Purged()
-    for name in STORE_FILES:
-        path = root / name
-        if path.exists():
-            path.unlink()
-            if name == "store.db":
-                purged.removed.append((str(path), "the queue, attempts, history and events"))
-    for directory, what in ((paths.logs, "log"), (paths.prompts, "prompt")):
-        if directory.is_dir() and not directory.is_symlink():
-            count = sum(1 for _ in directory.iterdir())
-            shutil.rmtree(directory)
-            purged.removed.append((str(directory), f"{count} {what} file(s)"))
-    shutil.rmtree(root)
+    try:
+        for name in STORE_FILES:
+            path = root / name
+            if path.exists():
+                path.unlink()
+                if name == "store.db":
+                    purged.removed.append((str(path),
+                                           "the queue, attempts, history and events"))
+        for directory, what in ((paths.logs, "log"), (paths.prompts, "prompt")):
+            if directory.is_dir() and not directory.is_symlink():
+                count = sum(1 for _ in directory.iterdir())
+                _remove_tree(directory)
+                purged.removed.append((str(directory), f"{count} {what} file(s)"))
+        _remove_tree(root)
+    except OSError as exc:
+        raise PoolError(f"purging {root} stopped: {exc.strerror or exc} ({exc.filename})",
+                        hint="fix that (permissions, a busy mount), then `reconcile delete "
+                        "--purge` again: it goes on where it stopped") from exc
     purged.removed.append((str(root), "the pool's state directory (locks, tmux config, "
                            "results not yet recorded)"))
     return purged
+
+
+def _remove_tree(directory: Path) -> None:
+    """``rmtree``, tried again while the directory fills meanwhile: a stopped worker's
+    reaper writes its exit record (``logs/w-N.exit``) a moment after the worker is gone."""
+    for _ in range(REMOVE_TRIES - 1):
+        try:
+            shutil.rmtree(directory)
+            return
+        except OSError as exc:
+            if exc.errno != errno.ENOTEMPTY:
+                raise
+    shutil.rmtree(directory)

@@ -110,8 +110,22 @@ class TestDecision:
         plan = plan_prune(inputs, PruneOptions())
         assert sorted(_decided(plan.remove)) == ["/w/task-1-a1", "b/1"]
         forced = plan_prune(inputs, PruneOptions(dirty=True))
-        assert sorted(_decided(forced.remove)) == ["/w/task-1-a1", "/w/task-2-a1", "b/1", "b/2"]
+        # the work --dirty-worktrees commits to b/2 keeps b/2, whatever --branches says
+        assert sorted(_decided(forced.remove)) == ["/w/task-1-a1", "/w/task-2-a1", "b/1"]
         assert [i.name for i in forced.remove if i.commit_first] == ["/w/task-2-a1"]
+        assert _decided(forced.keep)["b/2"] == ("it gets the uncommitted work of the worktree "
+                                                "/w/task-2-a1 (--dirty-worktrees commits it "
+                                                "there)")
+
+    def test_a_worktree_on_another_branch_is_another_pools(self) -> None:
+        """Two pools sharing worktrees.dir name their worktrees alike: pool A's old
+        attempt recorded the path that pool B's running task now has."""
+        attempts = [_attempt(1, status="succeeded", worktree="/w/task-1-a1", branch="a/1")]
+        inputs = _inputs(attempts, {1: "succeeded"}, checked_out={"b/1": "/w/task-1-a1"})
+        plan = plan_prune(inputs, PruneOptions(dirty=True))
+        assert _decided(plan.remove) == {}
+        assert _decided(plan.keep)["/w/task-1-a1"] == ("it has branch b/1 checked out, not "
+                                                       "its attempt's a/1: not this pool's")
 
     @pytest.mark.parametrize(("policy", "deleted"), [
         pytest.param("unsucceeded", ["b/1", "b/3"], id="unsucceeded-by-default"),
@@ -404,3 +418,20 @@ class TestDeleteAndPurge:
         assert f"attempt 1 of task {left['by-hand'].task_id} is still running" in line
         assert (pool_dir(host) / "store.db").exists() and left["by-hand"].log.exists()
         assert [p["pool"] for p in reconcile_json("pools")] == [POOL]
+
+    def test_purge_is_refused_while_worktrees_of_an_earlier_directory_are_left(
+            self, host: Path, git_repo: Path) -> None:
+        """A pool that ran with the default worktree directory, then moved worktrees.dir:
+        git's list for the new directory is empty, but purging the state directory would
+        delete the old worktrees with whatever they hold."""
+        spec = write_spec(host, replicas=0, runtime="process",
+                          extra={"worktrees": {"cleanup": "never"}})
+        apply(spec)
+        left = _history(host, git_repo, [{"title": "kept", "status": "failed"}])
+        (left["kept"].worktree / "notes.txt").write_text("uncommitted\n")
+        moved = write_spec(host, replicas=0, runtime="process",
+                           extra={"worktrees": {"cleanup": "never", "dir": str(host / "wt")}})
+        apply(moved)
+        line = one_error_line(reconcile("delete", "--purge", "-f", str(moved)))
+        assert f"{pool_dir(host) / 'worktrees'} still holds 1 worktree(s)" in line
+        assert (left["kept"].worktree / "notes.txt").exists()
