@@ -117,6 +117,10 @@ class Controller:
             os.close(fd)
             return 0
         store: StorePort = opened
+        # what kind of controller holds the lock, said before anything else (an apply
+        # with -f first): a stale "1" of the detached one must not make another operator's
+        # controller take this one for apply's
+        store.set_meta_value(DETACHED_KEY, "1" if self.detached else "")
         if self.apply_first:  # registered and holding the lock: apply starts no other
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
             apply(self.pool)
@@ -134,7 +138,6 @@ class Controller:
             return 0
         if not self.apply_first:  # already registered before applying
             store.register_controller(os.getpid(), create_time_of(os.getpid()))
-        store.set_meta_value(DETACHED_KEY, "1" if self.detached else "")
         store.controller_back(os.getpid())
         logger.info("controller of pool {} started (pid {})", paths.name, os.getpid())
         self._bell = Bell(controller_bell(paths.root))

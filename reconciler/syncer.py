@@ -62,6 +62,7 @@ class Syncer:
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._thread: threading.Thread | None = None
+        self._applying = threading.Lock()  # held while an apply of the ref's spec runs
 
     def retarget(self, spec: PoolSpec | None) -> None:
         """Follow what the newest generation (and the controller's flags) say now."""
@@ -77,11 +78,16 @@ class Syncer:
         self._poke.set()  # a new ref or interval: look now
 
     def close(self) -> None:
-        """Stop the thread; a fetch under way is left to its timeout (daemon thread)."""
+        """Stop the thread.  A fetch under way is left to its timeout (daemon thread), but
+        an apply under way is waited for: cut off mid-pass, it could leave a worker
+        started and not recorded, or signalled with its task not requeued.  No new apply
+        starts once stopping (``_stopping``, checked under the same lock)."""
         self._stop.set()
         self._poke.set()
         if self._thread is not None:
             self._thread.join(JOIN_TIMEOUT)
+            with self._applying:
+                pass
 
     def _run(self) -> None:
         store: StorePort | None = None
@@ -134,10 +140,11 @@ class Syncer:
                 state = replace(state, error=error, invalid_commit=commit,
                                 error_at=state.error_at if state.error == error else now)
             elif decision.kind == "apply" and self._spec is not None:
-                if self._stopping(store):
-                    return wait
-                result = apply(Pool(self.paths, self._spec), lock_timeout=APPLY_LOCK_TIMEOUT,
-                               git_commit=commit)
+                with self._applying:  # close() waits for this, not for a fetch
+                    if self._stopping(store):
+                        return wait
+                    result = apply(Pool(self.paths, self._spec),
+                                   lock_timeout=APPLY_LOCK_TIMEOUT, git_commit=commit)
                 store.add_event("sync.applied", f"{config.ref} at {commit[:12]}: generation "
                                 f"{result.generation} applied ({result.plan.summary()})",
                                 fields={"ref": config.ref, "commit": commit,

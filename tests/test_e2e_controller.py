@@ -20,7 +20,9 @@ from typing import Any
 
 import pytest
 
+from reconciler.lock import is_locked, pool_lock
 from reconciler.model import AttemptRow
+from reconciler.paths import pool_paths
 from reconciler.runtimes import spawn
 from reconciler.store.sqlite import Store
 from tests.e2e import (
@@ -303,4 +305,34 @@ def test_a_foreground_controller_takes_over_from_the_one_apply_started(
     finally:
         foreground.terminate()
         foreground.wait(timeout=30)
+    delete(spec)
+
+
+def test_a_foreground_controller_still_applying_is_not_taken_for_apply_s(
+        host: Path, git_repo: Path) -> None:
+    """The mark of apply's controller was written only after `controller -f` applied, so
+    while that apply waited, a second foreground controller read the mark a killed
+    detached one left, and stopped the first (found by an independent review)."""
+    spec = controlled_spec(host, replicas=0)
+    apply(spec)
+    detached = status(spec)["controller"]["pid"]
+    os.kill(detached, signal.SIGKILL)  # its "started by apply" mark stays behind
+    wait_for(lambda: gone(detached), timeout=10, message="the detached controller gone")
+    paths = pool_paths(state_dir(host), "testpool")
+    with pool_lock(paths.lock, what="test: hold apply", timeout=5):
+        first = reconcile_background("controller", "-f", str(spec))
+        try:
+            def registered() -> bool:
+                with Store(paths.store) as store:
+                    found = store.controller()
+                return is_locked(paths.controller_lock) and found is not None \
+                    and found.pid == first.pid
+            wait_for(registered, timeout=20, message="the first foreground controller to "
+                     "take the lock and register (its apply then waits for ours)")
+            second = reconcile("controller", "--pool", "testpool", timeout=30)
+            assert "another foreground controller runs" in one_error_line(second)
+            assert first.poll() is None  # not stopped by the second
+        finally:
+            first.terminate()
+            first.wait(timeout=30)
     delete(spec)
