@@ -272,8 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "the logs of attempts that ended more than --older-than ago. Only "
                        "what the pool's attempts recorded and its naming fits is touched. "
                        "It asks nothing: every path and ref removed is printed, and every "
-                       "one kept with the reason (--dry-run: what would be removed). Exit 1 "
-                       "if something could not be removed (listed). With --empty-branches it "
+                       "one kept with the reason (--dry-run: what would be removed); a "
+                       "deleted branch with the commit it pointed at, which `git branch NAME "
+                       "COMMIT` brings back. Exit 1 if something could not be removed "
+                       "(listed). With --empty-branches it "
                        "only deletes the task branches that have no commit beyond baseRef. "
                        "Works on a deleted pool too.")
     _pool_options(p)
