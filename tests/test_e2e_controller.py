@@ -319,20 +319,21 @@ def test_a_foreground_controller_still_applying_is_not_taken_for_apply_s(
     os.kill(detached, signal.SIGKILL)  # its "started by apply" mark stays behind
     wait_for(lambda: gone(detached), timeout=10, message="the detached controller gone")
     paths = pool_paths(state_dir(host), "testpool")
-    with pool_lock(paths.lock, what="test: hold apply", timeout=5):
-        first = reconcile_background("controller", "-f", str(spec))
-        try:
-            def registered() -> bool:
-                with Store(paths.store) as store:
-                    found = store.controller()
-                return is_locked(paths.controller_lock) and found is not None \
-                    and found.pid == first.pid
+
+    def registered() -> bool:
+        with Store(paths.store) as store:
+            found = store.controller()
+        return is_locked(paths.controller_lock) and found is not None \
+            and found.pid == first.pid
+    try:
+        with pool_lock(paths.lock, what="test: hold apply", timeout=5):
+            first = reconcile_background("controller", "-f", str(spec))
             wait_for(registered, timeout=20, message="the first foreground controller to "
                      "take the lock and register (its apply then waits for ours)")
             second = reconcile("controller", "--pool", "testpool", timeout=30)
             assert "another foreground controller runs" in one_error_line(second)
             assert first.poll() is None  # not stopped by the second
-        finally:
-            first.terminate()
-            first.wait(timeout=30)
+    finally:  # the pool lock let go first: its apply goes on, then it stops
+        first.terminate()
+        first.wait(timeout=30)
     delete(spec)
