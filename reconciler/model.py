@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from reconciler.exitstatus import describe_exit
-from reconciler.pueueview import PueueView
+
+if TYPE_CHECKING:  # a type only: every CLI call imports this module, few need pueue's
+    from reconciler.pueueview import PueueView
 
 T = TypeVar("T")
 

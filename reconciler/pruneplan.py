@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from reconciler.durations import format_duration
-from reconciler.model import AttemptRow
+
+if TYPE_CHECKING:  # the CLI reads BRANCH_POLICIES for its parser: every command pays imports
+    from reconciler.model import AttemptRow
 
 BRANCH_POLICIES = ("unsucceeded", "all", "none")
 DEFAULT_BRANCH_POLICY = "unsucceeded"
