@@ -173,10 +173,20 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
     return error_lines(proc, count=1)[0]
 
 
+POLL_BACKOFF = 1.5
+POLL_LONGEST = 1.0
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float = 0.2,
              message: str = "condition") -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout``.
+
+    At the default interval a condition mostly runs the CLI, a Python process that costs
+    more CPU than the pool under test spends meanwhile: on 2 cores, polling every 0.2 s
+    slowed what it waited for.  So the wait grows by half each time, up to 1 s.  A
+    shorter ``interval`` is a cheap check in this process, and stays as given."""
     deadline = time.monotonic() + timeout
+    longest = POLL_LONGEST if interval >= 0.2 else interval
     while True:
         value = condition()
         if value:
@@ -184,6 +194,7 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+        interval = min(interval * POLL_BACKOFF, longest)
 
 
 def dedent(text: str) -> str:
