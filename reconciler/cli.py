@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from reconciler import __version__
-from reconciler.errors import ReconcilerError
+from reconciler.errors import PreflightError, ReconcilerError
 from reconciler.log import warnings_to_stderr
 from reconciler.paths import check_state_dir, default_state_dir
 from reconciler.pruneplan import BRANCH_POLICIES, DEFAULT_OLDER_THAN
@@ -567,8 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
         return code
     except ReconcilerError as exc:
-        # made visible: an error may quote git's or tmux's output, or a task's text
-        print(f"error: {printable(exc.one_line())}", file=sys.stderr)
+        # made visible: an error may quote git's or tmux's output, or a task's text;
+        # preflight names every problem it found, one line each
+        lines = exc.problems if isinstance(exc, PreflightError) else (exc.one_line(),)
+        for line in lines:
+            print(f"error: {printable(line)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

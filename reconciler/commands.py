@@ -221,6 +221,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                     "generation": result.generation,
                     "recorded": result.recorded, "done": result.report.done,
                     "skipped": result.report.skipped, "problems": result.report.problems,
+                    "forced": list(result.forced),
                     "remaining": plan_document(result.remaining), "ready": ready,
                     "superseded_by": waited.superseded_by if waited else None})
     elif result.plan.in_sync and not result.plan.steps:
@@ -235,6 +236,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
                           "(the controller finishes it; `reconcile diff` shows what is left)")
     for problem in result.report.problems:
         print(f"warning: {printable(problem)}", file=sys.stderr)
+    for problem in result.forced:
+        print(f"warning: applied despite (--force): {printable(problem)}", file=sys.stderr)
     if waited is not None and waited.superseded_by is not None:
         print(f"error: stopped waiting: generation {waited.superseded_by} was applied after "
               f"this one ({result.generation}); the pool now converges to that", file=sys.stderr)

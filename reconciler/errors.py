@@ -33,6 +33,16 @@ class SpecError(ReconcilerError):
         self.problems = problems or (message,)
 
 
+class PreflightError(ReconcilerError):
+    """``diff`` or ``apply`` found what the pool would run badly with on this host; every
+    problem is kept, one line each (``message`` is the first's), so one run names them
+    all."""
+
+    def __init__(self, problems: tuple[ReconcilerError, ...]) -> None:
+        super().__init__(problems[0].message, hint=problems[0].hint)
+        self.problems = tuple(problem.one_line() for problem in problems)
+
+
 class StoreError(ReconcilerError):
     """The pool's SQLite store could not be read or written."""
 

@@ -164,6 +164,7 @@ class ApplyResult:
     generation: int
     recorded: bool  # a new generation was recorded (else the spec was the latest already)
     remaining: Plan
+    forced: tuple[str, ...] = ()  # what preflight found that --force went ahead despite
 
 
 def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None] = lambda _p: None,
@@ -173,7 +174,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
     (``force``: even if its programs cannot be found on this host; ``git_commit``: the
     commit the spec was read at, as GitOps sync does, instead of the file's last one)."""
     spec = _spec_of(pool)
-    preflight(spec, pool.paths, force=force)
+    forced = preflight(spec, pool.paths, force=force)
     check_pueue_group(pool)
     pool.paths.create()
     with pool_lock(pool.paths.lock, what="apply", timeout=lock_timeout), \
@@ -190,7 +191,7 @@ def apply(pool: Pool, *, progress: Say = _quiet, on_plan: Callable[[Plan], None]
                           on_plan=lambda p: on_plan(replace(p, spec_changes=changes)))
     ring_controller(pool.paths.root)  # a new generation: the controller takes it up now
     return ApplyResult(replace(result.plan, spec_changes=changes), result.report, generation,
-                       recorded, result.remaining)
+                       recorded, result.remaining, forced)
 
 
 def _record_spec(store: StorePort, spec: PoolSpec, summary: str,

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from reconciler.checkedspecs import CheckedSpecs
-from reconciler.errors import PoolError, ReconcilerError, RuntimeBackendError
+from reconciler.errors import PoolError, PreflightError, ReconcilerError, RuntimeBackendError
 from reconciler.model import Observation
 from reconciler.observe import observe
 from reconciler.paths import PoolPaths, known_pools, pool_paths
@@ -155,20 +156,28 @@ def sync_status(store: StorePort) -> dict[str, Any] | None:
             "running_commit": running.git_commit if running else None}
 
 
-def preflight(spec: PoolSpec, paths: PoolPaths, *, force: bool = False) -> None:
+def preflight(spec: PoolSpec, paths: PoolPaths, *, force: bool = False) -> tuple[str, ...]:
     """Read-only checks that the spec can run on this host: repo, baseRef, tmux or
-    pueue and the metrics token; and, unless ``force``, the mistakes a pool could run
-    with, badly: an agent, setup step or hook that cannot be found, worktrees the
-    repository would see as untracked, and a tmux socket someone else's server has."""
+    pueue and the metrics token; and the mistakes a pool could run with, badly: an
+    agent, setup step or hook that cannot be found, worktrees the repository would see
+    as untracked, and a tmux socket someone else's server has.  Those raise one
+    ``PreflightError`` naming them all, unless ``force``: then they are returned, for
+    ``apply`` to say what it went ahead despite."""
     check_repo(spec.repo, spec.base_ref)
-    if not force:
-        check_programs(spec)
-        check_worktree_dir(spec.repo, spec.worktrees.dir)
     if spec.runtime == "tmux" and not tmux_available():
         raise RuntimeBackendError("tmux is not installed but the spec says runtime: tmux",
                                   hint="install tmux, or set `runtime: process`")
-    if spec.runtime == "tmux" and not force:
-        check_tmux_socket(spec, paths)
+    found = [*program_problems(spec)]
+    checks: list[Callable[[], None]] = [lambda: check_worktree_dir(spec.repo, spec.worktrees.dir)]
+    if spec.runtime == "tmux":
+        checks.append(lambda: check_tmux_socket(spec, paths))
+    for check in checks:
+        try:
+            check()
+        except ReconcilerError as exc:
+            found.append(exc)
+    if found and not force:
+        raise PreflightError(tuple(found))
     if spec.pueue is not None:
         for program in ("pueue", "pueued"):
             if shutil.which(program) is None:
@@ -179,6 +188,7 @@ def preflight(spec: PoolSpec, paths: PoolPaths, *, force: bool = False) -> None:
                          "set `runtime: tmux`")
     if spec.metrics is not None and spec.metrics.token_file is not None:
         read_token(spec.metrics.token_file)
+    return tuple(problem.one_line() for problem in found)
 
 
 def pool_summary(state_dir: Path, name: str, now: float) -> dict[str, Any]:
@@ -255,7 +265,7 @@ def check_pueue_group(pool: Pool) -> None:
                         "other pool)")
 
 
-def check_programs(spec: PoolSpec) -> None:
+def program_problems(spec: PoolSpec) -> list[ReconcilerError]:
     """The first word of ``worker.command``, of each ``worktrees.setup`` step and of each
     hook must be a program the workers can start: a bare name found on the PATH they
     get, or an absolute path to an executable file.  A relative path (run inside the
@@ -265,20 +275,22 @@ def check_programs(spec: PoolSpec) -> None:
     steps += [(f"worktrees.setup[{i}]", argv) for i, argv in enumerate(spec.worktrees.setup)]
     steps += [(f"hooks.onSuccess[{i}]", argv) for i, argv in enumerate(spec.hooks.on_success)]
     steps += [(f"hooks.onFailure[{i}]", argv) for i, argv in enumerate(spec.hooks.on_failure)]
+    problems: list[ReconcilerError] = []
     for where, argv in steps:
         program = argv[0] if argv else ""
         if not program or "{" in program or ("/" in program and not program.startswith("/")):
             continue
         if "/" in program:
             if not (Path(program).is_file() and os.access(program, os.X_OK)):
-                raise ReconcilerError(
+                problems.append(ReconcilerError(
                     f"{where}: {program} is not an executable file",
-                    hint="fix the path, or chmod +x it (apply --force skips this check)")
+                    hint="fix the path, or chmod +x it (apply --force skips this check)"))
         elif shutil.which(program, path=search) is None:
-            raise ReconcilerError(
+            problems.append(ReconcilerError(
                 f"{where}: program {program!r} is not found on PATH ({search})",
                 hint="install it, give its full path, or set PATH in worker.env "
-                     "(apply --force skips this check)")
+                     "(apply --force skips this check)"))
+    return problems
 
 
 def check_tmux_socket(spec: PoolSpec, paths: PoolPaths) -> None:

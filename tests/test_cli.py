@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import add_task, apply, delete, diff, reconcile_json, status, tasks
-from tests.helpers import CLI, one_error_line, reconcile, reconcile_background, write_spec
+from tests.helpers import (
+    CLI,
+    error_lines,
+    one_error_line,
+    reconcile,
+    reconcile_background,
+    write_spec,
+)
 
 COMMANDS = ["validate", "diff", "apply", "delete", "status", "history", "events", "demo",
             "controller", "restart", "scale", "task", "task add", "task import", "task list",
@@ -504,3 +511,23 @@ def test_a_tmux_socket_held_by_someone_elses_server_is_refused(host: Path,
     reconcile("apply", "-f", str(spec), "--wait", check=True)  # starts a server of its own
     assert reconcile("diff", "-f", str(spec)).returncode == 0  # ... which is ours
     delete(spec)
+
+
+def test_preflight_names_every_problem_and_force_says_what_it_went_ahead_despite(
+        host: Path, git_repo: Path) -> None:
+    """Issue 12: one run names them all (it stopped at the first), and `apply --force`
+    says which checks it overrode instead of saying nothing."""
+    spec = write_spec(host, replicas=0, extra={
+        "worker": {"command": ["no-such-agent-xyz", "{task.prompt}"]},
+        "worktrees": {"dir": "repo/.worktrees", "setup": [["npm-not-here-xyz", "ci"]]}})
+    lines = error_lines(reconcile("diff", "-f", str(spec)), count=3)
+    assert "worker.command: program 'no-such-agent-xyz' is not found" in lines[0]
+    assert "worktrees.setup[0]: program 'npm-not-here-xyz' is not found" in lines[1]
+    assert ".worktrees is inside the repository" in lines[2]
+    forced = reconcile("apply", "-f", str(spec), "--force")
+    assert forced.returncode == 0, forced.stderr
+    warnings = [line for line in forced.stderr.splitlines()
+                if line.startswith("warning: applied despite (--force): ")]
+    assert len(warnings) == 3 and "no-such-agent-xyz" in warnings[0]
+    assert reconcile_json("apply", "-f", str(spec), "--force")["forced"][2].startswith(
+        f"worktrees.dir {git_repo}/.worktrees is inside the repository")
