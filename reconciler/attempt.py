@@ -229,7 +229,7 @@ class AttemptRunner:
         task, spec = claim.task, self.spec
         wanted = branch_for(spec.worktrees.branch, pool=spec.name, task_id=task.id,
                             title=task.title, attempt=claim.attempt_number)
-        root = spec.worktrees.dir or self.paths.default_worktrees
+        root = self.paths.worktree_root(spec.worktrees.dir)
         root.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing dir keeps its mode
         reuse = spec.worktrees.reuse == "perWorker"
         started = time.monotonic()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from reconciler.errors import GitError
-from reconciler.naming import check_branch_name
+from reconciler.naming import branch_directory, branch_pattern, check_branch_name
 from reconciler.worktrees import GIT_TIMEOUT, git, last_line
 
 DELETE_BATCH = 200  # names per `git branch -D`, well under any argv limit
@@ -32,6 +32,16 @@ def branch_tips(repo: Path, directory: str = "") -> dict[str, str]:
         oid, _, ref = line.partition(" ")
         tips[ref.removeprefix("refs/heads/")] = oid
     return tips
+
+
+def pool_branch_tips(repo: Path, template: str, pool: str) -> dict[str, str]:
+    """The branches of ``repo`` that the pool's ``worktrees.branch`` naming fits, and
+    the commit each points at (whether an attempt of the pool made one is the
+    caller's to check)."""
+    naming = branch_pattern(template, pool=pool)
+    return {branch: tip for branch, tip
+            in branch_tips(repo, branch_directory(template, pool=pool)).items()
+            if naming.fullmatch(branch)}
 
 
 def commits_beyond(repo: Path, base_ref: str, tips: dict[str, str],

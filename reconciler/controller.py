@@ -107,7 +107,7 @@ class Controller:
             if self.detached:  # apply's: the running one keeps the pool converged
                 logger.info("a controller already runs for pool {}; nothing to do", paths.name)
                 return 0
-            holder = self._holder()
+            holder, _detached = self._holder()
             raise PoolError(f"another foreground controller runs for pool {paths.name}"
                             + (f" (pid {holder.pid})" if holder and holder.pid else ""),
                             hint="one controller per pool: stop that one first (SIGTERM), "
@@ -157,13 +157,14 @@ class Controller:
         logger.info("controller of pool {} stopped", paths.name)
         return 0
 
-    def _holder(self) -> ControllerRow | None:
-        """The controller the store names (the lock's holder, as far as the store knows)."""
+    def _holder(self) -> tuple[ControllerRow | None, bool]:
+        """The controller the store names (the lock's holder, as far as the store knows),
+        and whether it is the one apply started."""
         try:
             with Store(self.pool.paths.store) as store:
-                return store.controller()
+                return store.controller(), store.meta_value(DETACHED_KEY) == "1"
         except (ReconcilerError, sqlite3.Error, OSError):
-            return None
+            return None, False
 
     def _take_over(self) -> int | None:
         """The lock, taken from the controller ``apply`` started in the background: a
@@ -172,12 +173,8 @@ class Controller:
         waited for.  None when the holder is another foreground controller, which is
         left alone (two would take the pool from each other as systemd restarts them)."""
         paths = self.pool.paths
-        try:
-            with Store(paths.store) as store:
-                holder, detached = store.controller(), store.meta_value(DETACHED_KEY)
-        except (ReconcilerError, sqlite3.Error, OSError):
-            return None
-        if holder is None or not holder.pid or detached != "1" \
+        holder, detached = self._holder()
+        if holder is None or not holder.pid or not detached \
                 or not process_matches(holder.pid, holder.pid_create_time):
             return None
         logger.info("taking over pool {} from the controller apply started (pid {}): "

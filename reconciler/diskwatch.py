@@ -77,7 +77,7 @@ def disk_free(pool: Pool) -> dict[str, float]:
 
 def _path_of(pool: Pool, place: str) -> Path:
     if place == "worktrees" and pool.spec is not None:
-        return pool.spec.worktrees.dir or pool.paths.default_worktrees
+        return pool.paths.worktree_root(pool.spec.worktrees.dir)
     return pool.paths.root
 
 

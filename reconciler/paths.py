@@ -104,6 +104,10 @@ class PoolPaths:
     def default_worktrees(self) -> Path:
         return self.root / "worktrees"
 
+    def worktree_root(self, configured: Path | None) -> Path:
+        """Where the pool's worktrees go: the spec's ``worktrees.dir``, else its own."""
+        return configured or self.default_worktrees
+
     @property
     def lock(self) -> Path:
         return self.root / "apply.lock"

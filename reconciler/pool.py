@@ -95,7 +95,7 @@ def observe_pool(pool: Pool, store: StorePort | None = None) -> Observation:
         return observe(
             pool.paths, [spec.tmux_socket if spec else None], own,
             repo=spec.repo if spec else None,
-            worktree_root=(spec.worktrees.dir or pool.paths.default_worktrees) if spec else None,
+            worktree_root=pool.paths.worktree_root(spec.worktrees.dir) if spec else None,
             controller_lock=pool.paths.controller_lock,
             pueue=spec.pueue if spec else None,
             due_limit=due_limit(spec.replicas) if spec else 0)

@@ -21,10 +21,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.branches import branch_tips, checked_out_in, delete_branches
+from reconciler.branches import checked_out_in, delete_branches, pool_branch_tips
 from reconciler.errors import ReconcilerError
-from reconciler.naming import branch_directory, branch_pattern
-from reconciler.observe.git import pool_worktrees
+from reconciler.naming import branch_directory
+from reconciler.observe.git import all_pool_worktrees
 from reconciler.paths import PoolPaths
 from reconciler.pruneplan import Leftover, PruneInputs, PruneOptions, PrunePlan, plan_prune
 from reconciler.specmodel import PoolSpec
@@ -53,7 +53,7 @@ def prune_leftovers(paths: PoolPaths, spec: PoolSpec, store: StorePort,
                     options: PruneOptions, *, pool_deleted: bool, now: float,
                     dry_run: bool = False) -> PruneOutcome:
     """Decide and (unless ``dry_run``) remove what ended attempts of the pool left."""
-    root = spec.worktrees.dir or paths.default_worktrees
+    root = paths.worktree_root(spec.worktrees.dir)
     with repo_lock(paths.repo_locks, spec.repo):
         inputs = _gather(paths, spec, store, root, pool_deleted=pool_deleted, now=now)
         plan = plan_prune(inputs, options)
@@ -80,13 +80,10 @@ def _gather(paths: PoolPaths, spec: PoolSpec, store: StorePort, root: Path, *,
             pool_deleted: bool, now: float) -> PruneInputs:
     attempts = store.attempts()
     statuses = store.task_statuses(sorted({a.task_id for a in attempts}))
-    task_trees, worker_trees = pool_worktrees(spec.repo, root) if root.is_dir() else ((), ())
-    worktrees = [*task_trees, *worker_trees]
+    worktrees = all_pool_worktrees(spec.repo, root)
     running = {a.worktree for a in attempts if a.status == "running"}
     uncommitted = {path: _uncommitted(Path(path)) for path in worktrees if path not in running}
-    naming = branch_pattern(spec.worktrees.branch, pool=spec.name)
-    directory = branch_directory(spec.worktrees.branch, pool=spec.name)
-    branches = [b for b in branch_tips(spec.repo, directory) if naming.fullmatch(b)]
+    branches = list(pool_branch_tips(spec.repo, spec.worktrees.branch, spec.name))
     return PruneInputs(attempts=attempts, task_statuses=statuses, worktrees=worktrees,
                        uncommitted=uncommitted, branches=branches,
                        checked_out=checked_out_in(spec.repo),
@@ -173,7 +170,7 @@ def _delete_branches(spec: PoolSpec, names: list[str], plan: PrunePlan,
 def _tips(spec: PoolSpec, names: list[str]) -> dict[str, str]:
     """The commit each of ``names`` points at: printed with its deletion, so a branch
     pruned by mistake is one ``git branch NAME COMMIT`` away."""
-    tips = branch_tips(spec.repo, branch_directory(spec.worktrees.branch, pool=spec.name))
+    tips = pool_branch_tips(spec.repo, spec.worktrees.branch, spec.name)
     return {name: tips[name] for name in names if name in tips}
 
 

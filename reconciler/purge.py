@@ -24,10 +24,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reconciler.branches import branch_tips
+from reconciler.branches import pool_branch_tips
 from reconciler.errors import PoolError, ReconcilerError
-from reconciler.naming import branch_directory, branch_pattern
-from reconciler.observe.git import pool_worktrees
+from reconciler.naming import branch_directory
+from reconciler.observe.git import all_pool_worktrees
 from reconciler.paths import PoolPaths
 from reconciler.specmodel import PoolSpec
 from reconciler.store.port import StorePort
@@ -51,21 +51,19 @@ class Remains:
 def remains(paths: PoolPaths, spec: PoolSpec, store: StorePort) -> Remains:
     """The pool's task branches (recorded by its attempts, fitting its naming) and worktrees
     still in its repository; none when the repository cannot be read."""
-    root = spec.worktrees.dir or paths.default_worktrees
+    root = paths.worktree_root(spec.worktrees.dir)
     directory = branch_directory(spec.worktrees.branch, pool=spec.name)
-    naming = branch_pattern(spec.worktrees.branch, pool=spec.name)
     try:
         recorded = store.attempt_branches()
-        branches = sum(1 for b in branch_tips(spec.repo, directory)
-                       if naming.fullmatch(b) and b in recorded)
-        task_trees, worker_trees = pool_worktrees(spec.repo, root) if root.is_dir() \
-            else ((), ())
+        branches = sum(1 for b in pool_branch_tips(spec.repo, spec.worktrees.branch, spec.name)
+                       if b in recorded)
+        trees = all_pool_worktrees(spec.repo, root)
     except ReconcilerError as exc:
         # no repository any more: nothing of the pool is left in it; but when git cannot
         # answer, purge must not guess that none of its worktrees is left
         gone = not spec.repo.exists()
         return Remains(spec.repo, directory, 0, root, (), None if gone else exc.one_line())
-    return Remains(spec.repo, directory, branches, root, (*task_trees, *worker_trees))
+    return Remains(spec.repo, directory, branches, root, tuple(trees))
 
 
 @dataclass

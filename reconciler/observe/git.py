@@ -15,6 +15,15 @@ def task_worktrees(repo: Path, root: Path) -> tuple[str, ...]:
     return pool_worktrees(repo, root)[0]
 
 
+def all_pool_worktrees(repo: Path, root: Path) -> list[str]:
+    """Every worktree of the pool under ``root``, task and per-worker alike (none when
+    ``root`` does not exist yet)."""
+    if not root.is_dir():
+        return []
+    tasks, workers = pool_worktrees(repo, root)
+    return [*tasks, *workers]
+
+
 def pool_worktrees(repo: Path, root: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The task worktrees (``task-<id>-a<n>``) and the per-worker ones (``worker-<id>``)
     git knows under ``root``, from one ``git worktree list``."""
